@@ -1,0 +1,55 @@
+// swift-tools-version:6.0
+//
+// One package, three programs. The engine modules (EventLoop, TLS, HTTP1, HTTP2,
+// Tunnel) are shared by all of them and compile as Embedded Swift, like the agent.
+//
+//   swift build                      ordinary Swift, every product, tests
+//   AGENT_EMBEDDED=1 swift build -c release --product device-agent \
+//       --scratch-path .build-embedded   the firmware-style agent (Embedded Swift)
+import PackageDescription
+
+let embedded = Context.environment["AGENT_EMBEDDED"] != nil
+let toolchain = Context.environment["SWIFT_TOOLCHAIN"] ?? "/opt/swift"
+
+let engineSettings: [SwiftSetting] = embedded
+    ? [.enableExperimentalFeature("Embedded"), .unsafeFlags(["-wmo", "-Osize"])]
+    : []
+
+let agentLinker: [LinkerSetting] = embedded
+    ? [.unsafeFlags(["-enable-experimental-feature", "Embedded",
+                     "-L\(toolchain)/usr/lib/swift/embedded/x86_64-unknown-linux-gnu"]),
+       .linkedLibrary("swiftUnicodeDataTables"), .linkedLibrary("m"),
+       .linkedLibrary("ssl"), .linkedLibrary("crypto"),
+       .linkedLibrary("nghttp2"), .linkedLibrary("systemd")]
+    : []
+
+let package = Package(
+    name: "ReverseHTTP",
+    products: [
+        .executable(name: "device-agent", targets: ["DeviceAgent"]),
+        .executable(name: "fleet-gateway", targets: ["FleetGateway"]),
+        .executable(name: "device-sim", targets: ["DeviceSim"]),
+    ],
+    targets: [
+        // Leaf modules: one per C library, a module map and a small shim header.
+        .systemLibrary(name: "CLibc", path: "Sources/CLibc"),
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
+        .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2"),
+        .systemLibrary(name: "CSystemd", path: "Sources/CSystemd"),
+
+        // The engine: no I/O outside EventLoop; no Foundation; Embedded-compatible.
+        .target(name: "EventLoop", dependencies: ["CLibc", "CSystemd"], swiftSettings: engineSettings),
+        .target(name: "TLS", dependencies: ["CLibc", "COpenSSL"], swiftSettings: engineSettings),
+        .target(name: "HTTP1", dependencies: [], swiftSettings: engineSettings),
+        .target(name: "HTTP2", dependencies: ["CLibc", "CNghttp2", "HTTP1"], swiftSettings: engineSettings),
+        .target(name: "Tunnel", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2"], swiftSettings: engineSettings),
+
+        .executableTarget(name: "DeviceAgent", dependencies: ["Tunnel"],
+                          swiftSettings: engineSettings, linkerSettings: agentLinker),
+        .executableTarget(name: "FleetGateway", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL"]),
+        .executableTarget(name: "DeviceSim", dependencies: ["Tunnel", "EventLoop"]),
+
+        .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Tunnel"]),
+        .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "COpenSSL", "TLS"]),
+    ]
+)

@@ -1,0 +1,30 @@
+// OpenSSL 3 for Swift: the headers, plus static inline wrappers for the
+// function-like macros Swift cannot import.
+#ifndef REVERSEHTTP_COPENSSL_SHIM_H
+#define REVERSEHTTP_COPENSSL_SHIM_H
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+static inline long rh_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
+    return SSL_CTX_set_min_proto_version(ctx, version);
+}
+static inline long rh_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }
+static inline long rh_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return SSL_set_tlsext_host_name(ssl, name);
+}
+static inline long rh_BIO_pending(BIO *bio) { return (long)BIO_ctrl_pending(bio); }
+static inline int rh_TLS1_2_VERSION(void) { return TLS1_2_VERSION; }
+static inline int rh_TLS1_3_VERSION(void) { return TLS1_3_VERSION; }
+static inline long rh_SSL_MODE_ENABLE_PARTIAL_WRITE(void) { return SSL_MODE_ENABLE_PARTIAL_WRITE; }
+static inline long rh_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE_BUFFERS; }
+static inline void rh_BIO_set_mem_eof_return(BIO *bio, int v) { BIO_set_mem_eof_return(bio, v); }
+static inline void rh_OPENSSL_free(void *p) { OPENSSL_free(p); }
+static inline void rh_sk_X509_NAME_pop_free(STACK_OF(X509_NAME) *sk) { sk_X509_NAME_pop_free(sk, X509_NAME_free); }
+#endif

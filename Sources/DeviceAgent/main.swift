@@ -1,0 +1,86 @@
+// device-agent: dials the gateway, reverses the connection and serves the
+// gateway's requests from the local HTTP API. Firmware-style: this target and
+// every module it uses build as Embedded Swift (see docs/embedded.md).
+import CLibc
+import EventLoop
+import TLS
+import Tunnel
+
+let usage = """
+usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [options]
+       device-agent --config FILE [options]
+
+  --gateway HOST:PORT       gateway's device listener
+  --server-name NAME        name the gateway certificate must carry (default: gateway host)
+  --ca FILE                 fleet CA certificate (PEM) that signed the gateway certificate
+  --cert FILE --key FILE    this device's certificate and key (PEM)
+  --local HOST:PORT         local HTTP API to forward requests to (default 127.0.0.1:8080)
+  --connections N           reversed connections to keep (default 2)
+  --plaintext               no TLS (INSECURE: loopback tests and HAProxy's plain setup only)
+  --tls-min 1.2|1.3         lowest TLS version (default 1.3)
+  --local-timeout-ms MS     time the local API has to answer (default 30000)
+  --max-concurrent-streams N  requests in flight per connection (default 100)
+  --name NAME               device name for log lines
+  --log-level LEVEL         debug, info, notice, warning, error (default info)
+  --config FILE             read the same keys from FILE (key = value lines)
+  --check-config            validate the configuration and exit
+"""
+
+func agentMain() -> Int32 {
+    var settings = Settings()
+    do throws(ConfigError) {
+        var cmdline = Settings()
+        let positional = try parseCommandLine(processArguments(), flags: AgentConfig.flags, into: &cmdline)
+        if cmdline.last("help") != nil {
+            Logger.writeStderr(usage + "\n")
+            return 0
+        }
+        if cmdline.last("version") != nil {
+            Logger.writeStderr("device-agent " + reverseHTTPVersion + "\n")
+            return 0
+        }
+        if !positional.isEmpty { throw ConfigError("unexpected argument '" + positional[0] + "' (see --help)") }
+        if let path = cmdline.last("config") { try ConfigFile.load(path.value, into: &settings) }
+        for s in cmdline.items { settings.add(s) }
+        let config = try AgentConfig(settings)
+        if settings.last("check_config") != nil {
+            Logger.writeStderr("configuration OK\n")
+            return 0
+        }
+        return run(config)
+    } catch {
+        Logger.writeStderr("device-agent: " + error.description + "\n")
+        return 2
+    }
+}
+
+func run(_ config: AgentConfig) -> Int32 {
+    _ = rh_ignore_sigpipe()
+    let logger = Logger(program: "device-agent", level: config.logLevel)
+    let loop = EventLoop()
+    let agent: Agent
+    do {
+        agent = try Agent(config: config, loop: loop, logger: logger)
+    } catch {
+        Logger.writeStderr("device-agent: " + error.description + "\n")
+        return 1
+    }
+    var stopping = false
+    loop.handleSignals([SIGTERM, SIGINT]) { _ in
+        if stopping { return }
+        stopping = true
+        logger.notice("stopping: sending GOAWAY on every connection")
+        Systemd.notify("STOPPING=1")
+        agent.stop()
+        // Give the GOAWAYs a moment to leave, then exit.
+        loop.schedule(afterMilliseconds: 200) { loop.stop() }
+    }
+    agent.start {
+        Systemd.notify("STATUS=" + String(agent.connectedCount) + " of " + String(config.connections) + " connections up")
+    }
+    Systemd.notify("READY=1")
+    loop.run()
+    return 0
+}
+
+exit(agentMain())

@@ -1,0 +1,119 @@
+// Logging for all three programs. Plain lines on stderr, written unbuffered so a
+// killed daemon loses nothing; to the journal with structured fields when
+// started by systemd (JOURNAL_STREAM set). Fields: device, connection, stream.
+import CLibc
+import CSystemd
+
+public enum LogLevel: Int {
+    case debug = 7, info = 6, notice = 5, warning = 4, error = 3
+
+    /// True when a message at this level passes a `threshold` (error passes everything).
+    public func passes(_ threshold: LogLevel) -> Bool { rawValue <= threshold.rawValue }
+
+    public var name: String {
+        switch self {
+        case .debug: return "debug"
+        case .info: return "info"
+        case .notice: return "notice"
+        case .warning: return "warning"
+        case .error: return "error"
+        }
+    }
+
+    public init?(name: String) {
+        switch name {
+        case "debug": self = .debug
+        case "info": self = .info
+        case "notice": self = .notice
+        case "warning": self = .warning
+        case "error": self = .error
+        default: return nil
+        }
+    }
+}
+
+/// Structured context carried by a log line.
+public struct LogContext {
+    public var device: String?
+    public var connection: Int?
+    public var stream: Int32?
+
+    public init(device: String? = nil, connection: Int? = nil, stream: Int32? = nil) {
+        self.device = device
+        self.connection = connection
+        self.stream = stream
+    }
+}
+
+public final class Logger {
+    public let program: String
+    public var level: LogLevel
+    private let journal: Bool
+
+    public init(program: String, level: LogLevel = .info) {
+        self.program = program
+        self.level = level
+        journal = getenv("JOURNAL_STREAM") != nil && getenv("REVERSEHTTP_LOG_STDERR") == nil
+    }
+
+    public func debug(_ message: String, _ ctx: LogContext = LogContext()) { log(.debug, message, ctx) }
+    public func info(_ message: String, _ ctx: LogContext = LogContext()) { log(.info, message, ctx) }
+    public func notice(_ message: String, _ ctx: LogContext = LogContext()) { log(.notice, message, ctx) }
+    public func warning(_ message: String, _ ctx: LogContext = LogContext()) { log(.warning, message, ctx) }
+    public func error(_ message: String, _ ctx: LogContext = LogContext()) { log(.error, message, ctx) }
+
+    public func log(_ lvl: LogLevel, _ message: String, _ ctx: LogContext) {
+        guard lvl.passes(level) else { return }
+        if journal {
+            sendJournal(lvl, message, ctx)
+            return
+        }
+        var line = program + " " + lvl.name + ": "
+        if let d = ctx.device { line += "device=" + d + " " }
+        if let c = ctx.connection { line += "conn=" + String(c) + " " }
+        if let s = ctx.stream { line += "stream=" + String(s) + " " }
+        line += message
+        line += "\n"
+        Logger.writeStderr(line)
+    }
+
+    public static func writeStderr(_ text: String) {
+        var s = text
+        s.withUTF8 { p in
+            var off = 0
+            var tries = 0
+            while off < p.count && tries < 16 {
+                tries += 1
+                let n = write(2, p.baseAddress! + off, p.count - off)
+                if n <= 0 { break }
+                off += n
+            }
+        }
+    }
+
+    private func sendJournal(_ lvl: LogLevel, _ message: String, _ ctx: LogContext) {
+        var fields: [String] = ["MESSAGE=" + message, "PRIORITY=" + String(lvl.rawValue),
+                                "SYSLOG_IDENTIFIER=" + program]
+        if let d = ctx.device { fields.append("DEVICE=" + d) }
+        if let c = ctx.connection { fields.append("CONNECTION_ID=" + String(c)) }
+        if let s = ctx.stream { fields.append("STREAM_ID=" + String(s)) }
+        // Keep every field's bytes alive while sd_journal_sendv reads them.
+        let storage: [[UInt8]] = fields.map { Array($0.utf8) }
+        var iov: [iovec] = []
+        for i in 0..<storage.count {
+            storage[i].withUnsafeBufferPointer { p in
+                iov.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: p.baseAddress), iov_len: p.count))
+            }
+        }
+        withExtendedLifetime(storage) {
+            _ = iov.withUnsafeBufferPointer { sd_journal_sendv($0.baseAddress, Int32($0.count)) }
+        }
+    }
+}
+
+/// sd_notify for Type=notify services; silent when not started by systemd.
+public enum Systemd {
+    public static func notify(_ state: String) {
+        _ = sd_notify(0, state)
+    }
+}

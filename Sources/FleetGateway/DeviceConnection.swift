@@ -1,0 +1,144 @@
+// DeviceConnection is the gateway's end of one reversed connection: the device
+// dialed in and sent the HTTP/2 client preface; here we check that preface and
+// act as the HTTP/2 *client*, opening odd streams to send users' requests. The
+// role reversal itself lives in HTTP2Session (Preface.reversed).
+import EventLoop
+import HTTP1
+import HTTP2
+import Tunnel
+
+final class DeviceConnection {
+    let id: Int
+    let identity: DeviceIdentity
+    let transport: Transport
+    let session: HTTP2Session
+    let logger: Logger
+    private(set) var isReady = false
+    private var exchanges: [Int32: Exchange] = [:]
+    private var flushScheduled = false
+    private var out: [UInt8] = []
+    /// Once when SETTINGS arrived (register), once when closed (unregister).
+    var onReady: ((DeviceConnection) -> Void)?
+    var onClose: ((DeviceConnection) -> Void)?
+
+    init(id: Int, identity: DeviceIdentity, transport: Transport, logger: Logger) throws(HTTP2Error) {
+        self.id = id
+        self.identity = identity
+        self.transport = transport
+        self.logger = logger
+        session = try HTTP2Session(role: .client, preface: .reversed)
+    }
+
+    var ctx: LogContext { LogContext(device: identity.name, connection: id) }
+    var inFlight: Int { exchanges.count }
+
+    /// Ready, not going away, and below the device's MAX_CONCURRENT_STREAMS.
+    var canTakeRequest: Bool {
+        isReady && !session.receivedGoaway && transport.state == .open
+            && inFlight < Int(session.remoteMaxConcurrentStreams)
+    }
+
+    func start() {
+        transport.onData = { bytes in self.receive(bytes) }
+        transport.onClose = { reason in self.closed(reason) }
+        flush()
+    }
+
+    private func receive(_ bytes: UnsafeRawBufferPointer) {
+        do throws(HTTP2Error) {
+            try session.receive(bytes)
+        } catch {
+            logger.warning("protocol error from device: " + error.description, ctx)
+            flush()
+            transport.closeAfterFlush()
+            return
+        }
+        for event in session.takeEvents() { handle(event) }
+        flush()
+    }
+
+    private func handle(_ event: HTTP2Event) {
+        switch event {
+        case .settings:
+            if !isReady {
+                isReady = true
+                onReady?(self)
+            }
+        case .headers(let stream, let headers, let endStream):
+            exchanges[stream]?.deviceHeaders(headers, endStream: endStream)
+        case .data(let stream, let bytes):
+            session.consume(stream: stream, count: bytes.count)
+            exchanges[stream]?.deviceBody(bytes)
+        case .endStream(let stream):
+            exchanges[stream]?.deviceEnd()
+        case .streamClosed(let stream, let code):
+            exchanges.removeValue(forKey: stream)?.deviceStreamClosed(errorCode: code)
+        case .goaway(let last, let code):
+            logger.info("device sent GOAWAY (last stream " + String(last) + ", error " + String(code) + ")", ctx)
+        case .pingAck:
+            break
+        }
+    }
+
+    // MARK: Used by Exchange
+
+    /// Opens a stream for `ex`; nil when the session refuses.
+    func submit(_ ex: Exchange, headers: HTTPHeaders, endStream: Bool) -> Int32? {
+        do throws(HTTP2Error) {
+            let stream = try session.submitRequest(headers, endStream: endStream)
+            exchanges[stream] = ex
+            scheduleFlush()
+            return stream
+        } catch {
+            logger.warning("cannot open stream: " + error.description, ctx)
+            return nil
+        }
+    }
+
+    func sendBody(stream: Int32, _ bytes: [UInt8], endStream: Bool) {
+        session.sendData(stream: stream, bytes, endStream: endStream)
+        scheduleFlush()
+    }
+
+    func cancel(stream: Int32) {
+        guard exchanges.removeValue(forKey: stream) != nil else { return }
+        session.resetStream(stream)
+        scheduleFlush()
+    }
+
+    // MARK: Output
+
+    private func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        transport.loop.execute { self.flush() }
+    }
+
+    private func flush() {
+        flushScheduled = false
+        guard transport.state != .closed else { return }
+        out.removeAll(keepingCapacity: true)
+        do throws(HTTP2Error) {
+            try session.takeOutput(into: &out)
+        } catch {
+            logger.warning(error.description, ctx)
+            transport.close()
+            return
+        }
+        if !out.isEmpty { transport.write(out) }
+        if !session.isAlive { transport.closeAfterFlush() }
+    }
+
+    func close() { transport.close() }
+
+    private func closed(_ reason: CloseReason) {
+        logger.notice("device connection closed: " + reason.description, ctx)
+        let all = exchanges
+        exchanges.removeAll()
+        for (_, ex) in all { ex.deviceStreamClosed(errorCode: 2) }
+        let cb = onClose
+        onClose = nil
+        onReady = nil
+        cb?(self)
+    }
+}

@@ -1,0 +1,104 @@
+// A device's identity and the public hostname it serves. The identity is taken
+// once, from the verified certificate's CN (or the configured name on a
+// plaintext listener), when the connection is accepted; nothing later changes it.
+
+struct DeviceIdentity: Equatable {
+    /// The certificate CN, lower-cased.
+    let name: String
+    /// The public hostname routed to this device, lower-cased.
+    let hostname: String
+}
+
+/// Maps a CN to a hostname: "{cn}" (the default, as HAProxy's
+/// `pool-conn-name req.hdr(host)` with `ssl_c_s_dn(CN)`) or e.g. "{cn}.devices.example.com".
+struct HostnameTemplate: Equatable {
+    let prefix: String
+    let suffix: String
+
+    static let identity = HostnameTemplate(prefix: "", suffix: "")
+
+    private init(prefix: String, suffix: String) {
+        self.prefix = prefix
+        self.suffix = suffix
+    }
+
+    init?(_ text: String) {
+        let parts = text.lowercased().components(separatedBy: "{cn}")
+        guard parts.count == 2 else { return nil }
+        prefix = parts[0]
+        suffix = parts[1]
+        guard PKI.isValidHostname(prefix + "x" + suffix) else { return nil }
+    }
+
+    func hostname(for cn: String) -> String { prefix + cn.lowercased() + suffix }
+}
+
+enum HostRouting {
+    /// The routing key of a Host header or URI authority: port stripped, lower-cased,
+    /// trailing dot removed. nil when it is not a hostname (IP literals, garbage).
+    static func routingKey(_ host: String) -> String? {
+        var h = Substring(host)
+        if h.hasPrefix("[") { return nil }
+        if let colon = h.lastIndex(of: ":") {
+            let port = h[h.index(after: colon)...]
+            guard !port.isEmpty, port.count <= 5, port.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+            h = h[..<colon]
+        }
+        if h.hasSuffix(".") { h = h.dropLast() }
+        let key = h.lowercased()
+        return PKI.isValidHostname(key) ? key : nil
+    }
+}
+
+extension String {
+    func components(separatedBy sep: String) -> [String] {
+        var out: [String] = []
+        var rest = Substring(self)
+        while let r = rest.range(of: sep) {
+            out.append(String(rest[..<r.lowerBound]))
+            rest = rest[r.upperBound...]
+        }
+        out.append(String(rest))
+        return out
+    }
+}
+
+extension Substring {
+    func range(of needle: String) -> Range<Substring.Index>? {
+        guard !needle.isEmpty else { return nil }
+        var i = startIndex
+        while i < endIndex {
+            if self[i...].hasPrefix(needle) {
+                return i..<index(i, offsetBy: needle.count)
+            }
+            i = index(after: i)
+        }
+        return nil
+    }
+}
+
+extension HostRouting {
+    /// The authority of an absolute-form target ("http://host:80/x" -> "host:80"), else nil.
+    static func absoluteAuthority(_ target: String) -> String? {
+        guard let r = target.range(of: "://"), target.hasPrefix("http") else { return nil }
+        let rest = target[r.upperBound...]
+        let end = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+        return String(rest[..<end])
+    }
+
+    /// The origin-form of a request target ("http://h/x?y" -> "/x?y"; "/x" unchanged).
+    static func originForm(_ target: String) -> String {
+        guard let r = target.range(of: "://"), target.hasPrefix("http") else { return target }
+        let rest = target[r.upperBound...]
+        guard let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
+        let path = String(rest[slash...])
+        return path.hasPrefix("?") ? "/" + path : path
+    }
+}
+
+extension String {
+    func range(of needle: String) -> Range<String.Index>? {
+        guard let r = Substring(self).range(of: needle) else { return nil }
+        return r
+    }
+}

@@ -1,0 +1,178 @@
+// Exchange is one user request on its way to a device and back: the only object
+// that knows both the public connection and the device connection. It owns the
+// response timeout and the error answer (503 no device, 502 bad or broken
+// response, 504 no response in time).
+import EventLoop
+import HTTP1
+import Tunnel
+
+final class Exchange {
+    private enum Phase { case waiting, streaming, done }
+
+    let client: PublicConnection
+    let request: HTTPRequestHead
+    let hostname: String
+    private var device: DeviceConnection?
+    private var stream: Int32 = 0
+    private var phase = Phase.waiting
+    private var timer: TimerID?
+    private var requestEnded = false
+    private var isHEAD: Bool { request.method == "HEAD" }
+
+    init(client: PublicConnection, request: HTTPRequestHead, hostname: String) {
+        self.client = client
+        self.request = request
+        self.hostname = hostname
+    }
+
+    var gateway: Gateway { client.gateway }
+
+    /// Routes the request to a connection of the device that serves `hostname`.
+    func start(requestHasBody: Bool) {
+        guard let dev = gateway.registry.pick(hostname: hostname) else {
+            phase = .done
+            client.respondError(503, "no device is connected for host " + hostname, retryAfter: true)
+            return
+        }
+        device = dev
+        guard let s = dev.submit(self, headers: deviceHeaders(), endStream: !requestHasBody) else {
+            phase = .done
+            client.respondError(502, "could not open a stream to device " + dev.identity.name)
+            return
+        }
+        stream = s
+        requestEnded = !requestHasBody
+        timer = client.transport.loop.schedule(afterMilliseconds: gateway.config.responseTimeoutMs) {
+            self.timer = nil
+            self.timedOut()
+        }
+    }
+
+    /// The request as HTTP/2 headers for the device: hop-by-hop fields removed,
+    /// Host carried as :authority, and the X-Forwarded-* / Forwarded fields added.
+    private func deviceHeaders() -> HTTPHeaders {
+        var h = HTTPHeaders()
+        h.add(":method", request.method)
+        h.add(":scheme", client.scheme)
+        h.add(":authority", request.headers.first("host") ?? hostname)
+        h.add(":path", HostRouting.originForm(request.target))
+        var fields = request.headers
+        fields.removeHopByHop()
+        fields.remove("host")
+        fields.remove("forwarded")
+        fields.remove("x-forwarded-proto")
+        let peer = client.transport.peer.host
+        let prior = fields.values("x-forwarded-for")
+        fields.remove("x-forwarded-for")
+        for (n, v) in fields { h.add(n, v) }
+        h.add("x-forwarded-for", prior.isEmpty ? peer : joinedList(prior) + ", " + peer)
+        h.add("x-forwarded-proto", client.scheme)
+        let forAddr = peer.contains(":") ? "\"[" + peer + "]\"" : peer
+        h.add("forwarded", "for=" + forAddr + ";proto=" + client.scheme + ";host=\"" + (request.headers.first("host") ?? hostname) + "\"")
+        return h
+    }
+
+    // MARK: From the user
+
+    func userBody(_ bytes: [UInt8]) {
+        guard phase != .done, let device, !bytes.isEmpty else { return }
+        device.sendBody(stream: stream, bytes, endStream: false)
+    }
+
+    func userEnd() {
+        guard phase != .done, let device, !requestEnded else { return }
+        requestEnded = true
+        device.sendBody(stream: stream, [], endStream: true)
+    }
+
+    /// The user went away: stop the device's work on this request.
+    func userGone() {
+        guard phase != .done else { return }
+        finish()
+        device?.cancel(stream: stream)
+    }
+
+    // MARK: From the device
+
+    func deviceHeaders(_ headers: HTTPHeaders, endStream: Bool) {
+        switch phase {
+        case .done:
+            return
+        case .streaming:
+            // Trailers.
+            client.writeEnd(trailers: headers)
+            finish()
+            return
+        case .waiting:
+            break
+        }
+        guard let statusText = headers.first(":status"), let status = Int(statusText), status >= 200, status <= 999 else {
+            if let s = headers.first(":status"), let v = Int(s), v >= 100, v < 200 { return }  // interim: skip
+            device?.cancel(stream: stream)
+            fail(502, "device sent an invalid response")
+            return
+        }
+        gateway.loop.cancel(timer)
+        timer = nil
+        phase = .streaming
+        var fields = HTTPHeaders()
+        for (n, v) in headers where !n.hasPrefix(":") { fields.add(n, v) }
+        fields.removeHopByHop()
+        let noBody = isHEAD || status == 204 || status == 304
+        client.writeHead(HTTPResponseHead(status: status, versionMinor: 1, headers: fields), noBody: noBody)
+        if endStream {
+            client.writeEnd(trailers: HTTPHeaders())
+            finish()
+        }
+    }
+
+    func deviceBody(_ bytes: [UInt8]) {
+        guard phase == .streaming else { return }
+        client.writeBody(bytes)
+    }
+
+    func deviceEnd() {
+        guard phase == .streaming else { return }
+        client.writeEnd(trailers: HTTPHeaders())
+        finish()
+    }
+
+    func deviceStreamClosed(errorCode: UInt32) {
+        switch phase {
+        case .done:
+            return
+        case .waiting:
+            fail(502, "device closed the stream without answering")
+        case .streaming:
+            // Too late for a status: the user must see a broken response, not a short one.
+            finish()
+            client.abort("device reset the response (error " + String(errorCode) + ")")
+        }
+    }
+
+    private func timedOut() {
+        guard phase == .waiting else { return }
+        device?.cancel(stream: stream)
+        fail(504, "device " + hostname + " did not answer within " + String(gateway.config.responseTimeoutMs) + " ms")
+    }
+
+    private func fail(_ status: Int, _ why: String) {
+        finish()
+        client.respondError(status, why)
+    }
+
+    private func finish() {
+        phase = .done
+        gateway.loop.cancel(timer)
+        timer = nil
+    }
+}
+
+func joinedList(_ parts: [String]) -> String {
+    var s = ""
+    for (i, p) in parts.enumerated() {
+        if i > 0 { s += ", " }
+        s += p
+    }
+    return s
+}

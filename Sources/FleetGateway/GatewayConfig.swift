@@ -1,0 +1,89 @@
+// fleet-gateway settings: from a config file and the command line (same keys).
+import EventLoop
+import TLS
+import Tunnel
+
+struct GatewayConfig {
+    var listenDevices = HostPort(host: "127.0.0.1", port: 8443)
+    var listenPublic = HostPort(host: "127.0.0.1", port: 8080)
+    /// Fleet CA: device certificates must chain to it.
+    var caFile: String?
+    /// The gateway's certificate and key for the device listener.
+    var certFile: String?
+    var keyFile: String?
+    /// Certificate and key for the public listener; without them it speaks plain HTTP.
+    var publicCertFile: String?
+    var publicKeyFile: String?
+    var hostnameTemplate = HostnameTemplate.identity
+    var plaintextDevices = false
+    /// Identity of every device on a plaintext device listener.
+    var plaintextDeviceName = "device"
+    var tlsMinimum = TLSVersion.tls13
+    var responseTimeoutMs = 30_000
+    var logLevel = LogLevel.info
+    var maxHeadBytes = 16384
+
+    static let keys = ["config", "listen_devices", "listen_public", "ca", "cert", "key", "public_cert", "public_key",
+                       "hostname_template", "plaintext_devices", "plaintext_device_name", "tls_min",
+                       "response_timeout_ms", "log_level", "max_header_bytes", "check_config", "help", "version"]
+    static let flags = ["plaintext_devices", "check_config", "help", "version"]
+
+    init(_ s: Settings) throws(ConfigError) {
+        try s.checkKnown(GatewayConfig.keys)
+        if let v = try s.hostPort("listen_devices") { listenDevices = v }
+        if let v = try s.hostPort("listen_public") { listenPublic = v }
+        caFile = s.string("ca")
+        certFile = s.string("cert")
+        keyFile = s.string("key")
+        publicCertFile = s.string("public_cert")
+        publicKeyFile = s.string("public_key")
+        plaintextDevices = try s.bool("plaintext_devices")
+        if let v = s.last("plaintext_device_name") {
+            guard PKI.isValidHostname(v.value) else { throw ConfigError(v.origin + ": '" + v.value + "' is not a valid device name") }
+            plaintextDeviceName = v.value.lowercased()
+        }
+        if let v = s.last("hostname_template") {
+            guard let t = HostnameTemplate(v.value) else {
+                throw ConfigError(v.origin + ": hostname_template must contain {cn} once and form a hostname, e.g. {cn}.devices.example.com")
+            }
+            hostnameTemplate = t
+        }
+        if let v = s.last("tls_min") {
+            guard let t = TLSVersion(name: v.value) else { throw ConfigError(v.origin + ": tls_min must be 1.2 or 1.3") }
+            tlsMinimum = t
+        }
+        if let v = s.last("log_level") {
+            guard let l = LogLevel(name: v.value) else { throw ConfigError(v.origin + ": log_level must be debug, info, notice, warning or error") }
+            logLevel = l
+        }
+        responseTimeoutMs = try s.int("response_timeout_ms", default: 30_000, min: 100, max: 3_600_000)
+        maxHeadBytes = try s.int("max_header_bytes", default: 16384, min: 1024, max: 1 << 20)
+        if !plaintextDevices {
+            guard caFile != nil else { throw ConfigError("the device listener needs --ca FILE (the fleet CA), or --plaintext-devices") }
+            guard certFile != nil, keyFile != nil else { throw ConfigError("the device listener needs --cert FILE and --key FILE, or --plaintext-devices") }
+        }
+        if (publicCertFile == nil) != (publicKeyFile == nil) {
+            throw ConfigError("--public-cert and --public-key go together")
+        }
+    }
+
+    func deviceTLS() -> TLSConfiguration {
+        var c = TLSConfiguration(role: .server)
+        c.certificateFile = certFile
+        c.keyFile = keyFile
+        c.trustFile = caFile
+        c.minimumVersion = tlsMinimum
+        c.alpn = ["h2"]
+        return c
+    }
+
+    func publicTLS() -> TLSConfiguration? {
+        guard let cert = publicCertFile, let key = publicKeyFile else { return nil }
+        var c = TLSConfiguration(role: .server)
+        c.certificateFile = cert
+        c.keyFile = key
+        c.minimumVersion = tlsMinimum
+        c.alpn = ["http/1.1"]
+        return c
+    }
+}

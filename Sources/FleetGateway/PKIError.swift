@@ -1,0 +1,51 @@
+// Errors of the certificate commands (`PKI`). Each one renders as a single line
+// that tells the operator what went wrong and what to do about it.
+import TLS
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public enum PKIError: Error, CustomStringConvertible {
+    /// A device, gateway or fleet name that cannot be used (not a hostname, wildcard, ...).
+    case invalidName(String)
+    /// A file that must not be replaced without `force` (its path).
+    case alreadyExists(String)
+    /// A file-system call failed on this path with this errno.
+    case io(String, errno: Int32)
+    /// An OpenSSL call failed; carries the drained error queue.
+    case openssl(OpenSSLError)
+    /// The directory has no fleet CA (ca.crt and ca.key) to sign with.
+    case missingCA(String)
+    /// A numeric option out of range ("days must be between 1 and 36500, got 0").
+    case invalidArgument(String)
+
+    public var description: String {
+        switch self {
+        case .invalidName(let name):
+            return "invalid name \"\(name)\": use a hostname (labels of 1-63 letters, digits or '-', "
+                + "not starting or ending with '-', separated by dots, at most 253 characters, no wildcards)"
+        case .alreadyExists(let path):
+            if path.hasSuffix("/ca.key") || path == "ca.key" {
+                return "refusing to overwrite \(path): a fleet CA already exists there (use --force)"
+            }
+            return "refusing to overwrite \(path): it already exists (use --force to replace it)"
+        case .io(let path, let code):
+            return "\(path): \(PKIError.errorText(code))"
+        case .openssl(let error):
+            return "OpenSSL: \(error.description)"
+        case .missingCA(let directory):
+            return "no fleet CA in \(directory) (ca.crt and ca.key are required): initialize the PKI there first"
+        case .invalidArgument(let text):
+            return text
+        }
+    }
+
+    static func errorText(_ code: Int32) -> String {
+        guard let text = strerror(code) else { return "errno \(code)" }
+        return String(cString: text)
+    }
+}

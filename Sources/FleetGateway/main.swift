@@ -1,0 +1,117 @@
+// fleet-gateway: accepts devices over mutual TLS, reverses their connections and
+// routes users' requests to them by Host. `fleet-gateway pki ...` makes the
+// certificates.
+import CLibc
+import EventLoop
+import TLS
+import Tunnel
+
+let usage = """
+usage: fleet-gateway [options]                 run the gateway
+       fleet-gateway pki init DIR --name NAME [--san ADDR]...   fleet CA + gateway certificate
+       fleet-gateway pki issue DIR DEVICE      a device certificate (CN = DEVICE)
+
+options (also `key = value` lines in --config FILE):
+  --listen-devices ADDR     device listener (default 127.0.0.1:8443)
+  --listen-public ADDR      user listener (default 127.0.0.1:8080)
+  --ca FILE                 fleet CA: device certificates must chain to it
+  --cert FILE --key FILE    the gateway's certificate for the device listener
+  --public-cert FILE --public-key FILE   serve users over HTTPS
+  --hostname-template T     public hostname of a device, e.g. {cn}.devices.example.com (default {cn})
+  --plaintext-devices       no TLS on the device listener (INSECURE; tests only)
+  --plaintext-device-name N identity of plaintext devices (default "device")
+  --tls-min 1.2|1.3         lowest TLS version (default 1.3)
+  --response-timeout-ms MS  time a device has to answer (default 30000)
+  --max-header-bytes N      largest request head (default 16384; larger gets 431)
+  --log-level LEVEL         debug, info, notice, warning, error
+  --check-config            validate and exit
+"""
+
+func gatewayMain() -> Int32 {
+    let args = processArguments()
+    if args.first == "pki" { return pkiMain(Array(args.dropFirst())) }
+    var settings = Settings()
+    do throws(ConfigError) {
+        var cmdline = Settings()
+        let positional = try parseCommandLine(args, flags: GatewayConfig.flags, into: &cmdline)
+        if cmdline.last("help") != nil { Logger.writeStderr(usage + "\n"); return 0 }
+        if cmdline.last("version") != nil { Logger.writeStderr("fleet-gateway " + reverseHTTPVersion + "\n"); return 0 }
+        if !positional.isEmpty { throw ConfigError("unexpected argument '" + positional[0] + "' (see --help)") }
+        if let path = cmdline.last("config") { try ConfigFile.load(path.value, into: &settings) }
+        for s in cmdline.items { settings.add(s) }
+        let config = try GatewayConfig(settings)
+        if settings.last("check_config") != nil {
+            Logger.writeStderr("configuration OK\n")
+            return 0
+        }
+        return run(config)
+    } catch {
+        Logger.writeStderr("fleet-gateway: " + error.description + "\n")
+        return 2
+    }
+}
+
+func run(_ config: GatewayConfig) -> Int32 {
+    _ = rh_ignore_sigpipe()
+    let logger = Logger(program: "fleet-gateway", level: config.logLevel)
+    let loop = EventLoop()
+    let gateway: Gateway
+    do {
+        gateway = try Gateway(config: config, loop: loop, logger: logger)
+        try gateway.start()
+    } catch let e as OpenSSLError {
+        Logger.writeStderr("fleet-gateway: " + e.description + "\n")
+        return 1
+    } catch {
+        Logger.writeStderr("fleet-gateway: \(error)\n")
+        return 1
+    }
+    loop.handleSignals([SIGTERM, SIGINT]) { _ in
+        logger.notice("stopping")
+        Systemd.notify("STOPPING=1")
+        loop.stop()
+    }
+    Systemd.notify("READY=1")
+    loop.run()
+    return 0
+}
+
+func pkiMain(_ args: [String]) -> Int32 {
+    var settings = Settings()
+    let positional: [String]
+    do throws(ConfigError) {
+        positional = try parseCommandLine(args, flags: ["force"], into: &settings)
+    } catch {
+        Logger.writeStderr("fleet-gateway pki: " + error.description + "\n")
+        return 2
+    }
+    let force = settings.last("force") != nil
+    do throws(PKIError) {
+        switch (positional.first, positional.count) {
+        case ("init", 2):
+            guard let name = settings.string("name") else {
+                Logger.writeStderr("fleet-gateway pki init: --name NAME (the gateway's DNS name) is required\n")
+                return 2
+            }
+            let sans = settings.items.filter { $0.key == "san" }.map(\.value)
+            try PKI.initialize(directory: positional[1], gatewayName: name, extraSANs: sans, force: force)
+            Logger.writeStderr("fleet CA and gateway certificate for " + name + " written to " + positional[1] + "\n")
+        case ("issue", 3):
+            try PKI.issue(directory: positional[1], name: positional[2], force: force)
+            Logger.writeStderr("device certificate for " + positional[2] + " written to " + positional[1] + "/devices/\n")
+        case ("issue-server", 3):
+            let sans = settings.items.filter { $0.key == "san" }.map(\.value)
+            try PKI.issueServer(directory: positional[1], name: positional[2], extraSANs: sans, force: force)
+            Logger.writeStderr("server certificate for " + positional[2] + " written to " + positional[1] + "/servers/\n")
+        default:
+            Logger.writeStderr(usage + "\n")
+            return 2
+        }
+    } catch {
+        Logger.writeStderr("fleet-gateway pki: " + error.description + "\n")
+        return 1
+    }
+    return 0
+}
+
+exit(gatewayMain())

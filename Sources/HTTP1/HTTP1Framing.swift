@@ -1,0 +1,92 @@
+// HTTP1Framing: decides how a message body is delimited (RFC 9112 §6.3),
+// strictly, because disagreeing with a peer about where a message ends is
+// what request smuggling exploits:
+//   requests  - Transfer-Encoding must be exactly "chunked" (else 501), never
+//               together with Content-Length, never in HTTP/1.0 (400);
+//               Content-Length values must all agree (400); neither -> no body.
+//   responses - HEAD / 1xx / 204 / 304 have no body; Transfer-Encoding with a
+//               final "chunked" -> chunked, other codings (or HTTP/1.0) ->
+//               until close; Content-Length must be valid (502); CL together
+//               with TE is rejected as well (RFC 9112 §6.3 ¶3: "ought to be
+//               handled as an error"); otherwise until close.
+
+enum HTTP1Framing {
+    static func request(_ head: HTTPRequestHead) throws(HTTP1Error) -> BodyFraming {
+        let headers = head.headers
+        let hosts = headers.count("Host")
+        if hosts > 1 { throw .badRequest("multiple Host fields") }
+        if hosts == 0 && head.versionMinor == 1 { throw .badRequest("missing Host field") }
+
+        let hasTE = headers.contains("Transfer-Encoding")
+        let hasCL = headers.contains("Content-Length")
+        if hasTE {
+            if hasCL { throw .badRequest("both Transfer-Encoding and Content-Length") }
+            if head.versionMinor == 0 { throw .badRequest("Transfer-Encoding in HTTP/1.0 request") }
+            let codings = transferCodings(headers)
+            if codings.isEmpty { throw .badRequest("empty Transfer-Encoding") }
+            guard codings.count == 1,
+                  HTTP1Bytes.equalsIgnoringCase(codings[0], lowercase: "chunked") else {
+                throw .unsupportedTransferEncoding
+            }
+            return .chunked
+        }
+        if hasCL {
+            guard let n = contentLength(headers) else { throw .badRequest("invalid Content-Length") }
+            return .contentLength(n)
+        }
+        return .none
+    }
+
+    static func response(_ head: HTTPResponseHead, toHEAD: Bool) throws(HTTP1Error) -> BodyFraming {
+        let status = head.status
+        if toHEAD || (status >= 100 && status < 200) || status == 204 || status == 304 {
+            return .none
+        }
+        let headers = head.headers
+        let hasTE = headers.contains("Transfer-Encoding")
+        let hasCL = headers.contains("Content-Length")
+        if hasTE {
+            if hasCL { throw .badResponse("both Transfer-Encoding and Content-Length") }
+            if head.versionMinor == 0 { return .untilClose }  // RFC 9112 §6.1: faulty framing
+            let codings = transferCodings(headers)
+            if let last = codings.last, HTTP1Bytes.equalsIgnoringCase(last, lowercase: "chunked") {
+                // "chunked" must be final and appear only once.
+                for c in codings.dropLast() where HTTP1Bytes.equalsIgnoringCase(c, lowercase: "chunked") {
+                    throw .badResponse("chunked applied twice")
+                }
+                return .chunked
+            }
+            return .untilClose
+        }
+        if hasCL {
+            guard let n = contentLength(headers) else { throw .badResponse("invalid Content-Length") }
+            return .contentLength(n)
+        }
+        return .untilClose
+    }
+
+    /// Non-empty transfer codings of every Transfer-Encoding field, in order.
+    static func transferCodings(_ headers: HTTPHeaders) -> [ArraySlice<UInt8>] {
+        var out: [ArraySlice<UInt8>] = []
+        for value in headers.values("Transfer-Encoding") {
+            for element in HTTP1Bytes.listElements(value) where !element.isEmpty {
+                out.append(element)
+            }
+        }
+        return out
+    }
+
+    /// The common value of every Content-Length field and list element, or nil
+    /// if any element is not 1*DIGIT, overflows, or differs from the others.
+    static func contentLength(_ headers: HTTPHeaders) -> Int? {
+        var result: Int? = nil
+        for value in headers.values("Content-Length") {
+            for element in HTTP1Bytes.listElements(value) {
+                guard let n = HTTP1Bytes.parseDecimal(element) else { return nil }
+                if let r = result, r != n { return nil }
+                result = n
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,156 @@
+// HTTP1ResponseParser: incremental, strict HTTP/1.x response parser for the
+// client side of a connection (the upstream a proxy talks to). Like the
+// request parser it streams .head / .body / .end events, but response framing
+// depends on the request: `expectResponse(toHEAD:)` queues, per request sent,
+// whether it was a HEAD. Interim 1xx responses are validated and dropped
+// silently; 101 Switching Protocols ends HTTP parsing (the raw rest is left
+// for `takeUnparsed`). A close-delimited body ends with `feedEOF`.
+// Any error poisons the parser (answer 502 downstream and close).
+
+public struct HTTP1ResponseParser: Sendable {
+    private var decoder: HTTP1MessageDecoder
+    private var pendingLine: (status: Int, reason: String, minor: Int)? = nil
+    private var failure: HTTP1Error? = nil
+    /// FIFO of "was a HEAD request" for responses not yet received.
+    private var expectations: [Bool] = []
+    private var expectationIndex = 0
+
+    /// Body framing of the response whose head was last returned.
+    public private(set) var framing: BodyFraming = .none
+    /// True between a .head and its .end.
+    public private(set) var inMessage = false
+
+    public init(limits: HTTP1Limits = HTTP1Limits()) {
+        decoder = HTTP1MessageDecoder(isRequest: false, limits: limits)
+    }
+
+    /// Call once per request sent, in order, before its response is fed:
+    /// responses to HEAD carry no body. Without a queued expectation a
+    /// response is parsed as a response to a non-HEAD request.
+    public mutating func expectResponse(toHEAD: Bool) {
+        if expectationIndex > 0 && expectationIndex == expectations.count {
+            expectations.removeAll(keepingCapacity: true)
+            expectationIndex = 0
+        }
+        expectations.append(toHEAD)
+    }
+
+    public mutating func feed(_ bytes: [UInt8]) throws(HTTP1Error) -> [HTTP1Event<HTTPResponseHead>] {
+        if let failure { throw failure }
+        decoder.append(bytes)
+        do throws(HTTP1Error) {
+            return try drain()
+        } catch {
+            failure = error
+            throw error
+        }
+    }
+
+    /// The peer closed: ends a close-delimited body with .end; throws
+    /// .badResponse("truncated") if any other message is incomplete;
+    /// returns [] when no message is in progress.
+    public mutating func feedEOF() throws(HTTP1Error) -> [HTTP1Event<HTTPResponseHead>] {
+        if let failure { throw failure }
+        if decoder.phase == .untilClose {
+            // Drain first: bytes fed before EOF are normally already emitted.
+            var events: [HTTP1Event<HTTPResponseHead>] = []
+            do throws(HTTP1Error) {
+                events = try drain()
+            } catch {
+                failure = error
+                throw error
+            }
+            inMessage = false
+            decoder.stop()
+            events.append(.end(trailers: HTTPHeaders()))
+            return events
+        }
+        if inMessage || decoder.headInProgress {
+            failure = .badResponse("truncated")
+            throw .badResponse("truncated")
+        }
+        return []
+    }
+
+    /// Bytes buffered but not yet consumed (after a 101, the first bytes of
+    /// the new protocol): returns and clears them.
+    public mutating func takeUnparsed() -> [UInt8] {
+        pendingLine = nil
+        return decoder.takeUnparsed()
+    }
+
+    private mutating func nextExpectation() -> Bool {
+        guard expectationIndex < expectations.count else { return false }
+        let e = expectations[expectationIndex]
+        expectationIndex += 1
+        return e
+    }
+
+    private mutating func drain() throws(HTTP1Error) -> [HTTP1Event<HTTPResponseHead>] {
+        var events: [HTTP1Event<HTTPResponseHead>] = []
+        while true {
+            switch try decoder.step() {
+            case .needMore:
+                return events
+            case .startLine(let line):
+                pendingLine = try HTTP1ResponseParser.parseStatusLine(line)
+            case .head(let headers):
+                guard let line = pendingLine else { throw .badResponse("missing status line") }
+                pendingLine = nil
+                let head = HTTPResponseHead(status: line.status, reason: line.reason,
+                                            versionMinor: line.minor, headers: headers)
+                if line.status < 200 && line.status != 101 {
+                    decoder.skipMessage()  // interim response: not surfaced
+                    continue
+                }
+                let toHEAD = nextExpectation()
+                let f = try HTTP1Framing.response(head, toHEAD: toHEAD)
+                framing = f
+                events.append(.head(head))
+                if line.status == 101 {
+                    decoder.stop()
+                    events.append(.end(trailers: HTTPHeaders()))
+                    return events
+                }
+                inMessage = true
+                decoder.beginBody(f)
+            case .body(let bytes):
+                events.append(.body(bytes))
+            case .end(let trailers):
+                inMessage = false
+                events.append(.end(trailers: trailers))
+            }
+        }
+    }
+
+    /// status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ]
+    /// (the SP before an empty reason may be missing).
+    static func parseStatusLine(_ line: ArraySlice<UInt8>) throws(HTTP1Error)
+        -> (status: Int, reason: String, minor: Int)
+    {
+        let s = line.startIndex, e = line.endIndex
+        guard line.count >= 12,
+              let minor = HTTP1RequestParser.parseVersion(line[s..<(s + 8)]) else {
+            throw .badResponse("invalid status line")
+        }
+        guard line[s + 8] == HTTP1Bytes.sp,
+              HTTP1Bytes.isDigit(line[s + 9]), HTTP1Bytes.isDigit(line[s + 10]),
+              HTTP1Bytes.isDigit(line[s + 11]) else {
+            throw .badResponse("invalid status line")
+        }
+        let status = Int(line[s + 9] - 0x30) * 100 + Int(line[s + 10] - 0x30) * 10
+            + Int(line[s + 11] - 0x30)
+        if status < 100 { throw .badResponse("invalid status code") }
+        var reasonStart = s + 12
+        if reasonStart < e {
+            guard line[reasonStart] == HTTP1Bytes.sp else { throw .badResponse("invalid status line") }
+            reasonStart += 1
+        }
+        var i = reasonStart
+        while i < e {
+            if !HTTP1Bytes.isFieldValueByte(line[i]) { throw .badResponse("invalid character in reason phrase") }
+            i += 1
+        }
+        return (status, String(decoding: line[reasonStart..<e], as: UTF8.self), minor)
+    }
+}

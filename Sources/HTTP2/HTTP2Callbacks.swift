@@ -1,0 +1,89 @@
+// nghttp2 C callbacks. Each is a thin thunk: it unwraps the HTTP2Session from the
+// user data and records one event or copies one body chunk.
+import CNghttp2
+import HTTP1
+
+enum HTTP2Callbacks {
+    @inline(__always)
+    static func session(_ p: UnsafeMutableRawPointer?) -> HTTP2Session {
+        Unmanaged<HTTP2Session>.fromOpaque(p!).takeUnretainedValue()
+    }
+
+    static func install(_ cbs: OpaquePointer?) {
+        nghttp2_session_callbacks_set_on_begin_headers_callback(cbs) { _, frame, user in
+            let s = HTTP2Callbacks.session(user)
+            s.incomingHeaders[frame!.pointee.hd.stream_id] = HTTPHeaders()
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, namelen, value, valuelen, _, user in
+            let s = HTTP2Callbacks.session(user)
+            let id = frame!.pointee.hd.stream_id
+            let n = String(decoding: UnsafeBufferPointer(start: name, count: namelen), as: UTF8.self)
+            let v = String(decoding: UnsafeBufferPointer(start: value, count: valuelen), as: UTF8.self)
+            s.incomingHeaders[id, default: HTTPHeaders()].add(n, v)
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs) { _, frame, user in
+            let s = HTTP2Callbacks.session(user)
+            let hd = frame!.pointee.hd
+            let endStream = (hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue)) != 0
+            switch UInt32(hd.type) {
+            case NGHTTP2_HEADERS.rawValue:
+                let headers = s.incomingHeaders.removeValue(forKey: hd.stream_id) ?? HTTPHeaders()
+                s.events.append(.headers(stream: hd.stream_id, headers: headers, endStream: endStream))
+            case NGHTTP2_DATA.rawValue:
+                if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
+            case NGHTTP2_SETTINGS.rawValue:
+                if (hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue)) == 0 { s.didReceiveRemoteSettings() }
+            case NGHTTP2_PING.rawValue:
+                if (hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue)) != 0 { s.events.append(.pingAck) }
+            case NGHTTP2_GOAWAY.rawValue:
+                let g = frame!.pointee.goaway
+                s.didReceiveGoaway(lastStreamID: g.last_stream_id, errorCode: g.error_code)
+            default:
+                break
+            }
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs) { _, _, stream, data, len, user in
+            let s = HTTP2Callbacks.session(user)
+            s.events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: len))))
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, stream, code, user in
+            let s = HTTP2Callbacks.session(user)
+            s.outgoing[stream] = nil
+            s.incomingHeaders[stream] = nil
+            s.events.append(.streamClosed(stream: stream, errorCode: code))
+            return 0
+        }
+    }
+
+    /// Data provider: copies queued body bytes; defers when none are queued yet.
+    static let readBody: nghttp2_data_source_read_callback = { _, stream, buf, length, flags, _, user in
+        let s = HTTP2Callbacks.session(user)
+        guard let body = s.outgoing[stream] else {
+            return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
+        let n = min(length, body.count)
+        if n > 0 {
+            body.buffer.withUnsafeBufferPointer { src in
+                buf!.update(from: src.baseAddress! + body.offset, count: n)
+            }
+            body.offset += n
+        }
+        if body.count == 0 {
+            if body.ended {
+                flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
+                if let trailers = body.trailers, trailers.count > 0 {
+                    flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
+                    _ = s.submitTrailersNow(stream: stream, trailers)
+                }
+            } else if n == 0 {
+                body.deferred = true
+                return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+            }
+        }
+        return n
+    }
+}

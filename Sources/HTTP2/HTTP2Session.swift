@@ -1,0 +1,339 @@
+// HTTP2Session owns one nghttp2_session in client or server role. It does no I/O:
+// `receive` takes the bytes read from the peer and queues HTTP2Events; `takeOutput`
+// returns the bytes to send. C callbacks are thunks (HTTP2Callbacks.swift) that
+// unwrap the session from nghttp2's user data and call one method here.
+//
+// Reverse HTTP ("rhttp", as HAProxy does it) turns the roles around after the TCP
+// or TLS connect: the dialer (device) sends the client preface but then acts as
+// the HTTP server; the gateway receives that preface but acts as the HTTP client.
+// `Preface.reversed` handles both ends here, once:
+//   - server role: we write the 24-byte client magic ourselves, then run a server
+//     session told not to expect a client magic from the peer;
+//   - client role: we check the peer's 24-byte magic ourselves, and drop the magic
+//     our client session emits, so it never reaches the wire.
+import CNghttp2
+import HTTP1
+
+public enum HTTP2Role { case client, server }
+
+public enum Preface {
+    /// Plain HTTP/2 (RFC 9113): the client sends the magic.
+    case standard
+    /// Reverse HTTP: the server role sends the magic and the client role receives it.
+    case reversed
+}
+
+public struct HTTP2Settings {
+    public var maxConcurrentStreams: UInt32 = 100
+    /// Per-stream receive window we advertise.
+    public var initialWindowSize: Int32 = 1 << 20
+    /// Connection receive window we open right after the SETTINGS.
+    public var connectionWindowSize: Int32 = 16 << 20
+    public var maxHeaderListSize: UInt32 = 65536
+    public init() {}
+}
+
+public enum HTTP2Error: Error, CustomStringConvertible {
+    case badPreface
+    case nghttp2(operation: String, code: Int32, message: String)
+
+    static func from(_ operation: String, _ code: Int) -> HTTP2Error {
+        .nghttp2(operation: operation, code: Int32(code), message: String(cString: nghttp2_strerror(Int32(code))))
+    }
+
+    public var description: String {
+        switch self {
+        case .badPreface: return "peer did not send the HTTP/2 connection preface"
+        case .nghttp2(let op, _, let message): return "HTTP/2 " + op + ": " + message
+        }
+    }
+}
+
+public enum HTTP2Event {
+    /// A complete header block (request, response or trailers). `headers` includes pseudo-headers.
+    case headers(stream: Int32, headers: HTTPHeaders, endStream: Bool)
+    case data(stream: Int32, bytes: [UInt8])
+    /// The peer finished sending on this stream after DATA.
+    case endStream(stream: Int32)
+    /// The stream is gone; error code 0 is a clean close.
+    case streamClosed(stream: Int32, errorCode: UInt32)
+    case settings(maxConcurrentStreams: UInt32)
+    case pingAck
+    case goaway(lastStreamID: Int32, errorCode: UInt32)
+}
+
+/// The client connection preface (RFC 9113 §3.4).
+public let http2ClientMagic: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+public final class HTTP2Session {
+    public let role: HTTP2Role
+    public let preface: Preface
+    var session: OpaquePointer!
+    var events: [HTTP2Event] = []
+    /// Header block being received, per stream.
+    var incomingHeaders: [Int32: HTTPHeaders] = [:]
+    /// Bodies queued for sending, per stream.
+    var outgoing: [Int32: OutgoingBody] = [:]
+    /// Reversed client: bytes of the peer's magic still to check. Reversed server: our magic to send.
+    private var prefaceBytesToCheck: Int
+    private var prefaceToSend: [UInt8]
+    /// Reversed client: bytes of our own client magic still to drop from nghttp2's output.
+    private var ownMagicToDrop: Int
+    public private(set) var remoteMaxConcurrentStreams: UInt32 = 100
+    public private(set) var receivedGoaway = false
+    public private(set) var sentGoaway = false
+
+    public init(role: HTTP2Role, preface: Preface, settings: HTTP2Settings = HTTP2Settings()) throws(HTTP2Error) {
+        self.role = role
+        self.preface = preface
+        prefaceBytesToCheck = (role == .client && preface == .reversed) ? http2ClientMagic.count : 0
+        prefaceToSend = (role == .server && preface == .reversed) ? http2ClientMagic : []
+        ownMagicToDrop = (role == .client && preface == .reversed) ? http2ClientMagic.count : 0
+
+        var cbs: OpaquePointer?
+        nghttp2_session_callbacks_new(&cbs)
+        defer { nghttp2_session_callbacks_del(cbs) }
+        HTTP2Callbacks.install(cbs)
+        var opt: OpaquePointer?
+        nghttp2_option_new(&opt)
+        defer { nghttp2_option_del(opt) }
+        nghttp2_option_set_no_auto_window_update(opt, 1)
+        nghttp2_option_set_max_send_header_block_length(opt, 65536)
+        if role == .server && preface == .reversed { nghttp2_option_set_no_recv_client_magic(opt, 1) }
+
+        var s: OpaquePointer?
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        let rc = role == .client
+            ? nghttp2_session_client_new2(&s, cbs, me, opt)
+            : nghttp2_session_server_new2(&s, cbs, me, opt)
+        guard rc == 0, let s else { throw HTTP2Error.from("session_new", Int(rc)) }
+        session = s
+
+        var iv: [nghttp2_settings_entry] = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: settings.maxConcurrentStreams),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(settings.initialWindowSize)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: settings.maxHeaderListSize),
+        ]
+        // No server push either way: a device that sends PUSH_PROMISE is a protocol error.
+        iv.insert(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0), at: 0)
+        let src = iv.withUnsafeBufferPointer { nghttp2_submit_settings(s, UInt8(NGHTTP2_FLAG_NONE.rawValue), $0.baseAddress, $0.count) }
+        guard src == 0 else { throw HTTP2Error.from("submit_settings", Int(src)) }
+        if settings.connectionWindowSize > 65535 {
+            _ = nghttp2_session_set_local_window_size(s, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, settings.connectionWindowSize)
+        }
+    }
+
+    deinit { nghttp2_session_del(session) }
+
+    // MARK: Bytes in, bytes and events out
+
+    /// Processes bytes from the peer; the events they produce are queued for `takeEvents`.
+    public func receive(_ bytes: UnsafeRawBufferPointer) throws(HTTP2Error) {
+        var input = bytes
+        if prefaceBytesToCheck > 0 {
+            let offset = http2ClientMagic.count - prefaceBytesToCheck
+            let n = min(prefaceBytesToCheck, input.count)
+            for i in 0..<n where input[i] != http2ClientMagic[offset + i] { throw HTTP2Error.badPreface }
+            prefaceBytesToCheck -= n
+            input = UnsafeRawBufferPointer(rebasing: input[n...])
+        }
+        guard input.count > 0 else { return }
+        let rc = nghttp2_session_mem_recv(session, input.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count)
+        if rc < 0 { throw HTTP2Error.from("receive", rc) }
+    }
+
+    public func receive(_ bytes: [UInt8]) throws(HTTP2Error) {
+        var result: HTTP2Error?
+        bytes.withUnsafeBytes { p in
+            do throws(HTTP2Error) { try receive(p) } catch { result = error }
+        }
+        if let result { throw result }
+    }
+
+    /// Events produced since the last call, in order.
+    public func takeEvents() -> [HTTP2Event] {
+        let e = events
+        events.removeAll(keepingCapacity: true)
+        return e
+    }
+
+    public var hasEvents: Bool { !events.isEmpty }
+
+    /// Appends the bytes to send to the peer to `out`.
+    public func takeOutput(into out: inout [UInt8]) throws(HTTP2Error) {
+        if !prefaceToSend.isEmpty {
+            out += prefaceToSend
+            prefaceToSend = []
+        }
+        var guardCount = 0
+        while guardCount < 100_000 {
+            guardCount += 1
+            var p: UnsafePointer<UInt8>?
+            let n = nghttp2_session_mem_send(session, &p)
+            if n < 0 { throw HTTP2Error.from("send", n) }
+            if n == 0 { break }
+            var chunk = UnsafeBufferPointer(start: p, count: n)
+            if ownMagicToDrop > 0 {
+                let drop = min(ownMagicToDrop, chunk.count)
+                ownMagicToDrop -= drop
+                chunk = UnsafeBufferPointer(rebasing: chunk[drop...])
+            }
+            out.append(contentsOf: chunk)
+        }
+    }
+
+    /// False once both sides are done (GOAWAY exchanged and no streams left, or a fatal error).
+    public var isAlive: Bool {
+        nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0
+    }
+
+    public var wantsWrite: Bool { !prefaceToSend.isEmpty || nghttp2_session_want_write(session) != 0 }
+
+    // MARK: Streams
+
+    /// Client role: opens a stream with `headers` (pseudo-headers first). Returns its id.
+    public func submitRequest(_ headers: HTTPHeaders, endStream: Bool) throws(HTTP2Error) -> Int32 {
+        let body: OutgoingBody? = endStream ? nil : OutgoingBody()
+        let id = try submitHeaders(stream: -1, headers, body: body, isRequest: true)
+        if let body { outgoing[id] = body }
+        return id
+    }
+
+    /// Server role: answers `stream`.
+    public func submitResponse(stream: Int32, _ headers: HTTPHeaders, endStream: Bool) throws(HTTP2Error) {
+        let body: OutgoingBody? = endStream ? nil : OutgoingBody()
+        if let body { outgoing[stream] = body }
+        _ = try submitHeaders(stream: stream, headers, body: body, isRequest: false)
+    }
+
+    /// Queues body bytes for `stream`; with `endStream` the body ends after them.
+    public func sendData(stream: Int32, _ bytes: [UInt8], endStream: Bool) {
+        guard let body = outgoing[stream] else { return }
+        body.append(bytes)
+        if endStream { body.ended = true }
+        if body.deferred {
+            body.deferred = false
+            _ = nghttp2_session_resume_data(session, stream)
+        }
+    }
+
+    /// Ends the body of `stream` with trailers.
+    public func sendTrailers(stream: Int32, _ trailers: HTTPHeaders) {
+        guard let body = outgoing[stream] else { return }
+        body.trailers = trailers
+        body.ended = true
+        if body.deferred {
+            body.deferred = false
+            _ = nghttp2_session_resume_data(session, stream)
+        }
+    }
+
+    /// Bytes queued for `stream` that nghttp2 has not taken yet (flow control).
+    public func pendingBody(stream: Int32) -> Int { outgoing[stream]?.count ?? 0 }
+
+    public func resetStream(_ stream: Int32, errorCode: UInt32 = UInt32(NGHTTP2_CANCEL.rawValue)) {
+        _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, errorCode)
+    }
+
+    /// Tells nghttp2 the application consumed `count` bytes of `stream`'s DATA, so the
+    /// flow-control windows reopen.
+    public func consume(stream: Int32, count: Int) {
+        guard count > 0 else { return }
+        _ = nghttp2_session_consume(session, stream, count)
+    }
+
+    public func ping() {
+        let payload: [UInt8] = [0, 1, 2, 3, 4, 5, 6, 7]  // HAProxy's payload
+        _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), payload)
+    }
+
+    public func goaway(lastStreamID: Int32? = nil, errorCode: UInt32 = 0) {
+        let last = lastStreamID ?? nghttp2_session_get_last_proc_stream_id(session)
+        _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, errorCode, nil, 0)
+        sentGoaway = true
+    }
+
+    public var openStreamCount: Int { outgoing.count }
+
+    // MARK: Internals used by the callbacks
+
+    private func submitHeaders(stream: Int32, _ headers: HTTPHeaders, body: OutgoingBody?, isRequest: Bool) throws(HTTP2Error) -> Int32 {
+        var dataPrd = nghttp2_data_provider()
+        dataPrd.read_callback = HTTP2Callbacks.readBody
+        let rc: Int32 = withNameValues(headers) { nv, count in
+            if isRequest {
+                return body == nil
+                    ? nghttp2_submit_request(session, nil, nv, count, nil, nil)
+                    : nghttp2_submit_request(session, nil, nv, count, &dataPrd, nil)
+            }
+            return body == nil
+                ? nghttp2_submit_response(session, stream, nv, count, nil)
+                : nghttp2_submit_response(session, stream, nv, count, &dataPrd)
+        }
+        if rc < 0 {
+            if !isRequest { outgoing[stream] = nil }
+            throw HTTP2Error.from(isRequest ? "submit_request" : "submit_response", Int(rc))
+        }
+        return isRequest ? rc : stream
+    }
+
+    func didReceiveRemoteSettings() {
+        remoteMaxConcurrentStreams = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+        events.append(.settings(maxConcurrentStreams: remoteMaxConcurrentStreams))
+    }
+
+    func didReceiveGoaway(lastStreamID: Int32, errorCode: UInt32) {
+        receivedGoaway = true
+        events.append(.goaway(lastStreamID: lastStreamID, errorCode: errorCode))
+    }
+
+    func submitTrailersNow(stream: Int32, _ trailers: HTTPHeaders) -> Int32 {
+        withNameValues(trailers) { nv, count in nghttp2_submit_trailer(session, stream, nv, count) }
+    }
+}
+
+/// Calls `body` with `headers` as nghttp2 name/value pairs, names lower-cased. The
+/// pointers are valid only during the call; nghttp2 copies them when submitting.
+func withNameValues<R>(_ headers: HTTPHeaders, _ body: (UnsafePointer<nghttp2_nv>?, Int) -> R) -> R {
+    var storage: [UInt8] = []
+    var spans: [(Int, Int, Int, Int)] = []
+    for (name, value) in headers {
+        let n0 = storage.count
+        for b in name.utf8 { storage.append(b >= 65 && b <= 90 ? b + 32 : b) }
+        let v0 = storage.count
+        storage.append(contentsOf: value.utf8)
+        spans.append((n0, v0 - n0, v0, storage.count - v0))
+    }
+    storage.append(0)
+    return storage.withUnsafeMutableBufferPointer { buf in
+        var nva: [nghttp2_nv] = []
+        nva.reserveCapacity(spans.count)
+        for s in spans {
+            nva.append(nghttp2_nv(name: buf.baseAddress! + s.0, value: buf.baseAddress! + s.2,
+                                  namelen: s.1, valuelen: s.3, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+        }
+        return nva.withUnsafeBufferPointer { body($0.baseAddress, $0.count) }
+    }
+}
+
+/// A stream's outgoing body: bytes waiting for nghttp2 to pull them.
+final class OutgoingBody {
+    var buffer: [UInt8] = []
+    var offset = 0
+    var ended = false
+    var deferred = false
+    var trailers: HTTPHeaders?
+
+    var count: Int { buffer.count - offset }
+
+    func append(_ bytes: [UInt8]) {
+        if offset > 0 && offset == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            offset = 0
+        } else if offset > 65536 && offset * 2 > buffer.count {
+            buffer.removeFirst(offset)
+            offset = 0
+        }
+        buffer += bytes
+    }
+}

@@ -1,0 +1,195 @@
+// TLSConnection owns one SSL over two memory BIOs: the engine feeds it the
+// ciphertext read from the socket and takes the ciphertext to write, so TLS does
+// no I/O and runs the same in memory tests and on sockets.
+import COpenSSL
+
+public enum TLSError: Error, CustomStringConvertible {
+    /// The handshake failed; `verify` names a certificate problem when there was one.
+    case handshake(OpenSSLError, verify: String?)
+    case protocolError(OpenSSLError)
+
+    public var description: String {
+        switch self {
+        case .handshake(let e, let verify):
+            if let verify { return "TLS handshake failed: " + verify + " (" + e.description + ")" }
+            return "TLS handshake failed: " + e.description
+        case .protocolError(let e):
+            return "TLS error: " + e.description
+        }
+    }
+}
+
+public final class TLSConnection {
+    public enum Progress: Equatable {
+        /// Needs more ciphertext from the peer (or has ciphertext to send first).
+        case wantMore
+        /// Handshake done.
+        case established
+    }
+
+    public enum ReadResult {
+        case data(Int)
+        case wantMore
+        /// The peer sent close_notify.
+        case closed
+    }
+
+    private let ssl: OpaquePointer
+    private let rbio: OpaquePointer
+    private let wbio: OpaquePointer
+    public let context: TLSContext
+    public private(set) var isEstablished = false
+
+    /// `serverName` (client role): sent as SNI unless an IP address, and checked against
+    /// the server certificate's names (DNS or IP).
+    public init(context: TLSContext, serverName: String? = nil) throws(OpenSSLError) {
+        self.context = context
+        ERR_clear_error()
+        guard let ssl = SSL_new(context.ctx) else { throw OpenSSLError.drain("SSL_new") }
+        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl)
+            throw OpenSSLError.drain("BIO_new")
+        }
+        rh_BIO_set_mem_eof_return(r, -1)
+        SSL_set_bio(ssl, r, w)  // the SSL owns both BIOs from here on
+        self.ssl = ssl
+        rbio = r
+        wbio = w
+        if context.configuration.role == .client {
+            SSL_set_connect_state(ssl)
+            if let name = serverName {
+                if TLSConnection.isIPAddress(name) {
+                    let param = SSL_get0_param(ssl)
+                    guard X509_VERIFY_PARAM_set1_ip_asc(param, name) == 1 else {
+                        throw OpenSSLError.drain("set expected server address " + name)
+                    }
+                } else {
+                    guard rh_SSL_set_tlsext_host_name(ssl, name) == 1, SSL_set1_host(ssl, name) == 1 else {
+                        throw OpenSSLError.drain("set expected server name " + name)
+                    }
+                }
+            }
+        } else {
+            SSL_set_accept_state(ssl)
+        }
+    }
+
+    deinit { SSL_free(ssl) }
+
+    static func isIPAddress(_ s: String) -> Bool {
+        var colon = false
+        var onlyDigitsDots = true
+        for b in s.utf8 {
+            if b == UInt8(ascii: ":") { colon = true }
+            if !(b == UInt8(ascii: ".") || (b >= 48 && b <= 57)) { onlyDigitsDots = false }
+        }
+        return colon || onlyDigitsDots
+    }
+
+    /// Hands ciphertext received from the peer to OpenSSL.
+    public func feed(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        _ = BIO_write(rbio, bytes.baseAddress, Int32(bytes.count))
+    }
+
+    public func feed(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { feed($0) }
+    }
+
+    /// Ciphertext waiting to be sent to the peer.
+    public var pendingOutput: Int { rh_BIO_pending(wbio) }
+
+    /// Moves the ciphertext waiting to be sent into `out`.
+    public func takeOutput(into out: inout [UInt8]) {
+        var pending = rh_BIO_pending(wbio)
+        var guardCount = 0
+        while pending > 0 && guardCount < 1024 {
+            guardCount += 1
+            let start = out.count
+            out.append(contentsOf: repeatElement(0, count: pending))
+            let n = out.withUnsafeMutableBytes { BIO_read(wbio, $0.baseAddress! + start, Int32(pending)) }
+            out.removeLast(pending - Int(max(0, n)))
+            pending = rh_BIO_pending(wbio)
+        }
+    }
+
+    /// Advances the handshake with what has been fed so far.
+    public func handshake() throws(TLSError) -> Progress {
+        if isEstablished { return .established }
+        ERR_clear_error()
+        let rc = SSL_do_handshake(ssl)
+        if rc == 1 {
+            isEstablished = true
+            return .established
+        }
+        let err = SSL_get_error(ssl, rc)
+        if err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE { return .wantMore }
+        let verify = SSL_get_verify_result(ssl)
+        let verifyText: String? = verify == Int(X509_V_OK) ? nil : String(cString: X509_verify_cert_error_string(verify))
+        throw .handshake(OpenSSLError.drain("handshake"), verify: verifyText)
+    }
+
+    /// Decrypts into `buffer`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(TLSError) -> ReadResult {
+        ERR_clear_error()
+        let n = SSL_read(ssl, buffer.baseAddress, Int32(buffer.count))
+        if n > 0 { return .data(Int(n)) }
+        let err = SSL_get_error(ssl, n)
+        if err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE { return .wantMore }
+        if err == SSL_ERROR_ZERO_RETURN { return .closed }
+        throw .protocolError(OpenSSLError.drain("read"))
+    }
+
+    /// Encrypts all of `bytes` (memory BIOs always take everything).
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(TLSError) {
+        var off = 0
+        var guardCount = 0
+        while off < bytes.count {
+            guardCount += 1
+            if guardCount > 1_000_000 { throw .protocolError(OpenSSLError("write made no progress", reasons: [])) }
+            ERR_clear_error()
+            let chunk = min(bytes.count - off, 1 << 20)
+            let n = SSL_write(ssl, bytes.baseAddress! + off, Int32(chunk))
+            if n <= 0 { throw .protocolError(OpenSSLError.drain("write")) }
+            off += Int(n)
+        }
+    }
+
+    /// Queues close_notify.
+    public func close() {
+        ERR_clear_error()
+        _ = SSL_shutdown(ssl)
+        ERR_clear_error()
+    }
+
+    /// The protocol the server picked with ALPN, if any.
+    public var alpnProtocol: String? {
+        var p: UnsafePointer<UInt8>?
+        var len: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &p, &len)
+        guard let p, len > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: p, count: Int(len)), as: UTF8.self)
+    }
+
+    public var protocolVersion: String { String(cString: SSL_get_version(ssl)) }
+
+    /// Subject common name of the verified peer certificate (nil without one).
+    public var peerCommonName: String? {
+        guard let cert = SSL_get1_peer_certificate(ssl) else { return nil }
+        defer { X509_free(cert) }
+        guard SSL_get_verify_result(ssl) == Int(X509_V_OK) else { return nil }
+        guard let name = X509_get_subject_name(cert) else { return nil }
+        let idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1)
+        guard idx >= 0 else { return nil }
+        // A second CN makes the identity ambiguous: refuse it.
+        if X509_NAME_get_index_by_NID(name, NID_commonName, idx) >= 0 { return nil }
+        guard let entry = X509_NAME_get_entry(name, idx), let data = X509_NAME_ENTRY_get_data(entry) else { return nil }
+        var utf8: UnsafeMutablePointer<UInt8>?
+        let len = ASN1_STRING_to_UTF8(&utf8, data)
+        guard len > 0, let utf8 else { return nil }
+        defer { rh_OPENSSL_free(utf8) }
+        let bytes = UnsafeBufferPointer(start: utf8, count: Int(len))
+        if bytes.contains(0) { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,133 @@
+// TLSContext owns one SSL_CTX: certificates, trust, protocol versions and ALPN for
+// one side of a connection (the agent's client, the gateway's device or public
+// listener). Build it once, then make one TLSConnection per accepted or dialed socket.
+import COpenSSL
+
+public enum TLSVersion: Equatable {
+    case tls12, tls13
+
+    public init?(name: String) {
+        switch name {
+        case "1.2", "TLSv1.2", "tls1.2": self = .tls12
+        case "1.3", "TLSv1.3", "tls1.3": self = .tls13
+        default: return nil
+        }
+    }
+}
+
+public struct TLSConfiguration {
+    public enum Role { case client, server }
+
+    public var role: Role
+    /// PEM certificate chain (leaf first) and its private key; the client's for mTLS.
+    public var certificateFile: String?
+    public var keyFile: String?
+    /// PEM CA bundle that peers must chain to. For a server, setting it requires client certificates.
+    public var trustFile: String?
+    public var minimumVersion: TLSVersion = .tls13
+    /// ALPN protocols, most preferred first ("h2").
+    public var alpn: [String] = []
+    /// A server whose ALPN list is set refuses clients that offer ALPN without a match.
+    public init(role: Role) { self.role = role }
+}
+
+public final class TLSContext {
+    let ctx: OpaquePointer
+    public let configuration: TLSConfiguration
+    /// ALPN list in wire format (length-prefixed), kept alive for the server's select callback.
+    let alpnWire: [UInt8]
+
+    public init(_ config: TLSConfiguration) throws(OpenSSLError) {
+        configuration = config
+        ERR_clear_error()
+        let method = config.role == .client ? TLS_client_method() : TLS_server_method()
+        guard let ctx = SSL_CTX_new(method) else { throw OpenSSLError.drain("SSL_CTX_new") }
+        self.ctx = ctx
+        var wire: [UInt8] = []
+        for p in config.alpn {
+            let bytes = Array(p.utf8)
+            wire.append(UInt8(bytes.count))
+            wire += bytes
+        }
+        alpnWire = wire
+
+        let minVersion = config.minimumVersion == .tls13 ? rh_TLS1_3_VERSION() : rh_TLS1_2_VERSION()
+        _ = rh_SSL_CTX_set_min_proto_version(ctx, minVersion)
+        _ = rh_SSL_CTX_set_mode(ctx, rh_SSL_MODE_RELEASE_BUFFERS())
+
+        if let cert = config.certificateFile {
+            guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
+                throw OpenSSLError.drain("load certificate " + cert)
+            }
+        }
+        if let key = config.keyFile {
+            guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
+                throw OpenSSLError.drain("load private key " + key)
+            }
+            guard SSL_CTX_check_private_key(ctx) == 1 else {
+                throw OpenSSLError.drain("private key " + key + " does not match the certificate")
+            }
+        }
+        if let trust = config.trustFile {
+            guard SSL_CTX_load_verify_locations(ctx, trust, nil) == 1 else {
+                throw OpenSSLError.drain("load CA file " + trust)
+            }
+            if config.role == .server {
+                if let names = SSL_load_client_CA_file(trust) {
+                    SSL_CTX_set_client_CA_list(ctx, names)
+                }
+                SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
+            } else {
+                SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+            }
+        } else if config.role == .client {
+            // A client without a trust file would accept any server: refuse to build one.
+            throw OpenSSLError("client TLS needs a CA file to verify the server", reasons: [])
+        }
+
+        if !wire.isEmpty {
+            if config.role == .client {
+                let rc = wire.withUnsafeBufferPointer { SSL_CTX_set_alpn_protos(ctx, $0.baseAddress, UInt32($0.count)) }
+                guard rc == 0 else { throw OpenSSLError.drain("set ALPN") }
+            } else {
+                SSL_CTX_set_alpn_select_cb(ctx, tlsALPNSelect, Unmanaged.passUnretained(self).toOpaque())
+            }
+        }
+        ERR_clear_error()
+    }
+
+    deinit { SSL_CTX_free(ctx) }
+
+    /// Picks our most preferred protocol that the client offered.
+    func selectALPN(offered: UnsafeBufferPointer<UInt8>) -> (offset: Int, length: Int)? {
+        for ours in configuration.alpn {
+            let o = Array(ours.utf8)
+            var i = 0
+            while i < offered.count {
+                let len = Int(offered[i])
+                let start = i + 1
+                if start + len > offered.count { return nil }
+                if len == o.count {
+                    var same = true
+                    for k in 0..<len where offered[start + k] != o[k] { same = false; break }
+                    if same { return (start, len) }
+                }
+                i = start + len
+            }
+        }
+        return nil
+    }
+}
+
+/// SSL_CTX ALPN select callback: a thin thunk into TLSContext.selectALPN.
+private func tlsALPNSelect(_ ssl: OpaquePointer?, _ out: UnsafeMutablePointer<UnsafePointer<UInt8>?>?,
+                           _ outlen: UnsafeMutablePointer<UInt8>?, _ inp: UnsafePointer<UInt8>?,
+                           _ inlen: UInt32, _ arg: UnsafeMutableRawPointer?) -> Int32 {
+    guard let arg, let inp, let out, let outlen else { return SSL_TLSEXT_ERR_ALERT_FATAL }
+    let ctx = Unmanaged<TLSContext>.fromOpaque(arg).takeUnretainedValue()
+    let offered = UnsafeBufferPointer(start: inp, count: Int(inlen))
+    guard let pick = ctx.selectALPN(offered: offered) else { return SSL_TLSEXT_ERR_ALERT_FATAL }
+    out.pointee = inp + pick.offset
+    outlen.pointee = UInt8(pick.length)
+    return SSL_TLSEXT_ERR_OK
+}

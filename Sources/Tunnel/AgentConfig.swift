@@ -1,0 +1,69 @@
+// The agent's settings, from a config file and the command line (same keys).
+import EventLoop
+import TLS
+
+public struct AgentConfig {
+    public var gateway = HostPort(host: "127.0.0.1", port: 8443)
+    /// Name the gateway certificate must carry (and SNI); defaults to the gateway host.
+    public var serverName: String?
+    public var caFile: String?
+    public var certFile: String?
+    public var keyFile: String?
+    public var local = HostPort(host: "127.0.0.1", port: 8080)
+    public var connections = 2
+    public var plaintext = false
+    public var tlsMinimum = TLSVersion.tls13
+    public var logLevel = LogLevel.info
+    /// How long the local API may take to start answering.
+    public var localTimeoutMs = 30_000
+    /// Device name used in log lines (the certificate CN is the identity the gateway sees).
+    public var name = "device"
+    public var maxConcurrentStreams = 100
+
+    public static let keys = ["config", "gateway", "server_name", "ca", "cert", "key", "local", "connections",
+                              "plaintext", "tls_min", "log_level", "local_timeout_ms", "name",
+                              "max_concurrent_streams", "check_config", "help", "version"]
+    public static let flags = ["plaintext", "check_config", "help", "version"]
+
+    public init() {}
+
+    public init(_ s: Settings) throws(ConfigError) {
+        try s.checkKnown(AgentConfig.keys)
+        guard let gw = try s.hostPort("gateway") else { throw ConfigError("no gateway set: use --gateway HOST:PORT") }
+        gateway = gw
+        if let l = try s.hostPort("local") { local = l }
+        serverName = s.string("server_name")
+        caFile = s.string("ca")
+        certFile = s.string("cert")
+        keyFile = s.string("key")
+        connections = try s.int("connections", default: 2, min: 1, max: 64)
+        plaintext = try s.bool("plaintext")
+        localTimeoutMs = try s.int("local_timeout_ms", default: 30_000, min: 100, max: 3_600_000)
+        maxConcurrentStreams = try s.int("max_concurrent_streams", default: 100, min: 1, max: 10_000)
+        if let n = s.string("name") { name = n }
+        if let v = s.last("tls_min") {
+            guard let t = TLSVersion(name: v.value) else { throw ConfigError(v.origin + ": tls_min must be 1.2 or 1.3") }
+            tlsMinimum = t
+        }
+        if let v = s.last("log_level") {
+            guard let l = LogLevel(name: v.value) else {
+                throw ConfigError(v.origin + ": log_level must be debug, info, notice, warning or error")
+            }
+            logLevel = l
+        }
+        if !plaintext {
+            guard caFile != nil else { throw ConfigError("TLS needs --ca FILE (the fleet CA that signed the gateway certificate), or --plaintext") }
+            guard certFile != nil, keyFile != nil else { throw ConfigError("TLS needs --cert FILE and --key FILE (this device's certificate and key), or --plaintext") }
+        }
+    }
+
+    public func tlsConfiguration() -> TLSConfiguration {
+        var c = TLSConfiguration(role: .client)
+        c.certificateFile = certFile
+        c.keyFile = keyFile
+        c.trustFile = caFile
+        c.minimumVersion = tlsMinimum
+        c.alpn = ["h2"]
+        return c
+    }
+}

@@ -1,0 +1,158 @@
+// Dialer keeps one reversed connection to the gateway alive: it dials (DNS,
+// TCP, TLS), hands the open connection to a ReversedServer, and after a close
+// dials again -- at once after a clean close by the gateway, otherwise after an
+// exponential backoff with full jitter. State changes are logged once, not once
+// per retry.
+import EventLoop
+import HTTP2
+import TLS
+
+public final class Dialer {
+    public enum State { case idle, connecting, connected, waiting, stopped }
+
+    public let slot: Int
+    let config: AgentConfig
+    let loop: EventLoop
+    let tls: TLSContext?
+    let pool: LocalPool
+    let logger: Logger
+    let nextConnectionID: () -> Int
+    public private(set) var state = State.idle
+    private var backoff = Backoff()
+    private var jitter: Jitter
+    private var server: ReversedServer?
+    private var transport: Transport?
+    private var connectedAt: UInt64 = 0
+    private var timer: TimerID?
+    private var lastFailure = ""
+    public private(set) var dialCount = 0
+    /// Called on every change of `state`.
+    public var onStateChange: ((State) -> Void)?
+
+    init(slot: Int, config: AgentConfig, loop: EventLoop, tls: TLSContext?, pool: LocalPool, logger: Logger,
+         seed: UInt64, nextConnectionID: @escaping () -> Int) {
+        self.slot = slot
+        self.config = config
+        self.loop = loop
+        self.tls = tls
+        self.pool = pool
+        self.logger = logger
+        self.nextConnectionID = nextConnectionID
+        jitter = Jitter(seed: seed)
+    }
+
+    var ctx: LogContext { LogContext(device: config.name, connection: server?.id) }
+
+    public func start() { dial() }
+
+    private func set(_ s: State) {
+        state = s
+        onStateChange?(s)
+    }
+
+    private func dial() {
+        guard state != .stopped else { return }
+        dialCount += 1
+        set(.connecting)
+        let addr: SocketAddress
+        let fd: Int32
+        do throws(SocketError) {
+            // Resolved on every dial: the gateway's address may change.
+            let addrs = try Socket.resolve(config.gateway)
+            guard let first = addrs.first else { throw SocketError("resolve " + config.gateway.host, errno: 113) }
+            addr = first
+            fd = try Socket.startConnect(addr)
+        } catch {
+            failed(error.description)
+            return
+        }
+        var conn: TLSConnection?
+        if let tls {
+            do throws(OpenSSLError) {
+                conn = try TLSConnection(context: tls, serverName: config.serverName ?? config.gateway.host)
+            } catch {
+                Socket.close(fd)
+                failed(error.description)
+                return
+            }
+        }
+        let t = Transport(loop: loop, fd: fd, peer: addr, tls: conn, connecting: true)
+        transport = t
+        t.onOpen = { self.opened(t) }
+        t.onClose = { reason in
+            self.transport = nil
+            self.failed(reason.description)
+        }
+        t.start()
+    }
+
+    private func opened(_ t: Transport) {
+        var settings = HTTP2Settings()
+        settings.maxConcurrentStreams = UInt32(config.maxConcurrentStreams)
+        let id = nextConnectionID()
+        let s: ReversedServer
+        do throws(HTTP2Error) {
+            s = try ReversedServer(id: id, transport: t, local: pool, settings: settings, device: config.name,
+                                   responseTimeoutMs: config.localTimeoutMs, logger: logger)
+        } catch {
+            t.close()
+            return
+        }
+        server = s
+        s.onReversed = {
+            self.connectedAt = self.loop.now
+            self.lastFailure = ""
+            self.set(.connected)
+            self.logger.notice("connected to " + self.config.gateway.description + " (" + (t.tls?.protocolVersion ?? "plaintext") + ")", self.ctx)
+        }
+        s.onClose = { reason in
+            self.server = nil
+            self.transport = nil
+            self.closed(reason, wasReversed: s.isReversed)
+        }
+        s.start()
+    }
+
+    private func closed(_ reason: String, wasReversed: Bool) {
+        guard state != .stopped else { return }
+        if wasReversed {
+            let upMs = Int((loop.now - connectedAt) / 1_000_000)
+            backoff.connectionEnded(upMs: upMs)
+            logger.notice("connection closed: " + reason + "; dialing again", ctx)
+            // A gateway that closed cleanly (restart, GOAWAY) gets a new dial at once.
+            backoff.reset()
+            set(.waiting)
+            timer = loop.schedule(afterMilliseconds: 0) { self.dial() }
+        } else {
+            failed(reason)
+        }
+    }
+
+    private func failed(_ reason: String) {
+        guard state != .stopped else { return }
+        server = nil
+        let delay = backoff.nextDelayMs { self.jitter.next(upTo: $0) }
+        if reason != lastFailure {
+            logger.warning("dial " + config.gateway.description + " failed: " + reason + " (retrying with backoff)", ctx)
+            lastFailure = reason
+        } else {
+            logger.debug("dial failed again: " + reason + "; next in " + String(delay) + " ms", ctx)
+        }
+        set(.waiting)
+        timer = loop.schedule(afterMilliseconds: delay) { self.dial() }
+    }
+
+    /// GOAWAY, then close; no more dials.
+    public func stop() {
+        set(.stopped)
+        loop.cancel(timer)
+        timer = nil
+        if let s = server {
+            s.shutdown()
+        } else {
+            transport?.close()
+        }
+    }
+
+    public var activeStreams: Int { server?.activeStreams ?? 0 }
+}

@@ -1,0 +1,250 @@
+// LocalExchange carries one HTTP/2 stream from the gateway to the local HTTP API
+// as an HTTP/1.1 request, and the HTTP/1.1 response back as HEADERS and DATA.
+// Failures before the response started become 502 (cannot reach or parse the
+// local API) or 504 (no answer in time); after that, RST_STREAM.
+import EventLoop
+import HTTP1
+import HTTP2
+
+final class LocalExchange {
+    private enum Phase { case connecting, sending, finished }
+
+    let stream: Int32
+    let server: ReversedServer
+    let pool: LocalPool
+    let timeoutMs: Int
+    private var phase = Phase.connecting
+    private var conn: Transport?
+    private var reused = false
+    private var parser = HTTP1ResponseParser()
+    private var head: [UInt8] = []
+    private var pendingBody: [UInt8] = []
+    private var chunked = false
+    private var requestEnded = false
+    private var bodyBytesSent = 0
+    private var responseStarted = false
+    private var keepAlive = true
+    private var timer: TimerID?
+
+    init(stream: Int32, server: ReversedServer, pool: LocalPool, timeoutMs: Int) {
+        self.stream = stream
+        self.server = server
+        self.pool = pool
+        self.timeoutMs = timeoutMs
+    }
+
+    var ctx: LogContext { LogContext(device: server.device, connection: server.id, stream: stream) }
+
+    func start(headers: HTTPHeaders, endStream: Bool) {
+        guard let method = headers.first(":method"), let path = headers.first(":path") else {
+            server.reset(stream: stream, errorCode: 1)
+            phase = .finished
+            return
+        }
+        if method == "CONNECT" {
+            fail(status: 501, "CONNECT is not supported")
+            return
+        }
+        var out = HTTPHeaders()
+        var cookies: [String] = []
+        let authority = headers.first(":authority") ?? headers.first("host")
+        if let authority { out.add("Host", authority) }
+        for (name, value) in headers {
+            if name.hasPrefix(":") || name == "host" { continue }
+            if name == "cookie" { cookies.append(value); continue }
+            out.add(name, value)
+        }
+        if !cookies.isEmpty { out.add("Cookie", joined(cookies, "; ")) }
+        out.removeHopByHop()
+        requestEnded = endStream
+        if !endStream && !out.contains("content-length") {
+            chunked = true
+            out.add("Transfer-Encoding", "chunked")
+        }
+        if method == "HEAD" { parser.expectResponse(toHEAD: true) } else { parser.expectResponse(toHEAD: false) }
+        head = HTTP1Writer.requestHead(HTTPRequestHead(method: method, target: path, versionMinor: 1, headers: out))
+        timer = server.transport.loop.schedule(afterMilliseconds: timeoutMs) {
+            self.timer = nil
+            self.fail(status: 504, "local API did not answer in time")
+        }
+        open(allowReuse: true)
+    }
+
+    private func open(allowReuse: Bool) {
+        if allowReuse, let t = pool.takeIdle() {
+            reused = true
+            attach(t)
+            connected()
+            return
+        }
+        reused = false
+        switch pool.connect() {
+        case .failure(let e):
+            fail(status: 502, "local API unreachable: " + e.description)
+        case .success(let t):
+            attach(t)
+            t.onOpen = { self.connected() }
+            t.start()
+        }
+    }
+
+    private func attach(_ t: Transport) {
+        conn = t
+        t.onData = { bytes in self.responseBytes(Array(bytes)) }
+        t.onClose = { reason in self.localClosed(reason) }
+        t.onDrained = nil
+    }
+
+    private func connected() {
+        guard phase == .connecting, let t = conn else { return }
+        phase = .sending
+        t.write(head)
+        if !pendingBody.isEmpty {
+            bodyBytesSent += pendingBody.count
+            t.write(pendingBody)
+            pendingBody = []
+        }
+        if requestEnded && chunked { t.write(HTTP1Writer.lastChunk()) }
+    }
+
+    // MARK: Request body from the gateway
+
+    func requestBody(_ bytes: [UInt8]) {
+        guard phase != .finished, !bytes.isEmpty else { return }
+        let framed = chunked ? HTTP1Writer.chunk(bytes) : bytes
+        if phase == .sending, let t = conn {
+            bodyBytesSent += framed.count
+            t.write(framed)
+        } else {
+            pendingBody += framed
+        }
+    }
+
+    func requestTrailers(_ trailers: HTTPHeaders) {
+        guard phase != .finished else { return }
+        requestEnded = true
+        guard chunked else { return }
+        let last = HTTP1Writer.lastChunk(trailers: trailers)
+        if phase == .sending, let t = conn { t.write(last) } else { pendingBody += last }
+    }
+
+    func requestEnd() {
+        guard phase != .finished, !requestEnded else { return }
+        requestEnded = true
+        if chunked {
+            if phase == .sending, let t = conn { t.write(HTTP1Writer.lastChunk()) } else { pendingBody += HTTP1Writer.lastChunk() }
+        }
+    }
+
+    // MARK: Response from the local API
+
+    private func responseBytes(_ bytes: [UInt8]) {
+        guard phase != .finished else { return }
+        do throws(HTTP1Error) {
+            let events = try parser.feed(bytes)
+            deliver(events)
+        } catch {
+            badResponse(error.description)
+        }
+    }
+
+    private func deliver(_ events: [HTTP1Event<HTTPResponseHead>]) {
+        for ev in events {
+            guard phase != .finished else { return }
+            switch ev {
+            case .head(let h):
+                responseStarted = true
+                var headers = h.headers
+                if headers.containsToken("connection", "close") || h.versionMinor == 0 { keepAlive = false }
+                if parser.framing == .untilClose { keepAlive = false }
+                headers.removeHopByHop()
+                var out = HTTPHeaders()
+                out.add(":status", String(h.status))
+                for (n, v) in headers { out.add(n, v) }
+                let noBody = parser.framing == .none
+                server.respond(stream: stream, out, endStream: noBody && !parser.inMessage)
+            case .body(let b):
+                server.sendBody(stream: stream, b, endStream: false)
+            case .end(let trailers):
+                if trailers.isEmpty {
+                    server.sendBody(stream: stream, [], endStream: true)
+                } else {
+                    server.sendTrailers(stream: stream, trailers)
+                }
+                finishLocal(reusable: keepAlive && requestEnded)
+            }
+        }
+    }
+
+    private func localClosed(_ reason: CloseReason) {
+        conn = nil
+        guard phase != .finished else { return }
+        if !responseStarted && reused && bodyBytesSent == 0 {
+            // A kept-alive connection the local server had closed: try once on a new one.
+            phase = .connecting
+            open(allowReuse: false)
+            return
+        }
+        do throws(HTTP1Error) {
+            deliver(try parser.feedEOF())
+            if phase != .finished { badResponse("local API closed the connection: " + reason.description) }
+        } catch {
+            badResponse(error.description + " (" + reason.description + ")")
+        }
+    }
+
+    private func badResponse(_ why: String) {
+        if responseStarted {
+            server.logger.warning("local response broken: " + why, ctx)
+            server.reset(stream: stream, errorCode: 2)
+            finishLocal(reusable: false)
+        } else {
+            fail(status: 502, why)
+        }
+    }
+
+    /// Answers the gateway with an error status, or resets the stream if the answer started.
+    private func fail(status: Int, _ why: String) {
+        guard phase != .finished else { return }
+        server.logger.warning(why, ctx)
+        if responseStarted {
+            server.reset(stream: stream, errorCode: 2)
+        } else {
+            let body = Array((why + "\n").utf8)
+            let h = HTTPHeaders([(":status", String(status)), ("content-type", "text/plain"),
+                                 ("content-length", String(body.count))])
+            server.respond(stream: stream, h, endStream: false)
+            server.sendBody(stream: stream, body, endStream: true)
+        }
+        finishLocal(reusable: false)
+    }
+
+    private func finishLocal(reusable: Bool) {
+        phase = .finished
+        server.transport.loop.cancel(timer)
+        timer = nil
+        guard let t = conn else { return }
+        conn = nil
+        if reusable && !parser.inMessage { pool.release(t) } else { t.close() }
+    }
+
+    /// The stream ended on the gateway's side (done, or reset).
+    func streamClosed(errorCode: UInt32) {
+        if phase != .finished {
+            phase = .finished
+            server.transport.loop.cancel(timer)
+            timer = nil
+            conn?.close()
+            conn = nil
+        }
+    }
+}
+
+func joined(_ parts: [String], _ sep: String) -> String {
+    var s = ""
+    for (i, p) in parts.enumerated() {
+        if i > 0 { s += sep }
+        s += p
+    }
+    return s
+}

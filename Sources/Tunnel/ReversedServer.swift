@@ -1,0 +1,156 @@
+// ReversedServer is the device side of one reversed connection: the agent dialed
+// the gateway, wrote the HTTP/2 client preface, and now serves the requests the
+// gateway sends on odd streams. Each stream becomes one LocalExchange, which
+// forwards it to the local HTTP API over HTTP/1.1.
+import EventLoop
+import HTTP1
+import HTTP2
+
+public final class ReversedServer {
+    public let id: Int
+    let transport: Transport
+    let session: HTTP2Session
+    let local: LocalPool
+    let logger: Logger
+    let device: String
+    let responseTimeoutMs: Int
+    private var exchanges: [Int32: LocalExchange] = [:]
+    private var flushScheduled = false
+    private var outBuffer: [UInt8] = []
+    public private(set) var isReversed = false
+    /// Called once when the connection ends, with the reason.
+    var onClose: ((String) -> Void)?
+    /// Called once when the gateway's SETTINGS arrived: the connection is reversed.
+    var onReversed: (() -> Void)?
+
+    init(id: Int, transport: Transport, local: LocalPool, settings: HTTP2Settings, device: String,
+         responseTimeoutMs: Int, logger: Logger) throws(HTTP2Error) {
+        self.id = id
+        self.transport = transport
+        self.local = local
+        self.logger = logger
+        self.device = device
+        self.responseTimeoutMs = responseTimeoutMs
+        session = try HTTP2Session(role: .server, preface: .reversed, settings: settings)
+    }
+
+    var ctx: LogContext { LogContext(device: device, connection: id) }
+    public var activeStreams: Int { exchanges.count }
+
+    /// Takes over the transport's callbacks and sends the preface and SETTINGS.
+    func start() {
+        transport.onData = { bytes in self.receive(bytes) }
+        transport.onClose = { reason in self.closed(reason.description) }
+        flush()
+    }
+
+    private func receive(_ bytes: UnsafeRawBufferPointer) {
+        do throws(HTTP2Error) {
+            try session.receive(bytes)
+        } catch {
+            logger.warning("HTTP/2 error from gateway: " + error.description, ctx)
+            flush()
+            transport.closeAfterFlush()
+            return
+        }
+        for event in session.takeEvents() { handle(event) }
+        flush()
+    }
+
+    private func handle(_ event: HTTP2Event) {
+        switch event {
+        case .settings:
+            if !isReversed {
+                isReversed = true
+                onReversed?()
+            }
+        case .headers(let stream, let headers, let endStream):
+            if let ex = exchanges[stream] {
+                ex.requestTrailers(headers)
+                return
+            }
+            let ex = LocalExchange(stream: stream, server: self, pool: local, timeoutMs: responseTimeoutMs)
+            exchanges[stream] = ex
+            ex.start(headers: headers, endStream: endStream)
+        case .data(let stream, let bytes):
+            // The window reopens once the bytes are handed to the local socket.
+            session.consume(stream: stream, count: bytes.count)
+            exchanges[stream]?.requestBody(bytes)
+        case .endStream(let stream):
+            exchanges[stream]?.requestEnd()
+        case .streamClosed(let stream, let code):
+            if let ex = exchanges.removeValue(forKey: stream) { ex.streamClosed(errorCode: code) }
+        case .goaway(let last, let code):
+            logger.info("gateway sent GOAWAY (last stream " + String(last) + ", error " + String(code) + ")", ctx)
+        case .pingAck:
+            break
+        }
+    }
+
+    // MARK: Called by LocalExchange
+
+    func respond(stream: Int32, _ headers: HTTPHeaders, endStream: Bool) {
+        do throws(HTTP2Error) {
+            try session.submitResponse(stream: stream, headers, endStream: endStream)
+        } catch {
+            logger.warning("cannot answer: " + error.description, LogContext(device: device, connection: id, stream: stream))
+            session.resetStream(stream, errorCode: 2)
+        }
+        scheduleFlush()
+    }
+
+    func sendBody(stream: Int32, _ bytes: [UInt8], endStream: Bool) {
+        session.sendData(stream: stream, bytes, endStream: endStream)
+        scheduleFlush()
+    }
+
+    func sendTrailers(stream: Int32, _ trailers: HTTPHeaders) {
+        session.sendTrailers(stream: stream, trailers)
+        scheduleFlush()
+    }
+
+    func reset(stream: Int32, errorCode: UInt32) {
+        session.resetStream(stream, errorCode: errorCode)
+        scheduleFlush()
+    }
+
+    // MARK: Output
+
+    private func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        transport.loop.execute { self.flush() }
+    }
+
+    func flush() {
+        flushScheduled = false
+        guard transport.state != .closed else { return }
+        outBuffer.removeAll(keepingCapacity: true)
+        do throws(HTTP2Error) {
+            try session.takeOutput(into: &outBuffer)
+        } catch {
+            logger.warning(error.description, ctx)
+            transport.close()
+            return
+        }
+        if !outBuffer.isEmpty { transport.write(outBuffer) }
+        if !session.isAlive { transport.closeAfterFlush() }
+    }
+
+    /// Sends GOAWAY and closes once the gateway has seen it.
+    func shutdown() {
+        session.goaway(lastStreamID: Int32.max, errorCode: 0)
+        flush()
+        transport.closeAfterFlush()
+    }
+
+    private func closed(_ reason: String) {
+        let all = exchanges
+        exchanges.removeAll()
+        for (_, ex) in all { ex.streamClosed(errorCode: 8) }
+        let cb = onClose
+        onClose = nil
+        onReversed = nil
+        cb?(reason)
+    }
+}

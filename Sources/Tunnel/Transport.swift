@@ -1,0 +1,273 @@
+// Transport is the only place where a connection's file descriptor is read and
+// written. It runs the non-blocking connect, the TLS handshake (when a
+// TLSConnection is given) and buffering of output, and hands plaintext to its
+// owner through callbacks. Owners break the callback cycle by calling close().
+import CLibc
+import EventLoop
+import TLS
+
+public enum CloseReason: CustomStringConvertible {
+    /// The peer closed the connection (FIN, or TLS close_notify).
+    case peerClosed
+    /// We closed it.
+    case local
+    case socket(SocketError)
+    case tls(TLSError)
+
+    public var description: String {
+        switch self {
+        case .peerClosed: return "closed by peer"
+        case .local: return "closed locally"
+        case .socket(let e): return e.description
+        case .tls(let e): return e.description
+        }
+    }
+}
+
+public final class Transport {
+    public enum State { case connecting, handshaking, open, closed }
+
+    public let loop: EventLoop
+    public let fd: Int32
+    public let tls: TLSConnection?
+    public private(set) var state: State
+    public let peer: SocketAddress
+    public private(set) var bytesIn = 0
+    public private(set) var bytesOut = 0
+
+    /// TCP connected and, with TLS, handshake done.
+    public var onOpen: (() -> Void)?
+    /// Plaintext from the peer.
+    public var onData: ((UnsafeRawBufferPointer) -> Void)?
+    /// Output buffer drained (all written to the kernel).
+    public var onDrained: (() -> Void)?
+    /// Called once, when the connection is gone. Callbacks are dropped afterwards.
+    public var onClose: ((CloseReason) -> Void)?
+
+    private var output: [UInt8] = []
+    private var outputOffset = 0
+    private var closeWhenFlushed = false
+    private var cipherOut: [UInt8] = []
+
+    /// Wraps `fd`. `connecting`: a non-blocking connect is in progress.
+    public init(loop: EventLoop, fd: Int32, peer: SocketAddress, tls: TLSConnection?, connecting: Bool) {
+        self.loop = loop
+        self.fd = fd
+        self.tls = tls
+        self.peer = peer
+        state = connecting ? .connecting : (tls == nil ? .open : .handshaking)
+    }
+
+    /// Starts watching the socket. Call once, after setting the callbacks.
+    public func start() {
+        loop.register(fd: fd, readable: state != .connecting, writable: state == .connecting) { ev in
+            self.handle(ev)
+        }
+        switch state {
+        case .open:
+            loop.execute { if self.state == .open { self.onOpen?() } }
+        case .handshaking:
+            advanceHandshake()
+        default:
+            break
+        }
+    }
+
+    public var bufferedOutput: Int { output.count - outputOffset }
+
+    /// Queues plaintext for the peer and writes what the kernel takes now.
+    public func write(_ bytes: UnsafeRawBufferPointer) {
+        guard state == .open || state == .handshaking, bytes.count > 0 else { return }
+        if let tls {
+            do throws(TLSError) {
+                try tls.write(bytes)
+            } catch {
+                fail(.tls(error))
+                return
+            }
+            cipherOut.removeAll(keepingCapacity: true)
+            tls.takeOutput(into: &cipherOut)
+            cipherOut.withUnsafeBytes { enqueue($0) }
+        } else {
+            enqueue(bytes)
+        }
+        flush()
+    }
+
+    public func write(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { write($0) }
+    }
+
+    /// Closes after the queued output is written.
+    public func closeAfterFlush() {
+        guard state != .closed else { return }
+        if let tls, state == .open {
+            tls.close()
+            cipherOut.removeAll(keepingCapacity: true)
+            tls.takeOutput(into: &cipherOut)
+            cipherOut.withUnsafeBytes { enqueue($0) }
+        }
+        closeWhenFlushed = true
+        flush()
+    }
+
+    /// Closes now, dropping queued output.
+    public func close() { finish(.local) }
+
+    // MARK: Internals
+
+    private func enqueue(_ bytes: UnsafeRawBufferPointer) {
+        if outputOffset == output.count {
+            output.removeAll(keepingCapacity: output.capacity <= 256 * 1024)
+            outputOffset = 0
+        }
+        output.append(contentsOf: bytes)
+    }
+
+    private func flush() {
+        var guardCount = 0
+        while outputOffset < output.count && guardCount < 64 {
+            guardCount += 1
+            let result = output.withUnsafeBytes { p in
+                Socket.write(fd, UnsafeRawBufferPointer(rebasing: p[outputOffset...]))
+            }
+            switch result {
+            case .success(let n):
+                if n == 0 { guardCount = 64; break }
+                outputOffset += n
+                bytesOut += n
+            case .failure(let e):
+                fail(.socket(e))
+                return
+            }
+        }
+        let pending = outputOffset < output.count
+        if state == .closed { return }
+        loop.modify(fd: fd, readable: state != .connecting, writable: pending || state == .connecting)
+        if !pending {
+            output.removeAll(keepingCapacity: output.capacity <= 256 * 1024)
+            outputOffset = 0
+            if closeWhenFlushed {
+                finish(.local)
+                return
+            }
+            onDrained?()
+        }
+    }
+
+    private func handle(_ ev: IOEvents) {
+        if state == .connecting {
+            guard ev.writable || ev.hangup else { return }
+            let err = Socket.connectResult(fd)
+            if err != 0 {
+                fail(.socket(SocketError("connect " + peer.description, errno: err)))
+                return
+            }
+            state = tls == nil ? .open : .handshaking
+            loop.modify(fd: fd, readable: true, writable: false)
+            if state == .open { onOpen?() } else { advanceHandshake() }
+            return
+        }
+        if ev.writable { flush() }
+        if state == .closed { return }
+        if ev.readable { readAvailable() }
+    }
+
+    private func readAvailable() {
+        var rounds = 0
+        // Bounded per wake-up so one busy peer cannot starve the others.
+        while rounds < 16 && state != .closed {
+            rounds += 1
+            let result = Socket.read(fd, into: loop.readBuffer)
+            switch result {
+            case .wouldBlock:
+                return
+            case .eof:
+                finish(.peerClosed)
+                return
+            case .error(let e):
+                fail(.socket(SocketError("read", errno: e)))
+                return
+            case .data(let n):
+                bytesIn += n
+                let chunk = UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n])
+                if let tls {
+                    tls.feed(chunk)
+                    if state == .handshaking { advanceHandshake() }
+                    if state == .open { drainTLS(tls) }
+                } else {
+                    onData?(chunk)
+                }
+            }
+        }
+    }
+
+    private func advanceHandshake() {
+        guard let tls else { return }
+        do throws(TLSError) {
+            let progress = try tls.handshake()
+            cipherOut.removeAll(keepingCapacity: true)
+            tls.takeOutput(into: &cipherOut)
+            cipherOut.withUnsafeBytes { enqueue($0) }
+            flush()
+            if progress == .established && state == .handshaking {
+                state = .open
+                onOpen?()
+                // Application data may have arrived with the last handshake flight.
+                if state == .open { drainTLS(tls) }
+            }
+        } catch {
+            // Send the alert the handshake produced before closing.
+            cipherOut.removeAll(keepingCapacity: true)
+            tls.takeOutput(into: &cipherOut)
+            if !cipherOut.isEmpty {
+                cipherOut.withUnsafeBytes { p in _ = Socket.write(fd, p) }
+            }
+            fail(.tls(error))
+        }
+    }
+
+    private func drainTLS(_ tls: TLSConnection) {
+        var rounds = 0
+        while state == .open && rounds < 4096 {
+            rounds += 1
+            do throws(TLSError) {
+                switch try tls.read(into: loop.plaintextBuffer) {
+                case .data(let n):
+                    onData?(UnsafeRawBufferPointer(rebasing: loop.plaintextBuffer[0..<n]))
+                case .wantMore:
+                    // Reading may have produced output (key updates, session tickets).
+                    if tls.pendingOutput > 0 {
+                        cipherOut.removeAll(keepingCapacity: true)
+                        tls.takeOutput(into: &cipherOut)
+                        cipherOut.withUnsafeBytes { enqueue($0) }
+                        flush()
+                    }
+                    return
+                case .closed:
+                    finish(.peerClosed)
+                    return
+                }
+            } catch {
+                fail(.tls(error))
+                return
+            }
+        }
+    }
+
+    private func fail(_ reason: CloseReason) { finish(reason) }
+
+    private func finish(_ reason: CloseReason) {
+        guard state != .closed else { return }
+        state = .closed
+        loop.unregister(fd: fd)
+        Socket.close(fd)
+        let cb = onClose
+        onOpen = nil
+        onData = nil
+        onDrained = nil
+        onClose = nil
+        output = []
+        cb?(reason)
+    }
+}
