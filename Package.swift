@@ -12,12 +12,13 @@ let embedded = Context.environment["AGENT_EMBEDDED"] != nil
 let toolchain = Context.environment["SWIFT_TOOLCHAIN"] ?? "/opt/swift"
 
 let engineSettings: [SwiftSetting] = embedded
-    ? [.enableExperimentalFeature("Embedded"), .unsafeFlags(["-wmo", "-Osize"])]
+    ? [.enableExperimentalFeature("Embedded"), .unsafeFlags(["-wmo", "-Osize", "-Xfrontend", "-function-sections"])]
     : []
 
 let agentLinker: [LinkerSetting] = embedded
     ? [.unsafeFlags(["-enable-experimental-feature", "Embedded",
-                     "-L\(toolchain)/usr/lib/swift/embedded/x86_64-unknown-linux-gnu"]),
+                     "-L\(toolchain)/usr/lib/swift/embedded/x86_64-unknown-linux-gnu",
+                     "-use-ld=lld", "-Xlinker", "--gc-sections", "-Xlinker", "--icf=all"]),
        .linkedLibrary("swiftUnicodeDataTables"), .linkedLibrary("m"),
        .linkedLibrary("ssl"), .linkedLibrary("crypto"),
        .linkedLibrary("nghttp2"), .linkedLibrary("systemd")]
@@ -28,7 +29,6 @@ let package = Package(
     products: [
         .executable(name: "device-agent", targets: ["DeviceAgent"]),
         .executable(name: "fleet-gateway", targets: ["FleetGateway"]),
-        .executable(name: "device-sim", targets: ["DeviceSim"]),
     ],
     targets: [
         // Leaf modules: one per C library, a module map and a small shim header.
@@ -47,7 +47,6 @@ let package = Package(
         .executableTarget(name: "DeviceAgent", dependencies: ["Tunnel"],
                           swiftSettings: engineSettings, linkerSettings: agentLinker),
         .executableTarget(name: "FleetGateway", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL"]),
-        .executableTarget(name: "DeviceSim", dependencies: ["Tunnel", "EventLoop"]),
 
         .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Tunnel"]),
         .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "COpenSSL", "TLS"]),

@@ -38,8 +38,8 @@ final class Gateway {
         if config.plaintextDevices {
             logger.warning("INSECURE: --plaintext-devices: devices are not authenticated; every device connection is '" + config.plaintextDeviceName + "'")
         }
-        logger.notice("devices on " + config.listenDevices.description + " (port " + String(devicePort) + "), users on "
-                      + config.listenPublic.description + " (port " + String(publicPort) + ", " + (publicTLS == nil ? "http" : "https") + ")")
+        logger.notice("devices on " + config.listenDevices.host + ":" + String(devicePort) + " (" + (deviceTLS == nil ? "plaintext" : "mTLS")
+                      + "), users on " + config.listenPublic.host + ":" + String(publicPort) + " (" + (publicTLS == nil ? "http" : "https") + ")")
     }
 
     private func acceptDevices() {

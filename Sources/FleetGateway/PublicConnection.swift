@@ -84,7 +84,7 @@ final class PublicConnection {
         }
         let ex = Exchange(client: self, request: head, hostname: host)
         current = ex
-        let hasBody = parser.framing != .none
+        let hasBody = ((try? HTTP1RequestParser.framing(of: head)) ?? .none) != .none
         ex.start(requestHasBody: hasBody)
     }
 

@@ -44,6 +44,12 @@ public struct HTTP1RequestParser: Sendable {
         return []
     }
 
+    /// The framing rules applied to `head` (also validates Host). Useful when
+    /// events are queued: `framing` describes only the last head returned.
+    public static func framing(of head: HTTPRequestHead) throws(HTTP1Error) -> BodyFraming {
+        try HTTP1Framing.request(head)
+    }
+
     /// Bytes buffered but not yet consumed (e.g. after an upgrade request):
     /// returns and clears them. A partially received head is included (and
     /// forgotten by the parser).

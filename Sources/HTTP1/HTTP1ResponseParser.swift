@@ -72,6 +72,13 @@ public struct HTTP1ResponseParser: Sendable {
         return []
     }
 
+    /// The framing rules applied to `head` (`toHEAD`: answer to a HEAD
+    /// request). Useful when events are queued: `framing` describes only the
+    /// last head returned.
+    public static func framing(of head: HTTPResponseHead, toHEAD: Bool) throws(HTTP1Error) -> BodyFraming {
+        try HTTP1Framing.response(head, toHEAD: toHEAD)
+    }
+
     /// Bytes buffered but not yet consumed (after a 101, the first bytes of
     /// the new protocol): returns and clears them.
     public mutating func takeUnparsed() -> [UInt8] {

@@ -24,6 +24,8 @@ final class LocalExchange {
     private var bodyBytesSent = 0
     private var responseStarted = false
     private var keepAlive = true
+    private var isHEAD = false
+    private var headEndedStream = false
     private var timer: TimerID?
 
     init(stream: Int32, server: ReversedServer, pool: LocalPool, timeoutMs: Int) {
@@ -61,7 +63,8 @@ final class LocalExchange {
             chunked = true
             out.add("Transfer-Encoding", "chunked")
         }
-        if method == "HEAD" { parser.expectResponse(toHEAD: true) } else { parser.expectResponse(toHEAD: false) }
+        isHEAD = method == "HEAD"
+        parser.expectResponse(toHEAD: isHEAD)
         head = HTTP1Writer.requestHead(HTTPRequestHead(method: method, target: path, versionMinor: 1, headers: out))
         timer = server.transport.loop.schedule(afterMilliseconds: timeoutMs) {
             self.timer = nil
@@ -156,17 +159,21 @@ final class LocalExchange {
                 responseStarted = true
                 var headers = h.headers
                 if headers.containsToken("connection", "close") || h.versionMinor == 0 { keepAlive = false }
-                if parser.framing == .untilClose { keepAlive = false }
+                // The framing of this head, not of whatever the parser has read since.
+                let framing = (try? HTTP1ResponseParser.framing(of: h, toHEAD: isHEAD)) ?? .untilClose
+                if framing == .untilClose { keepAlive = false }
                 headers.removeHopByHop()
                 var out = HTTPHeaders()
                 out.add(":status", String(h.status))
                 for (n, v) in headers { out.add(n, v) }
-                let noBody = parser.framing == .none
-                server.respond(stream: stream, out, endStream: noBody && !parser.inMessage)
+                headEndedStream = framing == .none
+                server.respond(stream: stream, out, endStream: headEndedStream)
             case .body(let b):
                 server.sendBody(stream: stream, b, endStream: false)
             case .end(let trailers):
-                if trailers.isEmpty {
+                if headEndedStream {
+                    // HEADERS already carried END_STREAM.
+                } else if trailers.isEmpty {
                     server.sendBody(stream: stream, [], endStream: true)
                 } else {
                     server.sendTrailers(stream: stream, trailers)

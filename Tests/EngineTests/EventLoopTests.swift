@@ -1,0 +1,96 @@
+// Timers on an injected clock, the backoff sequence and the config format.
+@testable import EventLoop
+@testable import Tunnel
+import XCTest
+
+final class EventLoopTests: XCTestCase {
+    func testTimersFireInDeadlineOrderOnTheManualClock() {
+        let clock = ManualClock()
+        let loop = EventLoop(clock: clock.clock)
+        var fired: [String] = []
+        loop.schedule(afterMilliseconds: 30) { fired.append("c") }
+        loop.schedule(afterMilliseconds: 10) { fired.append("a") }
+        let cancelled = loop.schedule(afterMilliseconds: 20) { fired.append("x") }
+        loop.schedule(afterMilliseconds: 20) { fired.append("b") }
+        loop.cancel(cancelled)
+        loop.fireDueTimers()
+        XCTAssertEqual(fired, [])
+        clock.advance(milliseconds: 20)
+        loop.fireDueTimers()
+        XCTAssertEqual(fired, ["a", "b"])
+        clock.advance(milliseconds: 10)
+        loop.fireDueTimers()
+        XCTAssertEqual(fired, ["a", "b", "c"])
+        XCTAssertEqual(loop.timerCount, 0)
+    }
+
+    func testBackoffGrowsToTheCapWithFullJitterAndResetsWhenStable() {
+        var b = Backoff(baseMs: 500, capMs: 30_000, stableAfterMs: 30_000)
+        var ceilings: [Int] = []
+        for _ in 0..<10 {
+            ceilings.append(b.ceilingMs)
+            let d = b.nextDelayMs { max in max }  // the top of the jitter range
+            XCTAssertEqual(d, ceilings.last)
+        }
+        XCTAssertEqual(ceilings, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000])
+        XCTAssertEqual(b.nextDelayMs { _ in 0 }, 0, "full jitter reaches zero")
+        b.connectionEnded(upMs: 1000)
+        XCTAssertEqual(b.ceilingMs, 30_000, "a short-lived connection does not reset the backoff")
+        b.connectionEnded(upMs: 30_000)
+        XCTAssertEqual(b.ceilingMs, 500)
+
+        var j = Jitter(seed: 42)
+        for _ in 0..<1000 {
+            let v = j.next(upTo: 700)
+            XCTAssertTrue(v >= 0 && v <= 700)
+        }
+    }
+
+    func testConfigFileErrorsNameFileAndLine() throws {
+        var s = Settings()
+        try ConfigFile.parse(Array("# comment\ngateway = gw.example:8443\n\nconnections=3 # two is default\n".utf8),
+                             name: "agent.conf", into: &s)
+        XCTAssertEqual(s.string("gateway"), "gw.example:8443")
+        XCTAssertEqual(try s.int("connections", default: 2, min: 1, max: 64), 3)
+
+        var bad = Settings()
+        XCTAssertThrowsError(try ConfigFile.parse(Array("gateway = a:1\nno equals sign\n".utf8), name: "x.conf", into: &bad)) {
+            XCTAssertEqual(($0 as? ConfigError)?.message, "x.conf:2: expected 'key = value'")
+        }
+        var unknown = Settings()
+        try ConfigFile.parse(Array("gateway = a:1\ncolour = blue\n".utf8), name: "y.conf", into: &unknown)
+        XCTAssertThrowsError(try AgentConfig(unknown)) {
+            XCTAssertEqual(($0 as? ConfigError)?.message, "y.conf:2: unknown setting 'colour'")
+        }
+        var range = Settings()
+        try ConfigFile.parse(Array("gateway = a:1\nplaintext = true\nconnections = 0\n".utf8), name: "z.conf", into: &range)
+        XCTAssertThrowsError(try AgentConfig(range)) {
+            XCTAssertTrue(($0 as? ConfigError)?.message.hasPrefix("z.conf:3: connections") == true)
+        }
+    }
+
+    func testCommandLineUsesTheSameKeys() throws {
+        var s = Settings()
+        let rest = try parseCommandLine(["--gateway", "127.0.0.1:9", "--plaintext", "--server-name=gw", "--connections", "4"],
+                                        flags: AgentConfig.flags, into: &s)
+        XCTAssertEqual(rest, [])
+        let c = try AgentConfig(s)
+        XCTAssertEqual(c.gateway, HostPort(host: "127.0.0.1", port: 9))
+        XCTAssertEqual(c.serverName, "gw")
+        XCTAssertEqual(c.connections, 4)
+        XCTAssertTrue(c.plaintext)
+        var t = Settings()
+        _ = try parseCommandLine(["--gateway", "127.0.0.1:9"], flags: AgentConfig.flags, into: &t)
+        XCTAssertThrowsError(try AgentConfig(t), "TLS without --ca is refused, not silently plaintext")
+    }
+
+    func testHostPortParsing() {
+        XCTAssertEqual(HostPort(parsing: "gw.example:8443"), HostPort(host: "gw.example", port: 8443))
+        XCTAssertEqual(HostPort(parsing: "[::1]:80"), HostPort(host: "::1", port: 80))
+        XCTAssertNil(HostPort(parsing: "::1:80"))
+        XCTAssertNil(HostPort(parsing: "host"))
+        XCTAssertNil(HostPort(parsing: "host:0"))
+        XCTAssertNil(HostPort(parsing: "host:65536"))
+        XCTAssertNil(HostPort(parsing: "host:8x"))
+    }
+}

@@ -1,0 +1,739 @@
+"""Support code for the loopback end-to-end tests: paths to the programs, free
+ports, bounded waits, a process manager with logs in files, the local HTTP API a
+device agent forwards to, and small HTTP client helpers (http.client / socket /
+ssl only).
+
+Everything here runs on 127.0.0.1 and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Default timeouts (seconds).
+HTTP_TIMEOUT = 15.0
+BIG_TIMEOUT = 60.0
+STARTUP_TIMEOUT = 15.0
+DEVICE_TIMEOUT = 20.0
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def bin_dir() -> Path:
+    return Path(os.environ.get("RH_BIN") or (REPO / ".build" / "debug")).resolve()
+
+
+def gateway_bin() -> Path:
+    return bin_dir() / "fleet-gateway"
+
+
+def agent_bin() -> Path:
+    return Path(os.environ.get("RH_AGENT") or (bin_dir() / "device-agent")).resolve()
+
+
+def child_env(extra: Optional[dict] = None) -> dict:
+    """Environment for the programs: logs as plain lines on stderr (never the
+    journal), no systemd notification socket."""
+    env = dict(os.environ)
+    for k in ("JOURNAL_STREAM", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID"):
+        env.pop(k, None)
+    env["REVERSEHTTP_LOG_STDERR"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def wait_until(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Calls pred until it returns a truthy value (returned) or `timeout` passes
+    (AssertionError naming `what`)."""
+    deadline = time.monotonic() + timeout
+    last_exc: Optional[BaseException] = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except (OSError, http.client.HTTPException) as e:  # not up yet
+            last_exc = e
+        if time.monotonic() >= deadline:
+            extra = f" (last error: {last_exc!r})" if last_exc else ""
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def closed_port() -> int:
+    """A port with (very probably) nothing listening on it."""
+    return free_port()
+
+
+def port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+# --------------------------------------------------------------------------- processes
+
+_LIVE: list["Proc"] = []
+_LIVE_LOCK = threading.Lock()
+
+
+def live_procs() -> list["Proc"]:
+    with _LIVE_LOCK:
+        return list(_LIVE)
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], log_path: Path, env: Optional[dict] = None,
+                 cwd: Optional[Path] = None):
+        self.name = name
+        self.args = [str(a) for a in args]
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, env=env or child_env(), cwd=cwd)
+        with _LIVE_LOCK:
+            _LIVE.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_log(self, pattern: str, timeout: float = STARTUP_TIMEOUT, regex: bool = False) -> str:
+        """Waits until the log contains `pattern` (substring, or regex); returns the matching line."""
+        rx = re.compile(pattern) if regex else None
+
+        def find():
+            for line in self.log().splitlines():
+                if (rx.search(line) if rx else pattern in line):
+                    return line
+            return None
+
+        try:
+            return wait_until(find, timeout, f"{self.name} to log {pattern!r}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- {self.name} log (alive={self.alive()}):\n{self.tail()}") from None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds. Only this process, by its pid."""
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    self.popen.kill()
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.popen.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        self._close_log()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self._close_log()
+
+    def _close_log(self):
+        try:
+            self._log.close()
+        except OSError:
+            pass
+        with _LIVE_LOCK:
+            if self in _LIVE:
+                _LIVE.remove(self)
+
+    def __repr__(self):
+        return f"<Proc {self.name} pid={self.pid} alive={self.alive()}>"
+
+
+class ProcessManager:
+    """Starts processes with their output in log files; stop_all() ends every one
+    of them (SIGTERM, then SIGKILL after a bounded wait)."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[Proc] = []
+        self._n = 0
+
+    def start(self, name: str, args: list, env: Optional[dict] = None, cwd: Optional[Path] = None) -> Proc:
+        self._n += 1
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        p = Proc(name, args, self.log_dir / f"{self._n:02d}-{safe}.log", env=env, cwd=cwd)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        # Signal everything first, then wait: teardown stays short.
+        for p in self.procs:
+            if p.alive():
+                try:
+                    p.popen.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace
+        for p in self.procs:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                p.popen.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                pass
+        for p in self.procs:
+            if p.alive():
+                p.kill()
+            else:
+                p._close_log()
+
+
+# --------------------------------------------------------------------------- PKI
+
+
+@dataclass
+class PKI:
+    dir: Path
+    foreign_dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def gateway_cert(self) -> Path:
+        return self.dir / "gateway.crt"
+
+    @property
+    def gateway_key(self) -> Path:
+        return self.dir / "gateway.key"
+
+    def device_cert(self, name: str) -> Path:
+        return self.dir / "devices" / f"{name}.crt"
+
+    def device_key(self, name: str) -> Path:
+        return self.dir / "devices" / f"{name}.key"
+
+    def device_pem(self, name: str) -> Path:
+        return self.dir / "devices" / f"{name}.pem"
+
+    @property
+    def wrong_name_cert(self) -> Path:
+        return self.dir / "servers" / "other.example.crt"
+
+    @property
+    def wrong_name_key(self) -> Path:
+        return self.dir / "servers" / "other.example.key"
+
+    @property
+    def foreign_ca(self) -> Path:
+        return self.foreign_dir / "ca.crt"
+
+    def foreign_device_cert(self, name: str) -> Path:
+        return self.foreign_dir / "devices" / f"{name}.crt"
+
+    def foreign_device_key(self, name: str) -> Path:
+        return self.foreign_dir / "devices" / f"{name}.key"
+
+
+def run_pki(args: list) -> None:
+    cmd = [str(gateway_bin()), "pki"] + [str(a) for a in args]
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, env=child_env())
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr.decode(errors='replace')}")
+
+
+def make_pki(base: Path) -> PKI:
+    main = base / "main"
+    foreign = base / "foreign"
+    run_pki(["init", main, "--name", "gw.example", "--san", "127.0.0.1"])
+    run_pki(["issue", main, "dev1.example"])
+    run_pki(["issue", main, "dev2.example"])
+    run_pki(["issue-server", main, "other.example", "--san", "127.0.0.1"])
+    run_pki(["init", foreign, "--name", "gw.example", "--san", "127.0.0.1"])
+    run_pki(["issue", foreign, "dev1.example"])
+    return PKI(dir=main, foreign_dir=foreign)
+
+
+# --------------------------------------------------------------------------- programs
+
+
+@dataclass
+class Gateway:
+    proc: Proc
+    device_port: int
+    public_port: int
+    https: bool = False
+
+    def log(self) -> str:
+        return self.proc.log()
+
+
+def start_gateway(pm: ProcessManager, pki: Optional[PKI], *, extra: Iterable = (), cert: Optional[Path] = None,
+                  key: Optional[Path] = None, plaintext_name: Optional[str] = None, public_tls: bool = False,
+                  name: str = "gateway", log_level: str = "debug", attempts: int = 3) -> Gateway:
+    """Starts fleet-gateway on free ports; ready once it logged its listeners and
+    the public port accepts connections. Retries with other ports if it exits early
+    (a port taken between our probe and its bind)."""
+    last_log = ""
+    for attempt in range(attempts):
+        dport, pport = free_port(), free_port()
+        while pport == dport:
+            pport = free_port()
+        args = [gateway_bin(), "--listen-devices", f"127.0.0.1:{dport}", "--listen-public", f"127.0.0.1:{pport}",
+                "--log-level", log_level]
+        if plaintext_name is not None:
+            args += ["--plaintext-devices", "--plaintext-device-name", plaintext_name]
+        else:
+            assert pki is not None
+            args += ["--ca", pki.ca, "--cert", cert or pki.gateway_cert, "--key", key or pki.gateway_key]
+        if public_tls:
+            assert pki is not None
+            args += ["--public-cert", pki.gateway_cert, "--public-key", pki.gateway_key]
+        args += list(extra)
+        proc = pm.start(f"{name}", args)
+
+        def ready():
+            if not proc.alive():
+                return "exited"
+            if "devices on" in proc.log() and port_open(pport):
+                return "ready"
+            return None
+
+        state = wait_until(ready, STARTUP_TIMEOUT, f"{name} to listen")
+        if state == "ready":
+            return Gateway(proc=proc, device_port=dport, public_port=pport, https=public_tls)
+        last_log = proc.tail()
+        proc.stop()
+    raise AssertionError(f"{name} did not start after {attempts} attempts; last log:\n{last_log}")
+
+
+def start_agent(pm: ProcessManager, gw_port: int, *, pki: Optional[PKI] = None, device: str = "dev1.example",
+                local_port: int, cert: Optional[Path] = None, key: Optional[Path] = None, ca: Optional[Path] = None,
+                server_name: Optional[str] = "gw.example", connections: int = 2, plaintext: bool = False,
+                extra: Iterable = (), name: Optional[str] = None, log_level: str = "debug") -> Proc:
+    args = [agent_bin(), "--gateway", f"127.0.0.1:{gw_port}", "--local", f"127.0.0.1:{local_port}",
+            "--connections", str(connections), "--name", name or device, "--log-level", log_level]
+    if plaintext:
+        args += ["--plaintext"]
+    else:
+        assert pki is not None
+        args += ["--ca", ca or pki.ca, "--cert", cert or pki.device_cert(device),
+                 "--key", key or pki.device_key(device)]
+        if server_name:
+            args += ["--server-name", server_name]
+    args += list(extra)
+    return pm.start(f"agent-{name or device}", args)
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+
+@dataclass
+class Resp:
+    status: int
+    headers: list  # [(name, value)] as received
+    body: bytes
+    reason: str = ""
+
+    def header(self, name: str) -> Optional[str]:
+        for n, v in self.headers:
+            if n.lower() == name.lower():
+                return v
+        return None
+
+    def header_names(self) -> set:
+        return {n.lower() for n, _ in self.headers}
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
+def request(port: int, method: str, path: str, host: Optional[str], body=None, headers: Optional[dict] = None,
+            timeout: float = HTTP_TIMEOUT, conn: Optional[http.client.HTTPConnection] = None,
+            encode_chunked: bool = False) -> Resp:
+    """One request. With `conn`, uses (and leaves open) that connection."""
+    own = conn is None
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        h = {}
+        if host is not None:
+            h["Host"] = host
+        h.update(headers or {})
+        c.request(method, path, body=body, headers=h, encode_chunked=encode_chunked)
+        r = c.getresponse()
+        data = r.read()
+        return Resp(r.status, list(r.getheaders()), data, r.reason)
+    finally:
+        if own:
+            c.close()
+
+
+def wait_device(gw: Gateway, host: str, timeout: float = DEVICE_TIMEOUT, path: str = "/device",
+                ssl_ctx: Optional[ssl.SSLContext] = None) -> Resp:
+    """Polls the public port with Host `host` until the answer is not 503."""
+    last: list = [None]
+
+    def probe():
+        if ssl_ctx is not None:
+            c = http.client.HTTPSConnection("127.0.0.1", gw.public_port, timeout=5, context=ssl_ctx)
+            r = request(gw.public_port, "GET", path, host, conn=c, timeout=5)
+            c.close()
+        else:
+            r = request(gw.public_port, "GET", path, host, timeout=5)
+        last[0] = r
+        return r if r.status != 503 else None
+
+    try:
+        return wait_until(probe, timeout, f"device {host} to answer through the gateway", interval=0.1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last response: {last[0]!r}\n--- gateway log:\n{gw.proc.tail()}") from None
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0, until_close: bool = True) -> tuple[bytes, bool]:
+    """Sends `data` on a fresh socket and reads until the peer closes (or the
+    deadline). Returns (bytes received, peer closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        return read_until_close(s, timeout)
+
+
+def read_until_close(s: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return buf, False
+        s.settimeout(remaining)
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            return buf, False
+        except ConnectionResetError:
+            return buf, True
+        if not chunk:
+            return buf, True
+        buf += chunk
+
+
+def parse_responses(data: bytes) -> list[tuple[int, dict, bytes]]:
+    """Splits a byte stream into HTTP/1.1 responses (Content-Length or chunked
+    framing only). Returns [(status, {lower name: value}, body)]."""
+    out = []
+    i = 0
+    while i < len(data):
+        end = data.find(b"\r\n\r\n", i)
+        if end < 0:
+            raise ValueError(f"incomplete head at {i}: {data[i:i+200]!r}")
+        head = data[i:end].decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ")[1])
+        hdrs = {}
+        for line in head[1:]:
+            n, _, v = line.partition(":")
+            hdrs[n.strip().lower()] = v.strip()
+        i = end + 4
+        if "content-length" in hdrs:
+            n = int(hdrs["content-length"])
+            body = data[i:i + n]
+            i += n
+        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                le = data.index(b"\r\n", i)
+                size = int(data[i:le].split(b";")[0], 16)
+                i = le + 2
+                if size == 0:
+                    te = data.index(b"\r\n", i)
+                    while te != i:  # trailers
+                        i = te + 2
+                        te = data.index(b"\r\n", i)
+                    i += 2
+                    break
+                body += data[i:i + size]
+                i += size + 2
+        else:
+            body = data[i:]
+            i = len(data)
+        out.append((status, hdrs, body))
+    return out
+
+
+# --------------------------------------------------------------------------- content
+
+
+@functools.lru_cache(maxsize=8)
+def det_bytes(n: int) -> bytes:
+    """n deterministic pseudo-random bytes (same n -> same bytes, in every process)."""
+    return random.Random(0x5EED_0000 + n).randbytes(n)
+
+
+def sha256(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+# --------------------------------------------------------------------------- local API
+
+
+class _ApiHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "e2e-local-api/1"
+    server: "LocalAPI"
+
+    def log_message(self, fmt, *args):  # quiet; count instead
+        pass
+
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionError, OSError, ValueError):
+            self.close_connection = True
+
+    # --- request body
+
+    def _iter_body(self):
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            while True:
+                line = self.rfile.readline(65537)
+                if not line:
+                    raise ConnectionError("EOF in chunk size")
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while True:  # trailers
+                        t = self.rfile.readline(65537)
+                        if t in (b"\r\n", b"\n", b""):
+                            break
+                    return
+                left = size
+                while left:
+                    piece = self.rfile.read(min(left, 1 << 20))
+                    if not piece:
+                        raise ConnectionError("EOF in chunk")
+                    left -= len(piece)
+                    yield piece
+                self.rfile.readline(3)
+            return
+        cl = self.headers.get("Content-Length")
+        if cl:
+            left = int(cl)
+            while left:
+                piece = self.rfile.read(min(left, 1 << 20))
+                if not piece:
+                    raise ConnectionError("EOF in body")
+                left -= len(piece)
+                yield piece
+
+    def _digest_body(self) -> tuple[str, int]:
+        h = hashlib.sha256()
+        n = 0
+        for piece in self._iter_body():
+            h.update(piece)
+            n += len(piece)
+        return h.hexdigest(), n
+
+    # --- responses
+
+    def _send(self, status: int, body: bytes, ctype: str = "text/plain", extra: Optional[list] = None,
+              head_only: bool = False):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("X-Device", self.server.device)
+        for n, v in extra or []:
+            self.send_header(n, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head_only and body:
+            self.wfile.write(body)
+
+    def _dispatch(self, head_only: bool = False):
+        self.server.count_request(self)
+        path = self.path.split("?", 1)[0]
+        dev = self.server.device
+        if path == "/device":
+            self._digest_body()
+            return self._send(200, dev.encode(), head_only=head_only)
+        if path == "/echo":
+            digest, n = self._digest_body()
+            hdr: dict = {}
+            for k, v in self.headers.items():
+                k = k.lower()
+                hdr[k] = v if k not in hdr else hdr[k] + ", " + v
+            doc = {"device": dev, "method": self.command, "path": self.path, "version": self.request_version,
+                   "headers": hdr, "header_list": [[k, v] for k, v in self.headers.items()],
+                   "body_sha256": digest, "body_len": n}
+            return self._send(200, json.dumps(doc).encode(), "application/json", head_only=head_only)
+        if path == "/upload":
+            digest, n = self._digest_body()
+            doc = {"device": dev, "sha256": digest, "length": n,
+                   "chunked": "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()}
+            return self._send(200, json.dumps(doc).encode(), "application/json")
+        m = re.fullmatch(r"/bytes/(\d+)", path)
+        if m:
+            self._digest_body()
+            data = det_bytes(int(m.group(1)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("X-Device", dev)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if not head_only:
+                mv = memoryview(data)
+                for off in range(0, len(data), 256 * 1024):
+                    self.wfile.write(mv[off:off + 256 * 1024])
+            return
+        m = re.fullmatch(r"/chunked/(\d+)", path)
+        if m:
+            self._digest_body()
+            data = det_bytes(int(m.group(1)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("X-Device", dev)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if head_only:
+                return
+            mv = memoryview(data)
+            off = 0
+            sizes = [1, 7, 1000, 4096, 65536, 100_000, 262_144]  # varied chunk sizes
+            k = 0
+            while off < len(data):
+                n = min(sizes[k % len(sizes)], len(data) - off)
+                k += 1
+                self.wfile.write(b"%x\r\n" % n + bytes(mv[off:off + n]) + b"\r\n")
+                off += n
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        m = re.fullmatch(r"/sleep/(\d+)", path)
+        if m:
+            self._digest_body()
+            time.sleep(int(m.group(1)) / 1000.0)
+            return self._send(200, b"slept\n")
+        m = re.fullmatch(r"/status/(\d+)", path)
+        if m:
+            self._digest_body()
+            st = int(m.group(1))
+            if st in (204, 304):
+                self.send_response(st)
+                self.send_header("X-Device", dev)
+                self.end_headers()
+                return
+            return self._send(st, f"status {st}\n".encode())
+        if path == "/garbage":
+            self._digest_body()
+            self.wfile.write(b"NOT HTTP\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if path == "/hop-response":
+            self._digest_body()
+            return self._send(200, b"hop\n", extra=[("Connection", "X-Resp-Hop"), ("X-Resp-Hop", "secret"),
+                                                    ("Keep-Alive", "timeout=5"), ("Proxy-Connection", "keep-alive"),
+                                                    ("X-End-To-End", "kept")])
+        self._digest_body()
+        return self._send(404, b"no such path\n")
+
+    def do_GET(self):
+        self._dispatch()
+
+    def do_HEAD(self):
+        self._dispatch(head_only=True)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+
+
+class LocalAPI(ThreadingHTTPServer):
+    """The device's local HTTP API, on 127.0.0.1:<free port>, in a thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, device: str):
+        super().__init__(("127.0.0.1", 0), _ApiHandler)
+        self.device = device
+        self.requests = 0
+        self.connections: set = set()
+        self.last_headers: Optional[dict] = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"api-{device}", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def count_request(self, h: BaseHTTPRequestHandler):
+        with self._lock:
+            self.requests += 1
+            self.connections.add(h.client_address)
+
+    def handle_error(self, request, client_address):  # broken pipes after 504/resets: expected
+        pass
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
