@@ -27,26 +27,12 @@ usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [option
 """
 
 func agentMain() -> Int32 {
-    var settings = Settings()
     do throws(ConfigError) {
-        var cmdline = Settings()
-        let positional = try parseCommandLine(processArguments(), flags: AgentConfig.flags, into: &cmdline)
-        if cmdline.last("help") != nil {
-            Logger.writeStderr(usage + "\n")
-            return 0
-        }
-        if cmdline.last("version") != nil {
-            Logger.writeStderr("device-agent " + reverseHTTPVersion + "\n")
-            return 0
-        }
-        if !positional.isEmpty { throw ConfigError("unexpected argument '" + positional[0] + "' (see --help)") }
-        if let path = cmdline.last("config") { try ConfigFile.load(path.value, into: &settings) }
-        for s in cmdline.items { settings.add(s) }
-        let config = try AgentConfig(settings)
-        if settings.last("check_config") != nil {
-            Logger.writeStderr("configuration OK\n")
-            return 0
-        }
+        let inv = try Invocation(processArguments(), flags: AgentConfig.flags)
+        if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
+        if inv.version { Logger.writeStderr("device-agent " + reverseHTTPVersion + "\n"); return 0 }
+        let config = try AgentConfig(inv.settings)
+        if inv.checkConfig { Logger.writeStderr("configuration OK\n"); return 0 }
         return run(config)
     } catch {
         Logger.writeStderr("device-agent: " + error.description + "\n")

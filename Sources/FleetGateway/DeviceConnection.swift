@@ -10,13 +10,12 @@ import Tunnel
 final class DeviceConnection {
     let id: Int
     let identity: DeviceIdentity
-    let transport: Transport
-    let session: HTTP2Session
+    let connection: HTTP2Connection
+    var transport: Transport { connection.transport }
+    var session: HTTP2Session { connection.session }
     let logger: Logger
     private(set) var isReady = false
     private var exchanges: [Int32: Exchange] = [:]
-    private var flushScheduled = false
-    private var out: [UInt8] = []
     /// Once when SETTINGS arrived (register), once when closed (unregister).
     var onReady: ((DeviceConnection) -> Void)?
     var onClose: ((DeviceConnection) -> Void)?
@@ -24,9 +23,10 @@ final class DeviceConnection {
     init(id: Int, identity: DeviceIdentity, transport: Transport, logger: Logger) throws(HTTP2Error) {
         self.id = id
         self.identity = identity
-        self.transport = transport
         self.logger = logger
-        session = try HTTP2Session(role: .client, preface: .reversed)
+        let session = try HTTP2Session(role: .client, preface: .reversed)
+        connection = HTTP2Connection(transport: transport, session: session, logger: logger,
+                                     context: LogContext(device: identity.name, connection: id))
     }
 
     var ctx: LogContext { LogContext(device: identity.name, connection: id) }
@@ -39,22 +39,9 @@ final class DeviceConnection {
     }
 
     func start() {
-        transport.onData = { bytes in self.receive(bytes) }
-        transport.onClose = { reason in self.closed(reason) }
-        flush()
-    }
-
-    private func receive(_ bytes: UnsafeRawBufferPointer) {
-        do throws(HTTP2Error) {
-            try session.receive(bytes)
-        } catch {
-            logger.warning("protocol error from device: " + error.description, ctx)
-            flush()
-            transport.closeAfterFlush()
-            return
-        }
-        for event in session.takeEvents() { handle(event) }
-        flush()
+        connection.onEvent = { event in self.handle(event) }
+        connection.onClose = { reason in self.closed(reason) }
+        connection.start()
     }
 
     private func handle(_ event: HTTP2Event) {
@@ -106,28 +93,7 @@ final class DeviceConnection {
         scheduleFlush()
     }
 
-    // MARK: Output
-
-    private func scheduleFlush() {
-        guard !flushScheduled else { return }
-        flushScheduled = true
-        transport.loop.execute { self.flush() }
-    }
-
-    private func flush() {
-        flushScheduled = false
-        guard transport.state != .closed else { return }
-        out.removeAll(keepingCapacity: true)
-        do throws(HTTP2Error) {
-            try session.takeOutput(into: &out)
-        } catch {
-            logger.warning(error.description, ctx)
-            transport.close()
-            return
-        }
-        if !out.isEmpty { transport.write(out) }
-        if !session.isAlive { transport.closeAfterFlush() }
-    }
+    private func scheduleFlush() { connection.scheduleFlush() }
 
     func close() { transport.close() }
 

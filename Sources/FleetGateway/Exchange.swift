@@ -65,7 +65,7 @@ final class Exchange {
         let prior = fields.values("x-forwarded-for")
         fields.remove("x-forwarded-for")
         for (n, v) in fields { h.add(n, v) }
-        h.add("x-forwarded-for", prior.isEmpty ? peer : joinedList(prior) + ", " + peer)
+        h.add("x-forwarded-for", prior.isEmpty ? peer : prior.joined(separator: ", ") + ", " + peer)
         h.add("x-forwarded-proto", client.scheme)
         let forAddr = peer.contains(":") ? "\"[" + peer + "]\"" : peer
         h.add("forwarded", "for=" + forAddr + ";proto=" + client.scheme + ";host=\"" + (request.headers.first("host") ?? hostname) + "\"")
@@ -166,13 +166,4 @@ final class Exchange {
         gateway.loop.cancel(timer)
         timer = nil
     }
-}
-
-func joinedList(_ parts: [String]) -> String {
-    var s = ""
-    for (i, p) in parts.enumerated() {
-        if i > 0 { s += ", " }
-        s += p
-    }
-    return s
 }

@@ -16,7 +16,6 @@ final class Gateway {
     private var deviceListener: Int32 = -1
     private var publicListener: Int32 = -1
     private var connectionCounter = 0
-    private var pending: [Int: Transport] = [:]
 
     init(config: GatewayConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
         self.config = config
@@ -42,32 +41,35 @@ final class Gateway {
                       + "), users on " + config.listenPublic.host + ":" + String(publicPort) + " (" + (publicTLS == nil ? "http" : "https") + ")")
     }
 
-    private func acceptDevices() {
-        var n = 0
-        while n < 64 {
-            n += 1
-            let accepted: (fd: Int32, peer: SocketAddress)?
-            do throws(SocketError) { accepted = try Socket.accept(deviceListener) } catch {
+    /// Accepts what is pending on `listener` (at most 64 per wake-up, so users and
+    /// devices take turns) and wraps each connection in a Transport.
+    private func acceptPending(_ listener: Int32, tls: TLSContext?, _ accepted: (Transport) -> Void) {
+        for _ in 0..<64 {
+            let next: (fd: Int32, peer: SocketAddress)?
+            do throws(SocketError) { next = try Socket.accept(listener) } catch {
                 logger.warning("accept: " + error.description)
                 return
             }
-            guard let (fd, peer) = accepted else { return }
+            guard let (fd, peer) = next else { return }
             var conn: TLSConnection?
-            if let deviceTLS {
-                do throws(OpenSSLError) { conn = try TLSConnection(context: deviceTLS) } catch {
+            if let tls {
+                do throws(OpenSSLError) { conn = try TLSConnection(context: tls) } catch {
                     logger.warning(error.description)
                     Socket.close(fd)
                     continue
                 }
             }
+            accepted(Transport(loop: loop, fd: fd, peer: peer, tls: conn, connecting: false))
+        }
+    }
+
+    private func acceptDevices() {
+        acceptPending(deviceListener, tls: deviceTLS) { t in
             connectionCounter += 1
             let id = connectionCounter
-            let t = Transport(loop: loop, fd: fd, peer: peer, tls: conn, connecting: false)
-            pending[id] = t
             t.onOpen = { self.deviceOpened(t, id: id) }
             t.onClose = { reason in
-                self.pending[id] = nil
-                self.logger.warning("device connection from " + peer.description + " failed: " + reason.description,
+                self.logger.warning("device connection from " + t.peer.description + " failed: " + reason.description,
                                     LogContext(connection: id))
             }
             t.start()
@@ -76,7 +78,6 @@ final class Gateway {
 
     /// TLS is up: take the identity from the certificate and reverse the connection.
     private func deviceOpened(_ t: Transport, id: Int) {
-        pending[id] = nil
         let name: String
         if let tls = t.tls {
             guard let cn = tls.peerCommonName?.lowercased(), PKI.isValidHostname(cn) else {
@@ -106,24 +107,7 @@ final class Gateway {
     }
 
     private func acceptUsers() {
-        var n = 0
-        while n < 64 {
-            n += 1
-            let accepted: (fd: Int32, peer: SocketAddress)?
-            do throws(SocketError) { accepted = try Socket.accept(publicListener) } catch {
-                logger.warning("accept: " + error.description)
-                return
-            }
-            guard let (fd, peer) = accepted else { return }
-            var conn: TLSConnection?
-            if let publicTLS {
-                do throws(OpenSSLError) { conn = try TLSConnection(context: publicTLS) } catch {
-                    logger.warning(error.description)
-                    Socket.close(fd)
-                    continue
-                }
-            }
-            let t = Transport(loop: loop, fd: fd, peer: peer, tls: conn, connecting: false)
+        acceptPending(publicListener, tls: publicTLS) { t in
             let pc = PublicConnection(gateway: self, transport: t, scheme: publicTLS == nil ? "http" : "https")
             pc.start()
             t.start()

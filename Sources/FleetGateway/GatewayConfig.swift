@@ -48,14 +48,8 @@ struct GatewayConfig {
             }
             hostnameTemplate = t
         }
-        if let v = s.last("tls_min") {
-            guard let t = TLSVersion(name: v.value) else { throw ConfigError(v.origin + ": tls_min must be 1.2 or 1.3") }
-            tlsMinimum = t
-        }
-        if let v = s.last("log_level") {
-            guard let l = LogLevel(name: v.value) else { throw ConfigError(v.origin + ": log_level must be debug, info, notice, warning or error") }
-            logLevel = l
-        }
+        tlsMinimum = try s.tlsVersion("tls_min", default: .tls13)
+        logLevel = try s.logLevel("log_level", default: .info)
         responseTimeoutMs = try s.int("response_timeout_ms", default: 30_000, min: 100, max: 3_600_000)
         maxHeadBytes = try s.int("max_header_bytes", default: 16384, min: 1024, max: 1 << 20)
         if !plaintextDevices {

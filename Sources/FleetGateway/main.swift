@@ -30,20 +30,12 @@ options (also `key = value` lines in --config FILE):
 func gatewayMain() -> Int32 {
     let args = processArguments()
     if args.first == "pki" { return pkiMain(Array(args.dropFirst())) }
-    var settings = Settings()
     do throws(ConfigError) {
-        var cmdline = Settings()
-        let positional = try parseCommandLine(args, flags: GatewayConfig.flags, into: &cmdline)
-        if cmdline.last("help") != nil { Logger.writeStderr(usage + "\n"); return 0 }
-        if cmdline.last("version") != nil { Logger.writeStderr("fleet-gateway " + reverseHTTPVersion + "\n"); return 0 }
-        if !positional.isEmpty { throw ConfigError("unexpected argument '" + positional[0] + "' (see --help)") }
-        if let path = cmdline.last("config") { try ConfigFile.load(path.value, into: &settings) }
-        for s in cmdline.items { settings.add(s) }
-        let config = try GatewayConfig(settings)
-        if settings.last("check_config") != nil {
-            Logger.writeStderr("configuration OK\n")
-            return 0
-        }
+        let inv = try Invocation(args, flags: GatewayConfig.flags)
+        if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
+        if inv.version { Logger.writeStderr("fleet-gateway " + reverseHTTPVersion + "\n"); return 0 }
+        let config = try GatewayConfig(inv.settings)
+        if inv.checkConfig { Logger.writeStderr("configuration OK\n"); return 0 }
         return run(config)
     } catch {
         Logger.writeStderr("fleet-gateway: " + error.description + "\n")

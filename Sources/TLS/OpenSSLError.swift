@@ -20,7 +20,7 @@ public struct OpenSSLError: Error, CustomStringConvertible {
     }
 
     public var description: String {
-        reasons.isEmpty ? operation : operation + ": " + joined(reasons, "; ")
+        reasons.isEmpty ? operation : operation + ": " + reasons.joined(separator: "; ")
     }
 
     /// Empties OpenSSL's error queue and returns its entries as text.
@@ -41,14 +41,4 @@ public struct OpenSSLError: Error, CustomStringConvertible {
         ERR_clear_error()
         return out
     }
-}
-
-@inline(__always)
-func joined(_ parts: [String], _ sep: String) -> String {
-    var s = ""
-    for (i, p) in parts.enumerated() {
-        if i > 0 { s += sep }
-        s += p
-    }
-    return s
 }

@@ -41,16 +41,8 @@ public struct AgentConfig {
         localTimeoutMs = try s.int("local_timeout_ms", default: 30_000, min: 100, max: 3_600_000)
         maxConcurrentStreams = try s.int("max_concurrent_streams", default: 100, min: 1, max: 10_000)
         if let n = s.string("name") { name = n }
-        if let v = s.last("tls_min") {
-            guard let t = TLSVersion(name: v.value) else { throw ConfigError(v.origin + ": tls_min must be 1.2 or 1.3") }
-            tlsMinimum = t
-        }
-        if let v = s.last("log_level") {
-            guard let l = LogLevel(name: v.value) else {
-                throw ConfigError(v.origin + ": log_level must be debug, info, notice, warning or error")
-            }
-            logLevel = l
-        }
+        tlsMinimum = try s.tlsVersion("tls_min", default: .tls13)
+        logLevel = try s.logLevel("log_level", default: .info)
         if !plaintext {
             guard caFile != nil else { throw ConfigError("TLS needs --ca FILE (the fleet CA that signed the gateway certificate), or --plaintext") }
             guard certFile != nil, keyFile != nil else { throw ConfigError("TLS needs --cert FILE and --key FILE (this device's certificate and key), or --plaintext") }

@@ -4,6 +4,7 @@
 // are merged into one list of settings; later ones win. Errors name file and line.
 import CLibc
 import EventLoop
+import TLS
 
 public struct ConfigError: Error, CustomStringConvertible {
     public var message: String
@@ -56,6 +57,20 @@ public struct Settings {
         case "false", "no", "0", "off": return false
         default: throw ConfigError(s.origin + ": " + key + " must be true or false, not '" + s.value + "'")
         }
+    }
+
+    public func tlsVersion(_ key: String, default def: TLSVersion) throws(ConfigError) -> TLSVersion {
+        guard let v = last(key) else { return def }
+        guard let t = TLSVersion(name: v.value) else { throw ConfigError(v.origin + ": " + key + " must be 1.2 or 1.3") }
+        return t
+    }
+
+    public func logLevel(_ key: String, default def: LogLevel) throws(ConfigError) -> LogLevel {
+        guard let v = last(key) else { return def }
+        guard let l = LogLevel(name: v.value) else {
+            throw ConfigError(v.origin + ": " + key + " must be debug, info, notice, warning or error")
+        }
+        return l
     }
 
     public func hostPort(_ key: String) throws(ConfigError) -> HostPort? {
@@ -161,6 +176,28 @@ public func parseCommandLine(_ args: [String], flags: [String], into settings: i
         settings.add(Setting(key: key, value: value!, origin: "option --" + name))
     }
     return positional
+}
+
+/// What a program's command line asks for: the merged settings (config file
+/// first, then options, so options win) and the informational flags.
+public struct Invocation {
+    public var settings = Settings()
+    public var help = false
+    public var version = false
+    public var checkConfig = false
+
+    /// Parses `args` (options plus `--config FILE`); positional arguments are errors.
+    public init(_ args: [String], flags: [String]) throws(ConfigError) {
+        var cmdline = Settings()
+        let positional = try parseCommandLine(args, flags: flags, into: &cmdline)
+        help = cmdline.last("help") != nil
+        version = cmdline.last("version") != nil
+        checkConfig = cmdline.last("check_config") != nil
+        if help || version { return }
+        if !positional.isEmpty { throw ConfigError("unexpected argument '" + positional[0] + "' (see --help)") }
+        if let path = cmdline.last("config") { try ConfigFile.load(path.value, into: &settings) }
+        for s in cmdline.items { settings.add(s) }
+    }
 }
 
 /// The process arguments, without the program name. Read from /proc/self/cmdline

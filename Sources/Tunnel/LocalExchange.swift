@@ -56,7 +56,7 @@ final class LocalExchange {
             if name == "cookie" { cookies.append(value); continue }
             out.add(name, value)
         }
-        if !cookies.isEmpty { out.add("Cookie", joined(cookies, "; ")) }
+        if !cookies.isEmpty { out.add("Cookie", cookies.joined(separator: "; ")) }
         out.removeHopByHop()
         requestEnded = endStream
         if !endStream && !out.contains("content-length") {
@@ -245,13 +245,4 @@ final class LocalExchange {
             conn = nil
         }
     }
-}
-
-func joined(_ parts: [String], _ sep: String) -> String {
-    var s = ""
-    for (i, p) in parts.enumerated() {
-        if i > 0 { s += sep }
-        s += p
-    }
-    return s
 }

@@ -8,15 +8,14 @@ import HTTP2
 
 public final class ReversedServer {
     public let id: Int
-    let transport: Transport
-    let session: HTTP2Session
+    let connection: HTTP2Connection
+    var transport: Transport { connection.transport }
+    var session: HTTP2Session { connection.session }
     let local: LocalPool
     let logger: Logger
     let device: String
     let responseTimeoutMs: Int
     private var exchanges: [Int32: LocalExchange] = [:]
-    private var flushScheduled = false
-    private var outBuffer: [UInt8] = []
     public private(set) var isReversed = false
     /// Called once when the connection ends, with the reason.
     var onClose: ((String) -> Void)?
@@ -26,35 +25,23 @@ public final class ReversedServer {
     init(id: Int, transport: Transport, local: LocalPool, settings: HTTP2Settings, device: String,
          responseTimeoutMs: Int, logger: Logger) throws(HTTP2Error) {
         self.id = id
-        self.transport = transport
         self.local = local
         self.logger = logger
         self.device = device
         self.responseTimeoutMs = responseTimeoutMs
-        session = try HTTP2Session(role: .server, preface: .reversed, settings: settings)
+        let session = try HTTP2Session(role: .server, preface: .reversed, settings: settings)
+        connection = HTTP2Connection(transport: transport, session: session, logger: logger,
+                                     context: LogContext(device: device, connection: id))
     }
 
     var ctx: LogContext { LogContext(device: device, connection: id) }
     public var activeStreams: Int { exchanges.count }
 
-    /// Takes over the transport's callbacks and sends the preface and SETTINGS.
+    /// Takes over the transport and sends the preface and SETTINGS.
     func start() {
-        transport.onData = { bytes in self.receive(bytes) }
-        transport.onClose = { reason in self.closed(reason.description) }
-        flush()
-    }
-
-    private func receive(_ bytes: UnsafeRawBufferPointer) {
-        do throws(HTTP2Error) {
-            try session.receive(bytes)
-        } catch {
-            logger.warning("HTTP/2 error from gateway: " + error.description, ctx)
-            flush()
-            transport.closeAfterFlush()
-            return
-        }
-        for event in session.takeEvents() { handle(event) }
-        flush()
+        connection.onEvent = { event in self.handle(event) }
+        connection.onClose = { reason in self.closed(reason.description) }
+        connection.start()
     }
 
     private func handle(_ event: HTTP2Event) {
@@ -114,33 +101,12 @@ public final class ReversedServer {
         scheduleFlush()
     }
 
-    // MARK: Output
-
-    private func scheduleFlush() {
-        guard !flushScheduled else { return }
-        flushScheduled = true
-        transport.loop.execute { self.flush() }
-    }
-
-    func flush() {
-        flushScheduled = false
-        guard transport.state != .closed else { return }
-        outBuffer.removeAll(keepingCapacity: true)
-        do throws(HTTP2Error) {
-            try session.takeOutput(into: &outBuffer)
-        } catch {
-            logger.warning(error.description, ctx)
-            transport.close()
-            return
-        }
-        if !outBuffer.isEmpty { transport.write(outBuffer) }
-        if !session.isAlive { transport.closeAfterFlush() }
-    }
+    private func scheduleFlush() { connection.scheduleFlush() }
 
     /// Sends GOAWAY and closes once the gateway has seen it.
     func shutdown() {
         session.goaway(lastStreamID: Int32.max, errorCode: 0)
-        flush()
+        connection.flush()
         transport.closeAfterFlush()
     }
 

@@ -1,0 +1,73 @@
+// HTTP2Connection runs an HTTP2Session over a Transport: bytes read go into the
+// session, its events go to the owner, and its output is written back, batched
+// once per loop turn. Both ends of a reversed connection use it: the device's
+// ReversedServer (server role) and the gateway's DeviceConnection (client role).
+import EventLoop
+import HTTP2
+
+public final class HTTP2Connection {
+    public let transport: Transport
+    public let session: HTTP2Session
+    let logger: Logger
+    public var context: LogContext
+    private var flushScheduled = false
+    private var out: [UInt8] = []
+    /// Each event of the session, in order.
+    public var onEvent: ((HTTP2Event) -> Void)?
+    /// Once, when the transport is gone. Callbacks are dropped afterwards.
+    public var onClose: ((CloseReason) -> Void)?
+
+    public init(transport: Transport, session: HTTP2Session, logger: Logger, context: LogContext) {
+        self.transport = transport
+        self.session = session
+        self.logger = logger
+        self.context = context
+    }
+
+    /// Takes over the transport's callbacks and sends what the session has to say first.
+    public func start() {
+        transport.onData = { bytes in self.receive(bytes) }
+        transport.onClose = { reason in
+            let cb = self.onClose
+            self.onClose = nil
+            self.onEvent = nil
+            cb?(reason)
+        }
+        flush()
+    }
+
+    private func receive(_ bytes: UnsafeRawBufferPointer) {
+        do throws(HTTP2Error) {
+            try session.receive(bytes)
+        } catch {
+            logger.warning("HTTP/2 error from peer: " + error.description, context)
+            flush()  // nghttp2 queued a GOAWAY saying why
+            transport.closeAfterFlush()
+            return
+        }
+        for event in session.takeEvents() { onEvent?(event) }
+        flush()
+    }
+
+    /// Writes the session's output on the next loop turn (many calls, one write).
+    public func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        transport.loop.execute { self.flush() }
+    }
+
+    public func flush() {
+        flushScheduled = false
+        guard transport.state != .closed else { return }
+        out.removeAll(keepingCapacity: true)
+        do throws(HTTP2Error) {
+            try session.takeOutput(into: &out)
+        } catch {
+            logger.warning(error.description, context)
+            transport.close()
+            return
+        }
+        if !out.isEmpty { transport.write(out) }
+        if !session.isAlive { transport.closeAfterFlush() }
+    }
+}
