@@ -20,6 +20,7 @@ usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [option
   --tls-min 1.2|1.3         lowest TLS version (default 1.3)
   --local-timeout-ms MS     time the local API has to answer (default 30000)
   --max-concurrent-streams N  requests in flight per connection (default 100)
+  --drain-timeout-ms MS     on SIGTERM, time requests in flight get to finish (default 10000)
   --name NAME               device name for log lines
   --log-level LEVEL         debug, info, notice, warning, error (default info)
   --config FILE             read the same keys from FILE (key = value lines)
@@ -57,9 +58,11 @@ func run(_ config: AgentConfig) -> Int32 {
         stopping = true
         logger.notice("stopping: sending GOAWAY on every connection")
         Systemd.notify("STOPPING=1")
-        agent.stop()
-        // Give the GOAWAYs a moment to leave, then exit.
-        loop.schedule(afterMilliseconds: 200) { loop.stop() }
+        agent.stop { loop.stop() }
+        loop.schedule(afterMilliseconds: config.drainTimeoutMs) {
+            logger.warning("drain timeout: closing with requests still in flight")
+            loop.stop()
+        }
     }
     agent.start {
         Systemd.notify("STATUS=" + String(agent.connectedCount) + " of " + String(config.connections) + " connections up")

@@ -40,6 +40,7 @@ final class DeviceConnection {
 
     func start() {
         connection.onEvent = { event in self.handle(event) }
+        connection.onFlushed = { self.resumeProducers() }
         connection.onClose = { reason in self.closed(reason) }
         connection.start()
     }
@@ -54,11 +55,16 @@ final class DeviceConnection {
         case .headers(let stream, let headers, let endStream):
             exchanges[stream]?.deviceHeaders(headers, endStream: endStream)
         case .data(let stream, let bytes):
-            session.consume(stream: stream, count: bytes.count)
-            exchanges[stream]?.deviceBody(bytes)
+            // The exchange gives the window back once the user's socket took the bytes.
+            if let ex = exchanges[stream] {
+                ex.deviceBody(bytes)
+            } else {
+                consume(stream: stream, count: bytes.count)
+            }
         case .endStream(let stream):
             exchanges[stream]?.deviceEnd()
         case .streamClosed(let stream, let code):
+            paused[stream] = nil
             exchanges.removeValue(forKey: stream)?.deviceStreamClosed(errorCode: code)
         case .goaway(let last, let code):
             logger.info("device sent GOAWAY (last stream " + String(last) + ", error " + String(code) + ")", ctx)
@@ -87,7 +93,31 @@ final class DeviceConnection {
         scheduleFlush()
     }
 
+    func consume(stream: Int32, count: Int) {
+        session.consume(stream: stream, count: count)
+        scheduleFlush()
+    }
+
+    /// Exchanges whose users are not read until their stream's queue drains.
+    private var paused: [Int32: Exchange] = [:]
+
+    /// Pauses `ex`'s user when the stream has more queued than the device takes.
+    func pauseIfBacklogged(_ ex: Exchange, stream: Int32) -> Bool {
+        guard session.pendingBody(stream: stream) > Exchange.highWater else { return false }
+        paused[stream] = ex
+        return true
+    }
+
+    private func resumeProducers() {
+        guard !paused.isEmpty else { return }
+        for (stream, ex) in paused where session.pendingBody(stream: stream) <= Exchange.lowWater {
+            paused[stream] = nil
+            ex.resumeUserReads()
+        }
+    }
+
     func cancel(stream: Int32) {
+        paused[stream] = nil
         guard exchanges.removeValue(forKey: stream) != nil else { return }
         session.resetStream(stream)
         scheduleFlush()
@@ -101,6 +131,7 @@ final class DeviceConnection {
         logger.notice("device connection closed: " + reason.description, ctx)
         let all = exchanges
         exchanges.removeAll()
+        paused.removeAll()
         for (_, ex) in all { ex.deviceStreamClosed(errorCode: 2) }
         let cb = onClose
         onClose = nil

@@ -9,19 +9,31 @@ import Tunnel
 final class Exchange {
     private enum Phase { case waiting, streaming, done }
 
+    /// Back-pressure marks, as on the agent: a request body queued above
+    /// `highWater` for the device pauses reading the user; response DATA is
+    /// acknowledged to the device only while the user's socket queue is at or
+    /// below `lowWater`, so a user who stops reading stops the device.
+    static let highWater = 256 * 1024
+    static let lowWater = 64 * 1024
+
     let client: PublicConnection
     let request: HTTPRequestHead
+    /// The request's authority: the absolute-form target's, else the Host field (RFC 9112 §3.2.2).
+    let authority: String
     let hostname: String
     private var device: DeviceConnection?
     private var stream: Int32 = 0
     private var phase = Phase.waiting
     private var timer: TimerID?
     private var requestEnded = false
+    /// Response bytes received from the device but not yet acknowledged.
+    private var owed = 0
     private var isHEAD: Bool { request.method == "HEAD" }
 
-    init(client: PublicConnection, request: HTTPRequestHead, hostname: String) {
+    init(client: PublicConnection, request: HTTPRequestHead, authority: String, hostname: String) {
         self.client = client
         self.request = request
+        self.authority = authority
         self.hostname = hostname
     }
 
@@ -31,7 +43,9 @@ final class Exchange {
     func start(requestHasBody: Bool) {
         guard let dev = gateway.registry.pick(hostname: hostname) else {
             phase = .done
-            client.respondError(503, "no device is connected for host " + hostname, retryAfter: true)
+            let busy = !gateway.registry.connections(hostname: hostname).isEmpty
+            client.respondError(503, busy ? "device for host " + hostname + " is busy: every connection is at its limit of concurrent requests"
+                                          : "no device is connected for host " + hostname, retryAfter: true)
             return
         }
         device = dev
@@ -54,7 +68,7 @@ final class Exchange {
         var h = HTTPHeaders()
         h.add(":method", request.method)
         h.add(":scheme", client.scheme)
-        h.add(":authority", request.headers.first("host") ?? hostname)
+        h.add(":authority", authority)
         h.add(":path", HostRouting.originForm(request.target))
         var fields = request.headers
         fields.removeHopByHop()
@@ -68,7 +82,7 @@ final class Exchange {
         h.add("x-forwarded-for", prior.isEmpty ? peer : prior.joined(separator: ", ") + ", " + peer)
         h.add("x-forwarded-proto", client.scheme)
         let forAddr = peer.contains(":") ? "\"[" + peer + "]\"" : peer
-        h.add("forwarded", "for=" + forAddr + ";proto=" + client.scheme + ";host=\"" + (request.headers.first("host") ?? hostname) + "\"")
+        h.add("forwarded", "for=" + forAddr + ";proto=" + client.scheme + ";host=\"" + authority + "\"")
         return h
     }
 
@@ -77,6 +91,20 @@ final class Exchange {
     func userBody(_ bytes: [UInt8]) {
         guard phase != .done, let device, !bytes.isEmpty else { return }
         device.sendBody(stream: stream, bytes, endStream: false)
+        if device.pauseIfBacklogged(self, stream: stream) { client.transport.pauseReading() }
+    }
+
+    func resumeUserReads() { client.transport.resumeReading() }
+
+    /// The user's socket queue shrank: give the device its window back.
+    func userDrained() { settleCredit() }
+
+    private func settleCredit() {
+        guard owed > 0, let device else { return }
+        if phase == .done || client.transport.bufferedOutput <= Exchange.lowWater {
+            device.consume(stream: stream, count: owed)
+            owed = 0
+        }
     }
 
     func userEnd() {
@@ -127,8 +155,9 @@ final class Exchange {
     }
 
     func deviceBody(_ bytes: [UInt8]) {
-        guard phase == .streaming else { return }
-        client.writeBody(bytes)
+        owed += bytes.count
+        if phase == .streaming { client.writeBody(bytes) }
+        settleCredit()
     }
 
     func deviceEnd() {
@@ -163,6 +192,7 @@ final class Exchange {
 
     private func finish() {
         phase = .done
+        settleCredit()
         gateway.loop.cancel(timer)
         timer = nil
     }

@@ -30,6 +30,7 @@ final class PublicConnection {
 
     func start() {
         transport.onData = { bytes in self.receive(Array(bytes)) }
+        transport.onDrained = { self.current?.userDrained() }
         transport.onClose = { _ in self.closed() }
     }
 
@@ -82,7 +83,7 @@ final class PublicConnection {
             respondError(400, "the request names no valid device host ('" + authority + "')", close: true)
             return
         }
-        let ex = Exchange(client: self, request: head, hostname: host)
+        let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
         current = ex
         let hasBody = ((try? HTTP1RequestParser.framing(of: head)) ?? .none) != .none
         ex.start(requestHasBody: hasBody)
@@ -123,6 +124,7 @@ final class PublicConnection {
 
     private func completeResponse() {
         responseDone = true
+        transport.resumeReading()  // the request body may have paused it
         if !keepAlive || closeDelimited || !requestDone {
             // A response that ended before its request body was read cannot keep the
             // connection: the rest of that body would be read as a new request.

@@ -46,9 +46,20 @@ public final class Agent {
         }
     }
 
-    /// Stops dialing and sends GOAWAY on every connection.
-    public func stop() {
+    /// Stops dialing and drains: GOAWAY on every connection, the streams in flight
+    /// finish, then `done` runs once every connection is closed.
+    public func stop(done: @escaping () -> Void) {
+        var open = dialers.count
+        for d in dialers {
+            d.onStopped = {
+                open -= 1
+                if open == 0 {
+                    self.pool.closeAll()
+                    done()
+                }
+            }
+        }
         for d in dialers { d.stop() }
-        pool.closeAll()
+        if dialers.isEmpty { done() }
     }
 }

@@ -19,10 +19,12 @@ public struct AgentConfig {
     /// Device name used in log lines (the certificate CN is the identity the gateway sees).
     public var name = "device"
     public var maxConcurrentStreams = 100
+    /// On SIGTERM, how long requests in flight may take to finish.
+    public var drainTimeoutMs = 10_000
 
     public static let keys = ["config", "gateway", "server_name", "ca", "cert", "key", "local", "connections",
                               "plaintext", "tls_min", "log_level", "local_timeout_ms", "name",
-                              "max_concurrent_streams", "check_config", "help", "version"]
+                              "max_concurrent_streams", "drain_timeout_ms", "check_config", "help", "version"]
     public static let flags = ["plaintext", "check_config", "help", "version"]
 
     public init() {}
@@ -40,6 +42,7 @@ public struct AgentConfig {
         plaintext = try s.bool("plaintext")
         localTimeoutMs = try s.int("local_timeout_ms", default: 30_000, min: 100, max: 3_600_000)
         maxConcurrentStreams = try s.int("max_concurrent_streams", default: 100, min: 1, max: 10_000)
+        drainTimeoutMs = try s.int("drain_timeout_ms", default: 10_000, min: 0, max: 3_600_000)
         if let n = s.string("name") { name = n }
         tlsMinimum = try s.tlsVersion("tls_min", default: .tls13)
         logLevel = try s.logLevel("log_level", default: .info)

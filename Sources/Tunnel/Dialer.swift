@@ -113,19 +113,27 @@ public final class Dialer {
         s.start()
     }
 
-    private func closed(_ reason: String, wasReversed: Bool) {
-        guard state != .stopped else { return }
-        if wasReversed {
-            let upMs = Int((loop.now - connectedAt) / 1_000_000)
-            backoff.connectionEnded(upMs: upMs)
-            logger.notice("connection closed: " + reason + "; dialing again", ctx)
-            // A gateway that closed cleanly (restart, GOAWAY) gets a new dial at once.
-            backoff.reset()
-            set(.waiting)
-            timer = loop.schedule(afterMilliseconds: 0) { self.dial() }
-        } else {
-            failed(reason)
+    private func closed(_ reason: CloseReason, wasReversed: Bool) {
+        guard state != .stopped else {
+            onStopped?()
+            return
         }
+        guard wasReversed else {
+            failed(reason.description)
+            return
+        }
+        let upMs = Int((loop.now - connectedAt) / 1_000_000)
+        backoff.connectionEnded(upMs: upMs)
+        var clean = false
+        if case .peerClosed = reason { clean = true }
+        // A gateway that closed a working connection cleanly (restart, GOAWAY) gets a
+        // new dial at once; one that closes right after the reversal gets the backoff,
+        // so a refusing gateway is never hammered.
+        let delay = clean && upMs >= 1000 ? 0 : backoff.nextDelayMs { self.jitter.next(upTo: $0) }
+        logger.notice("connection closed (" + reason.description + ") after " + String(upMs / 1000) + " s; dialing again in "
+                      + String(delay) + " ms", ctx)
+        set(.waiting)
+        timer = loop.schedule(afterMilliseconds: delay) { self.dial() }
     }
 
     private func failed(_ reason: String) {
@@ -142,7 +150,10 @@ public final class Dialer {
         timer = loop.schedule(afterMilliseconds: delay) { self.dial() }
     }
 
-    /// GOAWAY, then close; no more dials.
+    /// Called once after `stop` when this dialer's connection is gone.
+    public var onStopped: (() -> Void)?
+
+    /// GOAWAY, let the streams in flight finish, then close; no more dials.
     public func stop() {
         set(.stopped)
         loop.cancel(timer)
@@ -151,6 +162,8 @@ public final class Dialer {
             s.shutdown()
         } else {
             transport?.close()
+            transport = nil
+            onStopped?()
         }
     }
 

@@ -11,11 +11,17 @@ public final class HTTP2Connection {
     let logger: Logger
     public var context: LogContext
     private var flushScheduled = false
+    private var heldBack = false
     private var out: [UInt8] = []
+    /// Output queued in the transport above which nghttp2 is not asked for more:
+    /// DATA then stays in the streams' queues, where producers see it and pause.
+    public var writeHighWater = 256 * 1024
     /// Each event of the session, in order.
     public var onEvent: ((HTTP2Event) -> Void)?
     /// Once, when the transport is gone. Callbacks are dropped afterwards.
     public var onClose: ((CloseReason) -> Void)?
+    /// After each flush: streams' queued bodies may have shrunk.
+    public var onFlushed: (() -> Void)?
 
     public init(transport: Transport, session: HTTP2Session, logger: Logger, context: LogContext) {
         self.transport = transport
@@ -27,10 +33,14 @@ public final class HTTP2Connection {
     /// Takes over the transport's callbacks and sends what the session has to say first.
     public func start() {
         transport.onData = { bytes in self.receive(bytes) }
+        transport.onDrained = {
+            if self.heldBack { self.scheduleFlush() }
+        }
         transport.onClose = { reason in
             let cb = self.onClose
             self.onClose = nil
             self.onEvent = nil
+            self.onFlushed = nil
             cb?(reason)
         }
         flush()
@@ -59,6 +69,11 @@ public final class HTTP2Connection {
     public func flush() {
         flushScheduled = false
         guard transport.state != .closed else { return }
+        if transport.bufferedOutput >= writeHighWater {
+            heldBack = true  // the transport's onDrained brings us back
+            return
+        }
+        heldBack = false
         out.removeAll(keepingCapacity: true)
         do throws(HTTP2Error) {
             try session.takeOutput(into: &out)
@@ -68,6 +83,10 @@ public final class HTTP2Connection {
             return
         }
         if !out.isEmpty { transport.write(out) }
-        if !session.isAlive { transport.closeAfterFlush() }
+        if !session.isAlive {
+            transport.closeAfterFlush()
+            return
+        }
+        onFlushed?()
     }
 }

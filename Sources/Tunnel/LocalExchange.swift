@@ -9,6 +9,13 @@ import HTTP2
 final class LocalExchange {
     private enum Phase { case connecting, sending, finished }
 
+    /// Back-pressure marks: a stream's response queue above `highWater` pauses
+    /// reading the local API until it is back at `lowWater`; request DATA is
+    /// acknowledged (window reopened) only while the local socket's queue is at
+    /// or below `lowWater`.
+    static let highWater = 256 * 1024
+    static let lowWater = 64 * 1024
+
     let stream: Int32
     let server: ReversedServer
     let pool: LocalPool
@@ -27,6 +34,8 @@ final class LocalExchange {
     private var isHEAD = false
     private var headEndedStream = false
     private var timer: TimerID?
+    /// Request bytes received but not yet acknowledged to the gateway.
+    private var owed = 0
 
     init(stream: Int32, server: ReversedServer, pool: LocalPool, timeoutMs: Int) {
         self.stream = stream
@@ -95,7 +104,7 @@ final class LocalExchange {
         conn = t
         t.onData = { bytes in self.responseBytes(Array(bytes)) }
         t.onClose = { reason in self.localClosed(reason) }
-        t.onDrained = nil
+        t.onDrained = { self.settleCredit() }
     }
 
     private func connected() {
@@ -108,12 +117,17 @@ final class LocalExchange {
             pendingBody = []
         }
         if requestEnded && chunked { t.write(HTTP1Writer.lastChunk()) }
+        settleCredit()
     }
 
     // MARK: Request body from the gateway
 
     func requestBody(_ bytes: [UInt8]) {
-        guard phase != .finished, !bytes.isEmpty else { return }
+        owed += bytes.count
+        guard phase != .finished, !bytes.isEmpty else {
+            settleCredit()
+            return
+        }
         let framed = chunked ? HTTP1Writer.chunk(bytes) : bytes
         if phase == .sending, let t = conn {
             bodyBytesSent += framed.count
@@ -121,7 +135,19 @@ final class LocalExchange {
         } else {
             pendingBody += framed
         }
+        settleCredit()
     }
+
+    /// Reopens the gateway's window for request bytes the local socket has taken.
+    private func settleCredit() {
+        guard owed > 0 else { return }
+        if phase == .finished || (phase == .sending && (conn?.bufferedOutput ?? 0) <= LocalExchange.lowWater) {
+            server.consume(stream: stream, count: owed)
+            owed = 0
+        }
+    }
+
+    func resumeLocalReads() { conn?.resumeReading() }
 
     func requestTrailers(_ trailers: HTTPHeaders) {
         guard phase != .finished else { return }
@@ -170,6 +196,10 @@ final class LocalExchange {
                 server.respond(stream: stream, out, endStream: headEndedStream)
             case .body(let b):
                 server.sendBody(stream: stream, b, endStream: false)
+                if server.session.pendingBody(stream: stream) > LocalExchange.highWater, let t = conn {
+                    t.pauseReading()
+                    server.pauseUntilDrained(self)
+                }
             case .end(let trailers):
                 if headEndedStream {
                     // HEADERS already carried END_STREAM.
@@ -228,6 +258,7 @@ final class LocalExchange {
 
     private func finishLocal(reusable: Bool) {
         phase = .finished
+        settleCredit()
         server.transport.loop.cancel(timer)
         timer = nil
         guard let t = conn else { return }
@@ -239,6 +270,7 @@ final class LocalExchange {
     func streamClosed(errorCode: UInt32) {
         if phase != .finished {
             phase = .finished
+            settleCredit()
             server.transport.loop.cancel(timer)
             timer = nil
             conn?.close()

@@ -43,6 +43,7 @@ final class LocalPool {
             t.close()
             return
         }
+        t.resumeReading()  // an idle connection is watched for the server closing it
         t.onData = { _ in t.close() }  // an idle connection must not talk: drop it
         t.onDrained = nil
         t.onClose = { _ in self.forget(t) }

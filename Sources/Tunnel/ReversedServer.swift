@@ -18,7 +18,7 @@ public final class ReversedServer {
     private var exchanges: [Int32: LocalExchange] = [:]
     public private(set) var isReversed = false
     /// Called once when the connection ends, with the reason.
-    var onClose: ((String) -> Void)?
+    var onClose: ((CloseReason) -> Void)?
     /// Called once when the gateway's SETTINGS arrived: the connection is reversed.
     var onReversed: (() -> Void)?
 
@@ -40,7 +40,8 @@ public final class ReversedServer {
     /// Takes over the transport and sends the preface and SETTINGS.
     func start() {
         connection.onEvent = { event in self.handle(event) }
-        connection.onClose = { reason in self.closed(reason.description) }
+        connection.onFlushed = { self.resumeProducers() }
+        connection.onClose = { reason in self.closed(reason) }
         connection.start()
     }
 
@@ -60,13 +61,18 @@ public final class ReversedServer {
             exchanges[stream] = ex
             ex.start(headers: headers, endStream: endStream)
         case .data(let stream, let bytes):
-            // The window reopens once the bytes are handed to the local socket.
-            session.consume(stream: stream, count: bytes.count)
-            exchanges[stream]?.requestBody(bytes)
+            // The exchange gives the window back once the local socket took the bytes.
+            if let ex = exchanges[stream] {
+                ex.requestBody(bytes)
+            } else {
+                consume(stream: stream, count: bytes.count)
+            }
         case .endStream(let stream):
             exchanges[stream]?.requestEnd()
         case .streamClosed(let stream, let code):
+            paused[stream] = nil
             if let ex = exchanges.removeValue(forKey: stream) { ex.streamClosed(errorCode: code) }
+            closeIfDrained()
         case .goaway(let last, let code):
             logger.info("gateway sent GOAWAY (last stream " + String(last) + ", error " + String(code) + ")", ctx)
         case .pingAck:
@@ -101,18 +107,51 @@ public final class ReversedServer {
         scheduleFlush()
     }
 
+    func consume(stream: Int32, count: Int) {
+        session.consume(stream: stream, count: count)
+        scheduleFlush()
+    }
+
+    /// Exchanges whose local reads are paused until their stream's queue drains.
+    private var paused: [Int32: LocalExchange] = [:]
+
+    func pauseUntilDrained(_ ex: LocalExchange) { paused[ex.stream] = ex }
+
+    private func resumeProducers() {
+        guard !paused.isEmpty else { return }
+        for (stream, ex) in paused where session.pendingBody(stream: stream) <= LocalExchange.lowWater {
+            paused[stream] = nil
+            ex.resumeLocalReads()
+        }
+    }
+
     private func scheduleFlush() { connection.scheduleFlush() }
 
-    /// Sends GOAWAY and closes once the gateway has seen it.
+    /// True after `shutdown`: no new streams, close when the last one ends.
+    private(set) var draining = false
+
+    /// Graceful stop, as HAProxy's dialer does it: GOAWAY(2^31-1) at once, so the
+    /// gateway sends nothing new; the streams in flight finish; then GOAWAY with
+    /// the last stream id, and close.
     func shutdown() {
+        guard !draining else { return }
+        draining = true
         session.goaway(lastStreamID: Int32.max, errorCode: 0)
+        connection.flush()
+        closeIfDrained()
+    }
+
+    private func closeIfDrained() {
+        guard draining, exchanges.isEmpty, transport.state != .closed else { return }
+        session.goaway(errorCode: 0)
         connection.flush()
         transport.closeAfterFlush()
     }
 
-    private func closed(_ reason: String) {
+    private func closed(_ reason: CloseReason) {
         let all = exchanges
         exchanges.removeAll()
+        paused.removeAll()
         for (_, ex) in all { ex.streamClosed(errorCode: 8) }
         let cb = onClose
         onClose = nil

@@ -41,6 +41,8 @@ public final class Transport {
     public var onData: ((UnsafeRawBufferPointer) -> Void)?
     /// Output buffer drained (all written to the kernel).
     public var onDrained: (() -> Void)?
+    /// While true, the socket is not read: back-pressure toward the peer.
+    public private(set) var readPaused = false
     /// Called once, when the connection is gone. Callbacks are dropped afterwards.
     public var onClose: ((CloseReason) -> Void)?
 
@@ -114,6 +116,22 @@ public final class Transport {
     /// Closes now, dropping queued output.
     public func close() { finish(.local) }
 
+    /// Stops reading until `resumeReading`; the peer's data waits in the kernel
+    /// and TCP flow control slows the peer down.
+    public func pauseReading() {
+        guard !readPaused, state != .closed else { return }
+        readPaused = true
+        loop.modify(fd: fd, readable: false, writable: bufferedOutput > 0 || state == .connecting)
+    }
+
+    public func resumeReading() {
+        guard readPaused, state != .closed else { return }
+        readPaused = false
+        loop.modify(fd: fd, readable: state != .connecting, writable: bufferedOutput > 0 || state == .connecting)
+        // Plaintext already decrypted inside OpenSSL gets no new readiness event.
+        if let tls, state == .open { loop.execute { if !self.readPaused { self.drainTLS(tls) } } }
+    }
+
     // MARK: Internals
 
     private func enqueue(_ bytes: UnsafeRawBufferPointer) {
@@ -143,7 +161,7 @@ public final class Transport {
         }
         let pending = outputOffset < output.count
         if state == .closed { return }
-        loop.modify(fd: fd, readable: state != .connecting, writable: pending || state == .connecting)
+        loop.modify(fd: fd, readable: state != .connecting && !readPaused, writable: pending || state == .connecting)
         if !pending {
             output.removeAll(keepingCapacity: output.capacity <= 256 * 1024)
             outputOffset = 0
@@ -170,13 +188,13 @@ public final class Transport {
         }
         if ev.writable { flush() }
         if state == .closed { return }
-        if ev.readable { readAvailable() }
+        if ev.readable && !readPaused { readAvailable() }
     }
 
     private func readAvailable() {
         var rounds = 0
         // Bounded per wake-up so one busy peer cannot starve the others.
-        while rounds < 16 && state != .closed {
+        while rounds < 16 && state != .closed && !readPaused {
             rounds += 1
             let result = Socket.read(fd, into: loop.readBuffer)
             switch result {
@@ -229,7 +247,7 @@ public final class Transport {
 
     private func drainTLS(_ tls: TLSConnection) {
         var rounds = 0
-        while state == .open && rounds < 4096 {
+        while state == .open && !readPaused && rounds < 4096 {
             rounds += 1
             do throws(TLSError) {
                 switch try tls.read(into: loop.plaintextBuffer) {

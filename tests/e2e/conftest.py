@@ -34,8 +34,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if rep.failed and rep.when in ("setup", "call"):
-        for p in lib.live_procs():
-            rep.sections.append((f"log of {p.name} (pid {p.pid}, {p.log_path})", p.tail(80)))
+        managers = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, lib.ProcessManager)]
+        procs = [p for pm in managers for p in pm.procs] or lib.live_procs()
+        for p in procs:
+            rep.sections.append((f"log of {p.name} (pid {p.pid}, {p.log_path})", p.tail(40)))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -245,6 +246,15 @@ class ProcessManager:
                 p.kill()
             else:
                 p._close_log()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process, in MiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise OSError(f"no VmRSS for pid {pid}")
 
 
 # --------------------------------------------------------------------------- PKI
@@ -611,7 +621,8 @@ class _ApiHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, head_only: bool = False):
         self.server.count_request(self)
-        path = self.path.split("?", 1)[0]
+        path, _, qs = self.path.partition("?")
+        query = urllib.parse.parse_qs(qs)
         dev = self.server.device
         if path == "/device":
             self._digest_body()
@@ -688,6 +699,63 @@ class _ApiHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if path in ("/truncated-cl", "/truncated-chunked"):
+            # Announces 100000 bytes (Content-Length or chunked), sends half, waits
+            # ?hold=MS (so the head is already on its way to the user), then closes.
+            self._digest_body()
+            self.send_response(200)
+            self.send_header("X-Device", dev)
+            if path == "/truncated-cl":
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.wfile.write(det_bytes(100000)[:50000])
+            else:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"%x\r\n" % 50000 + det_bytes(100000)[:50000] + b"\r\n")
+            self.wfile.flush()
+            time.sleep(int(query.get("hold", ["0"])[0]) / 1000.0)
+            self.close_connection = True
+            return
+        m = re.fullmatch(r"/zeros/(\d+)", path)
+        if m:  # N zero bytes, cheap to produce (for flow-control / memory tests)
+            self._digest_body()
+            n = int(m.group(1))
+            self.send_response(200)
+            self.send_header("X-Device", dev)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            block = bytes(1 << 20)
+            while n > 0:
+                k = min(n, len(block))
+                self.wfile.write(block[:k])
+                n -= k
+            return
+        if path == "/health":
+            self._digest_body()
+            return self._send(200, b"ok\n")
+        if path == "/http10-until-close":  # HTTP/1.0 response, no length: body ends at close
+            self._digest_body()
+            self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Device: " + dev.encode() + b"\r\n\r\n" + det_bytes(123457))
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if path == "/cl-and-te-response":  # ambiguous framing: must not be passed on as valid
+            self._digest_body()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"5\r\nhello\r\n0\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if path == "/cookies":
+            self._digest_body()
+            return self._send(200, json.dumps({"cookie": self.headers.get_all("Cookie")}).encode(),
+                              "application/json", extra=[("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; Path=/"),
+                                                         ("X-Multi", "one"), ("X-Multi", "two")])
+        if path == "/early-hints":  # an interim 103 before the final response
+            self._digest_body()
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            return self._send(200, b"after hints\n")
         if path == "/hop-response":
             self._digest_body()
             return self._send(200, b"hop\n", extra=[("Connection", "X-Resp-Hop"), ("X-Resp-Hop", "secret"),

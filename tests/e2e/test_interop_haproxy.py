@@ -16,6 +16,7 @@ import concurrent.futures
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,32 @@ def test_A_plain_our_agent_against_haproxy_gateway(haproxy, configs, lab, procs,
     assert "INSECURE" in agent.log()
 
 
+def test_A_perdev_health_checks_and_idle_ping(haproxy, configs, lab, procs, api, pki):
+    """gw-mtls-perdev.cfg: one rhttp@ server per device, HAProxy health checks
+    (GET /health over the reversed connection every 500 ms) and a 1 s idle-ping:
+    our agent must answer both, and stay attached while idle."""
+    hap = _start_haproxy(procs, haproxy, configs / "gw-mtls-perdev.cfg",
+                         _haproxy_env(lab, GW_CHECK="500ms", GW_IDLE_PING="1s"), "haproxy-gw-perdev",
+                         wait_ports=(19000, 19443))
+    agents, apis = {}, {}
+    for dev in ("dev1.example", "dev2.example"):
+        apis[dev] = api(dev)
+        agents[dev] = lib.start_agent(procs, 19443, pki=pki, device=dev, local_port=apis[dev].port)
+    for dev in agents:
+        agents[dev].wait_log("connected to", timeout=15)
+        r = _wait_through(19000, dev, f"{dev} through the per-device HAProxy gateway", hap)
+        assert r.status == 200 and r.body == dev.encode(), r
+    assert request(19000, "GET", "/device", "dev3.example").status == 404  # the config's own answer
+    health_before = {d: apis[d].requests for d in agents}
+    time.sleep(3.0)  # idle: several idle-pings and health checks
+    for dev in agents:
+        assert apis[dev].requests > health_before[dev], f"no health checks reached {dev}"
+        assert "connection closed" not in agents[dev].log(), agents[dev].log()
+        r = request(19000, "GET", "/device", dev)
+        assert r.status == 200 and r.body == dev.encode(), r
+    _exercise(19000, "dev2.example", "dev2.example")
+
+
 # --------------------------------------------------------------------------- B: HAProxy dialer
 
 
@@ -201,7 +228,7 @@ def test_B_haproxy_dialer_against_our_gateway_mtls(haproxy, configs, lab, procs,
     gw = lib.start_gateway(procs, pki)
     a = api("dev1.example")
     env = _haproxy_env(lab, DEV="dev1.example", DIALER_CERT="dev1.example", NBCONN=2, APP_PORT=a.port,
-                       GW_PRIV_PORT=gw.device_port)
+                       GW_PRIV_PORT=gw.device_port, DIALER_IDLE_PING="1s")
     hap = _start_haproxy(procs, haproxy, configs / "dialer-mtls.cfg", env, "haproxy-dialer-mtls")
     r = _wait_through(gw.public_port, "dev1.example", "the HAProxy dialer through our gateway", hap)
     assert r.status == 200, f"{r}\n{gw.proc.tail()}\n{hap.tail()}"
@@ -214,6 +241,10 @@ def test_B_haproxy_dialer_against_our_gateway_mtls(haproxy, configs, lab, procs,
     assert request(gw.public_port, "GET", "/device", "dev2.example").status == 503
     # nbconn 2: both reversed connections registered.
     lib.wait_until(lambda: gw.log().count("device connected from") >= 2, 10, "2 reversed connections from HAProxy")
+    # Idle for a while: HAProxy's idle-ping (1 s) must be answered; nothing is closed.
+    time.sleep(2.5)
+    assert "device connection closed" not in gw.log(), gw.proc.tail()
+    assert request(gw.public_port, "GET", "/device", "dev1.example").status == 200
 
 
 def test_B_plain_haproxy_dialer_against_our_gateway(haproxy, configs, lab, procs, api):
