@@ -21,6 +21,8 @@ usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [option
   --local-timeout-ms MS     time the local API has to answer (default 30000)
   --max-concurrent-streams N  requests in flight per connection (default 100)
   --drain-timeout-ms MS     on SIGTERM, time requests in flight get to finish (default 10000)
+  --idle-ping-ms MS         PING the gateway after this much silence, drop it after as much again (default 4000, 0 off)
+  --connect-timeout-ms MS   limit for TCP connect + TLS handshake + SETTINGS (default 10000)
   --name NAME               device name for log lines
   --log-level LEVEL         debug, info, notice, warning, error (default info)
   --config FILE             read the same keys from FILE (key = value lines)

@@ -21,10 +21,14 @@ public struct AgentConfig {
     public var maxConcurrentStreams = 100
     /// On SIGTERM, how long requests in flight may take to finish.
     public var drainTimeoutMs = 10_000
+    /// PING the gateway after this much silence; give up after as much again (0: off).
+    public var idlePingMs = 4_000
+    /// TCP connect plus TLS handshake plus the gateway's SETTINGS must take no longer.
+    public var connectTimeoutMs = 10_000
 
     public static let keys = ["config", "gateway", "server_name", "ca", "cert", "key", "local", "connections",
                               "plaintext", "tls_min", "log_level", "local_timeout_ms", "name",
-                              "max_concurrent_streams", "drain_timeout_ms", "check_config", "help", "version"]
+                              "max_concurrent_streams", "drain_timeout_ms", "idle_ping_ms", "connect_timeout_ms", "check_config", "help", "version"]
     public static let flags = ["plaintext", "check_config", "help", "version"]
 
     public init() {}
@@ -43,6 +47,8 @@ public struct AgentConfig {
         localTimeoutMs = try s.int("local_timeout_ms", default: 30_000, min: 100, max: 3_600_000)
         maxConcurrentStreams = try s.int("max_concurrent_streams", default: 100, min: 1, max: 10_000)
         drainTimeoutMs = try s.int("drain_timeout_ms", default: 10_000, min: 0, max: 3_600_000)
+        idlePingMs = try s.int("idle_ping_ms", default: 4_000, min: 0, max: 3_600_000)
+        connectTimeoutMs = try s.int("connect_timeout_ms", default: 10_000, min: 100, max: 600_000)
         if let n = s.string("name") { name = n }
         tlsMinimum = try s.tlsVersion("tls_min", default: .tls13)
         logLevel = try s.logLevel("log_level", default: .info)

@@ -24,6 +24,7 @@ public final class Dialer {
     private var transport: Transport?
     private var connectedAt: UInt64 = 0
     private var timer: TimerID?
+    private var connectTimer: TimerID?
     private var lastFailure = ""
     public private(set) var dialCount = 0
     /// Called on every change of `state`.
@@ -78,8 +79,16 @@ public final class Dialer {
         }
         let t = Transport(loop: loop, fd: fd, peer: addr, tls: conn, connecting: true)
         transport = t
+        // A black-holed SYN or a gateway that never finishes the handshake must not
+        // hold this slot for the kernel's two minutes.
+        connectTimer = loop.schedule(afterMilliseconds: config.connectTimeoutMs) {
+            self.connectTimer = nil
+            t.close(.unresponsive(milliseconds: self.config.connectTimeoutMs))
+        }
         t.onOpen = { self.opened(t) }
         t.onClose = { reason in
+            self.loop.cancel(self.connectTimer)
+            self.connectTimer = nil
             self.transport = nil
             self.failed(reason.description)
         }
@@ -100,17 +109,22 @@ public final class Dialer {
         }
         server = s
         s.onReversed = {
+            self.loop.cancel(self.connectTimer)
+            self.connectTimer = nil
             self.connectedAt = self.loop.now
             self.lastFailure = ""
             self.set(.connected)
             self.logger.notice("connected to " + self.config.gateway.description + " (" + (t.tls?.protocolVersion ?? "plaintext") + ")", self.ctx)
         }
         s.onClose = { reason in
+            self.loop.cancel(self.connectTimer)
+            self.connectTimer = nil
             self.server = nil
             self.transport = nil
             self.closed(reason, wasReversed: s.isReversed)
         }
         s.start()
+        s.connection.enableLiveness(intervalMs: config.idlePingMs)
     }
 
     private func closed(_ reason: CloseReason, wasReversed: Bool) {
@@ -158,6 +172,8 @@ public final class Dialer {
         set(.stopped)
         loop.cancel(timer)
         timer = nil
+        loop.cancel(connectTimer)
+        connectTimer = nil
         if let s = server {
             s.shutdown()
         } else {

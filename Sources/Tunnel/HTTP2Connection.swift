@@ -22,6 +22,42 @@ public final class HTTP2Connection {
     public var onClose: ((CloseReason) -> Void)?
     /// After each flush: streams' queued bodies may have shrunk.
     public var onFlushed: (() -> Void)?
+    private var liveness: Liveness?
+    private var livenessTimer: TimerID?
+
+    /// PINGs the peer after `intervalMs` of silence and closes the connection when
+    /// the silence lasts another `intervalMs` (0 turns it off).
+    public func enableLiveness(intervalMs: Int) {
+        guard intervalMs > 0 else { return }
+        liveness = Liveness(intervalMs: intervalMs, now: transport.loop.now)
+        scheduleLivenessTick()
+    }
+
+    private func scheduleLivenessTick() {
+        guard let l = liveness, transport.state != .closed else { return }
+        livenessTimer = transport.loop.schedule(afterMilliseconds: l.tickMs) {
+            self.livenessTimer = nil
+            self.livenessTick()
+        }
+    }
+
+    private func livenessTick() {
+        guard var l = liveness, transport.state != .closed else { return }
+        let action = l.tick(now: transport.loop.now)
+        liveness = l
+        switch action {
+        case .none:
+            break
+        case .sendPing:
+            session.ping()
+            flush()
+        case .dead:
+            logger.warning("peer unresponsive: no answer to PING within " + String(l.intervalNs / 1_000_000) + " ms; closing", context)
+            transport.close(.unresponsive(milliseconds: Int(2 * l.intervalNs / 1_000_000)))
+            return
+        }
+        scheduleLivenessTick()
+    }
 
     public init(transport: Transport, session: HTTP2Session, logger: Logger, context: LogContext) {
         self.transport = transport
@@ -37,6 +73,9 @@ public final class HTTP2Connection {
             if self.heldBack { self.scheduleFlush() }
         }
         transport.onClose = { reason in
+            self.transport.loop.cancel(self.livenessTimer)
+            self.livenessTimer = nil
+            self.liveness = nil
             let cb = self.onClose
             self.onClose = nil
             self.onEvent = nil
@@ -47,6 +86,7 @@ public final class HTTP2Connection {
     }
 
     private func receive(_ bytes: UnsafeRawBufferPointer) {
+        liveness?.received(now: transport.loop.now)
         do throws(HTTP2Error) {
             try session.receive(bytes)
         } catch {

@@ -13,6 +13,8 @@ public enum CloseReason: CustomStringConvertible {
     case local
     case socket(SocketError)
     case tls(TLSError)
+    /// The peer stopped answering (no PING ACK, no bytes) within the liveness bound.
+    case unresponsive(milliseconds: Int)
 
     public var description: String {
         switch self {
@@ -20,6 +22,7 @@ public enum CloseReason: CustomStringConvertible {
         case .local: return "closed locally"
         case .socket(let e): return e.description
         case .tls(let e): return e.description
+        case .unresponsive(let ms): return "peer silent for " + String(ms) + " ms, PING unanswered"
         }
     }
 }
@@ -115,6 +118,9 @@ public final class Transport {
 
     /// Closes now, dropping queued output.
     public func close() { finish(.local) }
+
+    /// Closes now, for `reason`.
+    public func close(_ reason: CloseReason) { finish(reason) }
 
     /// Stops reading until `resumeReading`; the peer's data waits in the kernel
     /// and TCP flow control slows the peer down.
