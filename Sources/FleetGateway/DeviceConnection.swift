@@ -34,7 +34,7 @@ final class DeviceConnection {
 
     /// Ready, not going away, and below the device's MAX_CONCURRENT_STREAMS.
     var canTakeRequest: Bool {
-        isReady && !session.receivedGoaway && transport.state == .open
+        isReady && !session.receivedGoaway && !session.sentGoaway && transport.state == .open
             && inFlight < Int(session.remoteMaxConcurrentStreams)
     }
 
@@ -126,6 +126,12 @@ final class DeviceConnection {
     private func scheduleFlush() { connection.scheduleFlush() }
 
     func close() { transport.close() }
+
+    /// No more requests on this connection; it closes once the ones in flight end.
+    func goAway() {
+        session.goaway(lastStreamID: 0, errorCode: 0)
+        connection.flush()
+    }
 
     private func closed(_ reason: CloseReason) {
         logger.notice("device connection closed: " + reason.description, ctx)

@@ -16,6 +16,11 @@ final class Gateway {
     private var deviceListener: Int32 = -1
     private var publicListener: Int32 = -1
     private var connectionCounter = 0
+    /// Every reversed connection, registered or not yet, by connection id.
+    private var devices: [Int: DeviceConnection] = [:]
+    /// Users' connections, by object identity.
+    private var users: [ObjectIdentifier: PublicConnection] = [:]
+    private var onDrained: (() -> Void)?
 
     init(config: GatewayConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
         self.config = config
@@ -102,13 +107,45 @@ final class Gateway {
             self.registry.add(c)
             self.logger.notice("device connected from " + t.peer.description + " as " + identity.hostname, c.ctx)
         }
-        dc.onClose = { c in self.registry.remove(c) }
+        dc.onClose = { c in
+            self.registry.remove(c)
+            self.devices[c.id] = nil
+            self.checkDrained()
+        }
+        devices[id] = dc
         dc.start()
+    }
+
+    /// Graceful stop: no new connections; GOAWAY on every reversed connection so its
+    /// agent dials again (elsewhere) at once; `done` once they have all closed.
+    func shutdown(done: @escaping () -> Void) {
+        for fd in [deviceListener, publicListener] where fd >= 0 {
+            loop.unregister(fd: fd)
+            Socket.close(fd)
+        }
+        deviceListener = -1
+        publicListener = -1
+        onDrained = done
+        for (_, dc) in devices { dc.goAway() }
+        for (_, uc) in users { uc.goAway() }
+        checkDrained()
+    }
+
+    private func checkDrained() {
+        guard devices.isEmpty, users.isEmpty, let done = onDrained else { return }
+        onDrained = nil
+        done()
+    }
+
+    func userConnectionClosed(_ c: PublicConnection) {
+        users[ObjectIdentifier(c)] = nil
+        checkDrained()
     }
 
     private func acceptUsers() {
         acceptPending(publicListener, tls: publicTLS) { t in
             let pc = PublicConnection(gateway: self, transport: t, scheme: publicTLS == nil ? "http" : "https")
+            users[ObjectIdentifier(pc)] = pc
             pc.start()
             t.start()
         }

@@ -22,10 +22,11 @@ struct GatewayConfig {
     var responseTimeoutMs = 30_000
     var logLevel = LogLevel.info
     var maxHeadBytes = 16384
+    var drainTimeoutMs = 10_000
 
     static let keys = ["config", "listen_devices", "listen_public", "ca", "cert", "key", "public_cert", "public_key",
                        "hostname_template", "plaintext_devices", "plaintext_device_name", "tls_min",
-                       "response_timeout_ms", "log_level", "max_header_bytes", "check_config", "help", "version"]
+                       "response_timeout_ms", "log_level", "max_header_bytes", "drain_timeout_ms", "check_config", "help", "version"]
     static let flags = ["plaintext_devices", "check_config", "help", "version"]
 
     init(_ s: Settings) throws(ConfigError) {
@@ -52,6 +53,7 @@ struct GatewayConfig {
         logLevel = try s.logLevel("log_level", default: .info)
         responseTimeoutMs = try s.int("response_timeout_ms", default: 30_000, min: 100, max: 3_600_000)
         maxHeadBytes = try s.int("max_header_bytes", default: 16384, min: 1024, max: 1 << 20)
+        drainTimeoutMs = try s.int("drain_timeout_ms", default: 10_000, min: 0, max: 3_600_000)
         if !plaintextDevices {
             guard caFile != nil else { throw ConfigError("the device listener needs --ca FILE (the fleet CA), or --plaintext-devices") }
             guard certFile != nil, keyFile != nil else { throw ConfigError("the device listener needs --cert FILE and --key FILE, or --plaintext-devices") }

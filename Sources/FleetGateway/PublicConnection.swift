@@ -20,6 +20,7 @@ final class PublicConnection {
     private var closeDelimited = false
     private var noResponseBody = false
     private var closing = false
+    private var goingAway = false
 
     init(gateway: Gateway, transport: Transport, scheme: String) {
         self.gateway = gateway
@@ -76,8 +77,8 @@ final class PublicConnection {
     private func begin(_ head: HTTPRequestHead) {
         requestDone = false
         responseDone = false
-        keepAlive = head.versionMinor == 1 ? !head.headers.containsToken("connection", "close")
-                                           : head.headers.containsToken("connection", "keep-alive")
+        keepAlive = !goingAway && (head.versionMinor == 1 ? !head.headers.containsToken("connection", "close")
+                                                          : head.headers.containsToken("connection", "keep-alive"))
         let authority = HostRouting.absoluteAuthority(head.target) ?? head.headers.first("host") ?? ""
         guard let host = HostRouting.routingKey(authority) else {
             respondError(400, "the request names no valid device host ('" + authority + "')", close: true)
@@ -168,5 +169,13 @@ final class PublicConnection {
         current?.userGone()
         current = nil
         queued.removeAll()
+        gateway.userConnectionClosed(self)
+    }
+
+    /// Graceful stop: close now when idle, else after the response in progress.
+    func goAway() {
+        goingAway = true
+        keepAlive = false
+        if current == nil && responseDone && queued.isEmpty { transport.closeAfterFlush() }
     }
 }

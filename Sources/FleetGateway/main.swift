@@ -23,6 +23,7 @@ options (also `key = value` lines in --config FILE):
   --tls-min 1.2|1.3         lowest TLS version (default 1.3)
   --response-timeout-ms MS  time a device has to answer (default 30000)
   --max-header-bytes N      largest request head (default 16384; larger gets 431)
+  --drain-timeout-ms MS     on SIGTERM, time requests in flight get to finish (default 10000)
   --log-level LEVEL         debug, info, notice, warning, error
   --check-config            validate and exit
 """
@@ -58,10 +59,17 @@ func run(_ config: GatewayConfig) -> Int32 {
         Logger.writeStderr("fleet-gateway: \(error)\n")
         return 1
     }
+    var stopping = false
     loop.handleSignals([SIGTERM, SIGINT]) { _ in
-        logger.notice("stopping")
+        if stopping { return }
+        stopping = true
+        logger.notice("stopping: GOAWAY on every device connection")
         Systemd.notify("STOPPING=1")
-        loop.stop()
+        gateway.shutdown { loop.stop() }
+        loop.schedule(afterMilliseconds: config.drainTimeoutMs) {
+            logger.warning("drain timeout: closing with requests still in flight")
+            loop.stop()
+        }
     }
     Systemd.notify("READY=1")
     loop.run()

@@ -21,6 +21,8 @@ public final class Dialer {
     private var backoff = Backoff()
     private var jitter: Jitter
     private var server: ReversedServer?
+    /// Connections the gateway sent GOAWAY on, finishing their streams.
+    private var retiring: [ReversedServer] = []
     private var transport: Transport?
     private var connectedAt: UInt64 = 0
     private var timer: TimerID?
@@ -116,7 +118,23 @@ public final class Dialer {
             self.set(.connected)
             self.logger.notice("connected to " + self.config.gateway.description + " (" + (t.tls?.protocolVersion ?? "plaintext") + ")", self.ctx)
         }
+        s.onGoaway = {
+            // The gateway is going away (restart, rebalancing): the streams it still
+            // covers finish on this connection while a replacement is dialed now.
+            guard self.server === s, self.state != .stopped else { return }
+            self.logger.notice("gateway is going away; its streams finish on this connection, dialing again now", self.ctx)
+            self.server = nil
+            self.transport = nil
+            self.retiring.append(s)
+            self.set(.waiting)
+            self.timer = self.loop.schedule(afterMilliseconds: 0) { self.dial() }
+        }
         s.onClose = { reason in
+            if self.server !== s {
+                self.retiring.removeAll { $0 === s }
+                if self.state == .stopped && self.server == nil && self.retiring.isEmpty { self.onStopped?() }
+                return
+            }
             self.loop.cancel(self.connectTimer)
             self.connectTimer = nil
             self.server = nil
@@ -129,7 +147,7 @@ public final class Dialer {
 
     private func closed(_ reason: CloseReason, wasReversed: Bool) {
         guard state != .stopped else {
-            onStopped?()
+            if retiring.isEmpty { onStopped?() }
             return
         }
         guard wasReversed else {
@@ -174,12 +192,13 @@ public final class Dialer {
         timer = nil
         loop.cancel(connectTimer)
         connectTimer = nil
+        for r in retiring { r.shutdown() }
         if let s = server {
             s.shutdown()
         } else {
             transport?.close()
             transport = nil
-            onStopped?()
+            if retiring.isEmpty { onStopped?() }
         }
     }
 

@@ -21,6 +21,8 @@ public final class ReversedServer {
     var onClose: ((CloseReason) -> Void)?
     /// Called once when the gateway's SETTINGS arrived: the connection is reversed.
     var onReversed: (() -> Void)?
+    /// Called once when the gateway sent GOAWAY: this connection takes no new streams.
+    var onGoaway: (() -> Void)?
 
     init(id: Int, transport: Transport, local: LocalPool, settings: HTTP2Settings, device: String,
          responseTimeoutMs: Int, logger: Logger) throws(HTTP2Error) {
@@ -75,6 +77,10 @@ public final class ReversedServer {
             closeIfDrained()
         case .goaway(let last, let code):
             logger.info("gateway sent GOAWAY (last stream " + String(last) + ", error " + String(code) + ")", ctx)
+            // Streams up to `last` finish here; nghttp2 ends the session after them.
+            let cb = onGoaway
+            onGoaway = nil
+            cb?()
         case .pingAck:
             break
         }
@@ -156,6 +162,7 @@ public final class ReversedServer {
         let cb = onClose
         onClose = nil
         onReversed = nil
+        onGoaway = nil
         cb?(reason)
     }
 }

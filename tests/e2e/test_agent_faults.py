@@ -96,3 +96,28 @@ def test_local_api_down_gives_502_at_once(procs, pki):
     r = request(gw.public_port, "GET", "/device", "dev1.example", timeout=10)
     assert r.status == 502, (r.status, r.text)
     assert time.monotonic() - t0 < 1.0
+
+
+def test_gateway_sigterm_sends_goaway_drains_and_the_agent_redials(procs, api, pki):
+    """Gateway graceful stop: GOAWAY on every reversed connection, the request in
+    flight completes, the gateway exits 0; the agent takes the GOAWAY as "dial a
+    replacement now" and, the gateway being gone, backs off."""
+    gw = lib.start_gateway(procs, pki)
+    a = api("dev1.example")
+    agent = lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port,
+                            connections=1)
+    lib.wait_device(gw, "dev1.example")
+    import threading
+    res = {}
+    th = threading.Thread(target=lambda: res.setdefault(
+        "r", request(gw.public_port, "GET", "/sleep/500", "dev1.example", timeout=10)))
+    before = a.requests
+    th.start()
+    lib.wait_until(lambda: a.requests > before, 10, "the request to reach the device", interval=0.005)
+    gw.proc.popen.send_signal(signal.SIGTERM)
+    th.join(10)
+    assert res["r"].status == 200, res["r"]
+    assert gw.proc.popen.wait(timeout=10) == 0
+    agent.wait_log("gateway sent GOAWAY", timeout=10)
+    agent.wait_log("failed", timeout=10)  # the replacement dial finds no gateway
+    assert agent.alive()
