@@ -11,18 +11,24 @@ import CLibc
 public struct IOEvents: Equatable {
     public var readable: Bool
     public var writable: Bool
-    /// Error or hang-up reported by the kernel; a read will tell which.
+    /// The peer shut down its side, or the socket failed: a read tells which.
     public var hangup: Bool
+    /// EPOLLERR or EPOLLHUP: reported even when neither reading nor writing is
+    /// watched, so an owner that paused reading must still act on it.
+    public var failed: Bool
 }
 
 public final class EventLoop {
     private final class Registration {
         let fd: Int32
+        /// Tells a stale event for a closed fd from one for a new fd with the same number.
+        let generation: UInt32
         var callback: (IOEvents) -> Void
         var readable: Bool
         var writable: Bool
-        init(fd: Int32, readable: Bool, writable: Bool, callback: @escaping (IOEvents) -> Void) {
+        init(fd: Int32, generation: UInt32, readable: Bool, writable: Bool, callback: @escaping (IOEvents) -> Void) {
             self.fd = fd
+            self.generation = generation
             self.readable = readable
             self.writable = writable
             self.callback = callback
@@ -32,6 +38,8 @@ public final class EventLoop {
     public let clock: Clock
     private let epfd: Int32
     private var registrations: [Int32: Registration] = [:]
+    private var generation: UInt32 = 0
+    private var events = [epoll_event](repeating: epoll_event(), count: 64)
     private var timers = TimerQueue()
     private var deferred: [() -> Void] = []
     private var running = false
@@ -67,11 +75,12 @@ public final class EventLoop {
     /// Watches `fd`. The callback runs on this loop whenever `fd` is ready for what is asked.
     public func register(fd: Int32, readable: Bool = true, writable: Bool = false,
                          _ callback: @escaping (IOEvents) -> Void) {
-        let reg = Registration(fd: fd, readable: readable, writable: writable, callback: callback)
+        generation &+= 1
+        let reg = Registration(fd: fd, generation: generation, readable: readable, writable: writable, callback: callback)
         registrations[fd] = reg
         var ev = epoll_event()
         ev.events = mask(readable: readable, writable: writable)
-        ev.data.fd = fd
+        ev.data.u64 = EventLoop.key(fd: fd, generation: generation)
         let rc = epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev)
         precondition(rc == 0, "epoll_ctl ADD failed")
     }
@@ -84,7 +93,7 @@ public final class EventLoop {
         reg.writable = writable
         var ev = epoll_event()
         ev.events = mask(readable: readable, writable: writable)
-        ev.data.fd = fd
+        ev.data.u64 = EventLoop.key(fd: fd, generation: reg.generation)
         _ = epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev)
     }
 
@@ -92,6 +101,10 @@ public final class EventLoop {
     public func unregister(fd: Int32) {
         guard registrations.removeValue(forKey: fd) != nil else { return }
         _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
+    }
+
+    private static func key(fd: Int32, generation: UInt32) -> UInt64 {
+        UInt64(generation) << 32 | UInt64(UInt32(bitPattern: fd))
     }
 
     private func mask(readable: Bool, writable: Bool) -> UInt32 {
@@ -192,18 +205,20 @@ public final class EventLoop {
             let waitMs = (waitNs + 999_999) / 1_000_000
             if waitMs < UInt64(timeout) { timeout = Int32(waitMs) }
         }
-        var events = [epoll_event](repeating: epoll_event(), count: 64)
         let n = events.withUnsafeMutableBufferPointer { epoll_wait(epfd, $0.baseAddress, 64, timeout) }
         if n > 0 {
             for i in 0..<Int(n) {
                 let ev = events[i]
-                let fd = ev.data.fd
-                guard let reg = registrations[fd] else { continue }
+                let key = ev.data.u64
+                let fd = Int32(bitPattern: UInt32(truncatingIfNeeded: key))
+                // An fd closed earlier in this batch may already be reused: skip its stale events.
+                guard let reg = registrations[fd], reg.generation == UInt32(truncatingIfNeeded: key >> 32) else { continue }
                 let bits = ev.events
-                let hup = (bits & (EPOLLERR.rawValue | EPOLLHUP.rawValue | EPOLLRDHUP.rawValue)) != 0
+                let failed = (bits & (EPOLLERR.rawValue | EPOLLHUP.rawValue)) != 0
+                let hup = failed || (bits & EPOLLRDHUP.rawValue) != 0
                 let io = IOEvents(readable: (bits & EPOLLIN.rawValue) != 0 || hup,
                                   writable: (bits & EPOLLOUT.rawValue) != 0,
-                                  hangup: hup)
+                                  hangup: hup, failed: failed)
                 reg.callback(io)
             }
         }

@@ -246,7 +246,5 @@ public enum Socket {
         return .success(0)
     }
 
-    public static func shutdownWrite(_ fd: Int32) { _ = shutdown(fd, Int32(SHUT_WR)) }
-
     public static func close(_ fd: Int32) { _ = CLibc.close(fd) }
 }

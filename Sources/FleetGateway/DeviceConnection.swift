@@ -40,7 +40,6 @@ final class DeviceConnection {
 
     func start() {
         connection.onEvent = { event in self.handle(event) }
-        connection.onFlushed = { self.resumeProducers() }
         connection.onClose = { reason in self.closed(reason) }
         connection.start()
     }
@@ -64,7 +63,6 @@ final class DeviceConnection {
         case .endStream(let stream):
             exchanges[stream]?.deviceEnd()
         case .streamClosed(let stream, let code):
-            paused[stream] = nil
             exchanges.removeValue(forKey: stream)?.deviceStreamClosed(errorCode: code)
         case .goaway(let last, let code):
             logger.info("device sent GOAWAY (last stream " + String(last) + ", error " + String(code) + ")", ctx)
@@ -83,7 +81,9 @@ final class DeviceConnection {
             scheduleFlush()
             return stream
         } catch {
-            logger.warning("cannot open stream: " + error.description, ctx)
+            // Out of stream ids, or the session is going away: take this connection out.
+            logger.warning("cannot open stream: " + error.description + "; retiring this connection", ctx)
+            goAway()
             return nil
         }
     }
@@ -98,28 +98,15 @@ final class DeviceConnection {
         scheduleFlush()
     }
 
-    /// Exchanges whose users are not read until their stream's queue drains.
-    private var paused: [Int32: Exchange] = [:]
-
-    /// Pauses `ex`'s user when the stream has more queued than the device takes.
-    func pauseIfBacklogged(_ ex: Exchange, stream: Int32) -> Bool {
-        guard session.pendingBody(stream: stream) > Exchange.highWater else { return false }
-        paused[stream] = ex
-        return true
+    /// After request body bytes were queued: true when the stream's queue is above
+    /// the high-water mark; `resume` runs once it has drained.
+    func pauseIfBacklogged(stream: Int32, resume: @escaping () -> Void) -> Bool {
+        connection.pauseIfBacklogged(stream: stream, resume: resume)
     }
 
-    private func resumeProducers() {
-        guard !paused.isEmpty else { return }
-        for (stream, ex) in paused where session.pendingBody(stream: stream) <= Exchange.lowWater {
-            paused[stream] = nil
-            ex.resumeUserReads()
-        }
-    }
-
-    func cancel(stream: Int32) {
-        paused[stream] = nil
+    func cancel(stream: Int32, errorCode: UInt32 = 8) {
         guard exchanges.removeValue(forKey: stream) != nil else { return }
-        session.resetStream(stream)
+        session.resetStream(stream, errorCode: errorCode)
         scheduleFlush()
     }
 
@@ -137,7 +124,6 @@ final class DeviceConnection {
         logger.notice("device connection closed: " + reason.description, ctx)
         let all = exchanges
         exchanges.removeAll()
-        paused.removeAll()
         for (_, ex) in all { ex.deviceStreamClosed(errorCode: 2) }
         let cb = onClose
         onClose = nil

@@ -1,20 +1,14 @@
 // Exchange is one user request on its way to a device and back: the only object
 // that knows both the public connection and the device connection. It owns the
 // response timeout and the error answer (503 no device, 502 bad or broken
-// response, 504 no response in time).
+// response, 504 no response in time), and the back-pressure between the two
+// sides (see Tunnel/BackPressure.swift).
 import EventLoop
 import HTTP1
 import Tunnel
 
 final class Exchange {
     private enum Phase { case waiting, streaming, done }
-
-    /// Back-pressure marks, as on the agent: a request body queued above
-    /// `highWater` for the device pauses reading the user; response DATA is
-    /// acknowledged to the device only while the user's socket queue is at or
-    /// below `lowWater`, so a user who stops reading stops the device.
-    static let highWater = 256 * 1024
-    static let lowWater = 64 * 1024
 
     let client: PublicConnection
     let request: HTTPRequestHead
@@ -26,8 +20,8 @@ final class Exchange {
     private var phase = Phase.waiting
     private var timer: TimerID?
     private var requestEnded = false
-    /// Response bytes received from the device but not yet acknowledged.
-    private var owed = 0
+    /// Response bytes received from the device but not yet acknowledged to it.
+    private var credit = FlowCredit()
     private var isHEAD: Bool { request.method == "HEAD" }
 
     init(client: PublicConnection, request: HTTPRequestHead, authority: String, hostname: String) {
@@ -56,14 +50,21 @@ final class Exchange {
         }
         stream = s
         requestEnded = !requestHasBody
-        timer = client.transport.loop.schedule(afterMilliseconds: gateway.config.responseTimeoutMs) {
+        // The gateway answers `Expect: 100-continue` itself once a device took the
+        // request (interim responses from the device are not relayed).
+        if requestHasBody && request.versionMinor == 1 && request.headers.containsToken("expect", "100-continue") {
+            client.writeContinue()
+        }
+        timer = gateway.loop.schedule(afterMilliseconds: gateway.config.responseTimeoutMs) {
             self.timer = nil
             self.timedOut()
         }
     }
 
     /// The request as HTTP/2 headers for the device: hop-by-hop fields removed,
-    /// Host carried as :authority, and the X-Forwarded-* / Forwarded fields added.
+    /// Host carried as :authority, and X-Forwarded-For, X-Forwarded-Proto and
+    /// Forwarded set by us. The gateway is the edge: what a user sends in those
+    /// fields is not passed on.
     private func deviceHeaders() -> HTTPHeaders {
         var h = HTTPHeaders()
         h.add(":method", request.method)
@@ -72,14 +73,10 @@ final class Exchange {
         h.add(":path", HostRouting.originForm(request.target))
         var fields = request.headers
         fields.removeHopByHop()
-        fields.remove("host")
-        fields.remove("forwarded")
-        fields.remove("x-forwarded-proto")
-        let peer = client.transport.peer.host
-        let prior = fields.values("x-forwarded-for")
-        fields.remove("x-forwarded-for")
+        for name in ["host", "expect", "forwarded", "x-forwarded-for", "x-forwarded-proto"] { fields.remove(name) }
         for (n, v) in fields { h.add(n, v) }
-        h.add("x-forwarded-for", prior.isEmpty ? peer : prior.joined(separator: ", ") + ", " + peer)
+        let peer = client.transport.peer.host
+        h.add("x-forwarded-for", peer)
         h.add("x-forwarded-proto", client.scheme)
         let forAddr = peer.contains(":") ? "\"[" + peer + "]\"" : peer
         h.add("forwarded", "for=" + forAddr + ";proto=" + client.scheme + ";host=\"" + authority + "\"")
@@ -91,19 +88,9 @@ final class Exchange {
     func userBody(_ bytes: [UInt8]) {
         guard phase != .done, let device, !bytes.isEmpty else { return }
         device.sendBody(stream: stream, bytes, endStream: false)
-        if device.pauseIfBacklogged(self, stream: stream) { client.transport.pauseReading() }
-    }
-
-    func resumeUserReads() { client.transport.resumeReading() }
-
-    /// The user's socket queue shrank: give the device its window back.
-    func userDrained() { settleCredit() }
-
-    private func settleCredit() {
-        guard owed > 0, let device else { return }
-        if phase == .done || client.transport.bufferedOutput <= Exchange.lowWater {
-            device.consume(stream: stream, count: owed)
-            owed = 0
+        let client = self.client
+        if device.pauseIfBacklogged(stream: stream, resume: { client.transport.resumeReading() }) {
+            client.transport.pauseReading()
         }
     }
 
@@ -120,6 +107,15 @@ final class Exchange {
         device?.cancel(stream: stream)
     }
 
+    /// The user's socket queue shrank: give the device its window back.
+    func userDrained() { settleCredit() }
+
+    private func settleCredit() {
+        guard let device else { return }
+        let n = credit.release(queued: client.transport.bufferedOutput, finished: phase == .done)
+        if n > 0 { device.consume(stream: stream, count: n) }
+    }
+
     // MARK: From the device
 
     func deviceHeaders(_ headers: HTTPHeaders, endStream: Bool) {
@@ -127,9 +123,7 @@ final class Exchange {
         case .done:
             return
         case .streaming:
-            // Trailers.
-            client.writeEnd(trailers: headers)
-            finish()
+            responseComplete(trailers: headers)  // trailers end the stream
             return
         case .waiting:
             break
@@ -148,22 +142,27 @@ final class Exchange {
         fields.removeHopByHop()
         let noBody = isHEAD || status == 204 || status == 304
         client.writeHead(HTTPResponseHead(status: status, versionMinor: 1, headers: fields), noBody: noBody)
-        if endStream {
-            client.writeEnd(trailers: HTTPHeaders())
-            finish()
-        }
+        if endStream { responseComplete(trailers: HTTPHeaders()) }
     }
 
     func deviceBody(_ bytes: [UInt8]) {
-        owed += bytes.count
+        credit.received(bytes.count)
         if phase == .streaming { client.writeBody(bytes) }
         settleCredit()
     }
 
     func deviceEnd() {
         guard phase == .streaming else { return }
-        client.writeEnd(trailers: HTTPHeaders())
+        responseComplete(trailers: HTTPHeaders())
+    }
+
+    private func responseComplete(trailers: HTTPHeaders) {
+        let requestStillOpen = !requestEnded
         finish()
+        client.writeEnd(trailers: trailers)
+        // A response complete before its request: stop sending the rest (the user's
+        // connection closes after this response, see PublicConnection.writeHead).
+        if requestStillOpen { device?.cancel(stream: stream) }
     }
 
     func deviceStreamClosed(errorCode: UInt32) {

@@ -52,7 +52,15 @@ final class Gateway {
         for _ in 0..<64 {
             let next: (fd: Int32, peer: SocketAddress)?
             do throws(SocketError) { next = try Socket.accept(listener) } catch {
-                logger.warning("accept: " + error.description)
+                // Out of file descriptors (or memory): the listener stays readable, so stop
+                // watching it for a moment instead of spinning on it.
+                logger.warning("accept: " + error.description + "; pausing accepts for 500 ms")
+                loop.modify(fd: listener, readable: false, writable: false)
+                loop.schedule(afterMilliseconds: 500) {
+                    if listener == self.deviceListener || listener == self.publicListener {
+                        self.loop.modify(fd: listener, readable: true, writable: false)
+                    }
+                }
                 return
             }
             guard let (fd, peer) = next else { return }
@@ -72,7 +80,18 @@ final class Gateway {
         acceptPending(deviceListener, tls: deviceTLS) { t in
             connectionCounter += 1
             let id = connectionCounter
-            t.onOpen = { self.deviceOpened(t, id: id) }
+            // TLS and the device's SETTINGS within the handshake timeout, or out.
+            let deadline = loop.schedule(afterMilliseconds: config.handshakeTimeoutMs) {
+                if self.devices[id]?.isReady != true && t.state != .closed {
+                    self.logger.warning("device connection from " + t.peer.description + " did not complete its handshake in time",
+                                        LogContext(connection: id))
+                    t.close(.unresponsive(milliseconds: self.config.handshakeTimeoutMs))
+                }
+            }
+            t.onOpen = {
+                self.deviceOpened(t, id: id)
+                if self.devices[id] == nil { self.loop.cancel(deadline) }
+            }
             t.onClose = { reason in
                 self.logger.warning("device connection from " + t.peer.description + " failed: " + reason.description,
                                     LogContext(connection: id))
@@ -104,6 +123,7 @@ final class Gateway {
             return
         }
         dc.onReady = { c in
+            c.connection.enableLiveness(intervalMs: self.config.idlePingMs)
             self.registry.add(c)
             self.logger.notice("device connected from " + t.peer.description + " as " + identity.hostname, c.ctx)
         }

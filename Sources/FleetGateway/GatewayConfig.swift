@@ -23,10 +23,19 @@ struct GatewayConfig {
     var logLevel = LogLevel.info
     var maxHeadBytes = 16384
     var drainTimeoutMs = 10_000
+    /// A user's request head (and first, the TLS handshake) must arrive within this.
+    var requestTimeoutMs = 10_000
+    /// A kept-alive user connection with no request for this long is closed.
+    var idleTimeoutMs = 60_000
+    /// A device must finish TLS and its SETTINGS within this after connecting.
+    var handshakeTimeoutMs = 10_000
+    /// PING a device after this much silence; drop it after as much again (0: off).
+    var idlePingMs = 4_000
 
     static let keys = ["config", "listen_devices", "listen_public", "ca", "cert", "key", "public_cert", "public_key",
                        "hostname_template", "plaintext_devices", "plaintext_device_name", "tls_min",
-                       "response_timeout_ms", "log_level", "max_header_bytes", "drain_timeout_ms", "check_config", "help", "version"]
+                       "response_timeout_ms", "log_level", "max_header_bytes", "drain_timeout_ms", "request_timeout_ms", "idle_timeout_ms",
+                       "handshake_timeout_ms", "idle_ping_ms", "check_config", "help", "version"]
     static let flags = ["plaintext_devices", "check_config", "help", "version"]
 
     init(_ s: Settings) throws(ConfigError) {
@@ -54,6 +63,10 @@ struct GatewayConfig {
         responseTimeoutMs = try s.int("response_timeout_ms", default: 30_000, min: 100, max: 3_600_000)
         maxHeadBytes = try s.int("max_header_bytes", default: 16384, min: 1024, max: 1 << 20)
         drainTimeoutMs = try s.int("drain_timeout_ms", default: 10_000, min: 0, max: 3_600_000)
+        requestTimeoutMs = try s.int("request_timeout_ms", default: 10_000, min: 100, max: 3_600_000)
+        idleTimeoutMs = try s.int("idle_timeout_ms", default: 60_000, min: 100, max: 3_600_000)
+        handshakeTimeoutMs = try s.int("handshake_timeout_ms", default: 10_000, min: 100, max: 600_000)
+        idlePingMs = try s.int("idle_ping_ms", default: 4_000, min: 0, max: 3_600_000)
         if !plaintextDevices {
             guard caFile != nil else { throw ConfigError("the device listener needs --ca FILE (the fleet CA), or --plaintext-devices") }
             guard certFile != nil, keyFile != nil else { throw ConfigError("the device listener needs --cert FILE and --key FILE, or --plaintext-devices") }

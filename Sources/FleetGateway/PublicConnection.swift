@@ -1,7 +1,12 @@
 // PublicConnection is one user's HTTP/1.1 connection to the public listener. It
 // parses requests (strictly: see HTTP1RequestParser), runs them one at a time
-// through an Exchange, and writes the responses back in order. Pipelined
-// requests wait in the parser's output until the current response is done.
+// through an Exchange, and writes the responses back in order. While a request
+// is in flight, a pipelined one waits in the parser's output and the socket is
+// not read, so a pipelining client cannot make the gateway buffer for it.
+//
+// Time limits: a complete request head within `request_timeout_ms` (counted from
+// the connection's start, which includes the TLS handshake, or from the first
+// byte of a later request), and at most `idle_timeout_ms` of keep-alive idleness.
 import EventLoop
 import HTTP1
 import Tunnel
@@ -16,11 +21,15 @@ final class PublicConnection {
     private var requestDone = true
     private var responseDone = true
     private var keepAlive = true
+    private var isHEAD = false
     private var chunkedResponse = false
     private var closeDelimited = false
     private var noResponseBody = false
     private var closing = false
     private var goingAway = false
+    private var timer: TimerID?
+    /// Waiting for a request's first byte (idle) rather than for the rest of its head.
+    private var idle = false
 
     init(gateway: Gateway, transport: Transport, scheme: String) {
         self.gateway = gateway
@@ -32,34 +41,63 @@ final class PublicConnection {
     func start() {
         transport.onData = { bytes in self.receive(Array(bytes)) }
         transport.onDrained = { self.current?.userDrained() }
+        transport.onPeerFinished = { self.peerFinished() }
         transport.onClose = { _ in self.closed() }
+        arm(idle: false)
     }
+
+    // MARK: Requests in
 
     private func receive(_ bytes: [UInt8]) {
         guard !closing else { return }
+        if idle { arm(idle: false) }  // a request has begun: its head must arrive in time
         do throws(HTTP1Error) {
             queued += try parser.feed(bytes)
         } catch {
-            // Anything already queued belongs to requests we will not answer now.
-            queued.removeAll()
-            if current == nil || responseDone {
-                respondError(error.status, error.description, close: true)
-            } else {
-                abort("malformed request: " + error.description)
-            }
+            rejectMalformed(error)
             return
         }
         process()
+    }
+
+    private func peerFinished() {
+        // HTTP/1.1 half-close: the user sent everything; answer, then close.
+        keepAlive = false
+        goingAway = true
+        do throws(HTTP1Error) {
+            queued += try parser.feedEOF()
+        } catch {
+            abort("the request ended before it was complete")
+            return
+        }
+        if current == nil && responseDone && queued.isEmpty {
+            transport.closeAfterFlush()
+        } else {
+            process()
+        }
+    }
+
+    private func rejectMalformed(_ error: HTTP1Error) {
+        queued.removeAll()
+        if current == nil || responseDone {
+            requestDone = true
+            respondError(error.status, error.description, close: true)
+        } else {
+            abort("malformed request: " + error.description)
+        }
     }
 
     /// Feeds queued parser events to the current exchange, starting the next one when
     /// the previous response is complete.
     private func process() {
         while !queued.isEmpty && !closing {
-            let ev = queued[0]
-            switch ev {
+            switch queued[0] {
             case .head(let head):
-                guard current == nil && responseDone else { return }  // wait for the current response
+                guard current == nil && responseDone else {
+                    // Pipelined: stop reading until the current response is done.
+                    transport.pauseReading()
+                    return
+                }
                 queued.removeFirst()
                 begin(head)
             case .body(let bytes):
@@ -75,8 +113,12 @@ final class PublicConnection {
     }
 
     private func begin(_ head: HTTPRequestHead) {
-        requestDone = false
+        gateway.loop.cancel(timer)
+        timer = nil
+        let hasBody = ((try? HTTP1RequestParser.framing(of: head)) ?? .none) != .none
+        requestDone = !hasBody
         responseDone = false
+        isHEAD = head.method == "HEAD"
         keepAlive = !goingAway && (head.versionMinor == 1 ? !head.headers.containsToken("connection", "close")
                                                           : head.headers.containsToken("connection", "keep-alive"))
         let authority = HostRouting.absoluteAuthority(head.target) ?? head.headers.first("host") ?? ""
@@ -84,13 +126,21 @@ final class PublicConnection {
             respondError(400, "the request names no valid device host ('" + authority + "')", close: true)
             return
         }
+        if head.method == "CONNECT" {
+            respondError(405, "CONNECT is not supported", close: true)
+            return
+        }
         let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
         current = ex
-        let hasBody = ((try? HTTP1RequestParser.framing(of: head)) ?? .none) != .none
         ex.start(requestHasBody: hasBody)
     }
 
-    // MARK: Response writing (called by Exchange)
+    // MARK: Responses out (called by Exchange)
+
+    /// `100 Continue` for a user who asked for it, once a device took the request.
+    func writeContinue() {
+        transport.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+    }
 
     func writeHead(_ head: HTTPResponseHead, noBody: Bool) {
         var h = head
@@ -98,7 +148,7 @@ final class PublicConnection {
         chunkedResponse = false
         closeDelimited = false
         if !noBody && !h.headers.contains("content-length") {
-            if requestVersionIs11 {
+            if current?.request.versionMinor == 1 {
                 chunkedResponse = true
                 h.headers.add("Transfer-Encoding", "chunked")
             } else {
@@ -106,12 +156,13 @@ final class PublicConnection {
                 keepAlive = false
             }
         }
+        // A response that ends before its request body was read cannot keep the
+        // connection: the rest of that body would be read as a new request.
+        if !requestDone { keepAlive = false }
         if !keepAlive { h.headers.add("Connection", "close") }
         h.reason = HTTP1Writer.reasonPhrase(h.status)
         transport.write(HTTP1Writer.responseHead(h))
     }
-
-    private var requestVersionIs11: Bool { current?.request.versionMinor == 1 }
 
     func writeBody(_ bytes: [UInt8]) {
         guard !noResponseBody, !bytes.isEmpty else { return }
@@ -125,20 +176,19 @@ final class PublicConnection {
 
     private func completeResponse() {
         responseDone = true
-        transport.resumeReading()  // the request body may have paused it
         if !keepAlive || closeDelimited || !requestDone {
-            // A response that ended before its request body was read cannot keep the
-            // connection: the rest of that body would be read as a new request.
             closing = true
             current = nil
             transport.closeAfterFlush()
             return
         }
         current = nil
+        transport.resumeReading()  // a request body or a pipelined request may have paused it
+        arm(idle: true)
         transport.loop.execute { self.process() }
     }
 
-    /// A complete error response with a short text body.
+    /// A complete error response with a short text body (none for HEAD).
     func respondError(_ status: Int, _ message: String, close: Bool = false, retryAfter: Bool = false) {
         gateway.logger.info("answered " + String(status) + ": " + message)
         let body = Array((message + "\n").utf8)
@@ -146,10 +196,10 @@ final class PublicConnection {
         h.add("Content-Type", "text/plain; charset=utf-8")
         h.add("Content-Length", String(body.count))
         if retryAfter { h.add("Retry-After", "5") }
-        if close { keepAlive = false }
+        if close || !requestDone { keepAlive = false }
         if !keepAlive { h.add("Connection", "close") }
         transport.write(HTTP1Writer.responseHead(HTTPResponseHead(status: status, versionMinor: 1, headers: h)))
-        transport.write(body)
+        if !isHEAD { transport.write(body) }
         if close { queued.removeAll() }
         chunkedResponse = false
         completeResponse()
@@ -164,8 +214,32 @@ final class PublicConnection {
         transport.close()
     }
 
+    // MARK: Time limits and shutdown
+
+    private func arm(idle waitingForFirstByte: Bool) {
+        gateway.loop.cancel(timer)
+        idle = waitingForFirstByte
+        let ms = waitingForFirstByte ? gateway.config.idleTimeoutMs : gateway.config.requestTimeoutMs
+        timer = gateway.loop.schedule(afterMilliseconds: ms) {
+            self.timer = nil
+            self.timedOut()
+        }
+    }
+
+    private func timedOut() {
+        guard !closing, current == nil else { return }
+        if idle || transport.state != .open {
+            transport.close()  // idle keep-alive, or a TLS handshake that never finished
+        } else {
+            requestDone = true
+            respondError(408, "the request head did not arrive in time", close: true)
+        }
+    }
+
     private func closed() {
         closing = true
+        gateway.loop.cancel(timer)
+        timer = nil
         current?.userGone()
         current = nil
         queued.removeAll()

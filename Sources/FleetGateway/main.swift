@@ -24,6 +24,10 @@ options (also `key = value` lines in --config FILE):
   --response-timeout-ms MS  time a device has to answer (default 30000)
   --max-header-bytes N      largest request head (default 16384; larger gets 431)
   --drain-timeout-ms MS     on SIGTERM, time requests in flight get to finish (default 10000)
+  --request-timeout-ms MS   a user's request head must arrive within this (default 10000; else 408)
+  --idle-timeout-ms MS      close a kept-alive user connection idle this long (default 60000)
+  --handshake-timeout-ms MS a device must finish TLS and SETTINGS within this (default 10000)
+  --idle-ping-ms MS         PING a silent device after this, drop it after as much again (default 4000, 0 off)
   --log-level LEVEL         debug, info, notice, warning, error
   --check-config            validate and exit
 """

@@ -79,6 +79,10 @@ enum HTTP2Callbacks {
                     flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
                     _ = s.submitTrailersNow(stream: stream, trailers)
                 }
+                if body.resetAfter {
+                    // Queued behind this last DATA frame (and the trailers), never before.
+                    _ = nghttp2_submit_rst_stream(s.session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, 0)
+                }
             } else if n == 0 {
                 body.deferred = true
                 return Int(NGHTTP2_ERR_DEFERRED.rawValue)

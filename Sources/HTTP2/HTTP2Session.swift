@@ -118,8 +118,13 @@ public final class HTTP2Session {
         iv.insert(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0), at: 0)
         let src = iv.withUnsafeBufferPointer { nghttp2_submit_settings(s, UInt8(NGHTTP2_FLAG_NONE.rawValue), $0.baseAddress, $0.count) }
         guard src == 0 else { throw HTTP2Error.from("submit_settings", Int(src)) }
-        if settings.connectionWindowSize > 65535 {
-            _ = nghttp2_session_set_local_window_size(s, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, settings.connectionWindowSize)
+        // The connection window must not be what stalls a connection: a few streams
+        // whose readers stopped would otherwise block all the others (HAProxy opens it
+        // to about 2^31 for the same reason). Each stream stays bounded by its own window.
+        let perStreams = Int64(settings.maxConcurrentStreams) * Int64(settings.initialWindowSize)
+        let window = Int32(clamping: max(Int64(settings.connectionWindowSize), perStreams))
+        if window > 65535 {
+            _ = nghttp2_session_set_local_window_size(s, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, window)
         }
     }
 
@@ -157,8 +162,6 @@ public final class HTTP2Session {
         return e
     }
 
-    public var hasEvents: Bool { !events.isEmpty }
-
     /// Appends the bytes to send to the peer to `out`.
     public func takeOutput(into out: inout [UInt8]) throws(HTTP2Error) {
         if !prefaceToSend.isEmpty {
@@ -187,8 +190,6 @@ public final class HTTP2Session {
         nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0
     }
 
-    public var wantsWrite: Bool { !prefaceToSend.isEmpty || nghttp2_session_want_write(session) != 0 }
-
     // MARK: Streams
 
     /// Client role: opens a stream with `headers` (pseudo-headers first). Returns its id.
@@ -207,10 +208,13 @@ public final class HTTP2Session {
     }
 
     /// Queues body bytes for `stream`; with `endStream` the body ends after them.
-    public func sendData(stream: Int32, _ bytes: [UInt8], endStream: Bool) {
+    /// `resetAfter`: once the last DATA frame is out, RST_STREAM(NO_ERROR) tells the
+    /// peer to stop sending its side (a response complete before its request, RFC 9113 §8.1).
+    public func sendData(stream: Int32, _ bytes: [UInt8], endStream: Bool, resetAfter: Bool = false) {
         guard let body = outgoing[stream] else { return }
         body.append(bytes)
         if endStream { body.ended = true }
+        if resetAfter { body.resetAfter = true }
         if body.deferred {
             body.deferred = false
             _ = nghttp2_session_resume_data(session, stream)
@@ -218,10 +222,11 @@ public final class HTTP2Session {
     }
 
     /// Ends the body of `stream` with trailers.
-    public func sendTrailers(stream: Int32, _ trailers: HTTPHeaders) {
+    public func sendTrailers(stream: Int32, _ trailers: HTTPHeaders, resetAfter: Bool = false) {
         guard let body = outgoing[stream] else { return }
         body.trailers = trailers
         body.ended = true
+        if resetAfter { body.resetAfter = true }
         if body.deferred {
             body.deferred = false
             _ = nghttp2_session_resume_data(session, stream)
@@ -252,8 +257,6 @@ public final class HTTP2Session {
         _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, errorCode, nil, 0)
         sentGoaway = true
     }
-
-    public var openStreamCount: Int { outgoing.count }
 
     // MARK: Internals used by the callbacks
 
@@ -322,6 +325,7 @@ final class OutgoingBody {
     var offset = 0
     var ended = false
     var deferred = false
+    var resetAfter = false
     var trailers: HTTPHeaders?
 
     var count: Int { buffer.count - offset }

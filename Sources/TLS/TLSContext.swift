@@ -73,6 +73,10 @@ public final class TLSContext {
                 throw OpenSSLError.drain("load CA file " + trust)
             }
             if config.role == .server {
+                // Needed for session resumption with client certificates (OpenSSL refuses
+                // to resume without it, and HAProxy's dialer resumes by default).
+                let sid: [UInt8] = Array("reversehttp".utf8)
+                _ = sid.withUnsafeBufferPointer { SSL_CTX_set_session_id_context(ctx, $0.baseAddress, UInt32($0.count)) }
                 if let names = SSL_load_client_CA_file(trust) {
                     SSL_CTX_set_client_CA_list(ctx, names)
                 }

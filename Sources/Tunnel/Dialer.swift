@@ -57,16 +57,29 @@ public final class Dialer {
         guard state != .stopped else { return }
         dialCount += 1
         set(.connecting)
-        let addr: SocketAddress
-        let fd: Int32
+        let addrs: [SocketAddress]
         do throws(SocketError) {
             // Resolved on every dial: the gateway's address may change.
-            let addrs = try Socket.resolve(config.gateway)
-            guard let first = addrs.first else { throw SocketError("resolve " + config.gateway.host, errno: 113) }
-            addr = first
-            fd = try Socket.startConnect(addr)
+            addrs = try Socket.resolve(config.gateway)
         } catch {
             failed(error.description)
+            return
+        }
+        connect(addrs, index: 0, previousError: "no address for " + config.gateway.host)
+    }
+
+    /// Tries `addrs[index...]` in turn (say an unreachable IPv6 address before a
+    /// working IPv4 one); the dial fails when none of them connects.
+    private func connect(_ addrs: [SocketAddress], index: Int, previousError: String) {
+        guard state == .connecting else { return }
+        guard index < addrs.count else {
+            failed(previousError)
+            return
+        }
+        let addr = addrs[index]
+        let fd: Int32
+        do throws(SocketError) { fd = try Socket.startConnect(addr) } catch {
+            connect(addrs, index: index + 1, previousError: error.description)
             return
         }
         var conn: TLSConnection?
@@ -92,12 +105,22 @@ public final class Dialer {
             self.loop.cancel(self.connectTimer)
             self.connectTimer = nil
             self.transport = nil
-            self.failed(reason.description)
+            self.connect(addrs, index: index + 1, previousError: reason.description)
         }
         t.start()
     }
 
     private func opened(_ t: Transport) {
+        if let tls = t.tls, tls.alpnProtocol != "h2" {
+            // Without ALPN h2 the gateway is not speaking reverse HTTP/2 with us.
+            t.onClose = nil
+            t.close()
+            loop.cancel(connectTimer)
+            connectTimer = nil
+            transport = nil
+            failed("the gateway did not select ALPN h2")
+            return
+        }
         var settings = HTTP2Settings()
         settings.maxConcurrentStreams = UInt32(config.maxConcurrentStreams)
         let id = nextConnectionID()

@@ -20,8 +20,8 @@ public final class HTTP2Connection {
     public var onEvent: ((HTTP2Event) -> Void)?
     /// Once, when the transport is gone. Callbacks are dropped afterwards.
     public var onClose: ((CloseReason) -> Void)?
-    /// After each flush: streams' queued bodies may have shrunk.
-    public var onFlushed: (() -> Void)?
+    /// Producers paused until their stream's queue drains, by stream.
+    private var paused: [Int32: () -> Void] = [:]
     private var liveness: Liveness?
     private var livenessTimer: TimerID?
 
@@ -79,7 +79,7 @@ public final class HTTP2Connection {
             let cb = self.onClose
             self.onClose = nil
             self.onEvent = nil
-            self.onFlushed = nil
+            self.paused.removeAll()
             cb?(reason)
         }
         flush()
@@ -95,7 +95,10 @@ public final class HTTP2Connection {
             transport.closeAfterFlush()
             return
         }
-        for event in session.takeEvents() { onEvent?(event) }
+        for event in session.takeEvents() {
+            if case .streamClosed(let stream, _) = event { paused[stream] = nil }
+            onEvent?(event)
+        }
         flush()
     }
 
@@ -127,6 +130,23 @@ public final class HTTP2Connection {
             transport.closeAfterFlush()
             return
         }
-        onFlushed?()
+        resumeProducers()
+    }
+
+    /// After body bytes were queued on `stream`: when its queue is above the
+    /// high-water mark, returns true and runs `resume` once it is back at the
+    /// low-water mark (or never, if the stream closes first).
+    public func pauseIfBacklogged(stream: Int32, resume: @escaping () -> Void) -> Bool {
+        guard session.pendingBody(stream: stream) > BackPressure.highWater else { return false }
+        paused[stream] = resume
+        return true
+    }
+
+    private func resumeProducers() {
+        guard !paused.isEmpty else { return }
+        for (stream, resume) in paused where session.pendingBody(stream: stream) <= BackPressure.lowWater {
+            paused[stream] = nil
+            resume()
+        }
     }
 }

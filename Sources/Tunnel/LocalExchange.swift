@@ -9,13 +9,6 @@ import HTTP2
 final class LocalExchange {
     private enum Phase { case connecting, sending, finished }
 
-    /// Back-pressure marks: a stream's response queue above `highWater` pauses
-    /// reading the local API until it is back at `lowWater`; request DATA is
-    /// acknowledged (window reopened) only while the local socket's queue is at
-    /// or below `lowWater`.
-    static let highWater = 256 * 1024
-    static let lowWater = 64 * 1024
-
     let stream: Int32
     let server: ReversedServer
     let pool: LocalPool
@@ -35,7 +28,9 @@ final class LocalExchange {
     private var headEndedStream = false
     private var timer: TimerID?
     /// Request bytes received but not yet acknowledged to the gateway.
-    private var owed = 0
+    private var credit = FlowCredit()
+    /// The chunked request body's last chunk has been written or queued.
+    private var lastChunkQueued = false
 
     init(stream: Int32, server: ReversedServer, pool: LocalPool, timeoutMs: Int) {
         self.stream = stream
@@ -116,52 +111,55 @@ final class LocalExchange {
             t.write(pendingBody)
             pendingBody = []
         }
-        if requestEnded && chunked { t.write(HTTP1Writer.lastChunk()) }
+        if requestEnded && chunked && !lastChunkQueued {
+            lastChunkQueued = true
+            t.write(HTTP1Writer.lastChunk())
+        }
         settleCredit()
     }
 
     // MARK: Request body from the gateway
 
     func requestBody(_ bytes: [UInt8]) {
-        owed += bytes.count
-        guard phase != .finished, !bytes.isEmpty else {
-            settleCredit()
-            return
-        }
-        let framed = chunked ? HTTP1Writer.chunk(bytes) : bytes
-        if phase == .sending, let t = conn {
-            bodyBytesSent += framed.count
-            t.write(framed)
-        } else {
-            pendingBody += framed
+        credit.received(bytes.count)
+        if phase != .finished && !bytes.isEmpty {
+            send(chunked ? HTTP1Writer.chunk(bytes) : bytes)
         }
         settleCredit()
     }
 
-    /// Reopens the gateway's window for request bytes the local socket has taken.
-    private func settleCredit() {
-        guard owed > 0 else { return }
-        if phase == .finished || (phase == .sending && (conn?.bufferedOutput ?? 0) <= LocalExchange.lowWater) {
-            server.consume(stream: stream, count: owed)
-            owed = 0
+    /// Writes request bytes to the local API, or keeps them until it is connected.
+    private func send(_ bytes: [UInt8]) {
+        if phase == .sending, let t = conn {
+            bodyBytesSent += bytes.count
+            t.write(bytes)
+        } else {
+            pendingBody += bytes
         }
     }
 
-    func resumeLocalReads() { conn?.resumeReading() }
+    /// Reopens the gateway's window for request bytes the local socket has taken.
+    private func settleCredit() {
+        let queued = phase == .sending ? (conn?.bufferedOutput ?? 0) : Int.max
+        let n = credit.release(queued: queued, finished: phase == .finished)
+        if n > 0 { server.consume(stream: stream, count: n) }
+    }
+
 
     func requestTrailers(_ trailers: HTTPHeaders) {
-        guard phase != .finished else { return }
-        requestEnded = true
-        guard chunked else { return }
-        let last = HTTP1Writer.lastChunk(trailers: trailers)
-        if phase == .sending, let t = conn { t.write(last) } else { pendingBody += last }
+        endRequest(trailers: trailers)
     }
 
     func requestEnd() {
+        endRequest(trailers: HTTPHeaders())
+    }
+
+    private func endRequest(trailers: HTTPHeaders) {
         guard phase != .finished, !requestEnded else { return }
         requestEnded = true
-        if chunked {
-            if phase == .sending, let t = conn { t.write(HTTP1Writer.lastChunk()) } else { pendingBody += HTTP1Writer.lastChunk() }
+        if chunked && !lastChunkQueued {
+            lastChunkQueued = true
+            send(HTTP1Writer.lastChunk(trailers: trailers))
         }
     }
 
@@ -183,6 +181,9 @@ final class LocalExchange {
             switch ev {
             case .head(let h):
                 responseStarted = true
+                // local_timeout_ms bounds the time to answer, not a long download.
+                server.transport.loop.cancel(timer)
+                timer = nil
                 var headers = h.headers
                 if headers.containsToken("connection", "close") || h.versionMinor == 0 { keepAlive = false }
                 // The framing of this head, not of whatever the parser has read since.
@@ -196,17 +197,19 @@ final class LocalExchange {
                 server.respond(stream: stream, out, endStream: headEndedStream)
             case .body(let b):
                 server.sendBody(stream: stream, b, endStream: false)
-                if server.session.pendingBody(stream: stream) > LocalExchange.highWater, let t = conn {
+                if let t = conn, server.connection.pauseIfBacklogged(stream: stream, resume: { t.resumeReading() }) {
                     t.pauseReading()
-                    server.pauseUntilDrained(self)
                 }
             case .end(let trailers):
+                // A response complete before its request: the gateway is asked to stop
+                // sending the rest, without error, once the response is out (RFC 9113 §8.1).
+                let resetAfter = !requestEnded
                 if headEndedStream {
-                    // HEADERS already carried END_STREAM.
+                    if resetAfter { server.reset(stream: stream, errorCode: 0) }
                 } else if trailers.isEmpty {
-                    server.sendBody(stream: stream, [], endStream: true)
+                    server.sendBody(stream: stream, [], endStream: true, resetAfter: resetAfter)
                 } else {
-                    server.sendTrailers(stream: stream, trailers)
+                    server.sendTrailers(stream: stream, trailers, resetAfter: resetAfter)
                 }
                 finishLocal(reusable: keepAlive && requestEnded)
             }
@@ -250,8 +253,8 @@ final class LocalExchange {
             let body = Array((why + "\n").utf8)
             let h = HTTPHeaders([(":status", String(status)), ("content-type", "text/plain"),
                                  ("content-length", String(body.count))])
-            server.respond(stream: stream, h, endStream: false)
-            server.sendBody(stream: stream, body, endStream: true)
+            server.respond(stream: stream, h, endStream: isHEAD)
+            if !isHEAD { server.sendBody(stream: stream, body, endStream: true) }
         }
         finishLocal(reusable: false)
     }

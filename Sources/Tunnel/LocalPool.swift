@@ -15,8 +15,6 @@ final class LocalPool {
         self.maxIdle = maxIdle
     }
 
-    var idleCount: Int { idle.count }
-
     /// An idle open connection, if one is kept.
     func takeIdle() -> Transport? {
         while let t = idle.popLast() {

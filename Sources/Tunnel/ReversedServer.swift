@@ -42,7 +42,6 @@ public final class ReversedServer {
     /// Takes over the transport and sends the preface and SETTINGS.
     func start() {
         connection.onEvent = { event in self.handle(event) }
-        connection.onFlushed = { self.resumeProducers() }
         connection.onClose = { reason in self.closed(reason) }
         connection.start()
     }
@@ -72,7 +71,6 @@ public final class ReversedServer {
         case .endStream(let stream):
             exchanges[stream]?.requestEnd()
         case .streamClosed(let stream, let code):
-            paused[stream] = nil
             if let ex = exchanges.removeValue(forKey: stream) { ex.streamClosed(errorCode: code) }
             closeIfDrained()
         case .goaway(let last, let code):
@@ -98,13 +96,13 @@ public final class ReversedServer {
         scheduleFlush()
     }
 
-    func sendBody(stream: Int32, _ bytes: [UInt8], endStream: Bool) {
-        session.sendData(stream: stream, bytes, endStream: endStream)
+    func sendBody(stream: Int32, _ bytes: [UInt8], endStream: Bool, resetAfter: Bool = false) {
+        session.sendData(stream: stream, bytes, endStream: endStream, resetAfter: resetAfter)
         scheduleFlush()
     }
 
-    func sendTrailers(stream: Int32, _ trailers: HTTPHeaders) {
-        session.sendTrailers(stream: stream, trailers)
+    func sendTrailers(stream: Int32, _ trailers: HTTPHeaders, resetAfter: Bool = false) {
+        session.sendTrailers(stream: stream, trailers, resetAfter: resetAfter)
         scheduleFlush()
     }
 
@@ -116,19 +114,6 @@ public final class ReversedServer {
     func consume(stream: Int32, count: Int) {
         session.consume(stream: stream, count: count)
         scheduleFlush()
-    }
-
-    /// Exchanges whose local reads are paused until their stream's queue drains.
-    private var paused: [Int32: LocalExchange] = [:]
-
-    func pauseUntilDrained(_ ex: LocalExchange) { paused[ex.stream] = ex }
-
-    private func resumeProducers() {
-        guard !paused.isEmpty else { return }
-        for (stream, ex) in paused where session.pendingBody(stream: stream) <= LocalExchange.lowWater {
-            paused[stream] = nil
-            ex.resumeLocalReads()
-        }
     }
 
     private func scheduleFlush() { connection.scheduleFlush() }
@@ -157,7 +142,6 @@ public final class ReversedServer {
     private func closed(_ reason: CloseReason) {
         let all = exchanges
         exchanges.removeAll()
-        paused.removeAll()
         for (_, ex) in all { ex.streamClosed(errorCode: 8) }
         let cb = onClose
         onClose = nil

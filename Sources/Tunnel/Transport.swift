@@ -48,6 +48,11 @@ public final class Transport {
     public private(set) var readPaused = false
     /// Called once, when the connection is gone. Callbacks are dropped afterwards.
     public var onClose: ((CloseReason) -> Void)?
+    /// When set, the peer's end of data (FIN or close_notify) calls this and reading
+    /// stops, but the connection stays open for our answer (HTTP/1.1 half-close).
+    /// When nil, the peer's end of data closes the connection.
+    public var onPeerFinished: (() -> Void)?
+    private var closeDeadline: TimerID?
 
     private var output: [UInt8] = []
     private var outputOffset = 0
@@ -113,8 +118,18 @@ public final class Transport {
             cipherOut.withUnsafeBytes { enqueue($0) }
         }
         closeWhenFlushed = true
+        // A peer that never reads must not keep the connection forever.
+        if closeDeadline == nil {
+            closeDeadline = loop.schedule(afterMilliseconds: Transport.lingerMs) {
+                self.closeDeadline = nil
+                self.finish(.local)
+            }
+        }
         flush()
     }
+
+    /// How long `closeAfterFlush` waits for the peer to take the last bytes.
+    public static let lingerMs = 10_000
 
     /// Closes now, dropping queued output.
     public func close() { finish(.local) }
@@ -194,7 +209,14 @@ public final class Transport {
         }
         if ev.writable { flush() }
         if state == .closed { return }
-        if ev.readable && !readPaused { readAvailable() }
+        if ev.readable && !readPaused {
+            readAvailable()
+        } else if ev.failed && readPaused {
+            // Not reading, but the socket is dead (reset, or closed both ways): epoll
+            // reports that on every turn until we act, so act now.
+            let err = Socket.connectResult(fd)
+            finish(err == 0 ? .peerClosed : .socket(SocketError("socket", errno: err)))
+        }
     }
 
     private func readAvailable() {
@@ -207,7 +229,7 @@ public final class Transport {
             case .wouldBlock:
                 return
             case .eof:
-                finish(.peerClosed)
+                peerFinishedSending()
                 return
             case .error(let e):
                 fail(.socket(SocketError("read", errno: e)))
@@ -269,7 +291,7 @@ public final class Transport {
                     }
                     return
                 case .closed:
-                    finish(.peerClosed)
+                    peerFinishedSending()
                     return
                 }
             } catch {
@@ -279,11 +301,23 @@ public final class Transport {
         }
     }
 
+    private func peerFinishedSending() {
+        guard let cb = onPeerFinished else {
+            finish(.peerClosed)
+            return
+        }
+        onPeerFinished = nil
+        pauseReading()
+        cb()
+    }
+
     private func fail(_ reason: CloseReason) { finish(reason) }
 
     private func finish(_ reason: CloseReason) {
         guard state != .closed else { return }
         state = .closed
+        loop.cancel(closeDeadline)
+        closeDeadline = nil
         loop.unregister(fd: fd)
         Socket.close(fd)
         let cb = onClose
@@ -291,6 +325,7 @@ public final class Transport {
         onData = nil
         onDrained = nil
         onClose = nil
+        onPeerFinished = nil
         output = []
         cb?(reason)
     }

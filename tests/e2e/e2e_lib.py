@@ -556,6 +556,12 @@ class _ApiHandler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet; count instead
         pass
 
+    def send_error(self, code, message=None, explain=None):
+        # A request the agent garbled (a stray chunk, a bad request line) shows up here.
+        with self.server._lock:
+            self.server.protocol_errors += 1
+        super().send_error(code, message, explain)
+
     def handle(self):
         try:
             super().handle()
@@ -693,6 +699,23 @@ class _ApiHandler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             return self._send(st, f"status {st}\n".encode())
+        m = re.fullmatch(r"/early/(\d+)", path)
+        if m:  # answers at once, never reading the request body (413, 401 ...)
+            self.close_connection = True
+            return self._send(int(m.group(1)), b"answered early\n", extra=[("Connection", "close")])
+        m = re.fullmatch(r"/drip/(\d+)/(\d+)", path)
+        if m:  # N bytes, one every MS milliseconds: a slow stream, not a slow answer
+            self._digest_body()
+            n, ms = int(m.group(1)), int(m.group(2))
+            self.send_response(200)
+            self.send_header("X-Device", dev)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            for _ in range(n):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(ms / 1000.0)
+            return
         if path == "/garbage":
             self._digest_body()
             self.wfile.write(b"NOT HTTP\r\n\r\n")
@@ -783,6 +806,7 @@ class LocalAPI(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _ApiHandler)
         self.device = device
         self.requests = 0
+        self.protocol_errors = 0
         self.connections: set = set()
         self.last_headers: Optional[dict] = None
         self._lock = threading.Lock()
