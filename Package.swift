@@ -19,9 +19,9 @@ let agentLinker: [LinkerSetting] = embedded
     ? [.unsafeFlags(["-enable-experimental-feature", "Embedded",
                      "-L\(toolchain)/usr/lib/swift/embedded/x86_64-unknown-linux-gnu",
                      "-use-ld=lld", "-Xlinker", "--gc-sections", "-Xlinker", "--icf=all"]),
-       .linkedLibrary("swiftUnicodeDataTables"), .linkedLibrary("m"),
+       .linkedLibrary("swiftUnicodeDataTables"),
        .linkedLibrary("ssl"), .linkedLibrary("crypto"),
-       .linkedLibrary("nghttp2"), .linkedLibrary("systemd")]
+       .linkedLibrary("nghttp2")]
     : []
 
 let package = Package(
@@ -35,10 +35,9 @@ let package = Package(
         .systemLibrary(name: "CLibc", path: "Sources/CLibc"),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2"),
-        .systemLibrary(name: "CSystemd", path: "Sources/CSystemd"),
 
         // The engine: no I/O outside EventLoop; no Foundation; Embedded-compatible.
-        .target(name: "EventLoop", dependencies: ["CLibc", "CSystemd"], swiftSettings: engineSettings),
+        .target(name: "EventLoop", dependencies: ["CLibc"], swiftSettings: engineSettings),
         .target(name: "TLS", dependencies: ["CLibc", "COpenSSL"], swiftSettings: engineSettings),
         .target(name: "HTTP1", dependencies: [], swiftSettings: engineSettings),
         .target(name: "HTTP2", dependencies: ["CLibc", "CNghttp2", "HTTP1"], swiftSettings: engineSettings),

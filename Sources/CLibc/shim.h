@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -68,4 +70,39 @@ static inline int rh_sockaddr_text(const struct sockaddr_storage *ss, char *out,
     return -1;
 }
 static inline int rh_is_signal_exit(int status) { return WIFSIGNALED(status); }
+
+// One datagram to the AF_UNIX socket at `path` ("@name" for the abstract
+// namespace), as systemd's notify and journal protocols want. 0 or an errno.
+static inline int rh_unix_datagram(const char *path, const void *buf, size_t len) {
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(sa.sun_path)) return EINVAL;
+    memcpy(sa.sun_path, path, n);
+    if (path[0] == '@') sa.sun_path[0] = 0;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno;
+    ssize_t r = sendto(fd, buf, len, MSG_NOSIGNAL, (struct sockaddr *)&sa,
+                       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n));
+    int e = r < 0 ? errno : 0;
+    close(fd);
+    return e;
+}
+
+// Permission bits of a file (-1 when it cannot be stat'ed).
+static inline int rh_file_mode(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    return (int)(st.st_mode & 07777);
+}
+
+// "dev:ino" of an open file descriptor, as systemd writes it in $JOURNAL_STREAM.
+static inline int rh_fd_dev_ino(int fd, unsigned long long *dev, unsigned long long *ino) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    *dev = (unsigned long long)st.st_dev;
+    *ino = (unsigned long long)st.st_ino;
+    return 0;
+}
 #endif

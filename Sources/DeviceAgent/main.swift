@@ -70,6 +70,7 @@ func run(_ config: AgentConfig) -> Int32 {
         Systemd.notify("STATUS=" + String(agent.connectedCount) + " of " + String(config.connections) + " connections up")
     }
     Systemd.notify("READY=1")
+    Systemd.startWatchdog(on: loop)
     loop.run()
     return 0
 }

@@ -1,8 +1,7 @@
 // Logging for all three programs. Plain lines on stderr, written unbuffered so a
-// killed daemon loses nothing; to the journal with structured fields when
-// started by systemd (JOURNAL_STREAM set). Fields: device, connection, stream.
+// killed daemon loses nothing; to the journal with structured fields when stderr
+// is the journal (started by systemd). Fields: DEVICE, CONNECTION_ID, STREAM_ID.
 import CLibc
-import CSystemd
 
 public enum LogLevel: Int {
     case debug = 7, info = 6, notice = 5, warning = 4, error = 3
@@ -53,7 +52,7 @@ public final class Logger {
     public init(program: String, level: LogLevel = .info) {
         self.program = program
         self.level = level
-        journal = getenv("JOURNAL_STREAM") != nil && getenv("REVERSEHTTP_LOG_STDERR") == nil
+        journal = Systemd.stderrIsJournal && getenv("REVERSEHTTP_LOG_STDERR") == nil
     }
 
     public func debug(_ message: String, _ ctx: LogContext = LogContext()) { log(.debug, message, ctx) }
@@ -64,10 +63,7 @@ public final class Logger {
 
     public func log(_ lvl: LogLevel, _ message: String, _ ctx: LogContext) {
         guard lvl.passes(level) else { return }
-        if journal {
-            sendJournal(lvl, message, ctx)
-            return
-        }
+        if journal && sendJournal(lvl, message, ctx) { return }
         var line = program + " " + lvl.name + ": "
         if let d = ctx.device { line += "device=" + d + " " }
         if let c = ctx.connection { line += "conn=" + String(c) + " " }
@@ -91,29 +87,12 @@ public final class Logger {
         }
     }
 
-    private func sendJournal(_ lvl: LogLevel, _ message: String, _ ctx: LogContext) {
-        var fields: [String] = ["MESSAGE=" + message, "PRIORITY=" + String(lvl.rawValue),
-                                "SYSLOG_IDENTIFIER=" + program]
-        if let d = ctx.device { fields.append("DEVICE=" + d) }
-        if let c = ctx.connection { fields.append("CONNECTION_ID=" + String(c)) }
-        if let s = ctx.stream { fields.append("STREAM_ID=" + String(s)) }
-        // Keep every field's bytes alive while sd_journal_sendv reads them.
-        let storage: [[UInt8]] = fields.map { Array($0.utf8) }
-        var iov: [iovec] = []
-        for i in 0..<storage.count {
-            storage[i].withUnsafeBufferPointer { p in
-                iov.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: p.baseAddress), iov_len: p.count))
-            }
-        }
-        withExtendedLifetime(storage) {
-            _ = iov.withUnsafeBufferPointer { sd_journal_sendv($0.baseAddress, Int32($0.count)) }
-        }
-    }
-}
-
-/// sd_notify for Type=notify services; silent when not started by systemd.
-public enum Systemd {
-    public static func notify(_ state: String) {
-        _ = sd_notify(0, state)
+    private func sendJournal(_ lvl: LogLevel, _ message: String, _ ctx: LogContext) -> Bool {
+        var fields: [(String, String)] = [("MESSAGE", message), ("PRIORITY", String(lvl.rawValue)),
+                                          ("SYSLOG_IDENTIFIER", program)]
+        if let d = ctx.device { fields.append(("DEVICE", d)) }
+        if let c = ctx.connection { fields.append(("CONNECTION_ID", String(c))) }
+        if let s = ctx.stream { fields.append(("STREAM_ID", String(s))) }
+        return Systemd.journal(fields)
     }
 }

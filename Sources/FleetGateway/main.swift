@@ -76,6 +76,7 @@ func run(_ config: GatewayConfig) -> Int32 {
         }
     }
     Systemd.notify("READY=1")
+    Systemd.startWatchdog(on: loop)
     loop.run()
     return 0
 }

@@ -1,6 +1,7 @@
 // TLSContext owns one SSL_CTX: certificates, trust, protocol versions and ALPN for
 // one side of a connection (the agent's client, the gateway's device or public
 // listener). Build it once, then make one TLSConnection per accepted or dialed socket.
+import CLibc
 import COpenSSL
 
 public enum TLSVersion: Equatable {
@@ -61,6 +62,12 @@ public final class TLSContext {
             }
         }
         if let key = config.keyFile {
+            // A private key anyone on the machine can read is not private: refuse it.
+            let mode = rh_file_mode(key)
+            if mode >= 0 && (mode & 0o004) != 0 {
+                throw OpenSSLError("private key " + key + " is readable by others (mode " + octal(mode)
+                                   + "); run: chmod 600 " + key, reasons: [])
+            }
             guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
                 throw OpenSSLError.drain("load private key " + key)
             }
@@ -121,6 +128,16 @@ public final class TLSContext {
         }
         return nil
     }
+}
+
+func octal(_ v: Int32) -> String {
+    var digits = ""
+    var n = v
+    for _ in 0..<4 {
+        digits = String(n & 7) + digits
+        n >>= 3
+    }
+    return digits
 }
 
 /// SSL_CTX ALPN select callback: a thin thunk into TLSContext.selectALPN.

@@ -1,0 +1,73 @@
+// systemd integration without libsystemd: the notify protocol (READY=1, STATUS=,
+// WATCHDOG=1, RELOADING=1, STOPPING=1 as one datagram to $NOTIFY_SOCKET) and the
+// journal's native protocol (fields in one datagram to its socket). Both are
+// stable, documented interfaces (systemd's "Interface Portability and Stability"
+// list). Measured on the Embedded agent: libsystemd and the libraries it pulls in
+// (libgcrypt, liblzma, libzstd, liblz4, libcap) cost about 1 MiB resident, an
+// eighth of the agent's idle footprint, for two datagrams.
+import CLibc
+
+public enum Systemd {
+    /// Sends `state` ("READY=1", "STATUS=...") to the service manager; a no-op when
+    /// not started by systemd.
+    public static func notify(_ state: String) {
+        guard let path = getenv("NOTIFY_SOCKET") else { return }
+        var bytes = Array(state.utf8)
+        _ = bytes.withUnsafeMutableBytes { rh_unix_datagram(path, $0.baseAddress, $0.count) }
+    }
+
+    /// The interval at which the service must send WATCHDOG=1 (WatchdogSec=), if any.
+    public static var watchdogIntervalMicroseconds: UInt64? {
+        guard let usec = getenv("WATCHDOG_USEC") else { return nil }
+        if let pid = getenv("WATCHDOG_PID"), let p = Int32(String(cString: pid)), p != getpid() { return nil }
+        guard let v = UInt64(String(cString: usec)), v > 0 else { return nil }
+        return v
+    }
+
+    /// Sends WATCHDOG=1 from `loop` at half the WatchdogSec= interval, so a loop that
+    /// is stuck stops the pings and systemd restarts the service.
+    public static func startWatchdog(on loop: EventLoop) {
+        guard let usec = watchdogIntervalMicroseconds else { return }
+        let half = max(1, Int(usec / 2000))
+        func ping() {
+            notify("WATCHDOG=1")
+            loop.schedule(afterMilliseconds: half) { ping() }
+        }
+        ping()
+    }
+
+    /// True when stderr is the journal (systemd sets $JOURNAL_STREAM to its "dev:ino").
+    public static var stderrIsJournal: Bool {
+        guard let env = getenv("JOURNAL_STREAM") else { return false }
+        var dev: UInt64 = 0
+        var ino: UInt64 = 0
+        guard rh_fd_dev_ino(2, &dev, &ino) == 0 else { return false }
+        return String(cString: env) == String(dev) + ":" + String(ino)
+    }
+
+    /// Sends one structured entry to the journal; false when it could not (the caller
+    /// then writes to stderr instead).
+    public static func journal(_ fields: [(String, String)]) -> Bool {
+        var datagram: [UInt8] = []
+        for (name, value) in fields {
+            datagram += name.utf8
+            let v = Array(value.utf8)
+            if v.contains(10) {
+                // Binary form: NAME\n, 64-bit little-endian length, value, \n.
+                datagram.append(10)
+                var n = UInt64(v.count)
+                for _ in 0..<8 {
+                    datagram.append(UInt8(truncatingIfNeeded: n))
+                    n >>= 8
+                }
+                datagram += v
+            } else {
+                datagram.append(61)  // "="
+                datagram += v
+            }
+            datagram.append(10)
+        }
+        let rc = datagram.withUnsafeMutableBytes { rh_unix_datagram("/run/systemd/journal/socket", $0.baseAddress, $0.count) }
+        return rc == 0
+    }
+}
