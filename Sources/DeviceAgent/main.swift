@@ -55,7 +55,11 @@ func run(_ config: AgentConfig) -> Int32 {
         return 1
     }
     var stopping = false
-    loop.handleSignals([SIGTERM, SIGINT]) { _ in
+    loop.handleSignals([SIGTERM, SIGINT, SIGHUP]) { signal in
+        if signal == SIGHUP {
+            if !stopping { reload(agent, logger) }
+            return
+        }
         if stopping { return }
         stopping = true
         logger.notice("stopping: sending GOAWAY on every connection")
@@ -73,6 +77,29 @@ func run(_ config: AgentConfig) -> Int32 {
     Systemd.startWatchdog(on: loop)
     loop.run()
     return 0
+}
+
+/// SIGHUP: read the configuration (the same command line and file) and the
+/// certificates again, and roll them in connection by connection.
+func reload(_ agent: Agent, _ logger: Logger) {
+    Systemd.notify("RELOADING=1\nMONOTONIC_USEC=" + String(rh_monotonic_ns() / 1000))
+    logger.notice("reloading the configuration")
+    let config: AgentConfig
+    do throws(ConfigError) {
+        config = try AgentConfig(Invocation(processArguments(), flags: AgentConfig.flags).settings)
+    } catch {
+        logger.error("reload refused, keeping the running configuration: " + error.description)
+        Systemd.notify("READY=1")
+        return
+    }
+    agent.reload(config) { error in
+        if let error {
+            logger.error("reload failed: " + error)
+        } else {
+            logger.notice("reload done: " + String(config.connections) + " connections on the new configuration")
+        }
+        Systemd.notify("READY=1")
+    }
 }
 
 exit(agentMain())

@@ -1,18 +1,27 @@
 // Agent runs N Dialers on one event loop, sharing the TLS context and the pool of
-// connections to the local API. SIGTERM and SIGINT stop it gracefully: GOAWAY on
-// every connection, a short drain, then exit.
+// connections to the local API.
+//  - stop (SIGTERM): GOAWAY on every connection, requests in flight finish, exit.
+//  - reload (SIGHUP): a new configuration and new certificates are rolled in one
+//    connection at a time: a new connection comes up with them, then the old one
+//    it replaces is drained (GOAWAY, its requests finish). If the first new
+//    connection cannot come up, the reload is abandoned and the running
+//    connections are kept.
 import CLibc
 import EventLoop
 import TLS
 
 public final class Agent {
-    public let config: AgentConfig
+    public private(set) var config: AgentConfig
     public let loop: EventLoop
     public let logger: Logger
     public private(set) var dialers: [Dialer] = []
-    let pool: LocalPool
-    let tls: TLSContext?
+    private var pool: LocalPool
+    private var tls: TLSContext?
     private var connectionCounter = 0
+    private var onChange: (() -> Void)?
+    /// Dialers replaced by a reload or stopped, draining.
+    private var retiring: [Dialer] = []
+    private var reloading = false
 
     public init(config: AgentConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
         self.config = config
@@ -30,27 +39,36 @@ public final class Agent {
 
     /// `onChange` runs whenever a connection comes up or goes down.
     public func start(onChange: (() -> Void)? = nil) {
-        if config.plaintext {
+        self.onChange = onChange
+        warnIfPlaintext(config)
+        for i in 0..<config.connections { dialers.append(makeDialer(slot: i, config: config, tls: tls, pool: pool)) }
+        for d in dialers { d.start() }
+    }
+
+    private func warnIfPlaintext(_ c: AgentConfig) {
+        if c.plaintext {
             logger.warning("INSECURE: --plaintext: the tunnel is not encrypted and the gateway is not authenticated; use only on loopback or for tests")
         }
-        let seed = loop.now ^ (UInt64(UInt32(bitPattern: getpid())) << 32)
-        for i in 0..<config.connections {
-            let d = Dialer(slot: i, config: config, loop: loop, tls: tls, pool: pool, logger: logger,
-                           seed: seed &+ UInt64(i) &* 0x9E37_79B9) {
-                self.connectionCounter += 1
-                return self.connectionCounter
-            }
-            d.onStateChange = { _ in onChange?() }
-            dialers.append(d)
-            d.start()
+    }
+
+    private func makeDialer(slot: Int, config: AgentConfig, tls: TLSContext?, pool: LocalPool) -> Dialer {
+        let seed = loop.now ^ (UInt64(UInt32(bitPattern: getpid())) << 32) ^ (UInt64(slot) &* 0x9E37_79B9_7F4A_7C15)
+        let d = Dialer(slot: slot, config: config, loop: loop, tls: tls, pool: pool, logger: logger, seed: seed) {
+            self.connectionCounter += 1
+            return self.connectionCounter
         }
+        d.onStateChange = { _ in self.onChange?() }
+        return d
     }
 
     /// Stops dialing and drains: GOAWAY on every connection, the streams in flight
     /// finish, then `done` runs once every connection is closed.
     public func stop(done: @escaping () -> Void) {
-        var open = dialers.count
-        for d in dialers {
+        let all = dialers + retiring
+        dialers = []
+        retiring = []
+        var open = all.count
+        for d in all {
             d.onStopped = {
                 open -= 1
                 if open == 0 {
@@ -59,7 +77,90 @@ public final class Agent {
                 }
             }
         }
-        for d in dialers { d.stop() }
-        if dialers.isEmpty { done() }
+        for d in all { d.stop() }
+        if all.isEmpty { done() }
+    }
+
+    // MARK: Reload
+
+    /// Rolls `newConfig` in; `done` gets nil when every slot runs on it, or why not.
+    public func reload(_ newConfig: AgentConfig, done: @escaping (String?) -> Void) {
+        guard !reloading else {
+            done("a reload is already in progress")
+            return
+        }
+        let newTLS: TLSContext?
+        do throws(OpenSSLError) {
+            newTLS = newConfig.plaintext ? nil : try TLSContext(newConfig.tlsConfiguration())
+        } catch {
+            done(error.description)
+            return
+        }
+        reloading = true
+        logger.level = newConfig.logLevel
+        warnIfPlaintext(newConfig)
+        let newPool = newConfig.local == config.local ? pool : LocalPool(loop: loop, endpoint: newConfig.local)
+        roll(slot: 0, newConfig, newTLS, newPool) { error in
+            self.reloading = false
+            if error == nil {
+                if newPool !== self.pool { self.pool.closeAll() }
+                self.config = newConfig
+                self.tls = newTLS
+                self.pool = newPool
+            }
+            done(error)
+        }
+    }
+
+    /// Replaces the dialer of `slot` with one on the new configuration, then the next.
+    private func roll(slot: Int, _ c: AgentConfig, _ t: TLSContext?, _ p: LocalPool, done: @escaping (String?) -> Void) {
+        guard slot < c.connections else {
+            // Fewer connections than before: drain the surplus.
+            while dialers.count > c.connections { retire(dialers.removeLast()) }
+            done(nil)
+            return
+        }
+        let fresh = makeDialer(slot: slot, config: c, tls: t, pool: p)
+        var finished = false
+        let deadline = loop.schedule(afterMilliseconds: c.connectTimeoutMs) {
+            guard !finished else { return }
+            finished = true
+            fresh.onStateChange = { _ in self.onChange?() }
+            if slot == 0 {
+                // The new configuration never connected: keep what runs.
+                let why = fresh.lastFailure.isEmpty ? "no connection within " + String(c.connectTimeoutMs) + " ms" : fresh.lastFailure
+                fresh.onStopped = nil
+                fresh.stop()
+                done("the new configuration does not connect: " + why + "; keeping the running connections")
+                return
+            }
+            self.install(fresh, slot: slot)
+            self.roll(slot: slot + 1, c, t, p, done: done)
+        }
+        fresh.onStateChange = { state in
+            self.onChange?()
+            guard state == .connected, !finished else { return }
+            finished = true
+            self.loop.cancel(deadline)
+            fresh.onStateChange = { _ in self.onChange?() }
+            self.install(fresh, slot: slot)
+            self.roll(slot: slot + 1, c, t, p, done: done)
+        }
+        fresh.start()
+    }
+
+    private func install(_ fresh: Dialer, slot: Int) {
+        if slot < dialers.count {
+            retire(dialers[slot])
+            dialers[slot] = fresh
+        } else {
+            dialers.append(fresh)
+        }
+    }
+
+    private func retire(_ d: Dialer) {
+        retiring.append(d)
+        d.onStopped = { self.retiring.removeAll { $0 === d } }
+        d.stop()
     }
 }

@@ -27,7 +27,8 @@ public final class Dialer {
     private var connectedAt: UInt64 = 0
     private var timer: TimerID?
     private var connectTimer: TimerID?
-    private var lastFailure = ""
+    /// Why the last dial failed ("" once connected).
+    public private(set) var lastFailure = ""
     public private(set) var dialCount = 0
     /// Called on every change of `state`.
     public var onStateChange: ((State) -> Void)?

@@ -117,3 +117,81 @@ def test_private_key_readable_by_others_is_refused(pki, tmp_path):
                    "--cert", pki.device_cert("dev1.example"), "--key", key])
     assert r.returncode != 0
     assert "readable by others" in r.stderr and "chmod 600" in r.stderr, r.stderr
+
+
+def _agent_with_config(procs, conf, name="agent-reload"):
+    return procs.start(name, [lib.agent_bin(), "--config", conf, "--log-level", "debug"])
+
+
+def _write_conf(path, gw, pki, local_port, connections=2, cert=None, key=None):
+    path.write_text(f"""gateway = 127.0.0.1:{gw.device_port}
+server_name = gw.example
+ca = {pki.ca}
+cert = {cert or pki.device_cert("dev1.example")}
+key = {key or pki.device_key("dev1.example")}
+local = 127.0.0.1:{local_port}
+connections = {connections}
+""")
+
+
+def test_sighup_rolls_connections_without_failing_requests(procs, api, pki, tmp_path):
+    """SIGHUP re-reads the config: here the local API moves to another port. Requests
+    in flight on the old connections finish; new ones reach the new local API."""
+    import threading
+    gw = lib.start_gateway(procs, pki)
+    old_api, new_api = api("dev1.example"), api("dev1.example")
+    conf = tmp_path / "agent.conf"
+    _write_conf(conf, gw, pki, old_api.port)
+    agent = _agent_with_config(procs, conf)
+    lib.wait_device(gw, "dev1.example")
+    results = []
+
+    def slow():
+        results.append(lib.request(gw.public_port, "GET", "/sleep/800", "dev1.example", timeout=15).status)
+    threads = [threading.Thread(target=slow) for _ in range(4)]
+    before = old_api.requests
+    for t in threads:
+        t.start()
+    lib.wait_until(lambda: old_api.requests >= before + 4, 10, "slow requests to reach the old local API", interval=0.01)
+    _write_conf(conf, gw, pki, new_api.port, connections=3)
+    agent.popen.send_signal(signal.SIGHUP)
+    agent.wait_log("reload done", timeout=15)
+    for t in threads:
+        t.join(15)
+    assert results == [200] * 4, results
+    served_before = new_api.requests
+    for _ in range(6):
+        assert lib.request(gw.public_port, "GET", "/device", "dev1.example").status == 200
+    assert new_api.requests == served_before + 6, "after the reload, requests go to the new local API"
+    assert agent.alive()
+
+
+def test_sighup_with_a_broken_config_keeps_running(procs, api, pki, tmp_path):
+    gw = lib.start_gateway(procs, pki)
+    a = api("dev1.example")
+    conf = tmp_path / "agent.conf"
+    _write_conf(conf, gw, pki, a.port)
+    agent = _agent_with_config(procs, conf)
+    lib.wait_device(gw, "dev1.example")
+    conf.write_text(conf.read_text() + "bogus = 1\n")
+    agent.popen.send_signal(signal.SIGHUP)
+    agent.wait_log("reload refused", timeout=10)
+    assert "unknown setting 'bogus'" in agent.log()
+    assert lib.request(gw.public_port, "GET", "/device", "dev1.example").status == 200
+
+
+def test_sighup_with_a_certificate_the_gateway_refuses_keeps_the_old_connections(procs, api, pki, tmp_path):
+    gw = lib.start_gateway(procs, pki)
+    a = api("dev1.example")
+    conf = tmp_path / "agent.conf"
+    _write_conf(conf, gw, pki, a.port)
+    agent = _agent_with_config(procs, conf)
+    lib.wait_device(gw, "dev1.example")
+    text = conf.read_text().replace("connections = 2", "connections = 2\nconnect_timeout_ms = 1500")
+    conf.write_text(text.replace(str(pki.device_cert("dev1.example")), str(pki.foreign_device_cert("dev1.example")))
+                    .replace(str(pki.device_key("dev1.example")), str(pki.foreign_device_key("dev1.example"))))
+    agent.popen.send_signal(signal.SIGHUP)
+    agent.wait_log("reload failed", timeout=15)
+    assert "keeping the running connections" in agent.log()
+    for _ in range(4):
+        assert lib.request(gw.public_port, "GET", "/device", "dev1.example").status == 200
