@@ -5,6 +5,7 @@
 // sides (see Tunnel/BackPressure.swift).
 import EventLoop
 import HTTP1
+import TLS
 import Tunnel
 
 final class Exchange {
@@ -23,6 +24,8 @@ final class Exchange {
     /// Response bytes received from the device but not yet acknowledged to it.
     private var credit = FlowCredit()
     private var isHEAD: Bool { request.method == "HEAD" }
+    /// A WebSocket: extended CONNECT to the device, 101 to the user.
+    private var webSocket = false
 
     init(client: PublicConnection, request: HTTPRequestHead, authority: String, hostname: String) {
         self.client = client
@@ -55,6 +58,37 @@ final class Exchange {
         if requestHasBody && request.versionMinor == 1 && request.headers.containsToken("expect", "100-continue") {
             client.writeContinue()
         }
+        timer = gateway.loop.schedule(afterMilliseconds: gateway.config.responseTimeoutMs) {
+            self.timer = nil
+            self.timedOut()
+        }
+    }
+
+    /// An HTTP/1.1 WebSocket upgrade, carried to the device as an extended CONNECT
+    /// (RFC 8441) when the device accepts those.
+    func startWebSocket() {
+        webSocket = true
+        guard let dev = gateway.registry.pick(hostname: hostname) else {
+            phase = .done
+            client.respondError(503, "no device is connected for host " + hostname, retryAfter: true)
+            return
+        }
+        guard dev.session.remoteEnablesConnectProtocol else {
+            phase = .done
+            client.respondError(501, "device " + dev.identity.name + " does not accept WebSockets (no SETTINGS_ENABLE_CONNECT_PROTOCOL)")
+            return
+        }
+        device = dev
+        var h = HTTPHeaders()
+        h.add(":method", "CONNECT")
+        h.add(":protocol", "websocket")
+        for (n, v) in deviceHeaders() where n != ":method" && n != "sec-websocket-key" { h.add(n, v) }
+        guard let s = dev.submit(self, headers: h, endStream: false) else {
+            phase = .done
+            client.respondError(502, "could not open a stream to device " + dev.identity.name)
+            return
+        }
+        stream = s
         timer = gateway.loop.schedule(afterMilliseconds: gateway.config.responseTimeoutMs) {
             self.timer = nil
             self.timedOut()
@@ -137,6 +171,17 @@ final class Exchange {
         gateway.loop.cancel(timer)
         timer = nil
         phase = .streaming
+        if webSocket && status == 200 {
+            let key = request.headers.first("sec-websocket-key") ?? ""
+            let accept = base64Encode(sha1(Array((key + WebSocketUpgrade.guid).utf8)))
+            var fields = HTTPHeaders()
+            for name in WebSocketUpgrade.endToEndFields {
+                if let v = headers.first(name) { fields.add(name, v) }
+            }
+            client.switchProtocols(accept: accept, fields: fields)
+            if endStream { deviceEnd() }
+            return
+        }
         var fields = HTTPHeaders()
         for (n, v) in headers where !n.hasPrefix(":") { fields.add(n, v) }
         fields.removeHopByHop()
@@ -153,6 +198,12 @@ final class Exchange {
 
     func deviceEnd() {
         guard phase == .streaming else { return }
+        if webSocket && !requestEnded {
+            finish()
+            device?.cancel(stream: stream, errorCode: 0)
+            client.tunnelEnded()
+            return
+        }
         responseComplete(trailers: HTTPHeaders())
     }
 

@@ -30,6 +30,10 @@ final class PublicConnection {
     private var timer: TimerID?
     /// Waiting for a request's first byte (idle) rather than for the rest of its head.
     private var idle = false
+    /// A WebSocket upgrade was asked for: nothing more is parsed as HTTP.
+    private var upgrading = false
+    /// After 101 Switching Protocols: bytes pass through both ways.
+    private var tunnel = false
 
     init(gateway: Gateway, transport: Transport, scheme: String) {
         self.gateway = gateway
@@ -50,6 +54,10 @@ final class PublicConnection {
 
     private func receive(_ bytes: [UInt8]) {
         guard !closing else { return }
+        if tunnel {
+            current?.userBody(bytes)
+            return
+        }
         if idle { arm(idle: false) }  // a request has begun: its head must arrive in time
         do throws(HTTP1Error) {
             queued += try parser.feed(bytes)
@@ -61,6 +69,10 @@ final class PublicConnection {
     }
 
     private func peerFinished() {
+        if tunnel {
+            current?.userEnd()  // the user's side of the WebSocket is done
+            return
+        }
         // HTTP/1.1 half-close: the user sent everything; answer, then close.
         keepAlive = false
         goingAway = true
@@ -93,6 +105,10 @@ final class PublicConnection {
         while !queued.isEmpty && !closing {
             switch queued[0] {
             case .head(let head):
+                if upgrading {
+                    abort("data after a WebSocket upgrade request, before the answer")
+                    return
+                }
                 guard current == nil && responseDone else {
                     // Pipelined: stop reading until the current response is done.
                     transport.pauseReading()
@@ -106,7 +122,9 @@ final class PublicConnection {
             case .end:
                 queued.removeFirst()
                 requestDone = true
-                current?.userEnd()
+                // An upgrade request's HTTP part ends here, but its stream carries the
+                // WebSocket's bytes later: do not end it.
+                if !upgrading { current?.userEnd() }
                 if responseDone { current = nil }
             }
         }
@@ -132,6 +150,14 @@ final class PublicConnection {
         }
         let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
         current = ex
+        if WebSocketUpgrade.isRequest(head) && !hasBody {
+            // Nothing more is HTTP until the device has answered the upgrade.
+            upgrading = true
+            keepAlive = false
+            transport.pauseReading()
+            ex.startWebSocket()
+            return
+        }
         ex.start(requestHasBody: hasBody)
     }
 
@@ -140,6 +166,32 @@ final class PublicConnection {
     /// `100 Continue` for a user who asked for it, once a device took the request.
     func writeContinue() {
         transport.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+    }
+
+    /// The device accepted the WebSocket: 101, then bytes both ways.
+    func switchProtocols(accept: String, fields: HTTPHeaders) {
+        var h = HTTPHeaders()
+        h.add("Upgrade", "websocket")
+        h.add("Connection", "Upgrade")
+        h.add("Sec-WebSocket-Accept", accept)
+        for (n, v) in fields { h.add(n, v) }
+        transport.write(HTTP1Writer.responseHead(HTTPResponseHead(status: 101, versionMinor: 1, headers: h)))
+        tunnel = true
+        upgrading = false
+        chunkedResponse = false
+        noResponseBody = false
+        gateway.loop.cancel(timer)
+        timer = nil
+        transport.resumeReading()
+        let early = parser.takeUnparsed()
+        if !early.isEmpty { current?.userBody(early) }
+    }
+
+    /// The device ended its side of the WebSocket.
+    func tunnelEnded() {
+        closing = true
+        current = nil
+        transport.closeAfterFlush()
     }
 
     func writeHead(_ head: HTTPResponseHead, noBody: Bool) {

@@ -30,6 +30,8 @@ public struct HTTP2Settings {
     /// Connection receive window we open right after the SETTINGS.
     public var connectionWindowSize: Int32 = 16 << 20
     public var maxHeaderListSize: UInt32 = 65536
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): extended CONNECT, for WebSockets.
+    public var enableConnectProtocol = true
     public init() {}
 }
 
@@ -80,6 +82,8 @@ public final class HTTP2Session {
     /// Reversed client: bytes of our own client magic still to drop from nghttp2's output.
     private var ownMagicToDrop: Int
     public private(set) var remoteMaxConcurrentStreams: UInt32 = 100
+    /// The peer accepts extended CONNECT (RFC 8441), so WebSockets can cross.
+    public private(set) var remoteEnablesConnectProtocol = false
     public private(set) var receivedGoaway = false
     public private(set) var sentGoaway = false
 
@@ -114,6 +118,9 @@ public final class HTTP2Session {
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(settings.initialWindowSize)),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: settings.maxHeaderListSize),
         ]
+        if settings.enableConnectProtocol {
+            iv.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL.rawValue), value: 1))
+        }
         // No server push either way: a device that sends PUSH_PROMISE is a protocol error.
         iv.insert(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0), at: 0)
         let src = iv.withUnsafeBufferPointer { nghttp2_submit_settings(s, UInt8(NGHTTP2_FLAG_NONE.rawValue), $0.baseAddress, $0.count) }
@@ -282,6 +289,7 @@ public final class HTTP2Session {
 
     func didReceiveRemoteSettings() {
         remoteMaxConcurrentStreams = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+        remoteEnablesConnectProtocol = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) == 1
         events.append(.settings(maxConcurrentStreams: remoteMaxConcurrentStreams))
     }
 

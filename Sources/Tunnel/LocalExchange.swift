@@ -2,7 +2,13 @@
 // as an HTTP/1.1 request, and the HTTP/1.1 response back as HEADERS and DATA.
 // Failures before the response started become 502 (cannot reach or parse the
 // local API) or 504 (no answer in time); after that, RST_STREAM.
+//
+// WebSockets: an extended CONNECT (RFC 8441, `:protocol websocket`) becomes an
+// HTTP/1.1 `Upgrade: websocket` request; when the local API answers 101, the
+// gateway gets 200 and from then on the stream's DATA and the local socket's
+// bytes are passed through unchanged, both ways, until either side ends.
 import EventLoop
+import TLS
 import HTTP1
 import HTTP2
 
@@ -31,6 +37,10 @@ final class LocalExchange {
     private var credit = FlowCredit()
     /// The chunked request body's last chunk has been written or queued.
     private var lastChunkQueued = false
+    /// An extended CONNECT for a WebSocket.
+    private var upgrade = false
+    /// After the local API's 101: bytes pass through unchanged.
+    private var tunneling = false
 
     init(stream: Int32, server: ReversedServer, pool: LocalPool, timeoutMs: Int) {
         self.stream = stream
@@ -47,10 +57,12 @@ final class LocalExchange {
             phase = .finished
             return
         }
-        if method == "CONNECT" {
-            fail(status: 501, "CONNECT is not supported")
+        let proto = headers.first(":protocol")
+        if method == "CONNECT" && !(proto.map(WebSocketUpgrade.isWebSocketProtocol) ?? false) {
+            fail(status: 501, proto == nil ? "CONNECT is not supported" : "only the websocket protocol is supported")
             return
         }
+        upgrade = proto != nil
         var out = HTTPHeaders()
         var cookies: [String] = []
         let authority = headers.first(":authority") ?? headers.first("host")
@@ -63,13 +75,21 @@ final class LocalExchange {
         if !cookies.isEmpty { out.add("Cookie", cookies.joined(separator: "; ")) }
         out.removeHopByHop()
         requestEnded = endStream
-        if !endStream && !out.contains("content-length") {
+        if upgrade {
+            // The HTTP/1.1 handshake: a fresh key per hop; version, subprotocols and
+            // extensions from the gateway's request.
+            out.remove("sec-websocket-key")
+            if !out.contains("sec-websocket-version") { out.add("Sec-WebSocket-Version", "13") }
+            out.add("Upgrade", "websocket")
+            out.add("Connection", "Upgrade")
+            out.add("Sec-WebSocket-Key", base64Encode(randomBytes(16)))
+        } else if !endStream && !out.contains("content-length") {
             chunked = true
             out.add("Transfer-Encoding", "chunked")
         }
         isHEAD = method == "HEAD"
         parser.expectResponse(toHEAD: isHEAD)
-        head = HTTP1Writer.requestHead(HTTPRequestHead(method: method, target: path, versionMinor: 1, headers: out))
+        head = HTTP1Writer.requestHead(HTTPRequestHead(method: upgrade ? "GET" : method, target: path, versionMinor: 1, headers: out))
         timer = server.transport.loop.schedule(afterMilliseconds: timeoutMs) {
             self.timer = nil
             self.fail(status: 504, "local API did not answer in time")
@@ -157,6 +177,10 @@ final class LocalExchange {
     private func endRequest(trailers: HTTPHeaders) {
         guard phase != .finished, !requestEnded else { return }
         requestEnded = true
+        if tunneling {
+            conn?.finishWriting()  // the gateway's side of the WebSocket is done
+            return
+        }
         if chunked && !lastChunkQueued {
             lastChunkQueued = true
             send(HTTP1Writer.lastChunk(trailers: trailers))
@@ -167,6 +191,10 @@ final class LocalExchange {
 
     private func responseBytes(_ bytes: [UInt8]) {
         guard phase != .finished else { return }
+        if tunneling {
+            forward(bytes)
+            return
+        }
         do throws(HTTP1Error) {
             let events = try parser.feed(bytes)
             deliver(events)
@@ -184,6 +212,17 @@ final class LocalExchange {
                 // local_timeout_ms bounds the time to answer, not a long download.
                 server.transport.loop.cancel(timer)
                 timer = nil
+                if upgrade && h.status == 101 {
+                    startTunnel(h)
+                    return
+                }
+                if upgrade && h.status < 300 {
+                    // A 2xx to an extended CONNECT means "tunnel open" (RFC 8441); a
+                    // local API that ignored the upgrade must not look like that.
+                    responseStarted = false
+                    fail(status: 502, "the local API did not accept the WebSocket upgrade (answered " + String(h.status) + ")")
+                    return
+                }
                 var headers = h.headers
                 if headers.containsToken("connection", "close") || h.versionMinor == 0 { keepAlive = false }
                 // The framing of this head, not of whatever the parser has read since.
@@ -196,10 +235,7 @@ final class LocalExchange {
                 headEndedStream = framing == .none
                 server.respond(stream: stream, out, endStream: headEndedStream)
             case .body(let b):
-                server.sendBody(stream: stream, b, endStream: false)
-                if let t = conn, server.connection.pauseIfBacklogged(stream: stream, resume: { t.resumeReading() }) {
-                    t.pauseReading()
-                }
+                forward(b)
             case .end(let trailers):
                 // A response complete before its request: the gateway is asked to stop
                 // sending the rest, without error, once the response is out (RFC 9113 §8.1).
@@ -219,6 +255,12 @@ final class LocalExchange {
     private func localClosed(_ reason: CloseReason) {
         conn = nil
         guard phase != .finished else { return }
+        if tunneling {
+            // The local side of the WebSocket is gone: end the stream cleanly.
+            server.sendBody(stream: stream, [], endStream: true)
+            finishLocal(reusable: false)
+            return
+        }
         if !responseStarted && reused && bodyBytesSent == 0 {
             // A kept-alive connection the local server had closed: try once on a new one.
             phase = .connecting
@@ -231,6 +273,29 @@ final class LocalExchange {
         } catch {
             badResponse(error.description + " (" + reason.description + ")")
         }
+    }
+
+    /// Response body bytes (or WebSocket bytes) to the gateway, pausing the local
+    /// socket while the stream's queue is full.
+    private func forward(_ bytes: [UInt8]) {
+        server.sendBody(stream: stream, bytes, endStream: false)
+        if let t = conn, server.connection.pauseIfBacklogged(stream: stream, resume: { t.resumeReading() }) {
+            t.pauseReading()
+        }
+    }
+
+    /// The local API accepted the WebSocket: answer 200 (RFC 8441) and pass bytes through.
+    private func startTunnel(_ h: HTTPResponseHead) {
+        tunneling = true
+        keepAlive = false
+        var out = HTTPHeaders()
+        out.add(":status", "200")
+        for name in WebSocketUpgrade.endToEndFields {
+            if let v = h.headers.first(name) { out.add(name, v) }
+        }
+        server.respond(stream: stream, out, endStream: false)
+        let early = parser.takeUnparsed()
+        if !early.isEmpty { forward(early) }
     }
 
     private func badResponse(_ why: String) {

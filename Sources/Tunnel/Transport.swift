@@ -57,6 +57,7 @@ public final class Transport {
     private var output: [UInt8] = []
     private var outputOffset = 0
     private var closeWhenFlushed = false
+    private var writeShutdown = false
     private var cipherOut: [UInt8] = []
 
     /// Wraps `fd`. `connecting`: a non-blocking connect is in progress.
@@ -134,6 +135,14 @@ public final class Transport {
     /// Closes now, dropping queued output.
     public func close() { finish(.local) }
 
+    /// Half-closes: once the queued output is written, tells the peer we are done
+    /// sending (FIN), while still reading what it sends.
+    public func finishWriting() {
+        guard state == .open, !writeShutdown else { return }
+        writeShutdown = true
+        if bufferedOutput == 0 { _ = shutdown(fd, Int32(SHUT_WR)) }
+    }
+
     /// Closes now, for `reason`.
     public func close(_ reason: CloseReason) { finish(reason) }
 
@@ -190,6 +199,7 @@ public final class Transport {
                 finish(.local)
                 return
             }
+            if writeShutdown { _ = shutdown(fd, Int32(SHUT_WR)) }
             onDrained?()
         }
     }

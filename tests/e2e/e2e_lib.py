@@ -9,6 +9,7 @@ Everything here runs on 127.0.0.1 and every wait has a deadline.
 from __future__ import annotations
 
 import functools
+import base64
 import hashlib
 import http.client
 import json
@@ -548,6 +549,43 @@ def sha256(b: bytes) -> str:
 # --------------------------------------------------------------------------- local API
 
 
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_frame(opcode: int, payload: bytes, mask: bool = False) -> bytes:
+    """One final WebSocket frame; clients mask (RFC 6455 §5.3), servers do not."""
+    head = bytes([0x80 | opcode])
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([mbit | n])
+    elif n < 65536:
+        head += bytes([mbit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([mbit | 127]) + n.to_bytes(8, "big")
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def ws_read_frame(f):
+    """(opcode, payload) of the next frame from a file-like object; None at EOF."""
+    h = f.read(2)
+    if len(h) < 2:
+        return None
+    opcode, n, masked = h[0] & 0x0F, h[1] & 0x7F, h[1] & 0x80
+    if n == 126:
+        n = int.from_bytes(f.read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(f.read(8), "big")
+    key = f.read(4) if masked else b""
+    data = f.read(n)
+    if masked:
+        data = bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    return opcode, data
+
+
 class _ApiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "e2e-local-api/1"
@@ -699,6 +737,8 @@ class _ApiHandler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             return self._send(st, f"status {st}\n".encode())
+        if path == "/ws":  # a WebSocket echo (RFC 6455), as device UIs use them
+            return self._websocket_echo()
         m = re.fullmatch(r"/early/(\d+)", path)
         if m:  # answers at once, never reading the request body (413, 401 ...)
             self.close_connection = True
@@ -786,6 +826,37 @@ class _ApiHandler(BaseHTTPRequestHandler):
                                                     ("X-End-To-End", "kept")])
         self._digest_body()
         return self._send(404, b"no such path\n")
+
+    def _websocket_echo(self):
+        key = self.headers.get("Sec-WebSocket-Key")
+        if (self.headers.get("Upgrade", "").lower() != "websocket" or not key
+                or "upgrade" not in self.headers.get("Connection", "").lower()):
+            return self._send(400, b"not a websocket handshake\n")
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        proto = self.headers.get("Sec-WebSocket-Protocol")
+        if proto:
+            self.send_header("Sec-WebSocket-Protocol", proto.split(",")[0].strip())
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        while True:
+            frame = ws_read_frame(self.rfile)
+            if frame is None:
+                return
+            opcode, payload = frame
+            if opcode == 0x8:
+                self.wfile.write(ws_frame(0x8, payload))
+                self.wfile.flush()
+                return
+            if opcode == 0x9:
+                self.wfile.write(ws_frame(0xA, payload))
+            else:
+                self.wfile.write(ws_frame(opcode, payload))
+            self.wfile.flush()
 
     def do_GET(self):
         self._dispatch()

@@ -1,0 +1,45 @@
+// The HTTP/1.1 side of a WebSocket (RFC 6455 §4) and its HTTP/2 form (RFC 8441):
+// what a request needs to be an upgrade, and the key arithmetic of the handshake.
+
+public enum WebSocketUpgrade {
+    /// The GUID RFC 6455 appends to Sec-WebSocket-Key.
+    public static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    /// An HTTP/1.1 request asking to become a WebSocket.
+    public static func isRequest(_ head: HTTPRequestHead) -> Bool {
+        head.method == "GET" && head.versionMinor == 1
+            && head.headers.containsToken("upgrade", "websocket")
+            && head.headers.containsToken("connection", "upgrade")
+            && head.headers.first("sec-websocket-key") != nil
+    }
+
+    /// An extended CONNECT's `:protocol` names WebSocket (ASCII, any case).
+    public static func isWebSocketProtocol(_ value: String) -> Bool {
+        HTTP1Bytes.equalsIgnoringCase(value, "websocket")
+    }
+
+    /// Fields carried from one side's handshake to the other's (the rest is per hop).
+    public static let endToEndFields = ["sec-websocket-protocol", "sec-websocket-extensions"]
+}
+
+/// Standard base64 with padding.
+public func base64Encode(_ bytes: [UInt8]) -> String {
+    let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity((bytes.count + 2) / 3 * 4)
+    var i = 0
+    while i + 2 < bytes.count {
+        let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+        out += [table[Int(n >> 18 & 63)], table[Int(n >> 12 & 63)], table[Int(n >> 6 & 63)], table[Int(n & 63)]]
+        i += 3
+    }
+    let rest = bytes.count - i
+    if rest == 1 {
+        let n = UInt32(bytes[i]) << 16
+        out += [table[Int(n >> 18 & 63)], table[Int(n >> 12 & 63)], 61, 61]
+    } else if rest == 2 {
+        let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8
+        out += [table[Int(n >> 18 & 63)], table[Int(n >> 12 & 63)], table[Int(n >> 6 & 63)], 61]
+    }
+    return String(decoding: out, as: UTF8.self)
+}

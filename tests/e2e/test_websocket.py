@@ -1,0 +1,97 @@
+"""WebSockets through the tunnel: the user's HTTP/1.1 Upgrade becomes an extended
+CONNECT (RFC 8441) on the reversed connection, and the agent turns it back into
+an HTTP/1.1 Upgrade to the local API (Home Assistant, Node-RED, OctoPrint and
+Grafana UIs need this)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+
+import pytest
+
+import e2e_lib as lib
+
+
+def _fleet(procs, api, pki):
+    gw = lib.start_gateway(procs, pki)
+    a = api("dev1.example")
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    return gw, a
+
+
+def _handshake(port, host="dev1.example", path="/ws", protocol=None):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    req = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n")
+    if protocol:
+        req += f"Sec-WebSocket-Protocol: {protocol}\r\n"
+    s.sendall((req + "\r\n").encode())
+    f = s.makefile("rb")
+    status = f.readline()
+    headers = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode().partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return s, f, key, status, headers
+
+
+def test_websocket_echo_through_the_tunnel(procs, api, pki):
+    gw, _ = _fleet(procs, api, pki)
+    s, f, key, status, headers = _handshake(gw.public_port, protocol="chat")
+    try:
+        assert status.startswith(b"HTTP/1.1 101"), (status, headers)
+        want = base64.b64encode(hashlib.sha1((key + lib.WS_GUID).encode()).digest()).decode()
+        assert headers.get("sec-websocket-accept") == want
+        assert headers.get("upgrade", "").lower() == "websocket"
+        assert headers.get("sec-websocket-protocol") == "chat"
+        for payload in [b"hello", b"x" * 200, os.urandom(70_000), b""]:
+            s.sendall(lib.ws_frame(0x2, payload, mask=True))
+            opcode, data = lib.ws_read_frame(f)
+            assert opcode == 0x2 and data == payload
+        s.sendall(lib.ws_frame(0x8, b"\x03\xe8bye", mask=True))
+        opcode, data = lib.ws_read_frame(f)
+        assert opcode == 0x8 and data == b"\x03\xe8bye"
+        assert f.read(1) == b"", "the connection closes after the close handshake"
+    finally:
+        s.close()
+
+
+def test_many_websockets_at_once_do_not_mix(procs, api, pki):
+    gw, _ = _fleet(procs, api, pki)
+    conns = [_handshake(gw.public_port) for _ in range(20)]
+    try:
+        for i, (s, f, _, status, _) in enumerate(conns):
+            assert status.startswith(b"HTTP/1.1 101")
+            s.sendall(lib.ws_frame(0x1, f"message {i}".encode(), mask=True))
+        for i, (s, f, *_rest) in enumerate(conns):
+            assert lib.ws_read_frame(f) == (0x1, f"message {i}".encode())
+    finally:
+        for s, *_ in conns:
+            s.close()
+
+
+def test_refused_upgrade_is_passed_on(procs, api, pki):
+    """A local API that refuses the upgrade (400) is answered 400; one that ignores
+    it (a plain 200) must not look like an open WebSocket: 502."""
+    gw, a = _fleet(procs, api, pki)
+    s, f, _, status, _ = _handshake(gw.public_port, path="/status/400")
+    s.close()
+    assert status.startswith(b"HTTP/1.1 400"), status
+    s, f, _, status, _ = _handshake(gw.public_port, path="/device")
+    s.close()
+    assert status.startswith(b"HTTP/1.1 502"), status
+
+
+def test_websocket_to_a_device_that_is_not_connected_gets_503(procs, api, pki):
+    gw = lib.start_gateway(procs, pki)
+    s, f, _, status, _ = _handshake(gw.public_port, host="nobody.example")
+    s.close()
+    assert status.startswith(b"HTTP/1.1 503"), status
