@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -88,6 +89,15 @@ static inline int rh_unix_datagram(const char *path, const void *buf, size_t len
     int e = r < 0 ? errno : 0;
     close(fd);
     return e;
+}
+
+// Memory for a long-running daemon on a small board: buffers of 64 KiB and more
+// come from mmap and go back to the kernel when freed, and free memory at the
+// top of the heap is returned above 128 KiB (glibc would otherwise raise both
+// thresholds after the first large free, and keep a peak's memory forever).
+static inline void rh_tune_malloc(void) {
+    mallopt(M_MMAP_THRESHOLD, 64 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 128 * 1024);
 }
 
 // Permission bits of a file (-1 when it cannot be stat'ed).

@@ -45,6 +45,7 @@ func agentMain() -> Int32 {
 
 func run(_ config: AgentConfig) -> Int32 {
     _ = rh_ignore_sigpipe()
+    rh_tune_malloc()
     let logger = Logger(program: "device-agent", level: config.logLevel)
     let loop = EventLoop()
     let agent: Agent

@@ -170,13 +170,15 @@ public final class HTTP2Session {
     }
 
     /// Appends the bytes to send to the peer to `out`.
-    public func takeOutput(into out: inout [UInt8]) throws(HTTP2Error) {
+    /// Stops once `out` holds at least `limit` bytes: what is left stays queued in
+    /// nghttp2 (and DATA in the streams' bodies), so memory follows the socket's pace.
+    public func takeOutput(into out: inout [UInt8], limit: Int = Int.max) throws(HTTP2Error) {
         if !prefaceToSend.isEmpty {
             out += prefaceToSend
             prefaceToSend = []
         }
         var guardCount = 0
-        while guardCount < 100_000 {
+        while guardCount < 100_000 && out.count < limit {
             guardCount += 1
             var p: UnsafePointer<UInt8>?
             let n = nghttp2_session_mem_send(session, &p)
@@ -242,6 +244,9 @@ public final class HTTP2Session {
 
     /// Bytes queued for `stream` that nghttp2 has not taken yet (flow control).
     public func pendingBody(stream: Int32) -> Int { outgoing[stream]?.count ?? 0 }
+
+    /// Streams with a body being sent.
+    public var sendingStreamCount: Int { outgoing.count }
 
     public func resetStream(_ stream: Int32, errorCode: UInt32 = UInt32(NGHTTP2_CANCEL.rawValue)) {
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, errorCode)

@@ -4,13 +4,21 @@
 //    consumer keeps a FlowCredit and releases it when that socket's queue is at
 //    or below `lowWater` (or when the stream is done, so no window is lost);
 //  - a producer that reads a socket into a stream stops reading while the
-//    stream's queue inside nghttp2 is above `highWater` and resumes at `lowWater`
-//    (HTTP2Connection.pauseIfBacklogged).
-// With 1 MiB stream windows, a stalled reader costs about 1.3 MiB per stream.
+//    stream's queue is above its share of the connection's budget
+//    (`connectionBudget` split between the streams that are sending, at least
+//    `minimumShare`) and resumes at a quarter of it
+//    (HTTP2Connection.pauseIfBacklogged). One big download gets the whole budget;
+//    64 at once get 16 KiB each, so memory stays flat however many streams run.
 
 public enum BackPressure {
-    public static let highWater = 256 * 1024
+    public static let connectionBudget = 256 << 10
+    public static let minimumShare = 16 * 1024
     public static let lowWater = 64 * 1024
+
+    /// The queue a sending stream may hold when `sending` streams share a connection.
+    public static func share(sending: Int) -> Int {
+        max(minimumShare, connectionBudget / max(1, sending))
+    }
 }
 
 /// DATA bytes received on one stream and not yet acknowledged.

@@ -119,13 +119,18 @@ public final class HTTP2Connection {
         heldBack = false
         out.removeAll(keepingCapacity: true)
         do throws(HTTP2Error) {
-            try session.takeOutput(into: &out)
+            try session.takeOutput(into: &out, limit: writeHighWater)
         } catch {
             logger.warning(error.description, context)
             transport.close()
             return
         }
-        if !out.isEmpty { transport.write(out) }
+        if !out.isEmpty {
+            // More may be waiting in nghttp2: come back once the socket has taken this
+            // (set before writing: a write the kernel takes at once drains synchronously).
+            if out.count >= writeHighWater { heldBack = true }
+            transport.write(out)
+        }
         if !session.isAlive {
             transport.closeAfterFlush()
             return
@@ -137,14 +142,15 @@ public final class HTTP2Connection {
     /// high-water mark, returns true and runs `resume` once it is back at the
     /// low-water mark (or never, if the stream closes first).
     public func pauseIfBacklogged(stream: Int32, resume: @escaping () -> Void) -> Bool {
-        guard session.pendingBody(stream: stream) > BackPressure.highWater else { return false }
+        guard session.pendingBody(stream: stream) > BackPressure.share(sending: session.sendingStreamCount) else { return false }
         paused[stream] = resume
         return true
     }
 
     private func resumeProducers() {
         guard !paused.isEmpty else { return }
-        for (stream, resume) in paused where session.pendingBody(stream: stream) <= BackPressure.lowWater {
+        let resumeAt = BackPressure.share(sending: session.sendingStreamCount) / 4
+        for (stream, resume) in paused where session.pendingBody(stream: stream) <= resumeAt {
             paused[stream] = nil
             resume()
         }

@@ -29,7 +29,9 @@ final class LocalPool {
             let addrs = try Socket.resolve(endpoint)
             guard let addr = addrs.first else { return .failure(SocketError("resolve " + endpoint.host, errno: 113)) }
             let fd = try Socket.startConnect(addr)
-            return .success(Transport(loop: loop, fd: fd, peer: addr, tls: nil, connecting: true))
+            let t = Transport(loop: loop, fd: fd, peer: addr, tls: nil, connecting: true)
+            t.readChunk = BackPressure.minimumShare  // what a stream may queue between two checks
+            return .success(t)
         } catch {
             return .failure(error)
         }

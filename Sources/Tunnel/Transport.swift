@@ -44,6 +44,9 @@ public final class Transport {
     public var onData: ((UnsafeRawBufferPointer) -> Void)?
     /// Output buffer drained (all written to the kernel).
     public var onDrained: (() -> Void)?
+    /// Most bytes taken from the socket per read (at most the loop's read buffer).
+    /// Smaller reads bound what one stream can queue between two pause checks.
+    public var readChunk = 64 * 1024
     /// While true, the socket is not read: back-pressure toward the peer.
     public private(set) var readPaused = false
     /// Called once, when the connection is gone. Callbacks are dropped afterwards.
@@ -234,7 +237,7 @@ public final class Transport {
         // Bounded per wake-up so one busy peer cannot starve the others.
         while rounds < 16 && state != .closed && !readPaused {
             rounds += 1
-            let result = Socket.read(fd, into: loop.readBuffer)
+            let result = Socket.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: loop.readBuffer[0..<min(readChunk, loop.readBuffer.count)]))
             switch result {
             case .wouldBlock:
                 return
