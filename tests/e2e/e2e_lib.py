@@ -737,6 +737,15 @@ class _ApiHandler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             return self._send(st, f"status {st}\n".encode())
+        if path == "/trailers":  # a chunked response ending with trailer fields
+            self._digest_body()
+            self.send_response(200)
+            self.send_header("X-Device", dev)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "X-Checksum")
+            self.end_headers()
+            self.wfile.write(b"5\r\nhello\r\n0\r\nX-Checksum: sha256-abc\r\n\r\n")
+            return
         if path == "/ws":  # a WebSocket echo (RFC 6455), as device UIs use them
             return self._websocket_echo()
         m = re.fullmatch(r"/early/(\d+)", path)

@@ -121,3 +121,18 @@ def test_gateway_sigterm_sends_goaway_drains_and_the_agent_redials(procs, api, p
     agent.wait_log("gateway sent GOAWAY", timeout=10)
     agent.wait_log("failed", timeout=10)  # the replacement dial finds no gateway
     assert agent.alive()
+
+
+def test_trailers_cross_the_tunnel(procs, api, pki):
+    """A chunked response's trailer fields reach the user (HTTP/1.1 -> HTTP/2
+    trailers HEADERS at the agent -> HTTP/1.1 last chunk at the gateway)."""
+    gw = lib.start_gateway(procs, pki)
+    a = api("dev1.example")
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    data, _ = lib.raw_exchange(gw.public_port, b"GET /trailers HTTP/1.1\r\nHost: dev1.example\r\n"
+                                               b"TE: trailers\r\nConnection: close\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    assert body.startswith(b"5\r\nhello\r\n0\r\n"), body
+    assert b"x-checksum: sha256-abc" in body.lower(), body
