@@ -25,13 +25,17 @@ usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [option
   --connect-timeout-ms MS   limit for TCP connect + TLS handshake + SETTINGS (default 10000)
   --name NAME               device name for log lines
   --log-level LEVEL         debug, info, notice, warning, error (default info)
-  --config FILE             read the same keys from FILE (key = value lines)
+  --config FILE             read the same keys from FILE (key = value lines); without it,
+                            /etc/device-agent/agent.conf is read when it exists
   --check-config            validate the configuration and exit
 """
 
+/// Read when no --config is given and the file exists (the installed package's).
+let defaultConfigPath = "/etc/device-agent/agent.conf"
+
 func agentMain() -> Int32 {
     do throws(ConfigError) {
-        let inv = try Invocation(processArguments(), flags: AgentConfig.flags)
+        let inv = try Invocation(processArguments(), flags: AgentConfig.flags, defaultConfig: defaultConfigPath)
         if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
         if inv.version { Logger.writeStderr("device-agent " + reverseHTTPVersion + "\n"); return 0 }
         let config = try AgentConfig(inv.settings)
@@ -87,7 +91,7 @@ func reload(_ agent: Agent, _ logger: Logger) {
     logger.notice("reloading the configuration")
     let config: AgentConfig
     do throws(ConfigError) {
-        config = try AgentConfig(Invocation(processArguments(), flags: AgentConfig.flags).settings)
+        config = try AgentConfig(Invocation(processArguments(), flags: AgentConfig.flags, defaultConfig: defaultConfigPath).settings)
     } catch {
         logger.error("reload refused, keeping the running configuration: " + error.description)
         Systemd.notify("READY=1")

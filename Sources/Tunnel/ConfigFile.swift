@@ -187,7 +187,8 @@ public struct Invocation {
     public var checkConfig = false
 
     /// Parses `args` (options plus `--config FILE`); positional arguments are errors.
-    public init(_ args: [String], flags: [String]) throws(ConfigError) {
+    /// Without `--config`, `defaultConfig` is read when that file exists.
+    public init(_ args: [String], flags: [String], defaultConfig: String? = nil) throws(ConfigError) {
         var cmdline = Settings()
         let positional = try parseCommandLine(args, flags: flags, into: &cmdline)
         help = cmdline.last("help") != nil
@@ -195,7 +196,11 @@ public struct Invocation {
         checkConfig = cmdline.last("check_config") != nil
         if help || version { return }
         if !positional.isEmpty { throw ConfigError("unexpected argument '" + positional[0] + "' (see --help)") }
-        if let path = cmdline.last("config") { try ConfigFile.load(path.value, into: &settings) }
+        if let path = cmdline.last("config") {
+            try ConfigFile.load(path.value, into: &settings)
+        } else if let path = defaultConfig, access(path, F_OK) == 0 {
+            try ConfigFile.load(path, into: &settings)
+        }
         for s in cmdline.items { settings.add(s) }
     }
 }

@@ -15,7 +15,7 @@ public final class HTTP2Connection {
     private var out: [UInt8] = []
     /// Output queued in the transport above which nghttp2 is not asked for more:
     /// DATA then stays in the streams' queues, where producers see it and pause.
-    public var writeHighWater = 256 * 1024
+    public var writeHighWater = 64 * 1024
     /// Each event of the session, in order.
     public var onEvent: ((HTTP2Event) -> Void)?
     /// Once, when the transport is gone. Callbacks are dropped afterwards.
