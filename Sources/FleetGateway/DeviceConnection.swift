@@ -7,6 +7,14 @@ import HTTP1
 import HTTP2
 import Tunnel
 
+/// What carries one stream's answer: a user's Exchange, or a HealthCheck.
+protocol DeviceStreamHandler: AnyObject {
+    func deviceHeaders(_ headers: HTTPHeaders, endStream: Bool)
+    func deviceBody(_ bytes: [UInt8])
+    func deviceEnd()
+    func deviceStreamClosed(errorCode: UInt32)
+}
+
 final class DeviceConnection {
     let id: Int
     let identity: DeviceIdentity
@@ -15,7 +23,10 @@ final class DeviceConnection {
     var session: HTTP2Session { connection.session }
     let logger: Logger
     private(set) var isReady = false
-    private var exchanges: [Int32: Exchange] = [:]
+    private var exchanges: [Int32: DeviceStreamHandler] = [:]
+    let connectedAt: UInt64
+    /// A stream ended: the device can take one more request.
+    var onStreamFreed: ((DeviceConnection) -> Void)?
     /// Once when SETTINGS arrived (register), once when closed (unregister).
     var onReady: ((DeviceConnection) -> Void)?
     var onClose: ((DeviceConnection) -> Void)?
@@ -24,6 +35,7 @@ final class DeviceConnection {
         self.id = id
         self.identity = identity
         self.logger = logger
+        connectedAt = transport.loop.now
         let session = try HTTP2Session(role: .client, preface: .reversed)
         connection = HTTP2Connection(transport: transport, session: session, logger: logger,
                                      context: LogContext(device: identity.name, connection: id))
@@ -64,6 +76,7 @@ final class DeviceConnection {
             exchanges[stream]?.deviceEnd()
         case .streamClosed(let stream, let code):
             exchanges.removeValue(forKey: stream)?.deviceStreamClosed(errorCode: code)
+            onStreamFreed?(self)
         case .goaway(let last, let code):
             logger.info("device sent GOAWAY (last stream " + String(last) + ", error " + String(code) + ")", ctx)
         case .pingAck:
@@ -74,7 +87,7 @@ final class DeviceConnection {
     // MARK: Used by Exchange
 
     /// Opens a stream for `ex`; nil when the session refuses.
-    func submit(_ ex: Exchange, headers: HTTPHeaders, endStream: Bool) -> Int32? {
+    func submit(_ ex: DeviceStreamHandler, headers: HTTPHeaders, endStream: Bool) -> Int32? {
         do throws(HTTP2Error) {
             let stream = try session.submitRequest(headers, endStream: endStream)
             exchanges[stream] = ex
@@ -106,6 +119,7 @@ final class DeviceConnection {
 
     func cancel(stream: Int32, errorCode: UInt32 = 8) {
         guard exchanges.removeValue(forKey: stream) != nil else { return }
+        defer { onStreamFreed?(self) }
         session.resetStream(stream, errorCode: errorCode)
         scheduleFlush()
     }
@@ -128,6 +142,7 @@ final class DeviceConnection {
         let cb = onClose
         onClose = nil
         onReady = nil
+        onStreamFreed = nil
         cb?(self)
     }
 }

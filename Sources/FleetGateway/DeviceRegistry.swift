@@ -8,6 +8,7 @@ protocol DeviceDirectory: AnyObject {
     /// The connection that should carry the next request for `hostname`, if any.
     func pick(hostname: String) -> DeviceConnection?
     func connections(hostname: String) -> [DeviceConnection]
+    var hostnames: [String] { get }
     var deviceCount: Int { get }
 }
 
@@ -35,6 +36,8 @@ final class DeviceRegistry: DeviceDirectory {
     }
 
     func connections(hostname: String) -> [DeviceConnection] { byHost[hostname] ?? [] }
+
+    var hostnames: [String] { Array(byHost.keys) }
 
     var deviceCount: Int { byHost.count }
 }

@@ -8,8 +8,9 @@ import HTTP1
 import TLS
 import Tunnel
 
-final class Exchange {
-    private enum Phase { case waiting, streaming, done }
+final class Exchange: DeviceStreamHandler {
+    /// queued: no connection could take it yet (RequestQueue); waiting: sent, no answer yet.
+    private enum Phase { case queued, waiting, streaming, done }
 
     let client: PublicConnection
     let request: HTTPRequestHead
@@ -18,7 +19,14 @@ final class Exchange {
     let hostname: String
     private var device: DeviceConnection?
     private var stream: Int32 = 0
-    private var phase = Phase.waiting
+    private var phase = Phase.queued
+    private var requestHasBody = false
+    /// Request body that arrived while queued, and whether it is complete.
+    private var held: [UInt8] = []
+    private var heldEnd = false
+    let startedAt: UInt64
+    private(set) var status = 0
+    private(set) var bytesOut = 0
     private var timer: TimerID?
     private var requestEnded = false
     /// Response bytes received from the device but not yet acknowledged to it.
@@ -32,36 +40,56 @@ final class Exchange {
         self.request = request
         self.authority = authority
         self.hostname = hostname
+        startedAt = client.gateway.loop.now
     }
+
+    var isQueued: Bool { phase == .queued }
+    var deviceName: String? { device?.identity.name }
+    var connectionID: Int? { device?.id }
 
     var gateway: Gateway { client.gateway }
 
-    /// Routes the request to a connection of the device that serves `hostname`.
+    /// Routes the request to a connection of the device that serves `hostname`; when
+    /// none can take it now, it waits in the gateway's RequestQueue.
     func start(requestHasBody: Bool) {
-        guard let dev = gateway.registry.pick(hostname: hostname) else {
-            phase = .done
-            let busy = !gateway.registry.connections(hostname: hostname).isEmpty
-            client.respondError(503, busy ? "device for host " + hostname + " is busy: every connection is at its limit of concurrent requests"
-                                          : "no device is connected for host " + hostname, retryAfter: true)
-            return
-        }
+        self.requestHasBody = requestHasBody
+        gateway.queue.route(self)
+    }
+
+    /// Sends the request on `dev`; false when the connection refused the stream.
+    func dispatch(to dev: DeviceConnection) -> Bool {
+        guard phase == .queued else { return true }
+        let endNow = !requestHasBody || (heldEnd && held.isEmpty)
+        guard let s = dev.submit(self, headers: deviceHeaders(), endStream: endNow) else { return false }
         device = dev
-        guard let s = dev.submit(self, headers: deviceHeaders(), endStream: !requestHasBody) else {
-            phase = .done
-            client.respondError(502, "could not open a stream to device " + dev.identity.name)
-            return
-        }
         stream = s
-        requestEnded = !requestHasBody
+        phase = .waiting
+        requestEnded = endNow
+        if !held.isEmpty {
+            let body = held
+            held = []
+            requestEnded = heldEnd
+            dev.sendBody(stream: s, body, endStream: heldEnd)
+            client.transport.resumeReading()
+        }
         // The gateway answers `Expect: 100-continue` itself once a device took the
         // request (interim responses from the device are not relayed).
-        if requestHasBody && request.versionMinor == 1 && request.headers.containsToken("expect", "100-continue") {
+        if requestHasBody && !heldEnd && request.versionMinor == 1 && request.headers.containsToken("expect", "100-continue") {
             client.writeContinue()
         }
         timer = gateway.loop.schedule(afterMilliseconds: gateway.config.responseTimeoutMs) {
             self.timer = nil
             self.timedOut()
         }
+        return true
+    }
+
+    /// The queue gave up on this request.
+    func reject(_ status: Int, _ why: String, retryAfter: Bool) {
+        guard phase == .queued else { return }
+        finish()
+        self.status = status
+        client.respondError(status, why, retryAfter: retryAfter)
     }
 
     /// An HTTP/1.1 WebSocket upgrade, carried to the device as an extended CONNECT
@@ -89,6 +117,7 @@ final class Exchange {
             return
         }
         stream = s
+        phase = .waiting
         timer = gateway.loop.schedule(afterMilliseconds: gateway.config.responseTimeoutMs) {
             self.timer = nil
             self.timedOut()
@@ -120,7 +149,13 @@ final class Exchange {
     // MARK: From the user
 
     func userBody(_ bytes: [UInt8]) {
-        guard phase != .done, let device, !bytes.isEmpty else { return }
+        guard phase != .done, !bytes.isEmpty else { return }
+        guard let device else {
+            // Queued: keep what arrived, and stop reading until a device takes it.
+            held += bytes
+            client.transport.pauseReading()
+            return
+        }
         device.sendBody(stream: stream, bytes, endStream: false)
         let client = self.client
         if device.pauseIfBacklogged(stream: stream, resume: { client.transport.resumeReading() }) {
@@ -129,7 +164,11 @@ final class Exchange {
     }
 
     func userEnd() {
-        guard phase != .done, let device, !requestEnded else { return }
+        guard phase != .done, !requestEnded else { return }
+        guard let device else {
+            heldEnd = true
+            return
+        }
         requestEnded = true
         device.sendBody(stream: stream, [], endStream: true)
     }
@@ -154,7 +193,7 @@ final class Exchange {
 
     func deviceHeaders(_ headers: HTTPHeaders, endStream: Bool) {
         switch phase {
-        case .done:
+        case .done, .queued:
             return
         case .streaming:
             responseComplete(trailers: headers)  // trailers end the stream
@@ -171,6 +210,7 @@ final class Exchange {
         gateway.loop.cancel(timer)
         timer = nil
         phase = .streaming
+        self.status = status
         if webSocket && status == 200 {
             let key = request.headers.first("sec-websocket-key") ?? ""
             let accept = base64Encode(sha1(Array((key + WebSocketUpgrade.guid).utf8)))
@@ -192,6 +232,7 @@ final class Exchange {
 
     func deviceBody(_ bytes: [UInt8]) {
         credit.received(bytes.count)
+        bytesOut += bytes.count
         if phase == .streaming { client.writeBody(bytes) }
         settleCredit()
     }
@@ -218,7 +259,7 @@ final class Exchange {
 
     func deviceStreamClosed(errorCode: UInt32) {
         switch phase {
-        case .done:
+        case .done, .queued:
             return
         case .waiting:
             fail(502, "device closed the stream without answering")
@@ -237,11 +278,14 @@ final class Exchange {
 
     private func fail(_ status: Int, _ why: String) {
         finish()
+        self.status = status
         client.respondError(status, why)
     }
 
     private func finish() {
+        let wasQueued = phase == .queued
         phase = .done
+        if wasQueued { gateway.queue.remove(self) }
         settleCredit()
         gateway.loop.cancel(timer)
         timer = nil

@@ -11,6 +11,8 @@ final class Gateway {
     let loop: EventLoop
     let logger: Logger
     let registry: DeviceRegistry
+    private(set) var queue: RequestQueue!
+    private(set) var health: HealthChecker!
     private let deviceTLS: TLSContext?
     private let publicTLS: TLSContext?
     private var deviceListener: Int32 = -1
@@ -29,6 +31,8 @@ final class Gateway {
         registry = DeviceRegistry()
         deviceTLS = config.plaintextDevices ? nil : try TLSContext(config.deviceTLS())
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
+        queue = RequestQueue(gateway: self)
+        health = HealthChecker(gateway: self)
     }
 
     var devicePort: Int { Socket.localPort(deviceListener) }
@@ -39,6 +43,7 @@ final class Gateway {
         publicListener = try Socket.listen(config.listenPublic)
         loop.register(fd: deviceListener) { _ in self.acceptDevices() }
         loop.register(fd: publicListener) { _ in self.acceptUsers() }
+        health.start()
         if config.plaintextDevices {
             logger.warning("INSECURE: --plaintext-devices: devices are not authenticated; every device connection is '" + config.plaintextDeviceName + "'")
         }
@@ -125,10 +130,17 @@ final class Gateway {
         dc.onReady = { c in
             c.connection.enableLiveness(intervalMs: self.config.idlePingMs)
             self.registry.add(c)
+            self.health.deviceConnected(hostname: c.identity.hostname)
+            self.queue.deviceAvailable(hostname: c.identity.hostname)
             self.logger.notice("device connected from " + t.peer.description + " as " + identity.hostname, c.ctx)
         }
+        dc.onStreamFreed = { c in self.queue.deviceAvailable(hostname: c.identity.hostname) }
         dc.onClose = { c in
             self.registry.remove(c)
+            if self.registry.connections(hostname: c.identity.hostname).isEmpty {
+                self.health.deviceGone(hostname: c.identity.hostname)
+                self.queue.deviceGone(hostname: c.identity.hostname)
+            }
             self.devices[c.id] = nil
             self.checkDrained()
         }
@@ -139,6 +151,7 @@ final class Gateway {
     /// Graceful stop: no new connections; GOAWAY on every reversed connection so its
     /// agent dials again (elsewhere) at once; `done` once they have all closed.
     func shutdown(done: @escaping () -> Void) {
+        health.stop()
         for fd in [deviceListener, publicListener] where fd >= 0 {
             loop.unregister(fd: fd)
             Socket.close(fd)

@@ -31,11 +31,27 @@ struct GatewayConfig {
     var handshakeTimeoutMs = 10_000
     /// PING a device after this much silence; drop it after as much again (0: off).
     var idlePingMs = 4_000
+    /// A request no connection can take waits this long (all busy) ...
+    var queueTimeoutMs = 10_000
+    /// ... or this long (the device has no connection: it may be re-dialing).
+    var graceMs = 5_000
+    /// Requests waiting per device, at most.
+    var queueMax = 1024
+    /// Health checks (0 turns them off).
+    var checkIntervalMs = 10_000
+    var checkTimeoutMs = 3_000
+    var checkMethod = "GET"
+    var checkPath = "/"
+    var checkStatus = 200...399
+    var checkRise = 2
+    var checkFall = 3
 
     static let keys = ["config", "listen_devices", "listen_public", "ca", "cert", "key", "public_cert", "public_key",
                        "hostname_template", "plaintext_devices", "plaintext_device_name", "tls_min",
                        "response_timeout_ms", "log_level", "max_header_bytes", "drain_timeout_ms", "request_timeout_ms", "idle_timeout_ms",
-                       "handshake_timeout_ms", "idle_ping_ms", "check_config", "help", "version"]
+                       "handshake_timeout_ms", "idle_ping_ms", "queue_timeout_ms", "grace_ms", "queue_max",
+                       "check_interval_ms", "check_timeout_ms", "check_method", "check_path", "check_status",
+                       "check_rise", "check_fall", "check_config", "help", "version"]
     static let flags = ["plaintext_devices", "check_config", "help", "version"]
 
     init(_ s: Settings) throws(ConfigError) {
@@ -67,6 +83,30 @@ struct GatewayConfig {
         idleTimeoutMs = try s.int("idle_timeout_ms", default: 60_000, min: 100, max: 3_600_000)
         handshakeTimeoutMs = try s.int("handshake_timeout_ms", default: 10_000, min: 100, max: 600_000)
         idlePingMs = try s.int("idle_ping_ms", default: 4_000, min: 0, max: 3_600_000)
+        queueTimeoutMs = try s.int("queue_timeout_ms", default: 10_000, min: 0, max: 3_600_000)
+        graceMs = try s.int("grace_ms", default: 5_000, min: 0, max: 3_600_000)
+        queueMax = try s.int("queue_max", default: 1024, min: 0, max: 1_000_000)
+        checkIntervalMs = try s.int("check_interval_ms", default: 10_000, min: 0, max: 3_600_000)
+        checkTimeoutMs = try s.int("check_timeout_ms", default: 3_000, min: 100, max: 600_000)
+        checkRise = try s.int("check_rise", default: 2, min: 1, max: 100)
+        checkFall = try s.int("check_fall", default: 3, min: 1, max: 100)
+        if let v = s.last("check_method") {
+            guard !v.value.isEmpty, v.value.allSatisfy({ $0.isUppercase && $0.isASCII }) else {
+                throw ConfigError(v.origin + ": check_method must be an HTTP method such as GET or HEAD")
+            }
+            checkMethod = v.value
+        }
+        if let v = s.last("check_path") {
+            guard v.value.hasPrefix("/"), !v.value.contains(" ") else { throw ConfigError(v.origin + ": check_path must start with /") }
+            checkPath = v.value
+        }
+        if let v = s.last("check_status") {
+            let parts = v.value.split(separator: "-", omittingEmptySubsequences: false)
+            guard (1...2).contains(parts.count), let lo = Int(parts[0]), let hi = Int(parts.last!), 100 <= lo, lo <= hi, hi <= 999 else {
+                throw ConfigError(v.origin + ": check_status must be a status or a range, e.g. 200-399")
+            }
+            checkStatus = lo...hi
+        }
         if !plaintextDevices {
             guard caFile != nil else { throw ConfigError("the device listener needs --ca FILE (the fleet CA), or --plaintext-devices") }
             guard certFile != nil, keyFile != nil else { throw ConfigError("the device listener needs --cert FILE and --key FILE, or --plaintext-devices") }

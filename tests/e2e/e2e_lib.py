@@ -805,7 +805,8 @@ class _ApiHandler(BaseHTTPRequestHandler):
             return
         if path == "/health":
             self._digest_body()
-            return self._send(200, b"ok\n")
+            self.server.health_checks += 1
+            return self._send(200, b"ok\n") if self.server.healthy else self._send(500, b"failing\n")
         if path == "/http10-until-close":  # HTTP/1.0 response, no length: body ends at close
             self._digest_body()
             self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Device: " + dev.encode() + b"\r\n\r\n" + det_bytes(123457))
@@ -887,6 +888,8 @@ class LocalAPI(ThreadingHTTPServer):
         self.device = device
         self.requests = 0
         self.protocol_errors = 0
+        self.healthy = True
+        self.health_checks = 0
         self.connections: set = set()
         self.last_headers: Optional[dict] = None
         self._lock = threading.Lock()

@@ -1,0 +1,85 @@
+"""The gateway for fleets: no needless 503s (requests wait for a free stream or a
+re-dialing device), health checks over the devices' own connections."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import e2e_lib as lib
+from e2e_lib import request
+
+
+def test_150_concurrent_requests_on_one_connection_of_100_streams_all_succeed(procs, api, pki):
+    gw = lib.start_gateway(procs, pki)
+    a = api("dev1.example")
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1,
+                    extra=["--max-concurrent-streams", "100"])
+    lib.wait_device(gw, "dev1.example")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=150) as ex:
+        statuses = list(ex.map(lambda i: request(gw.public_port, "GET", "/sleep/300", "dev1.example",
+                                                 timeout=30).status, range(150)))
+    assert statuses == [200] * 150, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_requests_during_a_redial_wait_for_the_device(procs, api, pki):
+    gw = lib.start_gateway(procs, pki, extra=["--grace-ms", "8000"])
+    a = api("dev1.example")
+    agent = lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    agent.kill()
+    gw.proc.wait_log("device connection closed", timeout=10)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as ex:
+        futures = [ex.submit(request, gw.public_port, "GET", "/device", "dev1.example", timeout=20) for _ in range(8)]
+        time.sleep(0.5)  # the requests are waiting: the device is re-dialing
+        lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1,
+                        name="dev1-back")
+        statuses = [f.result().status for f in futures]
+    assert statuses == [200] * 8, statuses
+
+
+def test_a_host_never_connected_gets_503_at_once(procs, pki):
+    gw = lib.start_gateway(procs, pki, extra=["--grace-ms", "8000"])
+    t0 = time.monotonic()
+    r = request(gw.public_port, "GET", "/", "never.example")
+    assert r.status == 503 and r.header("Retry-After")
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_health_checks_mark_a_failing_device_down_then_up(procs, api, pki):
+    gw = lib.start_gateway(procs, pki, extra=["--check-interval-ms", "200", "--check-path", "/health",
+                                              "--check-rise", "2", "--check-fall", "3"])
+    a = api("dev1.example")
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    gw.proc.wait_log("dev1.example is up", timeout=10)
+    a.healthy = False
+    checks = a.health_checks
+    gw.proc.wait_log("dev1.example is down", timeout=10)
+    assert a.health_checks - checks >= 3, "down only after `fall` failed checks"
+    t0 = time.monotonic()
+    r = request(gw.public_port, "GET", "/device", "dev1.example")
+    assert r.status == 503 and "down" in r.text, (r.status, r.text)
+    assert time.monotonic() - t0 < 1.0, "a down device's requests are answered at once"
+    a.healthy = True
+    gw.proc.wait_log("dev1.example is up (was down)", timeout=10)
+    assert request(gw.public_port, "GET", "/device", "dev1.example").status == 200
+
+
+def test_frozen_device_is_dropped_within_the_ping_bound(procs, api, pki):
+    import os
+    import signal
+    gw = lib.start_gateway(procs, pki, extra=["--idle-ping-ms", "500", "--grace-ms", "500"])
+    a = api("dev1.example")
+    agent = lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        gw.proc.wait_log("unresponsive", timeout=10)
+        assert time.monotonic() - t0 < 3.0
+        t1 = time.monotonic()
+        r = request(gw.public_port, "GET", "/device", "dev1.example", timeout=10)
+        assert r.status == 503 and time.monotonic() - t1 < 2.0, (r.status, time.monotonic() - t1)
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
