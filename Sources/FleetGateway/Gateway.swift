@@ -13,6 +13,8 @@ final class Gateway {
     let registry: DeviceRegistry
     private(set) var queue: RequestQueue!
     private(set) var health: HealthChecker!
+    private(set) var admin: AdminServer!
+    let metrics = Metrics()
     private let deviceTLS: TLSContext?
     private let publicTLS: TLSContext?
     private var deviceListener: Int32 = -1
@@ -33,6 +35,7 @@ final class Gateway {
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
         queue = RequestQueue(gateway: self)
         health = HealthChecker(gateway: self)
+        admin = AdminServer(gateway: self)
     }
 
     var devicePort: Int { Socket.localPort(deviceListener) }
@@ -43,6 +46,10 @@ final class Gateway {
         publicListener = try Socket.listen(config.listenPublic)
         loop.register(fd: deviceListener) { _ in self.acceptDevices() }
         loop.register(fd: publicListener) { _ in self.acceptUsers() }
+        if let a = config.listenAdmin {
+            try admin.start(a)
+            logger.notice("admin on " + a.host + ":" + String(admin.port))
+        }
         health.start()
         if config.plaintextDevices {
             logger.warning("INSECURE: --plaintext-devices: devices are not authenticated; every device connection is '" + config.plaintextDeviceName + "'")
@@ -98,6 +105,7 @@ final class Gateway {
                 if self.devices[id] == nil { self.loop.cancel(deadline) }
             }
             t.onClose = { reason in
+                self.metrics.deviceConnectionRefused()
                 self.logger.warning("device connection from " + t.peer.description + " failed: " + reason.description,
                                     LogContext(connection: id))
             }
@@ -112,6 +120,7 @@ final class Gateway {
             guard let cn = tls.peerCommonName?.lowercased(), PKI.isValidHostname(cn) else {
                 logger.warning("device certificate from " + t.peer.description + " has no valid hostname CN; closing",
                                LogContext(connection: id))
+                metrics.deviceConnectionRefused()
                 t.close()
                 return
             }
@@ -128,6 +137,7 @@ final class Gateway {
             return
         }
         dc.onReady = { c in
+            self.metrics.deviceConnectionAccepted()
             c.connection.enableLiveness(intervalMs: self.config.idlePingMs)
             self.registry.add(c)
             self.health.deviceConnected(hostname: c.identity.hostname)
@@ -136,6 +146,7 @@ final class Gateway {
         }
         dc.onStreamFreed = { c in self.queue.deviceAvailable(hostname: c.identity.hostname) }
         dc.onClose = { c in
+            self.metrics.deviceConnectionClosed(bytesIn: c.transport.bytesIn, bytesOut: c.transport.bytesOut)
             self.registry.remove(c)
             if self.registry.connections(hostname: c.identity.hostname).isEmpty {
                 self.health.deviceGone(hostname: c.identity.hostname)
@@ -152,6 +163,7 @@ final class Gateway {
     /// agent dials again (elsewhere) at once; `done` once they have all closed.
     func shutdown(done: @escaping () -> Void) {
         health.stop()
+        admin.stop()
         for fd in [deviceListener, publicListener] where fd >= 0 {
             loop.unregister(fd: fd)
             Socket.close(fd)

@@ -6,6 +6,9 @@ import Tunnel
 struct GatewayConfig {
     var listenDevices = HostPort(host: "127.0.0.1", port: 8443)
     var listenPublic = HostPort(host: "127.0.0.1", port: 8080)
+    /// The operator's listener (devices, metrics, status page); nil: none.
+    var listenAdmin: HostPort? = HostPort(host: "127.0.0.1", port: 9180)
+    var accessLog = true
     /// Fleet CA: device certificates must chain to it.
     var caFile: String?
     /// The gateway's certificate and key for the device listener.
@@ -46,7 +49,7 @@ struct GatewayConfig {
     var checkRise = 2
     var checkFall = 3
 
-    static let keys = ["config", "listen_devices", "listen_public", "ca", "cert", "key", "public_cert", "public_key",
+    static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "ca", "cert", "key", "public_cert", "public_key",
                        "hostname_template", "plaintext_devices", "plaintext_device_name", "tls_min",
                        "response_timeout_ms", "log_level", "max_header_bytes", "drain_timeout_ms", "request_timeout_ms", "idle_timeout_ms",
                        "handshake_timeout_ms", "idle_ping_ms", "queue_timeout_ms", "grace_ms", "queue_max",
@@ -58,6 +61,8 @@ struct GatewayConfig {
         try s.checkKnown(GatewayConfig.keys)
         if let v = try s.hostPort("listen_devices") { listenDevices = v }
         if let v = try s.hostPort("listen_public") { listenPublic = v }
+        if s.string("listen_admin") == "off" { listenAdmin = nil } else if let v = try s.hostPort("listen_admin") { listenAdmin = v }
+        if s.last("access_log") != nil { accessLog = try s.bool("access_log") }
         caFile = s.string("ca")
         certFile = s.string("cert")
         keyFile = s.string("key")

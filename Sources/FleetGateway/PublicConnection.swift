@@ -34,6 +34,10 @@ final class PublicConnection {
     private var upgrading = false
     /// After 101 Switching Protocols: bytes pass through both ways.
     private var tunnel = false
+    /// The request being answered, for the access log and the metrics.
+    private var logged: (method: String, target: String, host: String, start: UInt64)?
+    private var responseStatus = 0
+    private var responseBytes = 0
 
     init(gateway: Gateway, transport: Transport, scheme: String) {
         self.gateway = gateway
@@ -133,6 +137,9 @@ final class PublicConnection {
     private func begin(_ head: HTTPRequestHead) {
         gateway.loop.cancel(timer)
         timer = nil
+        logged = (head.method, head.target, head.headers.first("host") ?? "-", gateway.loop.now)
+        responseStatus = 0
+        responseBytes = 0
         let hasBody = ((try? HTTP1RequestParser.framing(of: head)) ?? .none) != .none
         requestDone = !hasBody
         responseDone = false
@@ -213,11 +220,13 @@ final class PublicConnection {
         if !requestDone { keepAlive = false }
         if !keepAlive { h.headers.add("Connection", "close") }
         h.reason = HTTP1Writer.reasonPhrase(h.status)
+        responseStatus = h.status
         transport.write(HTTP1Writer.responseHead(h))
     }
 
     func writeBody(_ bytes: [UInt8]) {
         guard !noResponseBody, !bytes.isEmpty else { return }
+        responseBytes += bytes.count
         transport.write(chunkedResponse ? HTTP1Writer.chunk(bytes) : bytes)
     }
 
@@ -228,6 +237,7 @@ final class PublicConnection {
 
     private func completeResponse() {
         responseDone = true
+        record(aborted: false)
         if !keepAlive || closeDelimited || !requestDone {
             closing = true
             current = nil
@@ -252,6 +262,8 @@ final class PublicConnection {
         if !keepAlive { h.add("Connection", "close") }
         transport.write(HTTP1Writer.responseHead(HTTPResponseHead(status: status, versionMinor: 1, headers: h)))
         if !isHEAD { transport.write(body) }
+        responseStatus = status
+        responseBytes = isHEAD ? 0 : body.count
         if close { queued.removeAll() }
         chunkedResponse = false
         completeResponse()
@@ -260,10 +272,27 @@ final class PublicConnection {
     /// Ends the connection abruptly: the user sees a broken response, never a truncated one as complete.
     func abort(_ why: String) {
         gateway.logger.warning("aborting user connection: " + why)
+        record(aborted: true)
         closing = true
         current?.userGone()
         current = nil
         transport.close()
+    }
+
+    /// One access log line and the metrics for the request just answered (or cut).
+    private func record(aborted: Bool) {
+        guard let r = logged else { return }
+        logged = nil
+        // 499: the user left before the answer (nginx's convention).
+        let status = responseStatus == 0 ? 499 : responseStatus
+        let seconds = Double(gateway.loop.now &- r.start) / 1e9
+        gateway.metrics.request(status: status, seconds: seconds)
+        guard gateway.config.accessLog else { return }
+        let ms = Int(seconds * 1000)
+        gateway.logger.info("access client=" + transport.peer.description + " host=" + r.host + " method=" + r.method
+                            + " path=" + r.target + " status=" + String(status) + " bytes=" + String(responseBytes)
+                            + " duration_ms=" + String(ms) + (aborted ? " aborted" : ""),
+                            LogContext(device: current?.deviceName, connection: current?.connectionID))
     }
 
     // MARK: Time limits and shutdown
@@ -289,6 +318,7 @@ final class PublicConnection {
     }
 
     private func closed() {
+        record(aborted: true)
         closing = true
         gateway.loop.cancel(timer)
         timer = nil

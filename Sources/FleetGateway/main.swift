@@ -14,6 +14,12 @@ usage: fleet-gateway [options]                 run the gateway
 options (also `key = value` lines in --config FILE):
   --listen-devices ADDR     device listener (default 127.0.0.1:8443)
   --listen-public ADDR      user listener (default 127.0.0.1:8080)
+  --listen-admin ADDR|off   operator listener: /devices, /metrics, status page (default 127.0.0.1:9180)
+  --access-log true|false   one log line per request (default true)
+  --check-interval-ms MS    health check of every device (default 10000, 0 off); --check-path,
+                            --check-method, --check-status 200-399, --check-rise 2, --check-fall 3
+  --queue-timeout-ms MS     a request for a busy device waits this long for a free stream (10000)
+  --grace-ms MS             ... for a device that just lost its connection to come back (5000)
   --ca FILE                 fleet CA: device certificates must chain to it
   --cert FILE --key FILE    the gateway's certificate for the device listener
   --public-cert FILE --public-key FILE   serve users over HTTPS

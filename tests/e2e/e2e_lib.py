@@ -334,6 +334,7 @@ class Gateway:
     device_port: int
     public_port: int
     https: bool = False
+    admin_port: int = 0
 
     def log(self) -> str:
         return self.proc.log()
@@ -347,11 +348,11 @@ def start_gateway(pm: ProcessManager, pki: Optional[PKI], *, extra: Iterable = (
     (a port taken between our probe and its bind)."""
     last_log = ""
     for attempt in range(attempts):
-        dport, pport = free_port(), free_port()
-        while pport == dport:
-            pport = free_port()
+        dport, pport, aport = free_port(), free_port(), free_port()
+        while len({dport, pport, aport}) < 3:
+            pport, aport = free_port(), free_port()
         args = [gateway_bin(), "--listen-devices", f"127.0.0.1:{dport}", "--listen-public", f"127.0.0.1:{pport}",
-                "--log-level", log_level]
+                "--listen-admin", f"127.0.0.1:{aport}", "--log-level", log_level]
         if plaintext_name is not None:
             args += ["--plaintext-devices", "--plaintext-device-name", plaintext_name]
         else:
@@ -372,7 +373,7 @@ def start_gateway(pm: ProcessManager, pki: Optional[PKI], *, extra: Iterable = (
 
         state = wait_until(ready, STARTUP_TIMEOUT, f"{name} to listen")
         if state == "ready":
-            return Gateway(proc=proc, device_port=dport, public_port=pport, https=public_tls)
+            return Gateway(proc=proc, device_port=dport, public_port=pport, https=public_tls, admin_port=aport)
         last_log = proc.tail()
         proc.stop()
     raise AssertionError(f"{name} did not start after {attempts} attempts; last log:\n{last_log}")

@@ -658,7 +658,7 @@ def test_agent_redials_after_gateway_restart(procs, api, pki):
     gw.proc.stop()
     agent.wait_log("dialing again", timeout=10)
     proc = procs.start("gateway-restarted", [
-        lib.gateway_bin(), "--listen-devices", f"127.0.0.1:{gw.device_port}",
+        lib.gateway_bin(), "--listen-devices", f"127.0.0.1:{gw.device_port}", "--listen-admin", "off",
         "--listen-public", f"127.0.0.1:{gw.public_port}", "--ca", pki.ca, "--cert", pki.gateway_cert,
         "--key", pki.gateway_key, "--log-level", "debug"])
     gw2 = lib.Gateway(proc, gw.device_port, gw.public_port)

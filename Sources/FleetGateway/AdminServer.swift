@@ -1,0 +1,219 @@
+// The operator's side of the gateway, on its own listener (loopback by default,
+// never the public one):
+//   GET  /devices                  every connected device: name, hostname, health
+//                                  and since when, last check latency, connections
+//   GET  /devices/NAME             one device
+//   POST /devices/NAME/disconnect  close its connections (it will re-dial)
+//   GET  /metrics                  Prometheus text format
+//   GET  /                         a small HTML status page
+// One request per connection: answers carry Connection: close.
+import CLibc
+import EventLoop
+import HTTP1
+import Tunnel
+
+final class AdminServer {
+    private let gateway: Gateway
+    private var listener: Int32 = -1
+
+    init(gateway: Gateway) { self.gateway = gateway }
+
+    var port: Int { listener >= 0 ? Socket.localPort(listener) : 0 }
+
+    func start(_ endpoint: HostPort) throws(SocketError) {
+        listener = try Socket.listen(endpoint, backlog: 64)
+        gateway.loop.register(fd: listener) { _ in self.accept() }
+    }
+
+    func stop() {
+        guard listener >= 0 else { return }
+        gateway.loop.unregister(fd: listener)
+        Socket.close(listener)
+        listener = -1
+    }
+
+    private func accept() {
+        for _ in 0..<16 {
+            guard let next = (try? Socket.accept(listener)) ?? nil else { return }
+            let t = Transport(loop: gateway.loop, fd: next.fd, peer: next.peer, tls: nil, connecting: false)
+            var parser = HTTP1RequestParser(limits: HTTP1Limits(maxHeadBytes: 8192))
+            var head: HTTPRequestHead?
+            let deadline = gateway.loop.schedule(afterMilliseconds: 10_000) { t.close() }
+            t.onData = { bytes in
+                do throws(HTTP1Error) {
+                    for ev in try parser.feed(Array(bytes)) {
+                        switch ev {
+                        case .head(let h): head = h
+                        case .body: break
+                        case .end:
+                            t.onData = nil
+                            self.gateway.loop.cancel(deadline)
+                            if let h = head { self.answer(h, on: t) }
+                            return
+                        }
+                    }
+                } catch {
+                    self.gateway.loop.cancel(deadline)
+                    self.respond(t, error.status, "text/plain", error.description + "\n")
+                }
+            }
+            t.onClose = { _ in self.gateway.loop.cancel(deadline) }
+            t.start()
+        }
+    }
+
+    private func answer(_ req: HTTPRequestHead, on t: Transport) {
+        let path = String(req.target.split(separator: "?", maxSplits: 1).first ?? "")
+        let parts = path.split(separator: "/").map(String.init)
+        switch (req.method, parts.count, parts.first) {
+        case ("GET", 0, _):
+            respond(t, 200, "text/html; charset=utf-8", statusPage())
+        case ("GET", 1, "metrics"):
+            respond(t, 200, "text/plain; version=0.0.4", metrics())
+        case ("GET", 1, "devices"):
+            respond(t, 200, "application/json", JSON.array(devices().map(deviceJSON)) + "\n")
+        case ("GET", 2, "devices"):
+            guard let d = devices().first(where: { $0.name == parts[1] }) else {
+                return respond(t, 404, "application/json", JSON.object([("error", JSON.string("no device named " + parts[1]))]) + "\n")
+            }
+            respond(t, 200, "application/json", deviceJSON(d) + "\n")
+        case ("POST", 3, "devices") where parts[2] == "disconnect":
+            guard let d = devices().first(where: { $0.name == parts[1] }) else {
+                return respond(t, 404, "application/json", JSON.object([("error", JSON.string("no device named " + parts[1]))]) + "\n")
+            }
+            gateway.logger.notice("admin: disconnecting " + d.name + " (" + String(d.connections.count) + " connections)")
+            for c in d.connections { c.close() }
+            respond(t, 200, "application/json", JSON.object([("disconnected", String(d.connections.count))]) + "\n")
+        case (_, 1, "metrics"), (_, 1, "devices"), (_, 2, "devices"), (_, 0, _):
+            respond(t, 405, "text/plain", "method not allowed\n")
+        default:
+            respond(t, 404, "text/plain", "not found\n")
+        }
+    }
+
+    private func respond(_ t: Transport, _ status: Int, _ type: String, _ body: String) {
+        let bytes = Array(body.utf8)
+        let h = HTTPHeaders([("Content-Type", type), ("Content-Length", String(bytes.count)), ("Connection", "close"),
+                             ("Cache-Control", "no-store")])
+        t.write(HTTP1Writer.responseHead(HTTPResponseHead(status: status, versionMinor: 1, headers: h)))
+        t.write(bytes)
+        t.closeAfterFlush()
+    }
+
+    // MARK: Views
+
+    struct DeviceView {
+        let name: String
+        let hostname: String
+        let health: DeviceHealth?
+        let connections: [DeviceConnection]
+    }
+
+    func devices() -> [DeviceView] {
+        gateway.registry.hostnames.sorted().compactMap { host in
+            let conns = gateway.registry.connections(hostname: host)
+            guard let first = conns.first else { return nil }
+            return DeviceView(name: first.identity.name, hostname: host, health: gateway.health.devices[host], connections: conns)
+        }
+    }
+
+    /// Monotonic nanoseconds to Unix seconds.
+    private func wallClock(_ mono: UInt64) -> Int {
+        Int(rh_wall_seconds()) - Int((gateway.loop.now &- mono) / 1_000_000_000)
+    }
+
+    private func deviceJSON(_ d: DeviceView) -> String {
+        let conns = d.connections.map { c in
+            JSON.object([("id", String(c.id)), ("remote", JSON.string(c.transport.peer.description)),
+                         ("connected_since", String(wallClock(c.connectedAt))),
+                         ("streams_in_flight", String(c.inFlight)),
+                         ("max_concurrent_streams", String(c.session.remoteMaxConcurrentStreams)),
+                         ("bytes_in", String(c.transport.bytesIn)), ("bytes_out", String(c.transport.bytesOut))])
+        }
+        let h = d.health
+        return JSON.object([
+            ("name", JSON.string(d.name)), ("hostname", JSON.string(d.hostname)),
+            ("health", JSON.string(h?.state.rawValue ?? HealthState.unknown.rawValue)),
+            ("health_since", h.map { String(wallClock($0.since)) } ?? "null"),
+            ("last_check_latency_ms", h?.lastLatencyMs.map { String($0) } ?? "null"),
+            ("online_since", String(wallClock(d.connections.map(\.connectedAt).min() ?? gateway.loop.now))),
+            ("queued_requests", String(gateway.queue.count(hostname: d.hostname))),
+            ("connections", JSON.array(conns)),
+        ])
+    }
+
+    func metrics() -> String {
+        let m = gateway.metrics
+        let devs = devices()
+        var p = PrometheusText()
+        p.family("rhttp_devices_connected", "gauge", "Devices with at least one reversed connection.")
+        p.sample("rhttp_devices_connected", [], Double(devs.count))
+        p.family("rhttp_devices_healthy", "gauge", "Connected devices by health state.")
+        for state in [HealthState.up, .down, .unknown] {
+            p.sample("rhttp_devices_healthy", [("state", state.rawValue)],
+                     Double(devs.filter { ($0.health?.state ?? .unknown) == state }.count))
+        }
+        let conns = devs.flatMap(\.connections)
+        p.family("rhttp_device_connections", "gauge", "Open reversed connections.")
+        p.sample("rhttp_device_connections", [], Double(conns.count))
+        p.family("rhttp_device_connections_accepted_total", "counter", "Reversed connections accepted (dials and re-dials).")
+        p.sample("rhttp_device_connections_accepted_total", [], Double(m.deviceConnectionsAccepted))
+        p.family("rhttp_device_connections_refused_total", "counter", "Device connections refused (TLS, identity, handshake).")
+        p.sample("rhttp_device_connections_refused_total", [], Double(m.deviceConnectionsRefused))
+        p.family("rhttp_streams_in_flight", "gauge", "Requests in flight on reversed connections.")
+        p.sample("rhttp_streams_in_flight", [], Double(conns.reduce(0) { $0 + $1.inFlight }))
+        p.family("rhttp_requests_queued", "gauge", "Requests waiting for a device connection.")
+        p.sample("rhttp_requests_queued", [], Double(gateway.queue.count))
+        p.family("rhttp_requests_total", "counter", "Users' requests answered, by status class.")
+        for (cls, n) in m.requestsByClass.sorted(by: { $0.key < $1.key }) { p.sample("rhttp_requests_total", [("code", cls)], Double(n)) }
+        p.family("rhttp_request_duration_seconds", "histogram", "Time from a request's head to the end of its response.")
+        for (i, bound) in Metrics.latencyBuckets.enumerated() {
+            p.sample("rhttp_request_duration_seconds_bucket", [("le", String(bound))], Double(m.latencyCounts[i]))
+        }
+        p.sample("rhttp_request_duration_seconds_bucket", [("le", "+Inf")], Double(m.latencyCount))
+        p.sample("rhttp_request_duration_seconds_sum", [], m.latencySum)
+        p.sample("rhttp_request_duration_seconds_count", [], Double(m.latencyCount))
+        p.family("rhttp_health_checks_total", "counter", "Health checks by result.")
+        for (result, n) in gateway.health.results.sorted(by: { $0.key < $1.key }) {
+            p.sample("rhttp_health_checks_total", [("result", result)], Double(n))
+        }
+        p.family("rhttp_device_bytes_total", "counter", "Bytes on reversed connections (TLS included).")
+        p.sample("rhttp_device_bytes_total", [("direction", "in")], Double(m.closedBytesIn + conns.reduce(0) { $0 + $1.transport.bytesIn }))
+        p.sample("rhttp_device_bytes_total", [("direction", "out")], Double(m.closedBytesOut + conns.reduce(0) { $0 + $1.transport.bytesOut }))
+        return p.text
+    }
+
+    private func statusPage() -> String {
+        var rows = ""
+        for d in devices() {
+            let state = d.health?.state.rawValue ?? "unknown"
+            rows += "<tr><td>" + html(d.name) + "</td><td>" + html(d.hostname) + "</td><td class=\"" + state + "\">" + state
+                + "</td><td>" + String(d.connections.count) + "</td><td>" + String(d.connections.reduce(0) { $0 + $1.inFlight })
+                + "</td><td>" + (d.health?.lastLatencyMs.map { String($0) + " ms" } ?? "–") + "</td></tr>\n"
+        }
+        return """
+        <!doctype html>
+        <html><head><meta charset="utf-8"><title>fleet-gateway</title>
+        <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}
+        .up{color:#070}.down{color:#b00}.unknown{color:#777}</style></head>
+        <body><h1>fleet-gateway</h1><p>\(devices().count) devices connected.</p>
+        <table><tr><th>device</th><th>hostname</th><th>health</th><th>connections</th><th>in flight</th><th>last check</th></tr>
+        \(rows)</table><p><a href="/devices">devices (JSON)</a> · <a href="/metrics">metrics</a></p></body></html>
+
+        """
+    }
+
+    private func html(_ s: String) -> String {
+        var out = ""
+        for c in s {
+            switch c {
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "&": out += "&amp;"
+            case "\"": out += "&quot;"
+            default: out.append(c)
+            }
+        }
+        return out
+    }
+}
