@@ -12,7 +12,9 @@ protocol DeviceStreamHandler: AnyObject {
     func deviceHeaders(_ headers: HTTPHeaders, endStream: Bool)
     func deviceBody(_ bytes: [UInt8])
     func deviceEnd()
-    func deviceStreamClosed(errorCode: UInt32)
+    /// `connectionLost`: the whole connection went away (closed, or dropped as
+    /// unresponsive), not just this stream.
+    func deviceStreamClosed(errorCode: UInt32, connectionLost: Bool)
 }
 
 final class DeviceConnection {
@@ -75,7 +77,7 @@ final class DeviceConnection {
         case .endStream(let stream):
             exchanges[stream]?.deviceEnd()
         case .streamClosed(let stream, let code):
-            exchanges.removeValue(forKey: stream)?.deviceStreamClosed(errorCode: code)
+            exchanges.removeValue(forKey: stream)?.deviceStreamClosed(errorCode: code, connectionLost: false)
             onStreamFreed?(self)
         case .goaway(let last, let code):
             logger.info("device sent GOAWAY (last stream " + String(last) + ", error " + String(code) + ")", ctx)
@@ -138,7 +140,7 @@ final class DeviceConnection {
         logger.notice("device connection closed: " + reason.description, ctx)
         let all = exchanges
         exchanges.removeAll()
-        for (_, ex) in all { ex.deviceStreamClosed(errorCode: 2) }
+        for (_, ex) in all { ex.deviceStreamClosed(errorCode: 2, connectionLost: true) }
         let cb = onClose
         onClose = nil
         onReady = nil

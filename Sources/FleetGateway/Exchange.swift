@@ -24,6 +24,9 @@ final class Exchange: DeviceStreamHandler {
     /// Request body that arrived while queued, and whether it is complete.
     private var held: [UInt8] = []
     private var heldEnd = false
+    private var retries = 0
+    /// Some request body went to a device: the request can no longer be repeated.
+    private var sentBody = false
     let startedAt: UInt64
     private(set) var status = 0
     private(set) var bytesOut = 0
@@ -66,6 +69,7 @@ final class Exchange: DeviceStreamHandler {
         phase = .waiting
         requestEnded = endNow
         if !held.isEmpty {
+            sentBody = true
             let body = held
             held = []
             requestEnded = heldEnd
@@ -156,6 +160,7 @@ final class Exchange: DeviceStreamHandler {
             client.transport.pauseReading()
             return
         }
+        sentBody = true
         device.sendBody(stream: stream, bytes, endStream: false)
         let client = self.client
         if device.pauseIfBacklogged(stream: stream, resume: { client.transport.resumeReading() }) {
@@ -257,12 +262,29 @@ final class Exchange: DeviceStreamHandler {
         if requestStillOpen { device?.cancel(stream: stream) }
     }
 
-    func deviceStreamClosed(errorCode: UInt32) {
+    func deviceStreamClosed(errorCode: UInt32, connectionLost: Bool) {
         switch phase {
         case .done, .queued:
             return
         case .waiting:
-            fail(502, "device closed the stream without answering")
+            // Not answered yet. REFUSED_STREAM means the device did not process it
+            // (RFC 9113 §8.7); a lost connection leaves that unknown, so only requests
+            // that are safe to repeat and sent whole in their HEADERS go again.
+            let refused = errorCode == 7
+            let repeatable = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(request.method) && !requestHasBody
+            if retries < 2 && !webSocket && (refused || (connectionLost && repeatable)) && held.isEmpty && !sentBody {
+                retries += 1
+                gateway.loop.cancel(timer)
+                timer = nil
+                device = nil
+                phase = .queued
+                gateway.logger.info("retrying " + request.method + " " + request.target + " for " + hostname
+                                    + (refused ? " (refused by the device)" : " (its connection was lost)"))
+                gateway.queue.route(self)
+                return
+            }
+            fail(502, connectionLost ? "the device's connection was lost before it answered"
+                                     : "device closed the stream without answering")
         case .streaming:
             // Too late for a status: the user must see a broken response, not a short one.
             finish()

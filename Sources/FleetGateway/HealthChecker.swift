@@ -138,7 +138,7 @@ final class HealthCheck: DeviceStreamHandler {
 
     func deviceBody(_ bytes: [UInt8]) {}
     func deviceEnd() {}
-    func deviceStreamClosed(errorCode: UInt32) { finish(ok: false, timedOut: false) }
+    func deviceStreamClosed(errorCode: UInt32, connectionLost: Bool) { finish(ok: false, timedOut: false) }
 
     func finish(ok: Bool, timedOut: Bool) {
         guard !done else { return }

@@ -83,3 +83,30 @@ def test_frozen_device_is_dropped_within_the_ping_bound(procs, api, pki):
         assert r.status == 503 and time.monotonic() - t1 < 2.0, (r.status, time.monotonic() - t1)
     finally:
         os.kill(agent.pid, signal.SIGCONT)
+
+
+def test_lost_connection_retries_safe_requests_and_fails_the_others_at_once(procs, api, pki):
+    import threading
+    gw = lib.start_gateway(procs, pki, extra=["--grace-ms", "8000"])
+    a = api("dev1.example")
+    first = lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    out = {}
+    get = threading.Thread(target=lambda: out.__setitem__("get", request(gw.public_port, "GET", "/sleep/1500",
+                                                                         "dev1.example", timeout=20)))
+    post = threading.Thread(target=lambda: out.__setitem__("post", request(gw.public_port, "POST", "/sleep/1500",
+                                                                           "dev1.example", body=b"x" * 10, timeout=20)))
+    before = a.requests
+    get.start()
+    post.start()
+    lib.wait_until(lambda: a.requests >= before + 2, 10, "both requests at the device", interval=0.01)
+    t0 = time.monotonic()
+    first.kill()  # the connection is lost under both requests
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1,
+                    name="dev1-second")
+    post.join(20)
+    get.join(20)
+    assert out["post"].status == 502, "a request with a body cannot be repeated: 502, not a timeout"
+    assert out["get"].status == 200, (out["get"].status, out["get"].text)
+    assert "retrying GET /sleep/1500" in gw.proc.log()
+    assert time.monotonic() - t0 < 10
