@@ -27,6 +27,8 @@ final class DeviceConnection {
     private(set) var isReady = false
     private var exchanges: [Int32: DeviceStreamHandler] = [:]
     let connectedAt: UInt64
+    /// Closes the connection when the device's certificate expires.
+    var expiryTimer: TimerID?
     /// A stream ended: the device can take one more request.
     var onStreamFreed: ((DeviceConnection) -> Void)?
     /// Once when SETTINGS arrived (register), once when closed (unregister).

@@ -102,3 +102,50 @@ extension String {
         return r
     }
 }
+
+/// Which certificate names may connect: comma-separated globs (`*` any run of
+/// characters, `?` one), e.g. `dev-*,*.lab.example.com`. Empty: every name the
+/// fleet CA signed.
+struct NamePattern: Equatable {
+    let globs: [[Character]]
+
+    init?(_ text: String) {
+        let parts = text.lowercased().split(separator: ",").map { $0.trimmingCharacters(in: " ") }
+        guard !parts.isEmpty, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0.isASCII && !$0.isWhitespace } }) else { return nil }
+        globs = parts.map { Array($0) }
+    }
+
+    func matches(_ name: String) -> Bool {
+        let n = Array(name.lowercased())
+        return globs.contains { NamePattern.match($0[...], n[...]) }
+    }
+
+    private static func match(_ p: ArraySlice<Character>, _ s: ArraySlice<Character>) -> Bool {
+        // Iterative glob match with single-star backtracking: linear in practice.
+        var pi = p.startIndex, si = s.startIndex
+        var star: ArraySlice<Character>.Index? = nil
+        var mark = s.startIndex
+        while si < s.endIndex {
+            if pi < p.endIndex && (p[pi] == "?" || p[pi] == s[si]) {
+                pi += 1; si += 1
+            } else if pi < p.endIndex && p[pi] == "*" {
+                star = pi; mark = si; pi += 1
+            } else if let st = star {
+                pi = st + 1; mark += 1; si = mark
+            } else {
+                return false
+            }
+        }
+        while pi < p.endIndex && p[pi] == "*" { pi += 1 }
+        return pi == p.endIndex
+    }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = self
+        while s.first == set { s = s.dropFirst() }
+        while s.last == set { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -125,6 +125,13 @@ final class Gateway {
                 return
             }
             name = cn
+            if let allow = config.allowDevices, !allow.matches(cn) {
+                logger.warning("device " + cn + " from " + t.peer.description + " is not in allow_devices; closing",
+                               LogContext(connection: id))
+                metrics.deviceConnectionRefused()
+                t.close()
+                return
+            }
         } else {
             name = config.plaintextDeviceName
         }
@@ -140,12 +147,16 @@ final class Gateway {
             self.metrics.deviceConnectionAccepted()
             c.connection.enableLiveness(intervalMs: self.config.idlePingMs)
             self.registry.add(c)
+            self.enforceConnectionLimit(c.identity.hostname)
+            self.closeAtExpiry(c)
             self.health.deviceConnected(hostname: c.identity.hostname)
             self.queue.deviceAvailable(hostname: c.identity.hostname)
             self.logger.notice("device connected from " + t.peer.description + " as " + identity.hostname, c.ctx)
         }
         dc.onStreamFreed = { c in self.queue.deviceAvailable(hostname: c.identity.hostname) }
         dc.onClose = { c in
+            self.loop.cancel(c.expiryTimer)
+            c.expiryTimer = nil
             self.metrics.deviceConnectionClosed(bytesIn: c.transport.bytesIn, bytesOut: c.transport.bytesOut)
             self.registry.remove(c)
             if self.registry.connections(hostname: c.identity.hostname).isEmpty {
@@ -157,6 +168,33 @@ final class Gateway {
         }
         devices[id] = dc
         dc.start()
+    }
+
+    /// A device holds at most `max_connections_per_device`: a rebooted device must
+    /// never find its name "taken" by its own stale connections, so the oldest goes.
+    private func enforceConnectionLimit(_ hostname: String) {
+        let conns = registry.connections(hostname: hostname).sorted { $0.connectedAt < $1.connectedAt }
+        guard conns.count > config.maxConnectionsPerDevice else { return }
+        for old in conns.prefix(conns.count - config.maxConnectionsPerDevice) {
+            logger.notice("closing the oldest connection: over max_connections_per_device (" + String(config.maxConnectionsPerDevice) + ")", old.ctx)
+            registry.remove(old)
+            old.goAway()
+        }
+    }
+
+    /// A connection lives no longer than its device's certificate (checked again at
+    /// most every day, so a long validity needs no far-away timer).
+    private func closeAtExpiry(_ c: DeviceConnection) {
+        guard let left = c.transport.tls?.peerCertificateSecondsLeft else { return }
+        if left <= 0 {
+            logger.notice("device certificate expired; closing its connection", c.ctx)
+            c.close()
+            return
+        }
+        c.expiryTimer = loop.schedule(afterMilliseconds: min(left, 86_400) * 1000) {
+            c.expiryTimer = nil
+            if c.transport.state != .closed { self.closeAtExpiry(c) }
+        }
     }
 
     /// Graceful stop: no new connections; GOAWAY on every reversed connection so its

@@ -9,6 +9,12 @@ struct GatewayConfig {
     /// The operator's listener (devices, metrics, status page); nil: none.
     var listenAdmin: HostPort? = HostPort(host: "127.0.0.1", port: 9180)
     var accessLog = true
+    /// CRL of the fleet CA: devices whose certificates it lists are refused.
+    var crlFile: String?
+    /// Only certificate names matching these globs may connect (nil: any).
+    var allowDevices: NamePattern?
+    /// Connections one device may hold; a newer one closes the oldest.
+    var maxConnectionsPerDevice = 8
     /// Fleet CA: device certificates must chain to it.
     var caFile: String?
     /// The gateway's certificate and key for the device listener.
@@ -49,7 +55,8 @@ struct GatewayConfig {
     var checkRise = 2
     var checkFall = 3
 
-    static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "ca", "cert", "key", "public_cert", "public_key",
+    static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "crl", "allow_devices",
+                       "max_connections_per_device", "ca", "cert", "key", "public_cert", "public_key",
                        "hostname_template", "plaintext_devices", "plaintext_device_name", "tls_min",
                        "response_timeout_ms", "log_level", "max_header_bytes", "drain_timeout_ms", "request_timeout_ms", "idle_timeout_ms",
                        "handshake_timeout_ms", "idle_ping_ms", "queue_timeout_ms", "grace_ms", "queue_max",
@@ -63,6 +70,12 @@ struct GatewayConfig {
         if let v = try s.hostPort("listen_public") { listenPublic = v }
         if s.string("listen_admin") == "off" { listenAdmin = nil } else if let v = try s.hostPort("listen_admin") { listenAdmin = v }
         if s.last("access_log") != nil { accessLog = try s.bool("access_log") }
+        crlFile = s.string("crl")
+        if let v = s.last("allow_devices") {
+            guard let p = NamePattern(v.value) else { throw ConfigError(v.origin + ": allow_devices must be comma-separated name patterns, e.g. dev-*,*.lab.example.com") }
+            allowDevices = p
+        }
+        maxConnectionsPerDevice = try s.int("max_connections_per_device", default: 8, min: 1, max: 1024)
         caFile = s.string("ca")
         certFile = s.string("cert")
         keyFile = s.string("key")
@@ -126,6 +139,7 @@ struct GatewayConfig {
         c.certificateFile = certFile
         c.keyFile = keyFile
         c.trustFile = caFile
+        c.crlFile = crlFile
         c.minimumVersion = tlsMinimum
         c.alpn = ["h2"]
         return c

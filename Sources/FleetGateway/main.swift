@@ -21,6 +21,9 @@ options (also `key = value` lines in --config FILE):
   --queue-timeout-ms MS     a request for a busy device waits this long for a free stream (10000)
   --grace-ms MS             ... for a device that just lost its connection to come back (5000)
   --ca FILE                 fleet CA: device certificates must chain to it
+  --crl FILE                the fleet CA's CRL: revoked devices are refused
+  --allow-devices GLOBS     only these certificate names may connect (e.g. dev-*,*.lab.example.com)
+  --max-connections-per-device N   a newer connection closes the oldest beyond N (default 8)
   --cert FILE --key FILE    the gateway's certificate for the device listener
   --public-cert FILE --public-key FILE   serve users over HTTPS
   --hostname-template T     public hostname of a device, e.g. {cn}.devices.example.com (default {cn})

@@ -173,6 +173,17 @@ public final class TLSConnection {
 
     public var protocolVersion: String { String(cString: SSL_get_version(ssl)) }
 
+    /// Seconds until the peer certificate expires (negative once expired); nil without one.
+    public var peerCertificateSecondsLeft: Int? {
+        guard let cert = SSL_get1_peer_certificate(ssl) else { return nil }
+        defer { X509_free(cert) }
+        guard let notAfter = X509_get0_notAfter(cert) else { return nil }
+        var days: Int32 = 0
+        var secs: Int32 = 0
+        guard ASN1_TIME_diff(&days, &secs, nil, notAfter) == 1 else { return nil }
+        return Int(days) * 86_400 + Int(secs)
+    }
+
     /// Subject common name of the verified peer certificate (nil without one).
     public var peerCommonName: String? {
         guard let cert = SSL_get1_peer_certificate(ssl) else { return nil }

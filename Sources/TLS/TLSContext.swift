@@ -25,6 +25,8 @@ public struct TLSConfiguration {
     public var keyFile: String?
     /// PEM CA bundle that peers must chain to. For a server, setting it requires client certificates.
     public var trustFile: String?
+    /// PEM CRL of the trust file's CA: peers whose certificates it lists are refused.
+    public var crlFile: String?
     public var minimumVersion: TLSVersion = .tls13
     /// ALPN protocols, most preferred first ("h2").
     public var alpn: [String] = []
@@ -78,6 +80,13 @@ public final class TLSContext {
         if let trust = config.trustFile {
             guard SSL_CTX_load_verify_locations(ctx, trust, nil) == 1 else {
                 throw OpenSSLError.drain("load CA file " + trust)
+            }
+            if let crl = config.crlFile {
+                guard let store = SSL_CTX_get_cert_store(ctx), let lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file()),
+                      X509_load_crl_file(lookup, crl, X509_FILETYPE_PEM) > 0 else {
+                    throw OpenSSLError.drain("load CRL " + crl)
+                }
+                X509_STORE_set_flags(store, UInt(X509_V_FLAG_CRL_CHECK))
             }
             if config.role == .server {
                 // Needed for session resumption with client certificates (OpenSSL refuses

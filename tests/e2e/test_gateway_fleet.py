@@ -110,3 +110,34 @@ def test_lost_connection_retries_safe_requests_and_fails_the_others_at_once(proc
     assert out["get"].status == 200, (out["get"].status, out["get"].text)
     assert "retrying GET /sleep/1500" in gw.proc.log()
     assert time.monotonic() - t0 < 10
+
+
+def test_allow_list_refuses_other_names(procs, api, pki):
+    gw = lib.start_gateway(procs, pki, extra=["--allow-devices", "dev1.*"])
+    a1, a2 = api("dev1.example"), api("dev2.example")
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a1.port, connections=1)
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev2.example", local_port=a2.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    gw.proc.wait_log("dev2.example from", timeout=10)
+    assert "not in allow_devices" in gw.proc.log()
+    assert request(gw.public_port, "GET", "/device", "dev2.example").status == 503
+
+
+def test_same_name_joins_and_the_oldest_connection_goes_beyond_the_limit(procs, api, pki):
+    """A second agent with the same certificate (a rebooted device) joins instead of
+    being refused; over max_connections_per_device the oldest connection is closed.
+    It never serves another device's hostname."""
+    gw = lib.start_gateway(procs, pki, extra=["--max-connections-per-device", "1"])
+    a, b = api("dev1.example"), api("dev2.example")
+    old = lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1,
+                          name="dev1-old")
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev2.example", local_port=b.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    lib.wait_device(gw, "dev2.example")
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1,
+                    name="dev1-new")
+    old.wait_log("gateway is going away", timeout=10)
+    gw.proc.wait_log("over max_connections_per_device", timeout=10)
+    for _ in range(10):
+        assert request(gw.public_port, "GET", "/device", "dev1.example").body == b"dev1.example"
+        assert request(gw.public_port, "GET", "/device", "dev2.example").body == b"dev2.example"
