@@ -7,7 +7,7 @@ import TLS
 import Tunnel
 
 final class Gateway {
-    let config: GatewayConfig
+    private(set) var config: GatewayConfig
     let loop: EventLoop
     let logger: Logger
     let registry: DeviceRegistry
@@ -15,8 +15,8 @@ final class Gateway {
     private(set) var health: HealthChecker!
     private(set) var admin: AdminServer!
     let metrics = Metrics()
-    private let deviceTLS: TLSContext?
-    private let publicTLS: TLSContext?
+    private var deviceTLS: TLSContext?
+    private var publicTLS: TLSContext?
     private var deviceListener: Int32 = -1
     private var publicListener: Int32 = -1
     private var connectionCounter = 0
@@ -168,6 +168,36 @@ final class Gateway {
         }
         devices[id] = dc
         dc.start()
+    }
+
+    /// SIGHUP: new settings, CA, CRL and certificates for the connections accepted
+    /// from now on; the tunnels that are up stay up (but a device that the new
+    /// allow-list excludes is closed). Listen addresses change only on restart.
+    func reload(_ new: GatewayConfig) throws(OpenSSLError) {
+        let newDeviceTLS = new.plaintextDevices ? nil : try TLSContext(new.deviceTLS())
+        let newPublicTLS = try new.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
+        if new.listenDevices != config.listenDevices || new.listenPublic != config.listenPublic
+            || new.listenAdmin != config.listenAdmin || new.plaintextDevices != config.plaintextDevices
+            || (new.publicTLS() == nil) != (config.publicTLS() == nil) {
+            logger.warning("reload: listen addresses and TLS on/off change on restart only; keeping the current ones")
+        }
+        var applied = new
+        applied.listenDevices = config.listenDevices
+        applied.listenPublic = config.listenPublic
+        applied.listenAdmin = config.listenAdmin
+        applied.plaintextDevices = config.plaintextDevices
+        deviceTLS = newDeviceTLS ?? (applied.plaintextDevices ? nil : deviceTLS)
+        if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
+        config = applied
+        logger.level = applied.logLevel
+        if let allow = applied.allowDevices {
+            for host in registry.hostnames {
+                for c in registry.connections(hostname: host) where !allow.matches(c.identity.name) {
+                    logger.notice("reload: " + c.identity.name + " is no longer in allow_devices; closing", c.ctx)
+                    c.close()
+                }
+            }
+        }
     }
 
     /// A device holds at most `max_connections_per_device`: a rebooted device must

@@ -73,7 +73,11 @@ func run(_ config: GatewayConfig) -> Int32 {
         return 1
     }
     var stopping = false
-    loop.handleSignals([SIGTERM, SIGINT]) { _ in
+    loop.handleSignals([SIGTERM, SIGINT, SIGHUP]) { signal in
+        if signal == SIGHUP {
+            if !stopping { reload(gateway, logger) }
+            return
+        }
         if stopping { return }
         stopping = true
         logger.notice("stopping: GOAWAY on every device connection")
@@ -88,6 +92,24 @@ func run(_ config: GatewayConfig) -> Int32 {
     Systemd.startWatchdog(on: loop)
     loop.run()
     return 0
+}
+
+/// SIGHUP: read the configuration and the certificates again.
+func reload(_ gateway: Gateway, _ logger: Logger) {
+    Systemd.notify("RELOADING=1\nMONOTONIC_USEC=" + String(rh_monotonic_ns() / 1000))
+    logger.notice("reloading the configuration")
+    do {
+        let config = try GatewayConfig(Invocation(processArguments(), flags: GatewayConfig.flags).settings)
+        try gateway.reload(config)
+        logger.notice("reload done")
+    } catch let e as ConfigError {
+        logger.error("reload refused, keeping the running configuration: " + e.description)
+    } catch let e as OpenSSLError {
+        logger.error("reload refused, keeping the running configuration: " + e.description)
+    } catch {
+        logger.error("reload refused: \(error)")
+    }
+    Systemd.notify("READY=1")
 }
 
 func pkiMain(_ args: [String]) -> Int32 {

@@ -141,3 +141,30 @@ def test_same_name_joins_and_the_oldest_connection_goes_beyond_the_limit(procs, 
     for _ in range(10):
         assert request(gw.public_port, "GET", "/device", "dev1.example").body == b"dev1.example"
         assert request(gw.public_port, "GET", "/device", "dev2.example").body == b"dev2.example"
+
+
+def test_gateway_sighup_reloads_without_dropping_tunnels(procs, api, pki, tmp_path):
+    import signal
+    conf = tmp_path / "gateway.conf"
+    dport, pport, aport = lib.free_port(), lib.free_port(), lib.free_port()
+    base = (f"listen_devices = 127.0.0.1:{dport}\nlisten_public = 127.0.0.1:{pport}\nlisten_admin = 127.0.0.1:{aport}\n"
+            f"ca = {pki.ca}\ncert = {pki.gateway_cert}\nkey = {pki.gateway_key}\n")
+    conf.write_text(base)
+    proc = procs.start("gateway-conf", [lib.gateway_bin(), "--config", conf])
+    proc.wait_log("devices on", timeout=10)
+    gw = lib.Gateway(proc, dport, pport, admin_port=aport)
+    a1, a2 = api("dev1.example"), api("dev2.example")
+    ag1 = lib.start_agent(procs, dport, pki=pki, device="dev1.example", local_port=a1.port, connections=1)
+    lib.start_agent(procs, dport, pki=pki, device="dev2.example", local_port=a2.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    lib.wait_device(gw, "dev2.example")
+    conf.write_text(base + "allow_devices = dev1.*\nresponse_timeout_ms = 2000\n")
+    proc.popen.send_signal(signal.SIGHUP)
+    proc.wait_log("reload done", timeout=10)
+    proc.wait_log("dev2.example is no longer in allow_devices", timeout=10)
+    assert request(pport, "GET", "/device", "dev1.example").status == 200
+    assert "closed" not in ag1.log(), "dev1's tunnel stays up across the reload"
+    conf.write_text(base + "bogus_key = 1\n")
+    proc.popen.send_signal(signal.SIGHUP)
+    proc.wait_log("reload refused", timeout=10)
+    assert request(pport, "GET", "/device", "dev1.example").status == 200
