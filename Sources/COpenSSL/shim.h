@@ -27,4 +27,9 @@ static inline long rh_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE_B
 static inline void rh_BIO_set_mem_eof_return(BIO *bio, int v) { BIO_set_mem_eof_return(bio, v); }
 static inline void rh_OPENSSL_free(void *p) { OPENSSL_free(p); }
 static inline void rh_sk_X509_NAME_pop_free(STACK_OF(X509_NAME) *sk) { sk_X509_NAME_pop_free(sk, X509_NAME_free); }
+// Certificate revocation lists: the revoked entries of an X509_CRL.
+static inline int rh_sk_X509_REVOKED_num(const STACK_OF(X509_REVOKED) *sk) { return sk_X509_REVOKED_num(sk); }
+static inline X509_REVOKED *rh_sk_X509_REVOKED_value(const STACK_OF(X509_REVOKED) *sk, int i) {
+    return sk_X509_REVOKED_value(sk, i);
+}
 #endif

@@ -22,6 +22,10 @@ public enum PKIError: Error, CustomStringConvertible {
     case missingCA(String)
     /// A numeric option out of range ("days must be between 1 and 36500, got 0").
     case invalidArgument(String)
+    /// A file that must exist does not (its path), e.g. the certificate of a device to revoke.
+    case notFound(String)
+    /// A file whose contents cannot be used: its path and what is wrong with it.
+    case malformed(String, reason: String)
 
     public var description: String {
         switch self {
@@ -41,6 +45,13 @@ public enum PKIError: Error, CustomStringConvertible {
             return "no fleet CA in \(directory) (ca.crt and ca.key are required): initialize the PKI there first"
         case .invalidArgument(let text):
             return text
+        case .notFound(let path):
+            if path.hasSuffix(".crt") && path.contains("/devices/") {
+                return "no device certificate \(path): check the device name (see the devices/ directory)"
+            }
+            return "\(path) does not exist"
+        case .malformed(let path, let reason):
+            return "\(path): \(reason)"
         }
     }
 

@@ -10,6 +10,8 @@ let usage = """
 usage: fleet-gateway [options]                 run the gateway
        fleet-gateway pki init DIR --name NAME [--san ADDR]...   fleet CA + gateway certificate
        fleet-gateway pki issue DIR DEVICE      a device certificate (CN = DEVICE)
+       fleet-gateway pki revoke DIR DEVICE     revoke it: DIR/crl.pem lists it (use with --crl)
+       fleet-gateway pki crl DIR               write DIR/crl.pem again (renew before it expires: 30 days)
 
 options (also `key = value` lines in --config FILE):
   --listen-devices ADDR     device listener (default 127.0.0.1:8443)
@@ -135,6 +137,12 @@ func pkiMain(_ args: [String]) -> Int32 {
         case ("issue", 3):
             try PKI.issue(directory: positional[1], name: positional[2], force: force)
             Logger.writeStderr("device certificate for " + positional[2] + " written to " + positional[1] + "/devices/\n")
+        case ("revoke", 3):
+            try PKI.revoke(directory: positional[1], name: positional[2])
+            Logger.writeStderr(positional[2] + " revoked; CRL written to " + positional[1] + "/crl.pem (reload the gateway: SIGHUP)\n")
+        case ("crl", 2):
+            try PKI.writeCRL(directory: positional[1])
+            Logger.writeStderr("CRL written to " + positional[1] + "/crl.pem\n")
         case ("issue-server", 3):
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
             try PKI.issueServer(directory: positional[1], name: positional[2], extraSANs: sans, force: force)

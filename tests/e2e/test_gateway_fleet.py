@@ -168,3 +168,21 @@ def test_gateway_sighup_reloads_without_dropping_tunnels(procs, api, pki, tmp_pa
     proc.popen.send_signal(signal.SIGHUP)
     proc.wait_log("reload refused", timeout=10)
     assert request(pport, "GET", "/device", "dev1.example").status == 200
+
+
+def test_revoked_device_is_refused(procs, api, pki, tmp_path):
+    """`pki revoke` lists the certificate in the CRL; a gateway started with --crl
+    refuses that device's TLS handshake and still takes the others."""
+    import shutil
+    import subprocess
+    d = tmp_path / "pki"
+    shutil.copytree(pki.dir, d)
+    subprocess.run([str(lib.gateway_bin()), "pki", "revoke", str(d), "dev2.example"], check=True, capture_output=True)
+    assert (d / "crl.pem").exists()
+    gw = lib.start_gateway(procs, pki, extra=["--crl", str(d / "crl.pem")])
+    a1, a2 = api("dev1.example"), api("dev2.example")
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a1.port, connections=1)
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev2.example", local_port=a2.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    gw.proc.wait_log("certificate revoked", timeout=10)
+    assert request(gw.public_port, "GET", "/device", "dev2.example").status == 503
