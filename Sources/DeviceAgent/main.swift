@@ -20,6 +20,7 @@ usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [option
   --tls-min 1.2|1.3         lowest TLS version (default 1.3)
   --local-timeout-ms MS     time the local API has to answer (default 30000)
   --max-concurrent-streams N  requests in flight per connection (default 100)
+  --local-max-connections N requests in progress at the local API at once (default 32)
   --drain-timeout-ms MS     on SIGTERM, time requests in flight get to finish (default 10000)
   --idle-ping-ms MS         PING the gateway after this much silence, drop it after as much again (default 4000, 0 off)
   --connect-timeout-ms MS   limit for TCP connect + TLS handshake + SETTINGS (default 10000)

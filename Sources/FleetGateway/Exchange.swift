@@ -8,11 +8,39 @@ import HTTP1
 import TLS
 import Tunnel
 
+/// The user's end of an Exchange: an HTTP/1.1 connection (PublicConnection) or
+/// one stream of a user's HTTP/2 connection (PublicStream).
+protocol UserSide: AnyObject {
+    var gateway: Gateway { get }
+    var scheme: String { get }
+    var peerHost: String { get }
+    /// Response bytes written but not yet taken by the user (back-pressure).
+    var bufferedOutput: Int { get }
+    /// Stop / resume taking request body from the user.
+    func pauseReading()
+    func resumeReading()
+    func writeContinue()
+    func writeHead(_ head: HTTPResponseHead, noBody: Bool)
+    func writeBody(_ bytes: [UInt8])
+    func writeEnd(trailers: HTTPHeaders)
+    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool)
+    func abort(_ why: String)
+    func switchProtocols(accept: String, fields: HTTPHeaders)
+    func tunnelEnded()
+}
+
+extension UserSide {
+    func respondError(_ status: Int, _ message: String) { respondError(status, message, close: false, retryAfter: false) }
+    func respondError(_ status: Int, _ message: String, retryAfter: Bool) {
+        respondError(status, message, close: false, retryAfter: retryAfter)
+    }
+}
+
 final class Exchange: DeviceStreamHandler {
     /// queued: no connection could take it yet (RequestQueue); waiting: sent, no answer yet.
     private enum Phase { case queued, waiting, streaming, done }
 
-    let client: PublicConnection
+    let client: UserSide
     let request: HTTPRequestHead
     /// The request's authority: the absolute-form target's, else the Host field (RFC 9112 §3.2.2).
     let authority: String
@@ -38,7 +66,7 @@ final class Exchange: DeviceStreamHandler {
     /// A WebSocket: extended CONNECT to the device, 101 to the user.
     private var webSocket = false
 
-    init(client: PublicConnection, request: HTTPRequestHead, authority: String, hostname: String) {
+    init(client: UserSide, request: HTTPRequestHead, authority: String, hostname: String) {
         self.client = client
         self.request = request
         self.authority = authority
@@ -74,7 +102,7 @@ final class Exchange: DeviceStreamHandler {
             held = []
             requestEnded = heldEnd
             dev.sendBody(stream: s, body, endStream: heldEnd)
-            client.transport.resumeReading()
+            client.resumeReading()
         }
         // The gateway answers `Expect: 100-continue` itself once a device took the
         // request (interim responses from the device are not relayed).
@@ -142,7 +170,7 @@ final class Exchange: DeviceStreamHandler {
         fields.removeHopByHop()
         for name in ["host", "expect", "forwarded", "x-forwarded-for", "x-forwarded-proto"] { fields.remove(name) }
         for (n, v) in fields { h.add(n, v) }
-        let peer = client.transport.peer.host
+        let peer = client.peerHost
         h.add("x-forwarded-for", peer)
         h.add("x-forwarded-proto", client.scheme)
         let forAddr = peer.contains(":") ? "\"[" + peer + "]\"" : peer
@@ -157,14 +185,14 @@ final class Exchange: DeviceStreamHandler {
         guard let device else {
             // Queued: keep what arrived, and stop reading until a device takes it.
             held += bytes
-            client.transport.pauseReading()
+            client.pauseReading()
             return
         }
         sentBody = true
         device.sendBody(stream: stream, bytes, endStream: false)
         let client = self.client
-        if device.pauseIfBacklogged(stream: stream, resume: { client.transport.resumeReading() }) {
-            client.transport.pauseReading()
+        if device.pauseIfBacklogged(stream: stream, resume: { client.resumeReading() }) {
+            client.pauseReading()
         }
     }
 
@@ -190,7 +218,7 @@ final class Exchange: DeviceStreamHandler {
 
     private func settleCredit() {
         guard let device else { return }
-        let n = credit.release(queued: client.transport.bufferedOutput, finished: phase == .done)
+        let n = credit.release(queued: client.bufferedOutput, finished: phase == .done)
         if n > 0 { device.consume(stream: stream, count: n) }
     }
 

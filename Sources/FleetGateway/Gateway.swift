@@ -22,8 +22,8 @@ final class Gateway {
     private var connectionCounter = 0
     /// Every reversed connection, registered or not yet, by connection id.
     private var devices: [Int: DeviceConnection] = [:]
-    /// Users' connections, by object identity.
-    private var users: [ObjectIdentifier: PublicConnection] = [:]
+    /// Users' connections (HTTP/1.1 and HTTP/2), by object identity.
+    private var users: [ObjectIdentifier: UserConnection] = [:]
     private var onDrained: (() -> Void)?
 
     init(config: GatewayConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
@@ -250,17 +250,61 @@ final class Gateway {
         done()
     }
 
-    func userConnectionClosed(_ c: PublicConnection) {
+    func userConnectionClosed(_ c: UserConnection) {
         users[ObjectIdentifier(c)] = nil
         checkDrained()
     }
 
     private func acceptUsers() {
         acceptPending(publicListener, tls: publicTLS) { t in
-            let pc = PublicConnection(gateway: self, transport: t, scheme: publicTLS == nil ? "http" : "https")
-            users[ObjectIdentifier(pc)] = pc
-            pc.start()
+            let scheme = publicTLS == nil ? "http" : "https"
+            // A TLS handshake and the first bytes within request_timeout_ms (cancelled at hand-off).
+            let deadline = loop.schedule(afterMilliseconds: config.requestTimeoutMs) { t.close() }
+            t.onClose = { _ in self.loop.cancel(deadline) }
+            t.onOpen = {
+                t.onOpen = nil
+                if t.tls?.alpnProtocol == "h2" {
+                    self.loop.cancel(deadline)
+                    self.startUser(t, h2: true, scheme: scheme, first: [])
+                    return
+                }
+                // Plain text: HTTP/2 with prior knowledge starts with the client magic.
+                var sniffed: [UInt8] = []
+                t.onData = { bytes in
+                    sniffed += bytes
+                    let n = min(sniffed.count, http2ClientMagic.count)
+                    let isMagic = Array(sniffed[0..<n]) == Array(http2ClientMagic[0..<n])
+                    if isMagic && sniffed.count < http2ClientMagic.count { return }
+                    t.onData = nil
+                    self.loop.cancel(deadline)
+                    self.startUser(t, h2: isMagic && t.tls == nil, scheme: scheme, first: sniffed)
+                }
+            }
             t.start()
         }
     }
+
+    private func startUser(_ t: Transport, h2: Bool, scheme: String, first: [UInt8]) {
+        if h2 {
+            do throws(HTTP2Error) {
+                let c = try PublicH2Connection(gateway: self, transport: t, scheme: scheme)
+                users[ObjectIdentifier(c)] = c
+                c.start(first: first)
+            } catch {
+                t.close()
+            }
+            return
+        }
+        let pc = PublicConnection(gateway: self, transport: t, scheme: scheme)
+        users[ObjectIdentifier(pc)] = pc
+        pc.start(first: first)
+    }
 }
+
+/// A user's connection, HTTP/1.1 or HTTP/2, as the gateway's shutdown sees it.
+protocol UserConnection: AnyObject {
+    func goAway()
+}
+
+extension PublicConnection: UserConnection {}
+extension PublicH2Connection: UserConnection {}

@@ -15,6 +15,8 @@ struct GatewayConfig {
     var allowDevices: NamePattern?
     /// Connections one device may hold; a newer one closes the oldest.
     var maxConnectionsPerDevice = 8
+    /// Concurrent streams on a user's HTTP/2 connection.
+    var publicMaxStreams = 100
     /// Fleet CA: device certificates must chain to it.
     var caFile: String?
     /// The gateway's certificate and key for the device listener.
@@ -56,7 +58,7 @@ struct GatewayConfig {
     var checkFall = 3
 
     static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "crl", "allow_devices",
-                       "max_connections_per_device", "ca", "cert", "key", "public_cert", "public_key",
+                       "max_connections_per_device", "public_max_streams", "ca", "cert", "key", "public_cert", "public_key",
                        "hostname_template", "plaintext_devices", "plaintext_device_name", "tls_min",
                        "response_timeout_ms", "log_level", "max_header_bytes", "drain_timeout_ms", "request_timeout_ms", "idle_timeout_ms",
                        "handshake_timeout_ms", "idle_ping_ms", "queue_timeout_ms", "grace_ms", "queue_max",
@@ -76,6 +78,7 @@ struct GatewayConfig {
             allowDevices = p
         }
         maxConnectionsPerDevice = try s.int("max_connections_per_device", default: 8, min: 1, max: 1024)
+        publicMaxStreams = try s.int("public_max_streams", default: 100, min: 1, max: 10_000)
         caFile = s.string("ca")
         certFile = s.string("cert")
         keyFile = s.string("key")
@@ -151,7 +154,7 @@ struct GatewayConfig {
         c.certificateFile = cert
         c.keyFile = key
         c.minimumVersion = tlsMinimum
-        c.alpn = ["http/1.1"]
+        c.alpn = ["h2", "http/1.1"]
         return c
     }
 }

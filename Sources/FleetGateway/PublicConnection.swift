@@ -11,7 +11,7 @@ import EventLoop
 import HTTP1
 import Tunnel
 
-final class PublicConnection {
+final class PublicConnection: UserSide {
     let gateway: Gateway
     let transport: Transport
     let scheme: String
@@ -46,12 +46,19 @@ final class PublicConnection {
         parser = HTTP1RequestParser(limits: HTTP1Limits(maxHeadBytes: gateway.config.maxHeadBytes))
     }
 
-    func start() {
+    var peerHost: String { transport.peer.host }
+    var bufferedOutput: Int { transport.bufferedOutput }
+    func pauseReading() { transport.pauseReading() }
+    func resumeReading() { transport.resumeReading() }
+
+    /// `first`: bytes already read by the protocol sniffer, parsed before anything else.
+    func start(first: [UInt8] = []) {
         transport.onData = { bytes in self.receive(Array(bytes)) }
         transport.onDrained = { self.current?.userDrained() }
         transport.onPeerFinished = { self.peerFinished() }
         transport.onClose = { _ in self.closed() }
         arm(idle: false)
+        if !first.isEmpty { receive(first) }
     }
 
     // MARK: Requests in
@@ -97,7 +104,7 @@ final class PublicConnection {
         queued.removeAll()
         if current == nil || responseDone {
             requestDone = true
-            respondError(error.status, error.description, close: true)
+            respondError(error.status, error.description, close: true, retryAfter: false)
         } else {
             abort("malformed request: " + error.description)
         }
@@ -148,11 +155,11 @@ final class PublicConnection {
                                                           : head.headers.containsToken("connection", "keep-alive"))
         let authority = HostRouting.absoluteAuthority(head.target) ?? head.headers.first("host") ?? ""
         guard let host = HostRouting.routingKey(authority) else {
-            respondError(400, "the request names no valid device host ('" + authority + "')", close: true)
+            respondError(400, "the request names no valid device host ('" + authority + "')", close: true, retryAfter: false)
             return
         }
         if head.method == "CONNECT" {
-            respondError(405, "CONNECT is not supported", close: true)
+            respondError(405, "CONNECT is not supported", close: true, retryAfter: false)
             return
         }
         let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
@@ -251,7 +258,7 @@ final class PublicConnection {
     }
 
     /// A complete error response with a short text body (none for HEAD).
-    func respondError(_ status: Int, _ message: String, close: Bool = false, retryAfter: Bool = false) {
+    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool) {
         gateway.logger.info("answered " + String(status) + ": " + message)
         let body = Array((message + "\n").utf8)
         var h = HTTPHeaders()
@@ -313,7 +320,7 @@ final class PublicConnection {
             transport.close()  // idle keep-alive, or a TLS handshake that never finished
         } else {
             requestDone = true
-            respondError(408, "the request head did not arrive in time", close: true)
+            respondError(408, "the request head did not arrive in time", close: true, retryAfter: false)
         }
     }
 

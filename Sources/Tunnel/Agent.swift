@@ -27,7 +27,7 @@ public final class Agent {
         self.config = config
         self.loop = loop
         self.logger = logger
-        pool = LocalPool(loop: loop, endpoint: config.local)
+        pool = LocalPool(loop: loop, endpoint: config.local, maxActive: config.localMaxConnections)
         tls = config.plaintext ? nil : try TLSContext(config.tlsConfiguration())
     }
 
@@ -99,7 +99,8 @@ public final class Agent {
         reloading = true
         logger.level = newConfig.logLevel
         warnIfPlaintext(newConfig)
-        let newPool = newConfig.local == config.local ? pool : LocalPool(loop: loop, endpoint: newConfig.local)
+        let newPool = newConfig.local == config.local && newConfig.localMaxConnections == config.localMaxConnections
+            ? pool : LocalPool(loop: loop, endpoint: newConfig.local, maxActive: newConfig.localMaxConnections)
         roll(slot: 0, newConfig, newTLS, newPool) { error in
             self.reloading = false
             if error == nil {

@@ -19,6 +19,8 @@ public struct AgentConfig {
     /// Device name used in log lines (the certificate CN is the identity the gateway sees).
     public var name = "device"
     public var maxConcurrentStreams = 100
+    /// Requests in progress at the local API at once; more wait their turn.
+    public var localMaxConnections = 32
     /// On SIGTERM, how long requests in flight may take to finish.
     public var drainTimeoutMs = 10_000
     /// PING the gateway after this much silence; give up after as much again (0: off).
@@ -28,7 +30,7 @@ public struct AgentConfig {
 
     public static let keys = ["config", "gateway", "server_name", "ca", "cert", "key", "local", "connections",
                               "plaintext", "tls_min", "log_level", "local_timeout_ms", "name",
-                              "max_concurrent_streams", "drain_timeout_ms", "idle_ping_ms", "connect_timeout_ms", "check_config", "help", "version"]
+                              "max_concurrent_streams", "local_max_connections", "drain_timeout_ms", "idle_ping_ms", "connect_timeout_ms", "check_config", "help", "version"]
     public static let flags = ["plaintext", "check_config", "help", "version"]
 
     public init() {}
@@ -46,6 +48,7 @@ public struct AgentConfig {
         plaintext = try s.bool("plaintext")
         localTimeoutMs = try s.int("local_timeout_ms", default: 30_000, min: 100, max: 3_600_000)
         maxConcurrentStreams = try s.int("max_concurrent_streams", default: 100, min: 1, max: 10_000)
+        localMaxConnections = try s.int("local_max_connections", default: 32, min: 1, max: 10_000)
         drainTimeoutMs = try s.int("drain_timeout_ms", default: 10_000, min: 0, max: 3_600_000)
         idlePingMs = try s.int("idle_ping_ms", default: 4_000, min: 0, max: 3_600_000)
         connectTimeoutMs = try s.int("connect_timeout_ms", default: 10_000, min: 100, max: 600_000)

@@ -20,8 +20,8 @@ public final class HTTP2Connection {
     public var onEvent: ((HTTP2Event) -> Void)?
     /// Once, when the transport is gone. Callbacks are dropped afterwards.
     public var onClose: ((CloseReason) -> Void)?
-    /// Producers paused until their stream's queue drains, by stream.
-    private var paused: [Int32: () -> Void] = [:]
+    /// Callbacks waiting for a stream's queue to drain to a mark, by stream.
+    private var paused: [Int32: (mark: Int, callback: () -> Void)] = [:]
     private var liveness: Liveness?
     private var livenessTimer: TimerID?
 
@@ -142,17 +142,31 @@ public final class HTTP2Connection {
     /// high-water mark, returns true and runs `resume` once it is back at the
     /// low-water mark (or never, if the stream closes first).
     public func pauseIfBacklogged(stream: Int32, resume: @escaping () -> Void) -> Bool {
-        guard session.pendingBody(stream: stream) > BackPressure.share(sending: session.sendingStreamCount) else { return false }
-        paused[stream] = resume
+        let share = BackPressure.share(sending: session.sendingStreamCount)
+        guard session.pendingBody(stream: stream) > share else { return false }
+        paused[stream] = (share / 4, resume)
         return true
+    }
+
+    /// Runs `callback` once `stream`'s queue is at or below `mark` bytes (at once if it is).
+    public func whenQueue(stream: Int32, isAtMost mark: Int, _ callback: @escaping () -> Void) {
+        if session.pendingBody(stream: stream) <= mark {
+            callback()
+        } else {
+            paused[stream] = (mark, callback)
+        }
     }
 
     private func resumeProducers() {
         guard !paused.isEmpty else { return }
-        let resumeAt = BackPressure.share(sending: session.sendingStreamCount) / 4
-        for (stream, resume) in paused where session.pendingBody(stream: stream) <= resumeAt {
+        for (stream, entry) in paused where session.pendingBody(stream: stream) <= entry.mark {
             paused[stream] = nil
-            resume()
+            entry.callback()
         }
+    }
+
+    /// Bytes read elsewhere (a protocol sniffer) that belong to this connection.
+    public func feed(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { receive($0) }
     }
 }

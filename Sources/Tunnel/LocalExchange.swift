@@ -41,6 +41,8 @@ final class LocalExchange {
     private var upgrade = false
     /// After the local API's 101: bytes pass through unchanged.
     private var tunneling = false
+    /// One of the pool's `maxActive` places at the local API is ours.
+    private var holdsLease = false
 
     init(stream: Int32, server: ReversedServer, pool: LocalPool, timeoutMs: Int) {
         self.stream = stream
@@ -94,7 +96,20 @@ final class LocalExchange {
             self.timer = nil
             self.fail(status: 504, "local API did not answer in time")
         }
-        open(allowReuse: true)
+        pool.acquire {
+            self.holdsLease = true
+            if self.phase == .finished {
+                self.releaseLease()
+            } else {
+                self.open(allowReuse: true)
+            }
+        }
+    }
+
+    private func releaseLease() {
+        guard holdsLease else { return }
+        holdsLease = false
+        pool.release()
     }
 
     private func open(allowReuse: Bool) {
@@ -327,6 +342,7 @@ final class LocalExchange {
     private func finishLocal(reusable: Bool) {
         phase = .finished
         settleCredit()
+        defer { releaseLease() }
         server.transport.loop.cancel(timer)
         timer = nil
         guard let t = conn else { return }
@@ -343,6 +359,7 @@ final class LocalExchange {
             timer = nil
             conn?.close()
             conn = nil
+            releaseLease()
         }
     }
 }

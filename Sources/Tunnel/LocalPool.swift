@@ -1,18 +1,46 @@
 // LocalPool keeps idle HTTP/1.1 keep-alive connections to the device's local API,
-// so a busy tunnel does not open a TCP connection per request. Bounded: beyond
-// `maxIdle` a finished connection is closed instead of kept.
+// so a busy tunnel does not open a TCP connection per request, and bounds the
+// requests in progress at the local API to `maxActive`: a small device server
+// (a listen backlog of 5 is common) must not get 100 connections at once, which
+// the kernel answers by dropping SYNs for seconds. Beyond `maxIdle` a finished
+// connection is closed instead of kept.
 import EventLoop
 
 final class LocalPool {
     let loop: EventLoop
     let endpoint: HostPort
     let maxIdle: Int
+    let maxActive: Int
     private var idle: [Transport] = []
+    private var active = 0
+    private var waiters: [() -> Void] = []
 
-    init(loop: EventLoop, endpoint: HostPort, maxIdle: Int = 16) {
+    init(loop: EventLoop, endpoint: HostPort, maxIdle: Int = 16, maxActive: Int = 32) {
         self.loop = loop
         self.endpoint = endpoint
         self.maxIdle = maxIdle
+        self.maxActive = maxActive
+    }
+
+    /// Runs `go` when one more request may use the local API (at once, or when a
+    /// running one ends). Every `go` that ran is paired with one `release()`.
+    func acquire(_ go: @escaping () -> Void) {
+        if active < maxActive {
+            active += 1
+            go()
+        } else {
+            waiters.append(go)
+        }
+    }
+
+    /// A request is done with the local API: the next waiting one takes its place.
+    func release() {
+        if waiters.isEmpty {
+            active -= 1
+        } else {
+            let next = waiters.removeFirst()
+            loop.execute { next() }
+        }
     }
 
     /// An idle open connection, if one is kept.

@@ -883,6 +883,7 @@ class LocalAPI(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
 
     def __init__(self, device: str):
         super().__init__(("127.0.0.1", 0), _ApiHandler)

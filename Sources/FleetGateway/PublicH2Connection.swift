@@ -1,0 +1,244 @@
+// PublicH2Connection is a user's HTTP/2 connection (ALPN h2 on the TLS listener,
+// prior-knowledge h2c on the plain one). Each stream is a PublicStream, the
+// user side of one Exchange, exactly as an HTTP/1.1 connection is for its
+// requests. Limits: at most `public_max_streams` concurrent streams, and a user
+// who resets streams faster than `resetsPerSecond` (rapid reset, CVE-2023-44487)
+// gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
+import EventLoop
+import HTTP1
+import HTTP2
+import Tunnel
+
+final class PublicH2Connection {
+    let gateway: Gateway
+    let connection: HTTP2Connection
+    let scheme: String
+    private var streams: [Int32: PublicStream] = [:]
+    private var resets: [UInt64] = []
+    static let resetsPerSecond = 200
+    private var idleTimer: TimerID?
+
+    init(gateway: Gateway, transport: Transport, scheme: String) throws(HTTP2Error) {
+        self.gateway = gateway
+        self.scheme = scheme
+        var settings = HTTP2Settings()
+        settings.maxConcurrentStreams = UInt32(gateway.config.publicMaxStreams)
+        settings.enableConnectProtocol = false
+        let session = try HTTP2Session(role: .server, preface: .standard, settings: settings)
+        connection = HTTP2Connection(transport: transport, session: session, logger: gateway.logger, context: LogContext())
+    }
+
+    var transport: Transport { connection.transport }
+
+    func start(first: [UInt8]) {
+        connection.onEvent = { event in self.handle(event) }
+        connection.onClose = { _ in self.closed() }
+        connection.start()
+        armIdle()
+        if !first.isEmpty { connection.feed(first) }
+    }
+
+    private func handle(_ event: HTTP2Event) {
+        switch event {
+        case .headers(let id, let headers, let endStream):
+            if let s = streams[id] {
+                if endStream { s.exchange?.userEnd() }  // trailers end the request
+                return
+            }
+            begin(id, headers, endStream: endStream)
+        case .data(let id, let bytes):
+            if let s = streams[id] { s.userData(bytes) } else { consume(id, bytes.count) }
+        case .endStream(let id):
+            streams[id]?.exchange?.userEnd()
+        case .streamClosed(let id, let code):
+            guard let s = streams.removeValue(forKey: id) else { return }
+            s.closed(errorCode: code)
+            if code != 0 && !s.responseComplete { countReset() }
+            if streams.isEmpty { armIdle() }
+        case .settings, .pingAck, .goaway:
+            break
+        }
+    }
+
+    private func begin(_ id: Int32, _ headers: HTTPHeaders, endStream: Bool) {
+        gateway.loop.cancel(idleTimer)
+        idleTimer = nil
+        let s = PublicStream(conn: self, id: id)
+        streams[id] = s
+        let method = headers.first(":method") ?? ""
+        let authority = headers.first(":authority") ?? headers.first("host") ?? ""
+        var fields = HTTPHeaders()
+        for (n, v) in headers where !n.hasPrefix(":") && n != "host" { fields.add(n, v) }
+        fields.add("host", authority)
+        let head = HTTPRequestHead(method: method, target: headers.first(":path") ?? "/", versionMinor: 1, headers: fields)
+        guard let host = HostRouting.routingKey(authority) else {
+            s.respondError(400, "the request names no valid device host ('" + authority + "')")
+            return
+        }
+        if method == "CONNECT" {
+            s.respondError(405, "CONNECT is not supported")
+            return
+        }
+        let ex = Exchange(client: s, request: head, authority: authority, hostname: host)
+        s.exchange = ex
+        ex.start(requestHasBody: !endStream)
+    }
+
+    /// Rapid reset: more than `resetsPerSecond` streams cancelled by the user in a second.
+    private func countReset() {
+        let now = gateway.loop.now
+        resets.append(now)
+        resets.removeAll { now &- $0 > 1_000_000_000 }
+        if resets.count > PublicH2Connection.resetsPerSecond {
+            gateway.logger.warning("user " + transport.peer.description + " resets streams too fast; closing")
+            connection.session.goaway(errorCode: 11)  // ENHANCE_YOUR_CALM
+            connection.flush()
+            transport.closeAfterFlush()
+        }
+    }
+
+    private func armIdle() {
+        gateway.loop.cancel(idleTimer)
+        idleTimer = gateway.loop.schedule(afterMilliseconds: gateway.config.idleTimeoutMs) {
+            self.idleTimer = nil
+            if self.streams.isEmpty { self.goAway() }
+        }
+    }
+
+    func consume(_ id: Int32, _ count: Int) {
+        connection.session.consume(stream: id, count: count)
+        connection.scheduleFlush()
+    }
+
+    /// Graceful stop: no new streams; close once the open ones are done.
+    func goAway() {
+        connection.session.goaway(errorCode: 0)
+        connection.flush()
+        if streams.isEmpty { transport.closeAfterFlush() }
+    }
+
+    private func closed() {
+        gateway.loop.cancel(idleTimer)
+        idleTimer = nil
+        let all = streams
+        streams.removeAll()
+        for (_, s) in all { s.closed(errorCode: 8) }
+        gateway.userConnectionClosed(self)
+    }
+}
+
+/// One stream of a user's HTTP/2 connection: the user side of an Exchange.
+final class PublicStream: UserSide {
+    unowned let conn: PublicH2Connection
+    let id: Int32
+    var exchange: Exchange?
+    private var credit = FlowCredit()
+    private var paused = false
+    private var ended = false
+    private(set) var responseComplete = false
+
+    init(conn: PublicH2Connection, id: Int32) {
+        self.conn = conn
+        self.id = id
+    }
+
+    var gateway: Gateway { conn.gateway }
+    var scheme: String { conn.scheme }
+    var peerHost: String { conn.transport.peer.host }
+    private var session: HTTP2Session { conn.connection.session }
+    var bufferedOutput: Int { session.pendingBody(stream: id) }
+
+    /// Request DATA: the user's window reopens only while the device takes the body.
+    func userData(_ bytes: [UInt8]) {
+        credit.received(bytes.count)
+        exchange?.userBody(bytes)
+        if exchange == nil { ended = true }
+        release()
+    }
+
+    private func release() {
+        let n = credit.release(queued: 0, finished: !paused || exchange == nil)
+        if n > 0 { conn.consume(id, n) }
+    }
+
+    func pauseReading() { paused = true }
+
+    func resumeReading() {
+        paused = false
+        release()
+    }
+
+    func writeContinue() {}  // HTTP/2 clients send the body without waiting
+
+    func writeHead(_ head: HTTPResponseHead, noBody: Bool) {
+        var h = HTTPHeaders()
+        h.add(":status", String(head.status))
+        var fields = head.headers
+        fields.removeHopByHop()
+        for (n, v) in fields { h.add(n, v) }
+        submit(h, endStream: noBody)
+        if noBody { ended = true }
+    }
+
+    func writeBody(_ bytes: [UInt8]) {
+        guard !ended, !bytes.isEmpty else { return }
+        session.sendData(stream: id, bytes, endStream: false)
+        conn.connection.scheduleFlush()
+        // The device's window reopens as the user's stream drains (Exchange.settleCredit).
+        let ex = exchange
+        conn.connection.whenQueue(stream: id, isAtMost: BackPressure.lowWater) { ex?.userDrained() }
+    }
+
+    func writeEnd(trailers: HTTPHeaders) {
+        responseComplete = true
+        guard !ended else { return }
+        ended = true
+        if trailers.isEmpty {
+            session.sendData(stream: id, [], endStream: true)
+        } else {
+            session.sendTrailers(stream: id, trailers)
+        }
+        conn.connection.scheduleFlush()
+    }
+
+    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool) {
+        gateway.logger.info("answered " + String(status) + ": " + message)
+        let body = Array((message + "\n").utf8)
+        var h = HTTPHeaders([(":status", String(status)), ("content-type", "text/plain; charset=utf-8"),
+                             ("content-length", String(body.count))])
+        if retryAfter { h.add("retry-after", "5") }
+        let isHEAD = exchange?.request.method == "HEAD"
+        submit(h, endStream: isHEAD)
+        if !isHEAD { session.sendData(stream: id, body, endStream: true) }
+        ended = true
+        responseComplete = true
+        conn.connection.scheduleFlush()
+    }
+
+    func abort(_ why: String) {
+        gateway.logger.warning("resetting user stream: " + why)
+        session.resetStream(id, errorCode: 2)
+        ended = true
+        conn.connection.scheduleFlush()
+    }
+
+    func switchProtocols(accept: String, fields: HTTPHeaders) { abort("no WebSocket upgrade over HTTP/2") }
+    func tunnelEnded() {}
+
+    private func submit(_ h: HTTPHeaders, endStream: Bool) {
+        do throws(HTTP2Error) {
+            try session.submitResponse(stream: id, h, endStream: endStream)
+        } catch {
+            session.resetStream(id, errorCode: 2)
+        }
+        conn.connection.scheduleFlush()
+    }
+
+    /// The stream is gone (done, or reset by the user).
+    func closed(errorCode: UInt32) {
+        if !responseComplete { exchange?.userGone() }
+        let n = credit.release(queued: 0, finished: true)
+        if n > 0 { conn.consume(id, n) }
+        exchange = nil
+    }
+}
