@@ -6,7 +6,9 @@
 //   POST /devices/NAME/disconnect  close its connections (it will re-dial)
 //   GET  /metrics                  Prometheus text format
 //   GET  /                         a small HTML status page
-// One request per connection: answers carry Connection: close.
+// One request per connection: answers carry Connection: close. Web pages are kept
+// out: a request with an Origin (a browser's cross-site request) is refused, and
+// so is a Host that is not an address or localhost (DNS rebinding).
 import CLibc
 import EventLoop
 import HTTP1
@@ -62,7 +64,24 @@ final class AdminServer {
         }
     }
 
+    /// Only tools, not web pages: no Origin, and a Host that names an address.
+    private func refusal(_ req: HTTPRequestHead) -> String? {
+        if req.headers.first("origin") != nil { return "cross-origin requests are refused" }
+        var host = req.headers.first("host") ?? ""
+        if host.hasPrefix("[") {
+            host = String(host.dropFirst().prefix { $0 != "]" })
+        } else if let colon = host.lastIndex(of: ":") {
+            host = String(host[..<colon])
+        }
+        let isAddress = !host.isEmpty && host.allSatisfy { $0.isHexDigit || $0 == "." || $0 == ":" }
+        if host == "localhost" || isAddress { return nil }
+        return "the admin API answers only to an address or localhost as Host"
+    }
+
     private func answer(_ req: HTTPRequestHead, on t: Transport) {
+        if let why = refusal(req) {
+            return respond(t, 403, "text/plain", why + "\n")
+        }
         let path = String(req.target.split(separator: "?", maxSplits: 1).first ?? "")
         let parts = path.split(separator: "/").map(String.init)
         switch (req.method, parts.count, parts.first) {

@@ -133,8 +133,8 @@ final class DeviceConnection {
     func close() { transport.close() }
 
     /// No more requests on this connection; it closes once the ones in flight end.
-    func goAway() {
-        session.goaway(lastStreamID: 0, errorCode: 0)
+    func goAway(errorCode: UInt32 = 0) {
+        session.goaway(lastStreamID: 0, errorCode: errorCode)
         connection.flush()
     }
 
@@ -142,11 +142,12 @@ final class DeviceConnection {
         logger.notice("device connection closed: " + reason.description, ctx)
         let all = exchanges
         exchanges.removeAll()
-        for (_, ex) in all { ex.deviceStreamClosed(errorCode: 2, connectionLost: true) }
         let cb = onClose
         onClose = nil
         onReady = nil
         onStreamFreed = nil
+        // Out of the registry first, so retries of its requests do not pick it again.
         cb?(self)
+        for (_, ex) in all { ex.deviceStreamClosed(errorCode: 2, connectionLost: true) }
     }
 }

@@ -90,8 +90,13 @@ final class Exchange: DeviceStreamHandler {
     /// Sends the request on `dev`; false when the connection refused the stream.
     func dispatch(to dev: DeviceConnection) -> Bool {
         guard phase == .queued else { return true }
-        let endNow = !requestHasBody || (heldEnd && held.isEmpty)
-        guard let s = dev.submit(self, headers: deviceHeaders(), endStream: endNow) else { return false }
+        if webSocket && !dev.session.remoteEnablesConnectProtocol {
+            reject(501, "device " + dev.identity.name + " does not accept WebSockets (no SETTINGS_ENABLE_CONNECT_PROTOCOL)",
+                   retryAfter: false)
+            return true
+        }
+        let endNow = !webSocket && (!requestHasBody || (heldEnd && held.isEmpty))
+        guard let s = dev.submit(self, headers: webSocket ? webSocketHeaders() : deviceHeaders(), endStream: endNow) else { return false }
         device = dev
         stream = s
         phase = .waiting
@@ -128,32 +133,18 @@ final class Exchange: DeviceStreamHandler {
     /// (RFC 8441) when the device accepts those.
     func startWebSocket() {
         webSocket = true
-        guard let dev = gateway.registry.pick(hostname: hostname) else {
-            phase = .done
-            client.respondError(503, "no device is connected for host " + hostname, retryAfter: true)
-            return
-        }
-        guard dev.session.remoteEnablesConnectProtocol else {
-            phase = .done
-            client.respondError(501, "device " + dev.identity.name + " does not accept WebSockets (no SETTINGS_ENABLE_CONNECT_PROTOCOL)")
-            return
-        }
-        device = dev
+        requestHasBody = true  // the stream carries the WebSocket's bytes
+        gateway.queue.route(self)
+    }
+
+    /// The extended CONNECT (RFC 8441) for a WebSocket: the request's fields
+    /// without the per-hop handshake key.
+    private func webSocketHeaders() -> HTTPHeaders {
         var h = HTTPHeaders()
         h.add(":method", "CONNECT")
         h.add(":protocol", "websocket")
         for (n, v) in deviceHeaders() where n != ":method" && n != "sec-websocket-key" { h.add(n, v) }
-        guard let s = dev.submit(self, headers: h, endStream: false) else {
-            phase = .done
-            client.respondError(502, "could not open a stream to device " + dev.identity.name)
-            return
-        }
-        stream = s
-        phase = .waiting
-        timer = gateway.loop.schedule(afterMilliseconds: gateway.config.responseTimeoutMs) {
-            self.timer = nil
-            self.timedOut()
-        }
+        return h
     }
 
     /// The request as HTTP/2 headers for the device: hop-by-hop fields removed,
@@ -305,6 +296,7 @@ final class Exchange: DeviceStreamHandler {
                 gateway.loop.cancel(timer)
                 timer = nil
                 device = nil
+                heldEnd = requestEnded  // an empty body that already ended ends again on the retry
                 phase = .queued
                 gateway.logger.info("retrying " + request.method + " " + request.target + " for " + hostname
                                     + (refused ? " (refused by the device)" : " (its connection was lost)"))

@@ -121,6 +121,7 @@ final class Gateway {
                 logger.warning("device certificate from " + t.peer.description + " has no valid hostname CN; closing",
                                LogContext(connection: id))
                 metrics.deviceConnectionRefused()
+                t.onClose = nil
                 t.close()
                 return
             }
@@ -129,6 +130,7 @@ final class Gateway {
                 logger.warning("device " + cn + " from " + t.peer.description + " is not in allow_devices; closing",
                                LogContext(connection: id))
                 metrics.deviceConnectionRefused()
+                t.onClose = nil
                 t.close()
                 return
             }
@@ -190,14 +192,22 @@ final class Gateway {
         if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
         config = applied
         logger.level = applied.logLevel
-        if let allow = applied.allowDevices {
-            for host in registry.hostnames {
-                for c in registry.connections(hostname: host) where !allow.matches(c.identity.name) {
+        // Tunnels that are up are checked against the new rules: a device revoked by
+        // the new CRL, signed by a CA no longer trusted, or outside the new allow-list
+        // is cut now, not at its next dial.
+        for host in registry.hostnames {
+            for c in registry.connections(hostname: host) {
+                if let allow = applied.allowDevices, !allow.matches(c.identity.name) {
                     logger.notice("reload: " + c.identity.name + " is no longer in allow_devices; closing", c.ctx)
+                    c.close()
+                } else if let tls = c.transport.tls, let ctx = deviceTLS, let why = tls.peerVerifyError(against: ctx) {
+                    logger.notice("reload: " + c.identity.name + "'s certificate no longer verifies (" + why + "); closing", c.ctx)
                     c.close()
                 }
             }
         }
+        health.stop()
+        health.start()
     }
 
     /// A device holds at most `max_connections_per_device`: a rebooted device must
@@ -208,7 +218,9 @@ final class Gateway {
         for old in conns.prefix(conns.count - config.maxConnectionsPerDevice) {
             logger.notice("closing the oldest connection: over max_connections_per_device (" + String(config.maxConnectionsPerDevice) + ")", old.ctx)
             registry.remove(old)
-            old.goAway()
+            // ENHANCE_YOUR_CALM tells the agent this was no restart: it backs off
+            // before dialing again instead of evicting the next connection at once.
+            old.goAway(errorCode: 11)
         }
     }
 

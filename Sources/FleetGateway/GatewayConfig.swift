@@ -53,7 +53,7 @@ struct GatewayConfig {
     var checkTimeoutMs = 3_000
     var checkMethod = "GET"
     var checkPath = "/"
-    var checkStatus = 200...399
+    var checkStatus = 200...499
     var checkRise = 2
     var checkFall = 3
 

@@ -1,7 +1,8 @@
 // HealthChecker checks every connected device over its own reversed connections
 // (HAProxy's `check-reuse-pool`, without a server line per device): every
 // `check_interval_ms` it sends `check_method check_path` to each device and
-// counts answers with an expected status as successes. `check_rise` successes
+// counts answers with an expected status (by default anything below 500: a
+// device that answers 401 or 404 on `/` is alive) as successes. `check_rise` successes
 // in a row make a device `up`, `check_fall` failures in a row make it `down`; a
 // device that is down gets 503 at once instead of requests waiting for timeouts.
 import EventLoop
@@ -42,6 +43,7 @@ final class HealthChecker {
     }
 
     private func schedule() {
+        guard config.checkIntervalMs > 0 else { return }
         timer = gateway.loop.schedule(afterMilliseconds: config.checkIntervalMs) {
             self.runRound()
             self.schedule()

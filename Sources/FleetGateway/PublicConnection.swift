@@ -164,6 +164,12 @@ final class PublicConnection: UserSide {
         }
         let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
         current = ex
+        if WebSocketUpgrade.isRequest(head) && !WebSocketUpgrade.hasValidHandshake(head) {
+            current = nil
+            requestDone = true
+            upgradeRequired()
+            return
+        }
         if WebSocketUpgrade.isRequest(head) && !hasBody {
             // Nothing more is HTTP until the device has answered the upgrade.
             upgrading = true
@@ -182,6 +188,18 @@ final class PublicConnection: UserSide {
         transport.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
     }
 
+    /// A WebSocket handshake we cannot take (RFC 6455 §4.2.2): 426 with the version we speak.
+    private func upgradeRequired() {
+        let body = Array("WebSocket handshake needs Sec-WebSocket-Version: 13 and a 16-byte key\n".utf8)
+        let h = HTTPHeaders([("Sec-WebSocket-Version", "13"), ("Content-Type", "text/plain"),
+                             ("Content-Length", String(body.count)), ("Connection", "close")])
+        keepAlive = false
+        responseStatus = 426
+        transport.write(HTTP1Writer.responseHead(HTTPResponseHead(status: 426, versionMinor: 1, headers: h)))
+        transport.write(body)
+        completeResponse()
+    }
+
     /// The device accepted the WebSocket: 101, then bytes both ways.
     func switchProtocols(accept: String, fields: HTTPHeaders) {
         var h = HTTPHeaders()
@@ -192,6 +210,7 @@ final class PublicConnection: UserSide {
         transport.write(HTTP1Writer.responseHead(HTTPResponseHead(status: 101, versionMinor: 1, headers: h)))
         tunnel = true
         upgrading = false
+        responseStatus = 101
         chunkedResponse = false
         noResponseBody = false
         gateway.loop.cancel(timer)
@@ -296,10 +315,25 @@ final class PublicConnection: UserSide {
         gateway.metrics.request(status: status, seconds: seconds)
         guard gateway.config.accessLog else { return }
         let ms = Int(seconds * 1000)
-        gateway.logger.info("access client=" + transport.peer.description + " host=" + r.host + " method=" + r.method
-                            + " path=" + r.target + " status=" + String(status) + " bytes=" + String(responseBytes)
+        gateway.logger.info("access client=" + transport.peer.description + " host=" + logSafe(r.host) + " method=" + r.method
+                            + " path=" + logSafe(r.target) + " status=" + String(status) + " bytes=" + String(responseBytes)
                             + " duration_ms=" + String(ms) + (aborted ? " aborted" : ""),
                             LogContext(device: current?.deviceName, connection: current?.connectionID))
+    }
+
+    /// A user's text in a log line: spaces, quotes, controls and non-ASCII as %XX,
+    /// so no value can forge another field.
+    private func logSafe(_ s: String) -> String {
+        var out = ""
+        for b in s.utf8 {
+            if b > 0x20 && b < 0x7F && b != 0x22 && b != 0x25 {
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            } else {
+                let hex = Array("0123456789ABCDEF")
+                out += "%" + String(hex[Int(b >> 4)]) + String(hex[Int(b & 15)])
+            }
+        }
+        return out
     }
 
     // MARK: Time limits and shutdown

@@ -56,19 +56,19 @@ final class RequestQueue {
 
     /// A connection of `hostname` came up or finished a stream: send what waits.
     func deviceAvailable(hostname: String) {
-        guard var list = waiting[hostname], !list.isEmpty else { return }
         var rounds = 0
-        while !list.isEmpty && rounds < 10_000 {
+        while rounds < 10_000, let ex = waiting[hostname]?.first, let dev = gateway.registry.pick(hostname: hostname) {
             rounds += 1
-            guard let dev = gateway.registry.pick(hostname: hostname) else { break }
-            let ex = list.removeFirst()
-            cancelTimer(ex)
-            if !ex.dispatch(to: dev) {
-                list.insert(ex, at: 0)
+            // Off the list before dispatching: a dispatch can re-enter this queue.
+            waiting[hostname]?.removeFirst()
+            if waiting[hostname]?.isEmpty == true { waiting[hostname] = nil }
+            if ex.dispatch(to: dev) {
+                cancelTimer(ex)
+            } else {
+                waiting[hostname, default: []].insert(ex, at: 0)  // keeps its timer
                 break
             }
         }
-        waiting[hostname] = list.isEmpty ? nil : list
     }
 
     /// `hostname` lost its last connection: requests for it wait `grace_ms` for a

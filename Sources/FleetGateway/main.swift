@@ -19,7 +19,7 @@ options (also `key = value` lines in --config FILE):
   --listen-admin ADDR|off   operator listener: /devices, /metrics, status page (default 127.0.0.1:9180)
   --access-log true|false   one log line per request (default true)
   --check-interval-ms MS    health check of every device (default 10000, 0 off); --check-path,
-                            --check-method, --check-status 200-399, --check-rise 2, --check-fall 3
+                            --check-method, --check-status 200-499, --check-rise 2, --check-fall 3
   --queue-timeout-ms MS     a request for a busy device waits this long for a free stream (10000)
   --grace-ms MS             ... for a device that just lost its connection to come back (5000)
   --ca FILE                 fleet CA: device certificates must chain to it

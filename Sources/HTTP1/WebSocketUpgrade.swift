@@ -5,6 +5,15 @@ public enum WebSocketUpgrade {
     /// The GUID RFC 6455 appends to Sec-WebSocket-Key.
     public static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
+    /// The handshake is well-formed: version 13 and a 16-byte base64 key (RFC 6455 §4.2.1).
+    /// Otherwise the answer is 426 with `Sec-WebSocket-Version: 13` (or 400).
+    public static func hasValidHandshake(_ head: HTTPRequestHead) -> Bool {
+        guard head.headers.first("sec-websocket-version") == "13", let key = head.headers.first("sec-websocket-key") else { return false }
+        let k = Array(key.utf8)
+        return k.count == 24 && k[22] == 61 && k[23] == 61
+            && k[0..<22].allSatisfy { ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 43 || $0 == 47 }
+    }
+
     /// An HTTP/1.1 request asking to become a WebSocket.
     public static func isRequest(_ head: HTTPRequestHead) -> Bool {
         head.method == "GET" && head.versionMinor == 1

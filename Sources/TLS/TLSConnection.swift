@@ -173,6 +173,21 @@ public final class TLSConnection {
 
     public var protocolVersion: String { String(cString: SSL_get_version(ssl)) }
 
+    /// Why the peer's certificate chain fails verification against `context`'s trust
+    /// store (its CA and CRL, as reloaded), or nil when it verifies.
+    public func peerVerifyError(against context: TLSContext) -> String? {
+        guard let cert = SSL_get1_peer_certificate(ssl) else { return "no peer certificate" }
+        defer { X509_free(cert) }
+        guard let store = SSL_CTX_get_cert_store(context.ctx), let vctx = X509_STORE_CTX_new() else { return "no trust store" }
+        defer { X509_STORE_CTX_free(vctx) }
+        guard X509_STORE_CTX_init(vctx, store, cert, SSL_get_peer_cert_chain(ssl)) == 1 else { return "cannot verify" }
+        _ = X509_STORE_CTX_set_purpose(vctx, X509_PURPOSE_SSL_CLIENT)
+        if X509_verify_cert(vctx) == 1 { return nil }
+        let err = X509_STORE_CTX_get_error(vctx)
+        ERR_clear_error()
+        return String(cString: X509_verify_cert_error_string(Int(err)))
+    }
+
     /// Seconds until the peer certificate expires (negative once expired); nil without one.
     public var peerCertificateSecondsLeft: Int? {
         guard let cert = SSL_get1_peer_certificate(ssl) else { return nil }

@@ -22,6 +22,9 @@ public final class Agent {
     /// Dialers replaced by a reload or stopped, draining.
     private var retiring: [Dialer] = []
     private var reloading = false
+    private var stopping = false
+    /// The dialer a reload is bringing up, not yet in `dialers`.
+    private var rolling: Dialer?
 
     public init(config: AgentConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
         self.config = config
@@ -64,7 +67,12 @@ public final class Agent {
     /// Stops dialing and drains: GOAWAY on every connection, the streams in flight
     /// finish, then `done` runs once every connection is closed.
     public func stop(done: @escaping () -> Void) {
-        let all = dialers + retiring
+        stopping = true
+        var all = dialers + retiring
+        if let r = rolling {
+            all.append(r)
+            rolling = nil
+        }
         dialers = []
         retiring = []
         var open = all.count
@@ -115,6 +123,10 @@ public final class Agent {
 
     /// Replaces the dialer of `slot` with one on the new configuration, then the next.
     private func roll(slot: Int, _ c: AgentConfig, _ t: TLSContext?, _ p: LocalPool, done: @escaping (String?) -> Void) {
+        guard !stopping else {
+            done("stopping")
+            return
+        }
         guard slot < c.connections else {
             // Fewer connections than before: drain the surplus.
             while dialers.count > c.connections { retire(dialers.removeLast()) }
@@ -122,10 +134,12 @@ public final class Agent {
             return
         }
         let fresh = makeDialer(slot: slot, config: c, tls: t, pool: p)
+        rolling = fresh
         var finished = false
         let deadline = loop.schedule(afterMilliseconds: c.connectTimeoutMs) {
-            guard !finished else { return }
+            guard !finished, !self.stopping else { return }
             finished = true
+            self.rolling = nil
             fresh.onStateChange = { _ in self.onChange?() }
             if slot == 0 {
                 // The new configuration never connected: keep what runs.
@@ -140,8 +154,9 @@ public final class Agent {
         }
         fresh.onStateChange = { state in
             self.onChange?()
-            guard state == .connected, !finished else { return }
+            guard state == .connected, !finished, !self.stopping else { return }
             finished = true
+            self.rolling = nil
             self.loop.cancel(deadline)
             fresh.onStateChange = { _ in self.onChange?() }
             self.install(fresh, slot: slot)
@@ -161,7 +176,7 @@ public final class Agent {
 
     private func retire(_ d: Dialer) {
         retiring.append(d)
-        d.onStopped = { self.retiring.removeAll { $0 === d } }
+        d.onStopped = { self.retiring.removeAll { $0 === d } }  // one-shot: the dialer drops it
         d.stop()
     }
 }

@@ -142,21 +142,26 @@ public final class Dialer {
             self.set(.connected)
             self.logger.notice("connected to " + self.config.gateway.description + " (" + (t.tls?.protocolVersion ?? "plaintext") + ")", self.ctx)
         }
-        s.onGoaway = {
+        s.onGoaway = { code in
             // The gateway is going away (restart, rebalancing): the streams it still
-            // covers finish on this connection while a replacement is dialed now.
+            // covers finish on this connection while a replacement is dialed now. A
+            // GOAWAY with an error (ENHANCE_YOUR_CALM: over the gateway's connection
+            // limit) gets the backoff instead, so two sides never evict each other
+            // in a loop.
             guard self.server === s, self.state != .stopped else { return }
-            self.logger.notice("gateway is going away; its streams finish on this connection, dialing again now", self.ctx)
+            let delay = code == 0 ? 0 : self.backoff.nextDelayMs { self.jitter.next(upTo: $0) }
+            self.logger.notice("gateway is going away (error " + String(code) + "); its streams finish on this connection, dialing again in "
+                               + String(delay) + " ms", self.ctx)
             self.server = nil
             self.transport = nil
             self.retiring.append(s)
             self.set(.waiting)
-            self.timer = self.loop.schedule(afterMilliseconds: 0) { self.dial() }
+            self.timer = self.loop.schedule(afterMilliseconds: delay) { self.dial() }
         }
         s.onClose = { reason in
             if self.server !== s {
                 self.retiring.removeAll { $0 === s }
-                if self.state == .stopped && self.server == nil && self.retiring.isEmpty { self.onStopped?() }
+                if self.state == .stopped && self.server == nil && self.retiring.isEmpty { self.stopped() }
                 return
             }
             self.loop.cancel(self.connectTimer)
@@ -171,7 +176,7 @@ public final class Dialer {
 
     private func closed(_ reason: CloseReason, wasReversed: Bool) {
         guard state != .stopped else {
-            if retiring.isEmpty { onStopped?() }
+            if retiring.isEmpty { stopped() }
             return
         }
         guard wasReversed else {
@@ -209,6 +214,14 @@ public final class Dialer {
     /// Called once after `stop` when this dialer's connection is gone.
     public var onStopped: (() -> Void)?
 
+    /// Runs `onStopped` once and drops it (the closure may hold this dialer).
+    private func stopped() {
+        let cb = onStopped
+        onStopped = nil
+        onStateChange = nil
+        cb?()
+    }
+
     /// GOAWAY, let the streams in flight finish, then close; no more dials.
     public func stop() {
         set(.stopped)
@@ -222,7 +235,7 @@ public final class Dialer {
         } else {
             transport?.close()
             transport = nil
-            if retiring.isEmpty { onStopped?() }
+            if retiring.isEmpty { stopped() }
         }
     }
 

@@ -22,7 +22,7 @@ public final class ReversedServer {
     /// Called once when the gateway's SETTINGS arrived: the connection is reversed.
     var onReversed: (() -> Void)?
     /// Called once when the gateway sent GOAWAY: this connection takes no new streams.
-    var onGoaway: (() -> Void)?
+    var onGoaway: ((UInt32) -> Void)?
 
     init(id: Int, transport: Transport, local: LocalPool, settings: HTTP2Settings, device: String,
          responseTimeoutMs: Int, logger: Logger) throws(HTTP2Error) {
@@ -78,7 +78,7 @@ public final class ReversedServer {
             // Streams up to `last` finish here; nghttp2 ends the session after them.
             let cb = onGoaway
             onGoaway = nil
-            cb?()
+            cb?(code)
         case .pingAck:
             break
         }

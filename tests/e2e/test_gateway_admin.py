@@ -101,3 +101,16 @@ def test_access_log_lines(procs, api, pki):
     assert "device=dev1.example" in line and "conn=" in line
     for field in ("client=127.0.0.1:", "host=dev1.example", "method=GET", "status=200", "bytes=12", "duration_ms="):
         assert field in line, line
+
+
+def test_admin_refuses_web_pages(procs, api, pki):
+    """A page in an operator's browser must not drive the admin API: requests with
+    an Origin, or a Host that is a domain name (DNS rebinding), are refused."""
+    gw = lib.start_gateway(procs, pki)
+    for headers in ({"Origin": "http://attacker.example"}, {"Host": "attacker.example"}):
+        c = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
+        c.request("POST", "/devices/dev1.example/disconnect", headers=headers)
+        r = c.getresponse()
+        assert r.status == 403, (headers, r.status)
+        c.close()
+    assert admin(gw, "GET", "/devices")[0] == 200

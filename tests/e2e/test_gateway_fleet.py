@@ -186,3 +186,30 @@ def test_revoked_device_is_refused(procs, api, pki, tmp_path):
     lib.wait_device(gw, "dev1.example")
     gw.proc.wait_log("certificate revoked", timeout=10)
     assert request(gw.public_port, "GET", "/device", "dev2.example").status == 503
+
+
+def test_revoking_a_connected_device_cuts_its_tunnel_on_sighup(procs, api, pki, tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    d = tmp_path / "pki"
+    shutil.copytree(pki.dir, d)
+    subprocess.run([str(lib.gateway_bin()), "pki", "crl", str(d)], check=True, capture_output=True)
+    conf = tmp_path / "gateway.conf"
+    dport, pport, aport = lib.free_port(), lib.free_port(), lib.free_port()
+    conf.write_text(f"listen_devices = 127.0.0.1:{dport}\nlisten_public = 127.0.0.1:{pport}\n"
+                    f"listen_admin = 127.0.0.1:{aport}\nca = {pki.ca}\ncert = {pki.gateway_cert}\n"
+                    f"key = {pki.gateway_key}\ncrl = {d / 'crl.pem'}\n")
+    proc = procs.start("gateway-crl", [lib.gateway_bin(), "--config", conf])
+    proc.wait_log("devices on", timeout=10)
+    gw = lib.Gateway(proc, dport, pport, admin_port=aport)
+    a1, a2 = api("dev1.example"), api("dev2.example")
+    lib.start_agent(procs, dport, pki=pki, device="dev1.example", local_port=a1.port, connections=1)
+    lib.start_agent(procs, dport, pki=pki, device="dev2.example", local_port=a2.port, connections=1)
+    lib.wait_device(gw, "dev1.example")
+    lib.wait_device(gw, "dev2.example")
+    subprocess.run([str(lib.gateway_bin()), "pki", "revoke", str(d), "dev1.example"], check=True, capture_output=True)
+    proc.popen.send_signal(signal.SIGHUP)
+    proc.wait_log("dev1.example's certificate no longer verifies", timeout=10)
+    lib.wait_until(lambda: request(pport, "GET", "/device", "dev1.example").status == 503, 15, "dev1 to be cut")
+    assert request(pport, "GET", "/device", "dev2.example").status == 200

@@ -75,7 +75,7 @@ def slow_fleet(module_procs, module_api, pki) -> Fleet:
 
 
 def test_503_before_device_attaches_then_200(procs, api, pki):
-    gw = lib.start_gateway(procs, pki)
+    gw = lib.start_gateway(procs, pki, extra=["--grace-ms", "500"])
     r = request(gw.public_port, "GET", "/device", "dev1.example")
     assert r.status == 503
     assert "dev1.example" in r.text, r.text
@@ -94,7 +94,8 @@ def test_503_before_device_attaches_then_200(procs, api, pki):
     r = request(gw.public_port, "GET", "/device", "dev2.example")
     assert r.status == 503 and "dev2.example" in r.text
 
-    # Device leaves (SIGTERM: GOAWAY on every connection) -> 503 again.
+    # Device leaves (SIGTERM: GOAWAY on every connection) -> 503 again, once the
+    # grace period for a re-dial is over.
     agent.stop()
     lib.wait_until(lambda: request(gw.public_port, "GET", "/device", "dev1.example", timeout=5).status == 503,
                    10, "503 after the agent stopped")

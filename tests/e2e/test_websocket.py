@@ -95,3 +95,13 @@ def test_websocket_to_a_device_that_is_not_connected_gets_503(procs, api, pki):
     s, f, _, status, _ = _handshake(gw.public_port, host="nobody.example")
     s.close()
     assert status.startswith(b"HTTP/1.1 503"), status
+
+
+def test_bad_websocket_handshake_gets_426(procs, api, pki):
+    gw, _ = _fleet(procs, api, pki)
+    s = socket.create_connection(("127.0.0.1", gw.public_port), timeout=10)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: dev1.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n")
+    data, _ = lib.read_until_close(s, 10)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 426") and b"Sec-WebSocket-Version: 13" in data, data
