@@ -1,7 +1,8 @@
 // PublicH2Connection is a user's HTTP/2 connection (ALPN h2 on the TLS listener,
 // prior-knowledge h2c on the plain one). Each stream is a PublicStream, the
 // user side of one Exchange, exactly as an HTTP/1.1 connection is for its
-// requests. Limits: at most `public_max_streams` concurrent streams, and a user
+// requests. WebSockets arrive as extended CONNECT (RFC 8441) and go to the
+// device the same way. Limits: at most `public_max_streams` concurrent streams, and a user
 // who resets streams faster than `resetsPerSecond` (rapid reset, CVE-2023-44487)
 // gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
 import EventLoop
@@ -23,7 +24,7 @@ final class PublicH2Connection {
         self.scheme = scheme
         var settings = HTTP2Settings()
         settings.maxConcurrentStreams = UInt32(gateway.config.publicMaxStreams)
-        settings.enableConnectProtocol = false
+        settings.enableConnectProtocol = true
         let session = try HTTP2Session(role: .server, preface: .standard, settings: settings)
         connection = HTTP2Connection(transport: transport, session: session, logger: gateway.logger, context: LogContext())
     }
@@ -75,13 +76,19 @@ final class PublicH2Connection {
             s.respondError(400, "the request names no valid device host ('" + authority + "')")
             return
         }
-        if method == "CONNECT" {
-            s.respondError(405, "CONNECT is not supported")
+        let proto = headers.first(":protocol")
+        if method == "CONNECT" && (proto.map(WebSocketUpgrade.isWebSocketProtocol) ?? false) == false {
+            s.respondError(405, proto == nil ? "CONNECT is not supported" : "only the websocket protocol is supported")
             return
         }
         let ex = Exchange(client: s, request: head, authority: authority, hostname: host)
         s.exchange = ex
-        ex.start(requestHasBody: !endStream)
+        if method == "CONNECT" {
+            s.isWebSocket = true
+            ex.startWebSocket()
+        } else {
+            ex.start(requestHasBody: !endStream)
+        }
     }
 
     /// Rapid reset: more than `resetsPerSecond` streams cancelled by the user in a second.
@@ -136,6 +143,8 @@ final class PublicStream: UserSide {
     private var paused = false
     private var ended = false
     private(set) var responseComplete = false
+    /// An extended CONNECT: after 200, the stream's DATA is the WebSocket's bytes.
+    var isWebSocket = false
 
     init(conn: PublicH2Connection, id: Int32) {
         self.conn = conn
@@ -222,8 +231,22 @@ final class PublicStream: UserSide {
         conn.connection.scheduleFlush()
     }
 
-    func switchProtocols(accept: String, fields: HTTPHeaders) { abort("no WebSocket upgrade over HTTP/2") }
-    func tunnelEnded() {}
+    /// The device took the WebSocket: 200 (RFC 8441 §5), then bytes both ways.
+    func switchProtocols(accept: String, fields: HTTPHeaders) {
+        var h = HTTPHeaders()
+        h.add(":status", "200")
+        for (n, v) in fields { h.add(n, v) }
+        submit(h, endStream: false)
+    }
+
+    /// The device ended its side of the WebSocket: end ours.
+    func tunnelEnded() {
+        responseComplete = true
+        guard !ended else { return }
+        ended = true
+        session.sendData(stream: id, [], endStream: true)
+        conn.connection.scheduleFlush()
+    }
 
     private func submit(_ h: HTTPHeaders, endStream: Bool) {
         do throws(HTTP2Error) {

@@ -116,3 +116,51 @@ def test_rapid_reset_gets_goaway(procs, api, pki):
     assert "resets streams too fast" in gw.proc.log()
     # Other users are unaffected.
     assert _curl(gw, "dev1.example", "/device")[1] == 200
+
+
+def _hpack_literal(name: bytes, value: bytes) -> bytes:
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def _read_frames(s, buf: bytearray):
+    """Yields (type, flags, stream, payload) as they arrive."""
+    while True:
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[0:3], "big"):
+            n = int.from_bytes(buf[0:3], "big")
+            frame = (buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, bytes(buf[9:9 + n]))
+            del buf[:9 + n]
+            yield frame
+        chunk = s.recv(65536)
+        if not chunk:
+            return
+        buf += chunk
+
+
+def test_websocket_over_http2_extended_connect(procs, api, pki):
+    """RFC 8441 from the user too: an extended CONNECT on the user's HTTP/2
+    connection reaches the device's WebSocket echo."""
+    gw = _fleet(procs, api, pki)
+    s = socket.create_connection(("127.0.0.1", gw.public_port), timeout=10)
+    block = (b"\x02\x07CONNECT" + b"\x86" + b"\x04\x03/ws" + b"\x01" + bytes([12]) + b"dev1.example"
+             + _hpack_literal(b":protocol", b"websocket") + _hpack_literal(b"sec-websocket-version", b"13"))
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(0x4, 0, 0) + _frame(0x1, 0x4, 1, block))
+    buf = bytearray()
+    frames = _read_frames(s, buf)
+    status_ok = False
+    for ftype, flags, stream, payload in frames:
+        if ftype == 0x4 and not flags & 0x1:
+            s.sendall(_frame(0x4, 0x1, 0))
+        if ftype == 0x1 and stream == 1:
+            status_ok = payload[:1] == b"\x88"  # :status 200, static table
+            break
+        assert ftype != 0x3, "stream reset"
+    assert status_ok, "the extended CONNECT was not answered 200"
+    s.sendall(_frame(0x0, 0, 1, lib.ws_frame(0x1, b"hello over h2", mask=True)))
+    echoed = b""
+    for ftype, flags, stream, payload in frames:
+        if ftype == 0x0 and stream == 1:
+            echoed += payload
+            if len(echoed) >= 2 + len(b"hello over h2"):
+                break
+    assert echoed == lib.ws_frame(0x1, b"hello over h2"), echoed
+    s.close()
