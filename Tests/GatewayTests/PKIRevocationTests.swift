@@ -132,34 +132,6 @@ final class PKIRevocationTests: XCTestCase {
                       "\(seconds)s ahead, expected \(days) days", file: file, line: line)
     }
 
-    private var opensslCLI: String? {
-        FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl") ? "/usr/bin/openssl" : nil
-    }
-
-    private func runOpenSSL(_ arguments: [String]) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
-    private func assertThrows(_ expected: String, file: StaticString = #filePath, line: UInt = #line,
-                              _ body: () throws(PKIError) -> Void) -> PKIError? {
-        do {
-            try body()
-            XCTFail("expected \(expected), nothing thrown", file: file, line: line)
-            return nil
-        } catch {
-            return error
-        }
-    }
-
     // MARK: tests
 
     func testRevokedDeviceFailsOthersVerify() throws {

@@ -84,35 +84,6 @@ final class PKITests: XCTestCase {
         X509_check_ip_asc(cert, ip, 0) == 1
     }
 
-    private var opensslCLI: String? {
-        FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl") ? "/usr/bin/openssl" : nil
-    }
-
-    /// Runs the openssl CLI; returns its exit status and combined output.
-    private func runOpenSSL(_ arguments: [String]) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
-    private func assertThrows(_ expected: String, file: StaticString = #filePath, line: UInt = #line,
-                              _ body: () throws(PKIError) -> Void) -> PKIError? {
-        do {
-            try body()
-            XCTFail("expected \(expected), nothing thrown", file: file, line: line)
-            return nil
-        } catch {
-            return error
-        }
-    }
-
     // MARK: tests
 
     func testInitializeAndIssueFilesAndModes() throws {
