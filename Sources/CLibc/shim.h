@@ -102,6 +102,64 @@ static inline void rh_tune_malloc(void) {
     mallopt(M_TRIM_THRESHOLD, 128 * 1024);
 }
 
+// Asynchronous name resolution (glibc's getaddrinfo_a, in libc since 2.34), so a
+// slow or dead DNS server never stalls the event loop. Its declarations need
+// _GNU_SOURCE, which a module header must not set: the request block below has
+// glibc's `struct gaicb` layout.
+struct rh_gaicb {
+    const char *ar_name;
+    const char *ar_service;
+    const struct addrinfo *ar_request;
+    struct addrinfo *ar_result;
+    int rh_return;
+    int rh_reserved[5];
+};
+extern int getaddrinfo_a(int mode, struct rh_gaicb *list[], int nitems, struct sigevent *sevp);
+extern int gai_error(struct rh_gaicb *req);
+extern int gai_cancel(struct rh_gaicb *req);
+
+struct rh_resolution {
+    struct rh_gaicb cb;
+    struct addrinfo hints;
+    char host[256];
+    char port[8];
+};
+
+// Starts resolving host:port (TCP, any family); NULL when it cannot start.
+static inline struct rh_resolution *rh_resolve_start(const char *host, int port) {
+    struct rh_resolution *r = calloc(1, sizeof(*r));
+    if (!r) return NULL;
+    snprintf(r->host, sizeof(r->host), "%s", host);
+    snprintf(r->port, sizeof(r->port), "%d", port);
+    r->hints.ai_family = AF_UNSPEC;
+    r->hints.ai_socktype = SOCK_STREAM;
+    r->cb.ar_name = r->host;
+    r->cb.ar_service = r->port;
+    r->cb.ar_request = &r->hints;
+    struct rh_gaicb *list[1] = { &r->cb };
+    if (getaddrinfo_a(1 /* GAI_NOWAIT */, list, 1, NULL) != 0) { free(r); return NULL; }
+    return r;
+}
+// EAI_INPROGRESS (-100) while running, 0 when done, another EAI_ code on failure.
+static inline int rh_resolve_status(struct rh_resolution *r) { return gai_error(&r->cb); }
+static inline struct addrinfo *rh_resolve_result(struct rh_resolution *r) { return r->cb.ar_result; }
+// Frees a finished resolution; a running one is cancelled first, and when glibc
+// cannot cancel it, 1 is returned and the caller must ask again later.
+static inline int rh_resolve_free(struct rh_resolution *r) {
+    if (gai_error(&r->cb) == -100 /* EAI_INPROGRESS */ && gai_cancel(&r->cb) == -102 /* EAI_NOTCANCELED */) {
+        return 1;
+    }
+    if (r->cb.ar_result) freeaddrinfo(r->cb.ar_result);
+    free(r);
+    return 0;
+}
+
+// 1 when `host` is an IPv4 or IPv6 literal (no lookup needed).
+static inline int rh_is_ip_literal(const char *host) {
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
 // Permission bits of a file (-1 when it cannot be stat'ed).
 static inline int rh_file_mode(const char *path) {
     struct stat st;

@@ -27,6 +27,7 @@ public final class Dialer {
     private var connectedAt: UInt64 = 0
     private var timer: TimerID?
     private var connectTimer: TimerID?
+    private var resolution: Resolution?
     /// Why the last dial failed ("" once connected).
     public private(set) var lastFailure = ""
     public private(set) var dialCount = 0
@@ -58,15 +59,15 @@ public final class Dialer {
         guard state != .stopped else { return }
         dialCount += 1
         set(.connecting)
-        let addrs: [SocketAddress]
-        do throws(SocketError) {
-            // Resolved on every dial: the gateway's address may change.
-            addrs = try Socket.resolve(config.gateway)
-        } catch {
-            failed(error.description)
-            return
+        // Resolved on every dial (the gateway's address may change), off the loop:
+        // a dead DNS server must not stall the other connections.
+        resolution = Resolution.start(loop: loop, config.gateway, timeoutMs: config.connectTimeoutMs) { result in
+            self.resolution = nil
+            switch result {
+            case .failure(let e): self.failed(e.description)
+            case .success(let addrs): self.connect(addrs, index: 0, previousError: "no address for " + self.config.gateway.host)
+            }
         }
-        connect(addrs, index: 0, previousError: "no address for " + config.gateway.host)
     }
 
     /// Tries `addrs[index...]` in turn (say an unreachable IPv6 address before a
@@ -229,6 +230,8 @@ public final class Dialer {
         timer = nil
         loop.cancel(connectTimer)
         connectTimer = nil
+        resolution?.cancel()
+        resolution = nil
         for r in retiring { r.shutdown() }
         if let s = server {
             s.shutdown()

@@ -136,3 +136,16 @@ def test_trailers_cross_the_tunnel(procs, api, pki):
     assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
     assert body.startswith(b"5\r\nhello\r\n0\r\n"), body
     assert b"x-checksum: sha256-abc" in body.lower(), body
+
+
+def test_gateway_by_name_is_resolved_on_each_dial(procs, api, pki):
+    """--gateway with a name (resolved off the event loop on every dial)."""
+    gw = lib.start_gateway(procs, pki)
+    a = api("dev1.example")
+    agent = procs.start("agent-by-name", [lib.agent_bin(), "--gateway", f"localhost:{gw.device_port}",
+                                          "--server-name", "gw.example", "--ca", pki.ca,
+                                          "--cert", pki.device_cert("dev1.example"),
+                                          "--key", pki.device_key("dev1.example"),
+                                          "--local", f"127.0.0.1:{a.port}", "--connections", "1"])
+    r = lib.wait_device(gw, "dev1.example")
+    assert r.status == 200 and agent.alive()
