@@ -213,3 +213,30 @@ def test_revoking_a_connected_device_cuts_its_tunnel_on_sighup(procs, api, pki, 
     proc.wait_log("dev1.example's certificate no longer verifies", timeout=10)
     lib.wait_until(lambda: request(pport, "GET", "/device", "dev1.example").status == 503, 15, "dev1 to be cut")
     assert request(pport, "GET", "/device", "dev2.example").status == 200
+
+
+def test_hostname_isolation_under_load_to_many_devices(procs, api, pki):
+    """Eight devices, 800 concurrent requests spread over them: every answer comes
+    from the device its Host named."""
+    devices = [f"node{i}.example" for i in range(8)]
+    for dev in devices:
+        lib.run_pki(["issue", pki.dir, dev, "--force"])
+    gw = lib.start_gateway(procs, pki, extra=["--access-log", "false"])
+    for dev in devices:
+        a = api(dev)
+        lib.start_agent(procs, gw.device_port, pki=pki, device=dev, local_port=a.port, connections=2,
+                        log_level="warning")
+    for dev in devices:
+        lib.wait_device(gw, dev)
+
+    def one(i):
+        dev = devices[(i * 5 + i // 7) % len(devices)]
+        r = request(gw.public_port, "GET", f"/echo?i={i}", dev, timeout=30)
+        doc = r.json() if r.status == 200 else {}
+        return dev, r.status, r.header("X-Device"), doc.get("device"), doc.get("path")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=64) as ex:
+        results = list(ex.map(one, range(800)))
+    wrong = [(i, r) for i, r in enumerate(results)
+             if not (r[1] == 200 and r[2] == r[0] and r[3] == r[0] and r[4] == f"/echo?i={i}")]
+    assert not wrong, f"{len(wrong)} of 800 wrong, e.g. {wrong[:3]}"
