@@ -63,20 +63,7 @@ public final class Resolution {
             finish(.failure(SocketError("resolve " + endpoint.host + " (" + msg + ")", errno: EHOSTUNREACH)))
             return
         }
-        var out: [SocketAddress] = []
-        var cur = rh_resolve_result(h)
-        var guardCount = 0
-        while let ai = cur, guardCount < 32 {
-            guardCount += 1
-            if let sa = ai.pointee.ai_addr, ai.pointee.ai_addrlen <= UInt32(MemoryLayout<sockaddr_storage>.size) {
-                var addr = SocketAddress()
-                withUnsafeMutableBytes(of: &addr.storage) { dst in
-                    dst.copyMemory(from: UnsafeRawBufferPointer(start: sa, count: Int(ai.pointee.ai_addrlen)))
-                }
-                out.append(addr)
-            }
-            cur = ai.pointee.ai_next
-        }
+        let out = Socket.addresses(rh_resolve_result(h))
         finish(out.isEmpty ? .failure(SocketError("resolve " + endpoint.host + " (no address)", errno: EHOSTUNREACH)) : .success(out))
     }
 

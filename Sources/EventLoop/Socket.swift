@@ -93,8 +93,13 @@ public enum Socket {
             throw SocketError("resolve " + endpoint.host + " (" + msg + ")", errno: EHOSTUNREACH)
         }
         defer { freeaddrinfo(result) }
+        return addresses(first)
+    }
+
+    /// The addresses of a getaddrinfo result list (at most 32).
+    static func addresses(_ list: UnsafeMutablePointer<addrinfo>?) -> [SocketAddress] {
         var out: [SocketAddress] = []
-        var cur: UnsafeMutablePointer<addrinfo>? = first
+        var cur = list
         var guardCount = 0
         while let ai = cur, guardCount < 32 {
             guardCount += 1
