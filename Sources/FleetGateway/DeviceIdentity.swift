@@ -23,10 +23,10 @@ struct HostnameTemplate: Equatable {
     }
 
     init?(_ text: String) {
-        let parts = text.lowercased().components(separatedBy: "{cn}")
-        guard parts.count == 2 else { return nil }
-        prefix = parts[0]
-        suffix = parts[1]
+        let t = text.lowercased()
+        guard let r = t.firstRange(of: "{cn}"), t[r.upperBound...].firstRange(of: "{cn}") == nil else { return nil }
+        prefix = String(t[..<r.lowerBound])
+        suffix = String(t[r.upperBound...])
         guard PKI.isValidHostname(prefix + "x" + suffix) else { return nil }
     }
 
@@ -50,37 +50,10 @@ enum HostRouting {
     }
 }
 
-extension String {
-    func components(separatedBy sep: String) -> [String] {
-        var out: [String] = []
-        var rest = Substring(self)
-        while let r = rest.range(of: sep) {
-            out.append(String(rest[..<r.lowerBound]))
-            rest = rest[r.upperBound...]
-        }
-        out.append(String(rest))
-        return out
-    }
-}
-
-extension Substring {
-    func range(of needle: String) -> Range<Substring.Index>? {
-        guard !needle.isEmpty else { return nil }
-        var i = startIndex
-        while i < endIndex {
-            if self[i...].hasPrefix(needle) {
-                return i..<index(i, offsetBy: needle.count)
-            }
-            i = index(after: i)
-        }
-        return nil
-    }
-}
-
 extension HostRouting {
     /// The authority of an absolute-form target ("http://host:80/x" -> "host:80"), else nil.
     static func absoluteAuthority(_ target: String) -> String? {
-        guard let r = target.range(of: "://"), target.hasPrefix("http") else { return nil }
+        guard let r = target.firstRange(of: "://"), target.hasPrefix("http") else { return nil }
         let rest = target[r.upperBound...]
         let end = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
         return String(rest[..<end])
@@ -88,18 +61,11 @@ extension HostRouting {
 
     /// The origin-form of a request target ("http://h/x?y" -> "/x?y"; "/x" unchanged).
     static func originForm(_ target: String) -> String {
-        guard let r = target.range(of: "://"), target.hasPrefix("http") else { return target }
+        guard let r = target.firstRange(of: "://"), target.hasPrefix("http") else { return target }
         let rest = target[r.upperBound...]
         guard let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
         let path = String(rest[slash...])
         return path.hasPrefix("?") ? "/" + path : path
-    }
-}
-
-extension String {
-    func range(of needle: String) -> Range<String.Index>? {
-        guard let r = Substring(self).range(of: needle) else { return nil }
-        return r
     }
 }
 
@@ -110,9 +76,16 @@ struct NamePattern: Equatable {
     let globs: [[Character]]
 
     init?(_ text: String) {
-        let parts = text.lowercased().split(separator: ",").map { $0.trimmingCharacters(in: " ") }
+        let parts = text.lowercased().split(separator: ",").map(NamePattern.trimSpaces)
         guard !parts.isEmpty, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0.isASCII && !$0.isWhitespace } }) else { return nil }
         globs = parts.map { Array($0) }
+    }
+
+    private static func trimSpaces(_ s: Substring) -> String {
+        var t = s
+        while t.first == " " { t = t.dropFirst() }
+        while t.last == " " { t = t.dropLast() }
+        return String(t)
     }
 
     func matches(_ name: String) -> Bool {
@@ -138,14 +111,5 @@ struct NamePattern: Equatable {
         }
         while pi < p.endIndex && p[pi] == "*" { pi += 1 }
         return pi == p.endIndex
-    }
-}
-
-extension Substring {
-    func trimmingCharacters(in set: Character) -> String {
-        var s = self
-        while s.first == set { s = s.dropFirst() }
-        while s.last == set { s = s.dropLast() }
-        return String(s)
     }
 }

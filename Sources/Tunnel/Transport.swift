@@ -96,7 +96,7 @@ public final class Transport {
             do throws(TLSError) {
                 try tls.write(bytes)
             } catch {
-                fail(.tls(error))
+                finish(.tls(error))
                 return
             }
             cipherOut.removeAll(keepingCapacity: true)
@@ -188,7 +188,7 @@ public final class Transport {
                 outputOffset += n
                 bytesOut += n
             case .failure(let e):
-                fail(.socket(e))
+                finish(.socket(e))
                 return
             }
         }
@@ -212,7 +212,7 @@ public final class Transport {
             guard ev.writable || ev.hangup else { return }
             let err = Socket.connectResult(fd)
             if err != 0 {
-                fail(.socket(SocketError("connect " + peer.description, errno: err)))
+                finish(.socket(SocketError("connect " + peer.description, errno: err)))
                 return
             }
             state = tls == nil ? .open : .handshaking
@@ -245,7 +245,7 @@ public final class Transport {
                 peerFinishedSending()
                 return
             case .error(let e):
-                fail(.socket(SocketError("read", errno: e)))
+                finish(.socket(SocketError("read", errno: e)))
                 return
             case .data(let n):
                 bytesIn += n
@@ -282,7 +282,7 @@ public final class Transport {
             if !cipherOut.isEmpty {
                 cipherOut.withUnsafeBytes { p in _ = Socket.write(fd, p) }
             }
-            fail(.tls(error))
+            finish(.tls(error))
         }
     }
 
@@ -308,7 +308,7 @@ public final class Transport {
                     return
                 }
             } catch {
-                fail(.tls(error))
+                finish(.tls(error))
                 return
             }
         }
@@ -324,7 +324,6 @@ public final class Transport {
         cb()
     }
 
-    private func fail(_ reason: CloseReason) { finish(reason) }
 
     private func finish(_ reason: CloseReason) {
         guard state != .closed else { return }

@@ -8,17 +8,6 @@ import XCTest
 final class PKIRevocationTests: XCTestCase {
     // MARK: helpers
 
-    private func makeTempDir() throws -> String {
-        let base = FileManager.default.temporaryDirectory.path + "/pki-crl-test-XXXXXX"
-        var template = Array(base.utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw NSError(domain: "mkdtemp", code: Int(errno))
-        }
-        let path = String(cString: made)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-        return path
-    }
-
     /// A PKI with devices dev1.example and dev2.example.
     private func makePKI() throws -> String {
         let dir = try makeTempDir() + "/pki"
@@ -26,27 +15,6 @@ final class PKIRevocationTests: XCTestCase {
         try PKI.issue(directory: dir, name: "dev1.example")
         try PKI.issue(directory: dir, name: "dev2.example")
         return dir
-    }
-
-    private func mode(_ path: String) -> mode_t {
-        var st = stat()
-        XCTAssertEqual(stat(path, &st), 0, "stat \(path)")
-        return st.st_mode & 0o7777
-    }
-
-    private func text(_ path: String) -> String {
-        (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-    }
-
-    private func loadCert(_ path: String, file: StaticString = #filePath, line: UInt = #line) -> OpaquePointer? {
-        guard let bio = BIO_new_file(path, "r") else {
-            XCTFail("cannot open \(path)", file: file, line: line)
-            return nil
-        }
-        defer { BIO_free(bio) }
-        let cert = PEM_read_bio_X509(bio, nil, nil, nil)
-        XCTAssertNotNil(cert, "no certificate in \(path)", file: file, line: line)
-        return cert
     }
 
     private func loadCRL(_ path: String, file: StaticString = #filePath, line: UInt = #line) -> OpaquePointer? {
