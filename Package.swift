@@ -45,9 +45,11 @@ let package = Package(
 
         .executableTarget(name: "DeviceAgent", dependencies: ["Tunnel"],
                           swiftSettings: engineSettings, linkerSettings: agentLinker),
-        .executableTarget(name: "FleetGateway", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL"]),
+        // The fleet's certificates (full Swift): `fleet-gateway pki`, and the simulator's devices.
+        .target(name: "FleetPKI", dependencies: ["TLS", "COpenSSL"]),
+        .executableTarget(name: "FleetGateway", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI"]),
 
         .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Tunnel"]),
-        .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "COpenSSL", "TLS"]),
+        .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "FleetPKI", "COpenSSL", "TLS"]),
     ]
 )

@@ -2,6 +2,7 @@
 // once, from the verified certificate's CN (or the configured name on a
 // plaintext listener), when the connection is accepted; nothing later changes it.
 
+import FleetPKI
 struct DeviceIdentity: Equatable {
     /// The certificate CN, lower-cased.
     let name: String

@@ -1,6 +1,7 @@
 // Gateway wires the two sides together on one event loop: the device listener
 // (mTLS, reversed HTTP/2 connections into the registry) and the public listener
 // (users' HTTP/1.1 requests, routed by Host through an Exchange).
+import FleetPKI
 import EventLoop
 import HTTP2
 import TLS

@@ -1,6 +1,7 @@
 // fleet-gateway: accepts devices over mutual TLS, reverses their connections and
 // routes users' requests to them by Host. `fleet-gateway pki ...` makes the
 // certificates.
+import FleetPKI
 import CLibc
 import EventLoop
 import TLS

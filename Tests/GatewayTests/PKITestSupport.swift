@@ -1,7 +1,7 @@
 // Helpers shared by the PKI tests.
 import COpenSSL
 import Foundation
-@testable import FleetGateway
+@testable import FleetPKI
 import XCTest
 
 extension XCTestCase {

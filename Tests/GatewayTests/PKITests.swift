@@ -3,7 +3,7 @@
 import COpenSSL
 import Foundation
 import XCTest
-@testable import FleetGateway
+@testable import FleetPKI
 
 final class PKITests: XCTestCase {
     // MARK: helpers

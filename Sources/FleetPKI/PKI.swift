@@ -88,14 +88,7 @@ public enum PKI {
         try checkDays(days, "days")
         try checkOffset(notBeforeOffsetDays)
         try issueLeaf(directory: directory, subdirectory: "devices", name: name,
-                      extensions: [
-                          (NID_basic_constraints, "CA:FALSE"),
-                          (NID_key_usage, "critical,digitalSignature"),
-                          (NID_ext_key_usage, "clientAuth"),
-                          (NID_subject_key_identifier, "hash"),
-                          (NID_authority_key_identifier, "keyid:always"),
-                          (NID_subject_alt_name, "DNS:" + name),
-                      ],
+                      extensions: deviceExtensions(name: name),
                       days: days, notBeforeOffsetDays: notBeforeOffsetDays,
                       writeBundle: true, force: force)
     }
@@ -133,6 +126,17 @@ public enum PKI {
     }
 
     // MARK: - Issuing
+
+    static func deviceExtensions(name: String) -> [(Int32, String)] {
+        [
+            (NID_basic_constraints, "CA:FALSE"),
+            (NID_key_usage, "critical,digitalSignature"),
+            (NID_ext_key_usage, "clientAuth"),
+            (NID_subject_key_identifier, "hash"),
+            (NID_authority_key_identifier, "keyid:always"),
+            (NID_subject_alt_name, "DNS:" + name),
+        ]
+    }
 
     static func serverExtensions(sans: [String]) -> [(Int32, String)] {
         [
