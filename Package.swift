@@ -29,6 +29,8 @@ let package = Package(
     products: [
         .executable(name: "device-agent", targets: ["DeviceAgent"]),
         .executable(name: "fleet-gateway", targets: ["FleetGateway"]),
+        .executable(name: "device-sim", targets: ["DeviceSim"]),
+        .library(name: "DeviceSimKit", targets: ["DeviceSimKit"]),
     ],
     targets: [
         // Leaf modules: one per C library, a module map and a small shim header.
@@ -49,7 +51,12 @@ let package = Package(
         .target(name: "FleetPKI", dependencies: ["TLS", "COpenSSL"]),
         .executableTarget(name: "FleetGateway", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI"]),
 
+        // The simulator (full Swift): virtual devices on the real agent engine.
+        .target(name: "DeviceSimKit", dependencies: ["Tunnel", "TLS", "HTTP1", "EventLoop", "FleetPKI"]),
+        .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "Tunnel", "EventLoop", "CLibc"]),
+
         .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Tunnel"]),
         .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "FleetPKI", "COpenSSL", "TLS"]),
+        .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGateway", "FleetPKI", "Tunnel", "HTTP1", "EventLoop"]),
     ]
 )

@@ -50,6 +50,17 @@ static inline int rh_block_signals(const int *signals, int count, sigset_t *set)
 static inline int rh_signalfd(const sigset_t *set) {
     return signalfd(-1, set, SFD_NONBLOCK | SFD_CLOEXEC);
 }
+// Raises the soft limit on open files to the hard limit (a gateway holds one per
+// device); returns the soft limit now in force.
+static inline long rh_raise_nofile(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0) return -1;
+    if (r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &r) != 0) getrlimit(RLIMIT_NOFILE, &r);
+    }
+    return (long)r.rlim_cur;
+}
 static inline int rh_ignore_sigpipe(void) { return signal(SIGPIPE, SIG_IGN) == SIG_ERR ? -1 : 0; }
 
 // Socket address helpers: Swift's view of the sockaddr unions is awkward.

@@ -427,7 +427,7 @@ public enum PKI {
         if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .io(path, errno: errno) }
     }
 
-    static func readFile(_ path: String) throws(PKIError) -> [UInt8] {
+    public static func readFile(_ path: String) throws(PKIError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .io(path, errno: errno) }
         defer { close(fd) }

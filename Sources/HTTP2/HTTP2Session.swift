@@ -162,6 +162,8 @@ public final class HTTP2Session {
         if let result { throw result }
     }
 
+    public var hasEvents: Bool { !events.isEmpty }
+
     /// Events produced since the last call, in order.
     public func takeEvents() -> [HTTP2Event] {
         let e = events

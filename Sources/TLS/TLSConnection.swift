@@ -42,7 +42,8 @@ public final class TLSConnection {
 
     /// `serverName` (client role): sent as SNI unless an IP address, and checked against
     /// the server certificate's names (DNS or IP).
-    public init(context: TLSContext, serverName: String? = nil) throws(OpenSSLError) {
+    /// `identity`: the certificate and key this connection presents instead of the context's.
+    public init(context: TLSContext, serverName: String? = nil, identity: TLSIdentity? = nil) throws(OpenSSLError) {
         self.context = context
         ERR_clear_error()
         guard let ssl = SSL_new(context.ctx) else { throw OpenSSLError.drain("SSL_new") }
@@ -55,6 +56,11 @@ public final class TLSConnection {
         self.ssl = ssl
         rbio = r
         wbio = w
+        if let identity {
+            guard SSL_use_certificate(ssl, identity.certificate) == 1, SSL_use_PrivateKey(ssl, identity.key) == 1 else {
+                throw OpenSSLError.drain("use the connection's certificate and key")
+            }
+        }
         if context.configuration.role == .client {
             SSL_set_connect_state(ssl)
             if let name = serverName {

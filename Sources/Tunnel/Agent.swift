@@ -17,6 +17,8 @@ public final class Agent {
     public private(set) var dialers: [Dialer] = []
     private var pool: LocalPool
     private var tls: TLSContext?
+    private let identity: TLSIdentity?
+    private let handler: LocalHandler?
     private var connectionCounter = 0
     private var onChange: (() -> Void)?
     /// Dialers replaced by a reload or stopped, draining.
@@ -26,12 +28,23 @@ public final class Agent {
     /// The dialer a reload is bringing up, not yet in `dialers`.
     private var rolling: Dialer?
 
-    public init(config: AgentConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
+    public convenience init(config: AgentConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
+        let tls = config.plaintext ? nil : try TLSContext(config.tlsConfiguration())
+        self.init(config: config, loop: loop, logger: logger, tls: tls)
+    }
+
+    /// An agent on a TLS context built elsewhere, presenting `identity` if set (one
+    /// context for many simulated devices), and serving requests with `handler`
+    /// in-process instead of forwarding them to `config.local`.
+    public init(config: AgentConfig, loop: EventLoop, logger: Logger, tls: TLSContext?,
+                identity: TLSIdentity? = nil, handler: LocalHandler? = nil) {
         self.config = config
         self.loop = loop
         self.logger = logger
+        self.tls = tls
+        self.identity = identity
+        self.handler = handler
         pool = LocalPool(loop: loop, endpoint: config.local, maxActive: config.localMaxConnections)
-        tls = config.plaintext ? nil : try TLSContext(config.tlsConfiguration())
     }
 
     public var connectedCount: Int {
@@ -56,7 +69,8 @@ public final class Agent {
 
     private func makeDialer(slot: Int, config: AgentConfig, tls: TLSContext?, pool: LocalPool) -> Dialer {
         let seed = loop.now ^ (UInt64(UInt32(bitPattern: getpid())) << 32) ^ (UInt64(slot) &* 0x9E37_79B9_7F4A_7C15)
-        let d = Dialer(slot: slot, config: config, loop: loop, tls: tls, pool: pool, logger: logger, seed: seed) {
+        let d = Dialer(slot: slot, config: config, loop: loop, tls: tls, identity: identity, pool: pool, handler: handler,
+                       logger: logger, seed: seed) {
             self.connectionCounter += 1
             return self.connectionCounter
         }

@@ -14,7 +14,10 @@ public final class Dialer {
     let config: AgentConfig
     let loop: EventLoop
     let tls: TLSContext?
+    /// The certificate and key presented, when not the TLS context's own (the simulator).
+    let identity: TLSIdentity?
     let pool: LocalPool
+    let handler: LocalHandler?
     let logger: Logger
     let nextConnectionID: () -> Int
     public private(set) var state = State.idle
@@ -31,16 +34,20 @@ public final class Dialer {
     /// Why the last dial failed ("" once connected).
     public private(set) var lastFailure = ""
     public private(set) var dialCount = 0
+    /// Connections that came up (were reversed).
+    public private(set) var connectCount = 0
     /// Called on every change of `state`.
     public var onStateChange: ((State) -> Void)?
 
-    init(slot: Int, config: AgentConfig, loop: EventLoop, tls: TLSContext?, pool: LocalPool, logger: Logger,
-         seed: UInt64, nextConnectionID: @escaping () -> Int) {
+    init(slot: Int, config: AgentConfig, loop: EventLoop, tls: TLSContext?, identity: TLSIdentity? = nil,
+         pool: LocalPool, handler: LocalHandler? = nil, logger: Logger, seed: UInt64, nextConnectionID: @escaping () -> Int) {
         self.slot = slot
         self.config = config
         self.loop = loop
         self.tls = tls
+        self.identity = identity
         self.pool = pool
+        self.handler = handler
         self.logger = logger
         self.nextConnectionID = nextConnectionID
         jitter = Jitter(seed: seed)
@@ -87,7 +94,7 @@ public final class Dialer {
         var conn: TLSConnection?
         if let tls {
             do throws(OpenSSLError) {
-                conn = try TLSConnection(context: tls, serverName: config.serverName ?? config.gateway.host)
+                conn = try TLSConnection(context: tls, serverName: config.serverName ?? config.gateway.host, identity: identity)
             } catch {
                 Socket.close(fd)
                 failed(error.description)
@@ -128,7 +135,7 @@ public final class Dialer {
         let id = nextConnectionID()
         let s: ReversedServer
         do throws(HTTP2Error) {
-            s = try ReversedServer(id: id, transport: t, local: pool, settings: settings, device: config.name,
+            s = try ReversedServer(id: id, transport: t, local: pool, handler: handler, settings: settings, device: config.name,
                                    responseTimeoutMs: config.localTimeoutMs, logger: logger)
         } catch {
             t.close()
@@ -140,6 +147,7 @@ public final class Dialer {
             self.connectTimer = nil
             self.connectedAt = self.loop.now
             self.lastFailure = ""
+            self.connectCount += 1
             self.set(.connected)
             self.logger.notice("connected to " + self.config.gateway.description + " (" + (t.tls?.protocolVersion ?? "plaintext") + ")", self.ctx)
         }
@@ -243,4 +251,24 @@ public final class Dialer {
     }
 
     public var activeStreams: Int { server?.activeStreams ?? 0 }
+
+    // MARK: Faults (the simulator's)
+
+    /// Cuts the connection without GOAWAY, as a lost network path would; the
+    /// dialer then dials again with backoff.
+    public func dropConnection() {
+        server?.transport.close()
+    }
+
+    /// Freezes the connection as a hung device would: nothing is read, written or
+    /// PINGed until `frozen` is false again.
+    public func setFrozen(_ frozen: Bool) {
+        server?.connection.setFrozen(frozen)
+    }
+
+    /// Writes bytes that are not HTTP/2 into the connection (under TLS, if any).
+    public func injectGarbage(_ bytes: [UInt8]) {
+        guard let t = server?.transport, t.state == .open else { return }
+        t.write(bytes)
+    }
 }

@@ -24,6 +24,26 @@ public final class HTTP2Connection {
     private var paused: [Int32: (mark: Int, callback: () -> Void)] = [:]
     private var liveness: Liveness?
     private var livenessTimer: TimerID?
+    /// Reads, writes and PINGs are suspended (a simulated hung peer).
+    public private(set) var isFrozen = false
+
+    /// Suspends (or resumes) everything this connection does, as if its process hung.
+    public func setFrozen(_ frozen: Bool) {
+        guard frozen != isFrozen, transport.state != .closed else { return }
+        isFrozen = frozen
+        if frozen {
+            transport.pauseReading()
+            transport.loop.cancel(livenessTimer)
+            livenessTimer = nil
+        } else {
+            transport.resumeReading()
+            if liveness != nil {
+                liveness?.received(now: transport.loop.now)
+                scheduleLivenessTick()
+            }
+            flush()
+        }
+    }
 
     /// PINGs the peer after `intervalMs` of silence and closes the connection when
     /// the silence lasts another `intervalMs` (0 turns it off).
@@ -95,11 +115,15 @@ public final class HTTP2Connection {
             transport.closeAfterFlush()
             return
         }
+        dispatchEvents()
+        flush()
+    }
+
+    private func dispatchEvents() {
         for event in session.takeEvents() {
             if case .streamClosed(let stream, _) = event { paused[stream] = nil }
             onEvent?(event)
         }
-        flush()
     }
 
     /// Writes the session's output on the next loop turn (many calls, one write).
@@ -111,7 +135,7 @@ public final class HTTP2Connection {
 
     public func flush() {
         flushScheduled = false
-        guard transport.state != .closed else { return }
+        guard transport.state != .closed, !isFrozen else { return }
         if transport.bufferedOutput >= writeHighWater {
             heldBack = true  // the transport's onDrained brings us back
             return
@@ -125,6 +149,10 @@ public final class HTTP2Connection {
             transport.close()
             return
         }
+        // Sending can end streams too (a RST_STREAM nghttp2 queued for a response
+        // it refused closes its stream once written): report them now, not at the
+        // next read, which may be seconds away.
+        if session.hasEvents { transport.loop.execute { self.dispatchEvents() } }
         if !out.isEmpty {
             // More may be waiting in nghttp2: come back once the socket has taken this
             // (set before writing: a write the kernel takes at once drains synchronously).

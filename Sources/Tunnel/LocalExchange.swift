@@ -181,15 +181,8 @@ final class LocalExchange {
     }
 
 
-    func requestTrailers(_ trailers: HTTPHeaders) {
-        endRequest(trailers: trailers)
-    }
-
-    func requestEnd() {
-        endRequest(trailers: HTTPHeaders())
-    }
-
-    private func endRequest(trailers: HTTPHeaders) {
+    /// The gateway's side of the request ended, with its trailers (often none).
+    func requestEnd(trailers: HTTPHeaders) {
         guard phase != .finished, !requestEnded else { return }
         requestEnded = true
         if tunneling {

@@ -1,7 +1,8 @@
 // ReversedServer is the device side of one reversed connection: the agent dialed
 // the gateway, wrote the HTTP/2 client preface, and now serves the requests the
 // gateway sends on odd streams. Each stream becomes one LocalExchange, which
-// forwards it to the local HTTP API over HTTP/1.1.
+// forwards it to the local HTTP API over HTTP/1.1 -- or, when the agent runs an
+// in-process local API (the simulator), one LocalRequest handed to it.
 import EventLoop
 import HTTP1
 import HTTP2
@@ -15,7 +16,8 @@ public final class ReversedServer {
     let logger: Logger
     let device: String
     let responseTimeoutMs: Int
-    private var exchanges: [Int32: LocalExchange] = [:]
+    let handler: LocalHandler?
+    private var exchanges: [Int32: StreamHandler] = [:]
     public private(set) var isReversed = false
     /// Called once when the connection ends, with the reason.
     var onClose: ((CloseReason) -> Void)?
@@ -24,10 +26,11 @@ public final class ReversedServer {
     /// Called once when the gateway sent GOAWAY: this connection takes no new streams.
     var onGoaway: ((UInt32) -> Void)?
 
-    init(id: Int, transport: Transport, local: LocalPool, settings: HTTP2Settings, device: String,
-         responseTimeoutMs: Int, logger: Logger) throws(HTTP2Error) {
+    init(id: Int, transport: Transport, local: LocalPool, handler: LocalHandler? = nil, settings: HTTP2Settings,
+         device: String, responseTimeoutMs: Int, logger: Logger) throws(HTTP2Error) {
         self.id = id
         self.local = local
+        self.handler = handler
         self.logger = logger
         self.device = device
         self.responseTimeoutMs = responseTimeoutMs
@@ -55,11 +58,17 @@ public final class ReversedServer {
             }
         case .headers(let stream, let headers, let endStream):
             if let ex = exchanges[stream] {
-                ex.requestTrailers(headers)
+                ex.requestEnd(trailers: headers)
+                return
+            }
+            if let handler {
+                let request = LocalRequest(stream: stream, headers: headers, endStream: endStream, server: self)
+                exchanges[stream] = .inProcess(request)
+                handler(request)
                 return
             }
             let ex = LocalExchange(stream: stream, server: self, pool: local, timeoutMs: responseTimeoutMs)
-            exchanges[stream] = ex
+            exchanges[stream] = .forwarded(ex)
             ex.start(headers: headers, endStream: endStream)
         case .data(let stream, let bytes):
             // The exchange gives the window back once the local socket took the bytes.
@@ -69,7 +78,7 @@ public final class ReversedServer {
                 consume(stream: stream, count: bytes.count)
             }
         case .endStream(let stream):
-            exchanges[stream]?.requestEnd()
+            exchanges[stream]?.requestEnd(trailers: HTTPHeaders())
         case .streamClosed(let stream, let code):
             if let ex = exchanges.removeValue(forKey: stream) { ex.streamClosed(errorCode: code) }
             closeIfDrained()
@@ -148,5 +157,33 @@ public final class ReversedServer {
         onReversed = nil
         onGoaway = nil
         cb?(reason)
+    }
+}
+
+/// Who serves a stream: the HTTP/1.1 local API through a LocalExchange, or an
+/// in-process handler through a LocalRequest.
+enum StreamHandler {
+    case forwarded(LocalExchange)
+    case inProcess(LocalRequest)
+
+    func requestBody(_ bytes: [UInt8]) {
+        switch self {
+        case .forwarded(let ex): ex.requestBody(bytes)
+        case .inProcess(let r): r.body(bytes)
+        }
+    }
+
+    func requestEnd(trailers: HTTPHeaders) {
+        switch self {
+        case .forwarded(let ex): ex.requestEnd(trailers: trailers)
+        case .inProcess(let r): r.end(trailers)
+        }
+    }
+
+    func streamClosed(errorCode: UInt32) {
+        switch self {
+        case .forwarded(let ex): ex.streamClosed(errorCode: errorCode)
+        case .inProcess(let r): r.closed(errorCode: errorCode)
+        }
     }
 }

@@ -1,0 +1,129 @@
+// device-sim: a whole fleet of virtual devices in one process, on the real agent
+// engine, for tests and benchmarks. See DeviceSimKit for the parts.
+import CLibc
+import DeviceSimKit
+import EventLoop
+import Tunnel
+
+let usage = """
+usage: device-sim --gateway HOST:PORT --ca-dir DIR [options]
+
+  --gateway HOST:PORT       the gateway's device listener
+  --ca-dir DIR              a fleet PKI (fleet-gateway pki init): each device gets a
+                            certificate issued in memory by DIR's CA, which is also
+                            trusted for the gateway's certificate
+  --cert-dir DIR --ca FILE  instead: DIR/NAME.crt and DIR/NAME.key per device
+  --server-name NAME        name the gateway certificate must carry (default: gateway host)
+  --plaintext               no TLS (INSECURE: loopback only)
+  --devices N               virtual devices (default 1)
+  --connections M           reversed connections per device (default 1)
+  --name-pattern PATTERN    device names, one %d or %0Nd numbered from 1 (default dev-%05d)
+  --ramp RATE               devices started per second (default 0: all at once)
+  --duration SECONDS        stop after this long (default 0: at SIGTERM or SIGINT)
+  --report FILE             write the JSON summary here at the end and on SIGUSR1
+                            (default: standard output at the end)
+  --fault SPEC              KIND@TARGET[,at=S][,every=S][,for=S][,delay=MS][,up=MS], repeatable;
+                            KIND: drop, freeze, flap, slow, garbage, corrupt, wrong-ca, expired;
+                            TARGET: 10%, 0.1, or names joined with '+'
+  --seed N                  chooses the devices a fraction applies to (default 1)
+  --sample-ms MS            interval of the connected-devices curve (default 1000)
+  --idle-ping-ms MS, --connect-timeout-ms MS, --max-concurrent-streams N, --tls-min 1.2|1.3
+                            as for device-agent
+  --log-level LEVEL         debug, info, notice, warning, error (default error)
+  --config FILE             the same keys from a file
+
+Standard output gets one JSON line per event: {"event":"all-connected",...} each
+time every device expected to connect is up, and {"event":"stopped",...}.
+"""
+
+func writeStdout(_ text: String) {
+    var s = text
+    s.withUTF8 { p in
+        var off = 0
+        while off < p.count {
+            let n = write(1, p.baseAddress! + off, p.count - off)
+            if n <= 0 { break }
+            off += n
+        }
+    }
+}
+
+func writeReport(_ summary: FleetSummary, to path: String?) {
+    let json = summary.json
+    guard let path else { return writeStdout(json) }
+    let tmp = path + ".tmp"
+    guard let f = fopen(tmp, "w") else {
+        Logger.writeStderr("device-sim: cannot write " + tmp + "\n")
+        return
+    }
+    var s = json
+    let ok = s.withUTF8 { fwrite($0.baseAddress, 1, $0.count, f) == $0.count }
+    if fclose(f) != 0 || !ok || rename(tmp, path) != 0 {
+        Logger.writeStderr("device-sim: cannot write " + path + "\n")
+    }
+}
+
+func simMain() -> Int32 {
+    let options: SimOptions
+    do throws(ConfigError) {
+        let inv = try Invocation(processArguments(), flags: SimOptions.flags)
+        if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
+        if inv.version { Logger.writeStderr("device-sim " + reverseHTTPVersion + "\n"); return 0 }
+        options = try SimOptions(inv.settings)
+        if inv.checkConfig { Logger.writeStderr("configuration OK\n"); return 0 }
+    } catch {
+        Logger.writeStderr("device-sim: " + error.description + "\n")
+        return 2
+    }
+    _ = rh_ignore_sigpipe()
+    let limit = rh_raise_nofile()
+    let needed = options.devices * options.connections + 64
+    if limit >= 0 && limit < needed {
+        Logger.writeStderr("device-sim: " + String(options.devices * options.connections) + " connections need about "
+                           + String(needed) + " open files; the limit is " + String(limit) + " (raise it: ulimit -n)\n")
+        return 1
+    }
+    let logger = Logger(program: "device-sim", level: options.logLevel)
+    let loop = EventLoop()
+    let fleet: Fleet
+    do throws(SimError) {
+        fleet = try Fleet(options: options, loop: loop, logger: logger)
+    } catch {
+        Logger.writeStderr("device-sim: " + error.description + "\n")
+        return 1
+    }
+    fleet.onAllConnected = { seconds in
+        writeStdout("{\"event\":\"all-connected\",\"connected\":" + String(fleet.connectedDevices) + ",\"seconds\":"
+                    + String(seconds) + "}\n")
+    }
+    var stopping = false
+    func stop() {
+        if stopping { return }
+        stopping = true
+        let final = fleet.summary()  // as the run was, before the devices go away
+        fleet.stop {
+            writeReport(final, to: options.report)
+            let s = fleet.summary()
+            writeStdout("{\"event\":\"stopped\",\"dial_attempts\":" + String(s.dialAttempts) + ",\"reconnects\":"
+                        + String(s.reconnects) + "}\n")
+            loop.stop()
+        }
+        loop.schedule(afterMilliseconds: 10_000) {
+            logger.warning("stop timeout: exiting with requests still in flight")
+            writeReport(final, to: options.report)
+            loop.stop()
+        }
+    }
+    loop.handleSignals([SIGTERM, SIGINT, SIGUSR1]) { signal in
+        guard signal == SIGUSR1 else { return stop() }
+        if let path = options.report { writeReport(fleet.summary(), to: path) } else { Logger.writeStderr(fleet.summary().json) }
+    }
+    if options.duration > 0 {
+        loop.schedule(afterMilliseconds: Int(options.duration * 1000)) { stop() }
+    }
+    fleet.start()
+    loop.run()
+    return 0
+}
+
+exit(simMain())
