@@ -25,6 +25,12 @@ static inline int rh_TLS1_3_VERSION(void) { return TLS1_3_VERSION; }
 static inline long rh_SSL_MODE_ENABLE_PARTIAL_WRITE(void) { return SSL_MODE_ENABLE_PARTIAL_WRITE; }
 static inline long rh_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE_BUFFERS; }
 static inline void rh_BIO_set_mem_eof_return(BIO *bio, int v) { BIO_set_mem_eof_return(bio, v); }
+// Bytes a memory BIO has allocated (it keeps its largest size until freed).
+static inline size_t rh_BIO_mem_capacity(BIO *bio) {
+    BUF_MEM *m = NULL;
+    BIO_get_mem_ptr(bio, &m);
+    return m ? m->max : 0;
+}
 static inline void rh_OPENSSL_free(void *p) { OPENSSL_free(p); }
 static inline void rh_sk_X509_NAME_pop_free(STACK_OF(X509_NAME) *sk) { sk_X509_NAME_pop_free(sk, X509_NAME_free); }
 // Certificate revocation lists: the revoked entries of an X509_CRL.

@@ -1,5 +1,6 @@
 // The local API every virtual device answers, in-process (no socket, no HTTP/1.1):
 //
+//   GET /                200, what this is (the gateway's default health check)
 //   GET /health          200 "ok"
 //   GET /device          200, the device's name: any test can tell who answered
 //   ANY /echo            200, the request body streamed back; x-echo-method,
@@ -44,6 +45,8 @@ enum SimulatedAPI {
             WebSocketEcho(request: r, device: device).start()
         case (_, "echo", 1):
             echo(r, device: device)
+        case ("GET", "", 0), ("HEAD", "", 0):
+            text(r, device, 200, "simulated device " + device.name + "\n", head: head)
         case ("GET", "health", 1), ("HEAD", "health", 1):
             text(r, device, 200, "ok\n", head: head)
         case ("GET", "device", 1), ("HEAD", "device", 1):

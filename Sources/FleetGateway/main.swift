@@ -62,6 +62,8 @@ func gatewayMain() -> Int32 {
 
 func run(_ config: GatewayConfig) -> Int32 {
     _ = rh_ignore_sigpipe()
+    _ = rh_raise_nofile()  // one file per device connection
+    rh_tune_malloc()
     let logger = Logger(program: "fleet-gateway", level: config.logLevel)
     let loop = EventLoop()
     let gateway: Gateway

@@ -108,8 +108,8 @@ public final class HTTP2Session {
         var s: OpaquePointer?
         let me = Unmanaged.passUnretained(self).toOpaque()
         let rc = role == .client
-            ? nghttp2_session_client_new2(&s, cbs, me, opt)
-            : nghttp2_session_server_new2(&s, cbs, me, opt)
+            ? nghttp2_session_client_new3(&s, cbs, me, opt, rh_nghttp2_mem())
+            : nghttp2_session_server_new3(&s, cbs, me, opt, rh_nghttp2_mem())
         guard rc == 0, let s else { throw HTTP2Error.from("session_new", Int(rc)) }
         session = s
 

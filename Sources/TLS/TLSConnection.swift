@@ -35,8 +35,8 @@ public final class TLSConnection {
     }
 
     private let ssl: OpaquePointer
-    private let rbio: OpaquePointer
-    private let wbio: OpaquePointer
+    private var rbio: OpaquePointer
+    private var wbio: OpaquePointer
     public let context: TLSContext
     public private(set) var isEstablished = false
 
@@ -137,6 +137,9 @@ public final class TLSConnection {
 
     /// Decrypts into `buffer`.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(TLSError) -> ReadResult {
+        // Nothing to decrypt: asking OpenSSL anyway would allocate its 16 KB record
+        // buffer and keep it while the connection idles.
+        if rh_BIO_pending(rbio) == 0 && SSL_has_pending(ssl) == 0 { return .wantMore }
         ERR_clear_error()
         let n = SSL_read(ssl, buffer.baseAddress, Int32(buffer.count))
         if n > 0 { return .data(Int(n)) }
@@ -158,6 +161,22 @@ public final class TLSConnection {
             let n = SSL_write(ssl, bytes.baseAddress! + off, Int32(chunk))
             if n <= 0 { throw .protocolError(OpenSSLError.drain("write")) }
             off += Int(n)
+        }
+    }
+
+    /// Gives back what an idle connection does not need: OpenSSL's record buffers
+    /// when empty, and memory BIOs that grew past `keep` bytes (a BIO keeps its
+    /// largest size) once drained: the handshake's few KB, or a burst's more.
+    public func releaseIdleBuffers(keep: Int = 512) {
+        _ = SSL_free_buffers(ssl)
+        if rh_BIO_pending(rbio) == 0 && rh_BIO_mem_capacity(rbio) > keep, let r = BIO_new(BIO_s_mem()) {
+            rh_BIO_set_mem_eof_return(r, -1)
+            SSL_set0_rbio(ssl, r)  // frees the old one
+            rbio = r
+        }
+        if rh_BIO_pending(wbio) == 0 && rh_BIO_mem_capacity(wbio) > keep, let w = BIO_new(BIO_s_mem()) {
+            SSL_set0_wbio(ssl, w)
+            wbio = w
         }
     }
 

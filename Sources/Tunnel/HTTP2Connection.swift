@@ -67,7 +67,7 @@ public final class HTTP2Connection {
         liveness = l
         switch action {
         case .none:
-            break
+            transport.releaseIdleMemory()
         case .sendPing:
             session.ping()
             flush()

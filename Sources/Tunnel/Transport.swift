@@ -112,6 +112,18 @@ public final class Transport {
         bytes.withUnsafeBytes { write($0) }
     }
 
+    /// Gives back buffers an idle connection does not need (TLS record buffers,
+    /// grown BIOs, an emptied output queue): with thousands of mostly idle device
+    /// connections this is most of their memory.
+    public func releaseIdleMemory() {
+        tls?.releaseIdleBuffers()
+        if bufferedOutput == 0 && output.capacity > 0 {
+            output = []
+            outputOffset = 0
+        }
+        cipherOut = []
+    }
+
     /// Closes after the queued output is written.
     public func closeAfterFlush() {
         guard state != .closed else { return }
@@ -274,6 +286,7 @@ public final class Transport {
                 onOpen?()
                 // Application data may have arrived with the last handshake flight.
                 if state == .open { drainTLS(tls) }
+                if state == .open { releaseIdleMemory() }  // the handshake's buffers
             }
         } catch {
             // Send the alert the handshake produced before closing.
