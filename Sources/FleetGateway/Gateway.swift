@@ -43,7 +43,10 @@ final class Gateway {
     var publicPort: Int { Socket.localPort(publicListener) }
 
     func start() throws(SocketError) {
-        deviceListener = try Socket.listen(config.listenDevices)
+        // A restart brings the whole fleet back at once: a short accept queue drops
+        // their SYNs, which the kernel retries only after 1, 3, 7 s. The kernel caps
+        // this at net.core.somaxconn.
+        deviceListener = try Socket.listen(config.listenDevices, backlog: 65535)
         publicListener = try Socket.listen(config.listenPublic)
         loop.register(fd: deviceListener) { _ in self.acceptDevices() }
         loop.register(fd: publicListener) { _ in self.acceptUsers() }

@@ -42,11 +42,35 @@ final class HealthChecker {
         timer = nil
     }
 
+    /// The devices of the round in progress, and how far it has come.
+    private var round: [String] = []
+    private var roundNext = 0
+    private var roundStep = 0
+
+    /// A round is spread over the interval in steps of about 100 ms (HAProxy's
+    /// `spread-checks`): 10,000 devices are checked 100 at a time, not all at once.
+    private var steps: Int { max(1, min(100, config.checkIntervalMs / 100)) }
+
     private func schedule() {
         guard config.checkIntervalMs > 0 else { return }
-        timer = gateway.loop.schedule(afterMilliseconds: config.checkIntervalMs) {
-            self.runRound()
-            self.schedule()
+        timer = gateway.loop.schedule(afterMilliseconds: max(1, config.checkIntervalMs / steps)) {
+            self.schedule()  // first: the cadence does not drift by the time a step takes
+            self.step()
+        }
+    }
+
+    private func step() {
+        if roundStep == 0 {
+            round = gateway.registry.hostnames
+            roundNext = 0
+        }
+        roundStep += 1
+        let end = roundStep >= steps ? round.count : min(round.count, round.count * roundStep / steps)
+        if roundNext < end { check(round[roundNext..<end]) }
+        roundNext = max(roundNext, end)
+        if roundStep >= steps {
+            roundStep = 0
+            round = []
         }
     }
 
@@ -63,8 +87,11 @@ final class HealthChecker {
     /// A device's last connection went away.
     func deviceGone(hostname: String) { devices[hostname] = nil }
 
-    func runRound() {
-        for hostname in gateway.registry.hostnames {
+    /// Checks every connected device now (tests; the timer spreads a round out).
+    func runRound() { check(gateway.registry.hostnames[...]) }
+
+    private func check(_ hostnames: ArraySlice<String>) {
+        for hostname in hostnames {
             deviceConnected(hostname: hostname)
             guard devices[hostname]?.checking == false, let dev = gateway.registry.pick(hostname: hostname) else { continue }
             devices[hostname]?.checking = true

@@ -164,7 +164,10 @@ def run_fleet(workdir: Path, devices: int, *, requests: int = 1000, check_interv
         assert not wrong, f"answered by the wrong device: {wrong[:5]}"
         assert not failed, f"failed: {failed[:5]}"
 
-        # 3. Health checks: every device checked over its own connection, CPU over whole rounds.
+        # 3. Health checks: every device checked over its own connection and up (after
+        #    check_rise rounds), then the steady rate and the gateway's CPU over whole rounds.
+        lib.wait_until(lambda: metric_labeled(ports[2], "rhttp_devices_healthy", 'state="up"') >= devices,
+                       6 * check_interval_ms / 1000 + 30, "every device to be checked healthy")
         checks0 = metric(ports[2], "rhttp_health_checks_total")
         cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
         window = health_rounds * check_interval_ms / 1000
