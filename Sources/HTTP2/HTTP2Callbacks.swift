@@ -45,6 +45,18 @@ enum HTTP2Callbacks {
             }
             return 0
         }
+        nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, user in
+            let hd = frame!.pointee.hd
+            guard UInt32(hd.type) == NGHTTP2_GOAWAY.rawValue else { return 0 }
+            let g = frame!.pointee.goaway
+            guard g.error_code != 0 else { return 0 }
+            var why = String(cString: nghttp2_http2_strerror(g.error_code))
+            if g.opaque_data_len > 0, let data = g.opaque_data {
+                why += ": " + String(decoding: UnsafeBufferPointer(start: data, count: min(g.opaque_data_len, 200)), as: UTF8.self)
+            }
+            HTTP2Callbacks.session(user).goawaySentReason = why
+            return 0
+        }
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs) { _, _, stream, data, len, user in
             let s = HTTP2Callbacks.session(user)
             s.events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: len))))

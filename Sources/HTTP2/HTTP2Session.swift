@@ -72,6 +72,9 @@ public final class HTTP2Session {
     public let preface: Preface
     var session: OpaquePointer!
     var events: [HTTP2Event] = []
+    /// Why we ended the connection, when nghttp2 sent a GOAWAY with an error
+    /// ("PROTOCOL_ERROR: ..."): a peer that broke the protocol.
+    public internal(set) var goawaySentReason: String?
     /// Header block being received, per stream.
     var incomingHeaders: [Int32: HTTPHeaders] = [:]
     /// Bodies queued for sending, per stream.

@@ -12,6 +12,7 @@ public final class HTTP2Connection {
     public var context: LogContext
     private var flushScheduled = false
     private var heldBack = false
+    private var loggedEnd = false
     private var out: [UInt8] = []
     /// Output queued in the transport above which nghttp2 is not asked for more:
     /// DATA then stays in the streams' queues, where producers see it and pause.
@@ -31,12 +32,11 @@ public final class HTTP2Connection {
     public func setFrozen(_ frozen: Bool) {
         guard frozen != isFrozen, transport.state != .closed else { return }
         isFrozen = frozen
+        transport.setFrozen(frozen)
         if frozen {
-            transport.pauseReading()
             transport.loop.cancel(livenessTimer)
             livenessTimer = nil
         } else {
-            transport.resumeReading()
             if liveness != nil {
                 liveness?.received(now: transport.loop.now)
                 scheduleLivenessTick()
@@ -160,6 +160,10 @@ public final class HTTP2Connection {
             transport.write(out)
         }
         if !session.isAlive {
+            if let why = session.goawaySentReason, !loggedEnd {
+                loggedEnd = true
+                logger.warning("closing: the peer broke HTTP/2 (sent GOAWAY " + why + ")", context)
+            }
             transport.closeAfterFlush()
             return
         }

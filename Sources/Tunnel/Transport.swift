@@ -112,6 +112,23 @@ public final class Transport {
         bytes.withUnsafeBytes { write($0) }
     }
 
+    /// A hung peer, simulated (the simulator's freeze fault): while frozen the
+    /// socket is not watched at all, so nothing is read or written and not even a
+    /// close is noticed; thawing picks up whatever happened meanwhile.
+    public private(set) var isFrozen = false
+
+    public func setFrozen(_ frozen: Bool) {
+        guard frozen != isFrozen, state != .closed else { return }
+        isFrozen = frozen
+        if frozen {
+            loop.unregister(fd: fd)
+        } else {
+            loop.register(fd: fd, readable: state != .connecting && !readPaused,
+                          writable: bufferedOutput > 0 || state == .connecting) { ev in self.handle(ev) }
+            if bufferedOutput > 0 { flush() }
+        }
+    }
+
     /// Gives back buffers an idle connection does not need (TLS record buffers,
     /// grown BIOs, an emptied output queue): with thousands of mostly idle device
     /// connections this is most of their memory.
@@ -188,6 +205,7 @@ public final class Transport {
     }
 
     private func flush() {
+        guard !isFrozen else { return }  // kept queued until thawed
         var guardCount = 0
         while outputOffset < output.count && guardCount < 64 {
             guardCount += 1

@@ -112,3 +112,30 @@ def test_bad_options_are_refused_clearly(args, message):
     r = subprocess.run([str(fleet_lib.sim_bin()), *args], capture_output=True, timeout=30, env=lib.child_env())
     assert r.returncode != 0
     assert message in r.stderr.decode(), r.stderr.decode()
+
+
+def test_frozen_corrupt_and_flapping_devices(procs, pki):
+    """A frozen device is dropped by the gateway's idle PING and comes back when it
+    thaws; a device that writes garbage is cut off (GOAWAY) and re-dials; a
+    flapping one keeps coming back. The other devices are not disturbed."""
+    gw = lib.start_gateway(procs, pki, extra=["--idle-ping-ms", "300"])
+    sim = _sim(procs, gw, pki, "--devices", "5", "--idle-ping-ms", "0",
+               "--fault", "freeze@sim01.example,at=1,for=4", "--fault", "corrupt@sim02.example,at=1",
+               "--fault", "flap@sim03.example,at=1,up=300,for=2")
+    lib.wait_until(lambda: sim.events("all-connected"), 30, "5 devices")
+    # The gateway notices the frozen device by its unanswered PING; the device, frozen,
+    # does not notice and does not re-dial until it thaws (at 5 s).
+    gw.proc.wait_log("device=sim01.example conn=1 device connection closed: peer silent", timeout=10)
+    gw.proc.wait_log("device=sim02.example conn=2 device connection closed", timeout=10)
+    assert _get(gw.public_port, "sim05.example", "/device")[:2] == (200, b"sim05.example\n")
+    lib.wait_until(lambda: len(sim.events("all-connected")) >= 2 and sim.summary()["elapsed_seconds"] > 5.5, 30,
+                   "everyone connected again after the thaw")
+    assert gw.log().count("device=sim01.example") >= 3  # connected, closed, connected again
+    for name in ("sim01", "sim02", "sim03", "sim04", "sim05"):
+        assert _get(gw.public_port, f"{name}.example", "/device")[:2] == (200, f"{name}.example\n".encode())
+    s = sim.summary()
+    assert s["faults_injected"]["freeze"] == 1 and s["faults_injected"]["corrupt"] == 1
+    assert s["faults_injected"]["flap"] == 1
+    assert s["reconnects"] >= 3, s
+    # The garbage reads as a frame header with an impossible length.
+    assert "device=sim02.example conn=2 closing: the peer broke HTTP/2 (sent GOAWAY FRAME_SIZE_ERROR" in gw.log()
