@@ -11,19 +11,13 @@ public final class CertificateAuthority {
     public let certificatePEM: [UInt8]
 
     /// The CA of a fleet PKI directory (DIR/ca.crt and DIR/ca.key, from `pki init`).
-    public init(directory: String) throws(PKIError) {
-        (cert, key) = try PKI.loadCA(PKI.normalized(directory))
-        do throws(PKIError) {
-            certificatePEM = try PKI.certificatePEM(cert)
-        } catch {
-            X509_free(cert)
-            EVP_PKEY_free(key)
-            throw error
-        }
+    public convenience init(directory: String) throws(PKIError) {
+        let (c, k) = try PKI.loadCA(PKI.normalized(directory))
+        try self.init(taking: c, k)
     }
 
     /// A new CA that exists only in memory (nobody trusts it: a foreign CA).
-    public init(ephemeralName name: String) throws(PKIError) {
+    public convenience init(ephemeralName name: String) throws(PKIError) {
         let k = try PKI.generateKey()
         let c: OpaquePointer
         do throws(PKIError) {
@@ -35,15 +29,20 @@ public final class CertificateAuthority {
             EVP_PKEY_free(k)
             throw error
         }
-        key = k
-        cert = c
+        try self.init(taking: c, k)
+    }
+
+    /// Owns `cert` and `key` from here on (frees them if this fails).
+    private init(taking cert: OpaquePointer, _ key: OpaquePointer) throws(PKIError) {
         do throws(PKIError) {
-            certificatePEM = try PKI.certificatePEM(c)
+            certificatePEM = try PKI.certificatePEM(cert)
         } catch {
-            X509_free(c)
-            EVP_PKEY_free(k)
+            X509_free(cert)
+            EVP_PKEY_free(key)
             throw error
         }
+        self.cert = cert
+        self.key = key
     }
 
     deinit {
