@@ -21,7 +21,8 @@ usage: device-sim --gateway HOST:PORT --ca-dir DIR [options]
   --ramp RATE               devices started per second (default 0: all at once)
   --duration SECONDS        stop after this long (default 0: at SIGTERM or SIGINT)
   --report FILE             write the JSON summary here at the end and on SIGUSR1
-                            (default: standard output at the end)
+                            (default: standard output, at the end; on SIGUSR1 as a
+                            {"event":"report",...} line)
   --fault SPEC              KIND@TARGET[,at=S][,every=S][,for=S][,delay=MS][,up=MS], repeatable;
                             KIND: drop, freeze, flap, slow, garbage, corrupt, wrong-ca, expired;
                             TARGET: 10%, 0.1, or names joined with '+'
@@ -48,19 +49,29 @@ func writeStdout(_ text: String) {
     }
 }
 
-func writeReport(_ summary: FleetSummary, to path: String?) {
-    let json = summary.json
-    guard let path else { return writeStdout(json) }
-    let tmp = path + ".tmp"
-    guard let f = fopen(tmp, "w") else {
-        Logger.writeStderr("device-sim: cannot write " + tmp + "\n")
-        return
+/// Writes the report to `path`: a regular file (or a new one) is replaced
+/// atomically (written beside it, then renamed); anything else (a FIFO,
+/// /dev/stdout) is written in place. Returns false, having said why, on failure.
+@discardableResult
+func writeReport(_ summary: FleetSummary, to path: String) -> Bool {
+    var json = summary.json
+    let replace = rh_file_mode(path) < 0 || isRegularFile(path)
+    let target = replace ? path + ".tmp" : path
+    guard let f = fopen(target, "w") else {
+        Logger.writeStderr("device-sim: cannot write the report " + target + ": " + String(cString: strerror(rh_errno())) + "\n")
+        return false
     }
-    var s = json
-    let ok = s.withUTF8 { fwrite($0.baseAddress, 1, $0.count, f) == $0.count }
-    if fclose(f) != 0 || !ok || rename(tmp, path) != 0 {
-        Logger.writeStderr("device-sim: cannot write " + path + "\n")
+    let ok = json.withUTF8 { fwrite($0.baseAddress, 1, $0.count, f) == $0.count }
+    if fclose(f) != 0 || !ok || (replace && rename(target, path) != 0) {
+        Logger.writeStderr("device-sim: cannot write the report " + path + "\n")
+        return false
     }
+    return true
+}
+
+func isRegularFile(_ path: String) -> Bool {
+    var st = stat()
+    return stat(path, &st) == 0 && (st.st_mode & UInt32(S_IFMT)) == UInt32(S_IFREG)
 }
 
 func simMain() -> Int32 {
@@ -92,38 +103,65 @@ func simMain() -> Int32 {
         Logger.writeStderr("device-sim: " + error.description + "\n")
         return 1
     }
+    // The report's place must be writable now, not only at the end of a long run.
+    if let path = options.report, !writeReport(fleet.summary(), to: path) { return 1 }
+    var status: Int32 = 0
     fleet.onAllConnected = { seconds in
         writeStdout("{\"event\":\"all-connected\",\"connected\":" + String(fleet.connectedDevices) + ",\"seconds\":"
                     + String(seconds) + "}\n")
     }
     var stopping = false
+    var final: FleetSummary?
+    /// Writes the report once (at the end of the run) and leaves the loop.
+    func finish() {
+        guard let summary = final else { return }
+        final = nil
+        if let path = options.report {
+            if !writeReport(summary, to: path) { status = 1 }
+        } else {
+            writeStdout(summary.json)
+        }
+        let s = fleet.summary()
+        writeStdout("{\"event\":\"stopped\",\"dial_attempts\":" + String(s.dialAttempts) + ",\"reconnects\":"
+                    + String(s.reconnects) + "}\n")
+        loop.stop()
+    }
     func stop() {
-        if stopping { return }
+        if stopping {
+            // A second SIGTERM or SIGINT: do not wait for the streams in flight.
+            logger.warning("stopping now, with requests still in flight")
+            return finish()
+        }
         stopping = true
-        let final = fleet.summary()  // as the run was, before the devices go away
-        fleet.stop {
-            writeReport(final, to: options.report)
-            let s = fleet.summary()
-            writeStdout("{\"event\":\"stopped\",\"dial_attempts\":" + String(s.dialAttempts) + ",\"reconnects\":"
-                        + String(s.reconnects) + "}\n")
-            loop.stop()
-        }
-        loop.schedule(afterMilliseconds: 10_000) {
+        final = fleet.summary()  // as the run was, before the devices go away
+        let timeout = loop.schedule(afterMilliseconds: 10_000) {
             logger.warning("stop timeout: exiting with requests still in flight")
-            writeReport(final, to: options.report)
-            loop.stop()
+            finish()
         }
+        fleet.stop {
+            loop.cancel(timeout)
+            finish()
+        }
+    }
+    fleet.onFatal = { _ in  // the fleet has logged why
+        status = 1
+        loop.execute { stop() }  // may come from fleet.start(), before the loop runs
     }
     loop.handleSignals([SIGTERM, SIGINT, SIGUSR1]) { signal in
         guard signal == SIGUSR1 else { return stop() }
-        if let path = options.report { writeReport(fleet.summary(), to: path) } else { Logger.writeStderr(fleet.summary().json) }
+        // On demand: the report file, or one line on standard output.
+        if let path = options.report {
+            writeReport(fleet.summary(), to: path)
+        } else {
+            writeStdout("{\"event\":\"report\",\"summary\":" + String(fleet.summary().json.filter { $0 != "\n" }) + "}\n")
+        }
     }
     if options.duration > 0 {
         loop.schedule(afterMilliseconds: Int(options.duration * 1000)) { stop() }
     }
     fleet.start()
     loop.run()
-    return 0
+    return status
 }
 
 exit(simMain())

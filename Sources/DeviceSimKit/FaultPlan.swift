@@ -10,7 +10,9 @@
 //   wrong-ca@1%                a certificate from a CA the gateway does not trust
 //   expired@1%                 an expired certificate
 //
-// TARGET is a percentage, a fraction (0.1) or device names joined with '+'. Times
+// TARGET is a percentage, a fraction (0.1; 1 is every device) or device names
+// joined with '+'. A connection fault (drop, freeze, corrupt) due while the
+// device has no connection up waits for one. Times
 // are seconds from the device's start; `for` bounds freeze, slow and garbage.
 import Tunnel
 
@@ -21,6 +23,8 @@ public enum FaultKind: String, CaseIterable {
 
     /// Faults decided when the device's certificate is made.
     var atIssue: Bool { self == .wrongCA || self == .expired }
+    /// Faults that act on a connection: applied when one is up.
+    var needsConnection: Bool { self == .drop || self == .freeze || self == .corrupt }
 }
 
 public struct FaultSpec: Equatable {
@@ -82,6 +86,9 @@ public struct FaultSpec: Equatable {
             default:
                 throw ConfigError("fault '" + text + "': unknown option '" + kv[0] + "' (at, every, for, delay, up)")
             }
+        }
+        if let every, let duration, duration >= every {
+            throw ConfigError("fault '" + text + "': for (" + String(duration) + " s) must be shorter than every (" + String(every) + " s)")
         }
         if kind.atIssue && (at != 0 || every != nil || duration != nil) {
             throw ConfigError("fault '" + text + "': " + kind.rawValue + " is decided when the certificate is made; it takes no at, every or for")

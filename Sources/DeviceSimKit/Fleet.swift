@@ -11,6 +11,7 @@
 //   fleet.whenAllConnected { ... }      // every device expected to connect is up
 //   fleet.start()
 //   fleet.stop { loop.stop() }
+import CLibc
 import EventLoop
 import FleetPKI
 import TLS
@@ -35,6 +36,9 @@ public final class Fleet {
     public let expected: Int
     /// Called each time the connected devices reach `expected` (again), with the seconds since start.
     public var onAllConnected: ((Double) -> Void)?
+    /// Called once if the fleet cannot go on (a device's certificate cannot be
+    /// made or read); the ramp has stopped.
+    public var onFatal: ((String) -> Void)?
     private var waiters: [() -> Void] = []
     private let tls: TLSContext?
     private let ca: CertificateAuthority?
@@ -51,6 +55,15 @@ public final class Fleet {
         self.options = options
         self.loop = loop
         self.logger = logger
+        guard options.devices >= 1 else { throw SimError("no devices: devices must be at least 1") }
+        if !options.plaintext {
+            guard options.caFile != nil, options.caDirectory != nil || options.certDirectory != nil else {
+                throw SimError("TLS needs the fleet CA (a CA directory) or a certificate directory and a CA file")
+            }
+        }
+        if let dir = options.certDirectory, access(dir, R_OK | X_OK) != 0 {
+            throw SimError("cannot read the certificate directory " + dir)
+        }
         var names: [String] = []
         names.reserveCapacity(options.devices)
         for i in 1...options.devices { names.append(options.name(i)) }
@@ -111,7 +124,11 @@ public final class Fleet {
             do throws(SimError) {
                 devices.append(try makeDevice(devices.count))
             } catch {
-                logger.error("device " + options.name(devices.count + 1) + ": " + error.description + "; stopping the ramp")
+                let why = "device " + options.name(devices.count + 1) + ": " + error.description
+                logger.error(why + "; stopping the ramp")
+                let fatal = onFatal
+                onFatal = nil
+                fatal?(why)
                 return
             }
             devices.last!.start { before, after in self.connectionsChanged(before: before, after: after) }
@@ -121,7 +138,9 @@ public final class Fleet {
             if connectedDevices == expected && firstAllConnected == nil { allConnected() }
             return
         }
-        rampTimer = loop.schedule(afterMilliseconds: devices.count < due ? 0 : 10) { self.startMore() }
+        // The next device is due at count / ramp seconds.
+        let wait = devices.count < due ? 0 : max(1, Int((Double(devices.count) / options.ramp - elapsed) * 1000))
+        rampTimer = loop.schedule(afterMilliseconds: wait) { self.startMore() }
     }
 
     private func makeDevice(_ index: Int) throws(SimError) -> VirtualDevice {

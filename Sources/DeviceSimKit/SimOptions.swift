@@ -55,7 +55,7 @@ public struct SimOptions {
         plaintext = try s.bool("plaintext")
         devices = try s.int("devices", default: 1, min: 1, max: 1_000_000)
         connections = try s.int("connections", default: 1, min: 1, max: 64)
-        if let p = s.string("name_pattern") { namePattern = p }
+        if let p = s.string("name_pattern") { namePattern = p.lowercased() }  // DNS names: case does not matter
         guard NamePattern.format(namePattern, 1) != nil else {
             throw ConfigError("--name-pattern '" + namePattern + "' needs exactly one %d or %0Nd")
         }
@@ -90,8 +90,11 @@ public struct SimOptions {
                 throw ConfigError("the devices need certificates: --ca-dir DIR (issued in memory) or --cert-dir DIR (NAME.crt, NAME.key)")
             }
         }
-        if faults.contains(where: { $0.kind == .wrongCA || $0.kind == .expired }) && caDirectory == nil {
-            throw ConfigError("the wrong-ca and expired faults issue certificates: they need --ca-dir")
+        if faults.contains(where: { $0.kind == .wrongCA || $0.kind == .expired }) && (caDirectory == nil || plaintext) {
+            throw ConfigError("the wrong-ca and expired faults issue certificates: they need --ca-dir, and TLS")
+        }
+        if caDirectory != nil && certDirectory != nil {
+            throw ConfigError("--ca-dir (certificates issued in memory) and --cert-dir (read from files) exclude each other")
         }
     }
 

@@ -31,6 +31,7 @@ enum SimulatedAPI {
 
     private static func route(_ r: LocalRequest, device: VirtualDevice) {
         guard !r.isClosed else { return }
+        defer { if r.onBody == nil { r.discardBody() } }  // routes that do not read the body
         if device.garbage {
             // Not a valid response: the gateway must refuse it (502), not pass it on.
             device.stats.served(status: 0)
@@ -123,8 +124,9 @@ enum SimulatedAPI {
         if let len = r.headers.first("content-length") { h.add("content-length", len) }
         if let type = r.headers.first("content-type") { h.add("content-type", type) }
         device.stats.served(status: 200)
-        r.respond(h, endStream: r.requestEnded)
-        if r.requestEnded { return }
+        let bodyless = r.requestEnded && !r.hasHeldBody
+        r.respond(h, endStream: bodyless)
+        if bodyless { return }
         r.autoConsume = false
         var owed = 0
         var waiting = false

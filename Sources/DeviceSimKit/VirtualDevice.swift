@@ -49,7 +49,10 @@ public final class VirtualDevice {
             self.connected = self.agent.connectedCount
             guard self.connected != before else { return }
             onChange(before, self.connected)
-            if self.connected > before && self.flapping { self.flap() }
+            if self.connected > before {
+                if self.flapping { self.flap() }
+                self.applyWaiting()
+            }
         }
         dialers = agent.dialers
         for spec in faults where !spec.kind.atIssue { schedule(spec) }
@@ -58,6 +61,8 @@ public final class VirtualDevice {
     func stop(done: @escaping () -> Void) {
         stopped = true
         flapping = false
+        waiting.removeAll()
+        for d in dialers { d.setFrozen(false) }  // a frozen connection could not drain
         agent.loop.cancel(flapTimer)
         flapTimer = nil
         for t in timers { agent.loop.cancel(t) }
@@ -71,8 +76,27 @@ public final class VirtualDevice {
         after(seconds: spec.at) { self.begin(spec) }
     }
 
+    /// Connection faults due while no connection is up, applied when one comes up.
+    private var waiting: [FaultSpec] = []
+
     private func begin(_ spec: FaultSpec) {
         guard !stopped else { return }
+        if let every = spec.every { after(seconds: every) { self.begin(spec) } }
+        if spec.kind.needsConnection && connected == 0 {
+            if !waiting.contains(spec) { waiting.append(spec) }
+            return
+        }
+        apply(spec)
+    }
+
+    private func applyWaiting() {
+        let due = waiting
+        waiting.removeAll()
+        for spec in due { apply(spec) }
+    }
+
+    /// Counted once it has done something.
+    private func apply(_ spec: FaultSpec) {
         stats.injected(spec.kind)
         switch spec.kind {
         case .drop:
@@ -93,7 +117,6 @@ public final class VirtualDevice {
             break
         }
         if let duration = spec.duration { after(seconds: duration) { self.end(spec) } }
-        if let every = spec.every { after(seconds: every) { self.begin(spec) } }
     }
 
     private func end(_ spec: FaultSpec) {

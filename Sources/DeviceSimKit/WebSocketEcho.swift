@@ -1,7 +1,8 @@
 // The simulated API's WebSocket echo (RFC 6455 frames over an RFC 8441 stream):
 // every text or binary frame comes back with the same opcode and payload,
 // unmasked as a server's frames are; a PING gets its PONG; a close frame is
-// answered with a close frame and the stream ends.
+// answered with a close frame and the stream ends. A frame no client may send
+// (unmasked, over 1 MiB, a control frame over 125 bytes) resets the stream.
 import HTTP1
 import Tunnel
 
@@ -10,6 +11,7 @@ final class WebSocketEcho {
     private let request: LocalRequest
     private let device: VirtualDevice
     private var buffer: [UInt8] = []
+    private var closing = false
 
     init(request: LocalRequest, device: VirtualDevice) {
         self.request = request
@@ -24,50 +26,69 @@ final class WebSocketEcho {
     }
 
     private func received(_ bytes: [UInt8]) {
+        guard !closing else { return }  // nothing after a close frame
         buffer += bytes
-        while let frame = WebSocketEcho.parse(&buffer) {
-            switch frame.opcode {
-            case 0x8:
-                request.write(WebSocketEcho.frame(opcode: 0x8, frame.payload), endStream: true)
+        var offset = 0
+        defer { buffer.removeFirst(offset) }  // once per delivery, not per frame
+        while true {
+            switch WebSocketEcho.parse(buffer, at: offset) {
+            case .incomplete:
                 return
-            case 0x9:
-                request.write(WebSocketEcho.frame(opcode: 0xA, frame.payload))
-            case 0xA:
-                break
-            default:
-                request.write(WebSocketEcho.frame(opcode: frame.opcode, frame.payload, fin: frame.fin))
+            case .invalid:
+                // Not a client's frame (unmasked, too long, a long control frame):
+                // a protocol error, answered with a reset rather than an echo.
+                request.reset(errorCode: 1)
+                return
+            case .frame(let fin, let opcode, let payload, let length):
+                offset += length
+                switch opcode {
+                case 0x8:
+                    closing = true
+                    request.write(WebSocketEcho.frame(opcode: 0x8, payload), endStream: true)
+                    return
+                case 0x9:
+                    request.write(WebSocketEcho.frame(opcode: 0xA, payload))
+                case 0xA:
+                    break
+                default:
+                    request.write(WebSocketEcho.frame(opcode: opcode, payload, fin: fin))
+                }
             }
         }
-        if buffer.count > WebSocketEcho.maxFrame + 14 { request.reset(errorCode: 2) }
     }
 
-    /// One complete frame off the front of `b`, unmasked; nil while incomplete.
-    static func parse(_ b: inout [UInt8]) -> (fin: Bool, opcode: UInt8, payload: [UInt8])? {
-        guard b.count >= 2 else { return nil }
-        let masked = b[1] & 0x80 != 0
-        var length = Int(b[1] & 0x7f)
-        var offset = 2
+    enum Parsed: Equatable {
+        case incomplete
+        case invalid
+        /// `length`: the whole frame's bytes.
+        case frame(fin: Bool, opcode: UInt8, payload: [UInt8], length: Int)
+    }
+
+    /// The client frame starting at `b[start...]`, unmasked (RFC 6455 §5.2, §5.5).
+    static func parse(_ b: [UInt8], at start: Int) -> Parsed {
+        guard b.count - start >= 2 else { return .incomplete }
+        let opcode = b[start] & 0x0f
+        guard b[start + 1] & 0x80 != 0 else { return .invalid }  // clients mask every frame
+        var length = Int(b[start + 1] & 0x7f)
+        var offset = start + 2
         if length == 126 {
-            guard b.count >= 4 else { return nil }
-            length = Int(b[2]) << 8 | Int(b[3])
-            offset = 4
+            guard b.count - start >= 4 else { return .incomplete }
+            length = Int(b[start + 2]) << 8 | Int(b[start + 3])
+            offset = start + 4
         } else if length == 127 {
-            guard b.count >= 10 else { return nil }
+            guard b.count - start >= 10 else { return .incomplete }
+            guard b[start + 2] == 0 && b[start + 3] == 0 && b[start + 4] == 0 && b[start + 5] == 0 else { return .invalid }
             length = 0
-            for i in 2..<10 { length = length << 8 | Int(b[i]) }
-            offset = 10
-            guard length >= 0, length <= maxFrame else { return nil }  // too long: the caller resets
+            for i in (start + 2)..<(start + 10) { length = length << 8 | Int(b[i]) }
+            offset = start + 10
         }
-        let maskOffset = offset
-        if masked { offset += 4 }
-        guard b.count >= offset + length else { return nil }
+        if length > maxFrame || (opcode >= 0x8 && length > 125) { return .invalid }
+        let mask = offset
+        offset += 4
+        guard b.count >= offset + length else { return .incomplete }
         var payload = Array(b[offset..<(offset + length)])
-        if masked {
-            for i in 0..<payload.count { payload[i] ^= b[maskOffset + i % 4] }
-        }
-        let result = (fin: b[0] & 0x80 != 0, opcode: b[0] & 0x0f, payload: payload)
-        b.removeFirst(offset + length)
-        return result
+        for i in 0..<payload.count { payload[i] ^= b[mask + i % 4] }
+        return .frame(fin: b[start] & 0x80 != 0, opcode: opcode, payload: payload, length: offset + length - start)
     }
 
     static func frame(opcode: UInt8, _ payload: [UInt8], fin: Bool = true) -> [UInt8] {

@@ -304,7 +304,7 @@ final class Exchange: DeviceStreamHandler {
                 return
             }
             fail(502, connectionLost ? "the device's connection was lost before it answered"
-                 : errorCode == 1 ? "the device's response was not valid HTTP/2 (PROTOCOL_ERROR)"
+                 : errorCode == 1 ? "the device's stream ended with PROTOCOL_ERROR (an invalid response, or a request the device found invalid)"
                  : "device closed the stream without answering (error " + String(errorCode) + ")")
         case .streaming:
             // Too late for a status: the user must see a broken response, not a short one.

@@ -92,6 +92,8 @@ final class HealthChecker {
 
     private func check(_ hostnames: ArraySlice<String>) {
         for hostname in hostnames {
+            // The round's list may be up to an interval old: skip devices gone since.
+            guard !gateway.registry.connections(hostname: hostname).isEmpty else { continue }
             deviceConnected(hostname: hostname)
             guard devices[hostname]?.checking == false, let dev = gateway.registry.pick(hostname: hostname) else { continue }
             devices[hostname]?.checking = true

@@ -25,8 +25,6 @@ public struct TLSConfiguration {
     public var keyFile: String?
     /// PEM CA bundle that peers must chain to. For a server, setting it requires client certificates.
     public var trustFile: String?
-    /// PEM CA certificates held in memory, trusted like `trustFile` (client role).
-    public var trustPEM: [UInt8]?
     /// PEM CRL of the trust file's CA: peers whose certificates it lists are refused.
     public var crlFile: String?
     public var minimumVersion: TLSVersion = .tls13
@@ -102,16 +100,6 @@ public final class TLSContext {
             } else {
                 SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
             }
-        } else if let pem = config.trustPEM, config.role == .client {
-            let certs = TLSIdentity.certificates(pem)
-            guard !certs.isEmpty, let store = SSL_CTX_get_cert_store(ctx) else {
-                throw OpenSSLError.drain("no CA certificate in the trusted PEM")
-            }
-            for x in certs {
-                defer { X509_free(x) }
-                guard X509_STORE_add_cert(store, x) == 1 else { throw OpenSSLError.drain("trust CA certificate") }
-            }
-            SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
         } else if config.role == .client {
             // A client without a trust file would accept any server: refuse to build one.
             throw OpenSSLError("client TLS needs a CA file to verify the server", reasons: [])

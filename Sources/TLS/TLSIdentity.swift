@@ -32,18 +32,6 @@ public final class TLSIdentity {
         EVP_PKEY_free(key)
     }
 
-    /// Every certificate in a PEM bundle, in order; the caller frees them.
-    static func certificates(_ pem: [UInt8]) -> [OpaquePointer] {
-        var out: [OpaquePointer] = []
-        pem.withUnsafeBytes { raw in
-            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return }
-            defer { BIO_free(bio) }
-            while out.count < 1000, let x = PEM_read_bio_X509(bio, nil, nil, nil) { out.append(x) }
-        }
-        ERR_clear_error()  // the read that found no more certificates queued an error
-        return out
-    }
-
     private static func read(_ pem: [UInt8], _ parse: (OpaquePointer) -> OpaquePointer?) -> OpaquePointer? {
         pem.withUnsafeBytes { raw in
             guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }

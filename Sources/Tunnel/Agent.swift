@@ -95,12 +95,16 @@ public final class Agent {
                 open -= 1
                 if open == 0 {
                     self.pool.closeAll()
+                    self.onChange = nil  // it may hold the owner of this agent
                     done()
                 }
             }
         }
         for d in all { d.stop() }
-        if all.isEmpty { done() }
+        if all.isEmpty {
+            onChange = nil
+            done()
+        }
     }
 
     // MARK: Reload

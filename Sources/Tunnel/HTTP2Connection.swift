@@ -67,7 +67,8 @@ public final class HTTP2Connection {
         liveness = l
         switch action {
         case .none:
-            transport.releaseIdleMemory()
+            // Quiet since the last tick: give back what an idle connection does not need.
+            if transport.bytesIn == bytesInAtLastTick && transport.bufferedOutput == 0 { transport.releaseIdleMemory() }
         case .sendPing:
             session.ping()
             flush()
@@ -76,8 +77,11 @@ public final class HTTP2Connection {
             transport.close(.unresponsive(milliseconds: Int(2 * l.intervalNs / 1_000_000)))
             return
         }
+        bytesInAtLastTick = transport.bytesIn
         scheduleLivenessTick()
     }
+
+    private var bytesInAtLastTick = -1
 
     public init(transport: Transport, session: HTTP2Session, logger: Logger, context: LogContext) {
         self.transport = transport

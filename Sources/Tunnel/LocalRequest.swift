@@ -4,8 +4,12 @@
 // at once and the body as it arrives, and answers with HTTP/2 semantics: a head
 // with `:status`, body bytes, optional trailers, or a reset.
 //
-// Flow control: request body bytes are acknowledged to the gateway once
-// delivered (`autoConsume`), or when the handler calls `consume`. A handler that
+// Body bytes that arrive before the handler sets `onBody` (say while it waits to
+// answer) are held, not acknowledged, and delivered when it does; the end of
+// the request likewise waits for `onEnd`. A handler that does not want the body
+// calls `discardBody`. Flow control: bytes are acknowledged to the gateway once
+// delivered (`autoConsume`), or when the handler calls `consume`; whatever is
+// unacknowledged when the stream closes is acknowledged then. A handler that
 // writes much should wait with `whenQueue` for the stream's queue to drain.
 import EventLoop
 import HTTP1
@@ -22,15 +26,20 @@ public final class LocalRequest {
     public let path: String
     /// `:protocol` of an extended CONNECT (RFC 8441), "websocket".
     public let protocolName: String?
-    /// The request ended with its head (no body).
+    /// The gateway's side of the request has ended (its body may still be held).
     public private(set) var requestEnded: Bool
     public private(set) var isClosed = false
     /// Acknowledge body bytes to the gateway as soon as they are delivered.
     public var autoConsume = true
-    /// Body bytes, in order.
-    public var onBody: (([UInt8]) -> Void)?
-    /// The request ended, with its trailers (often none).
-    public var onEnd: ((HTTPHeaders) -> Void)?
+    /// Body bytes, in order (held ones at once, when set).
+    public var onBody: (([UInt8]) -> Void)? { didSet { deliverHeld() } }
+    /// The request ended, with its trailers (often none), after its last body bytes.
+    public var onEnd: ((HTTPHeaders) -> Void)? { didSet { deliverHeld() } }
+    private var held: [[UInt8]] = []
+    private var heldEnd: HTTPHeaders?
+    private var discarding = false
+    /// Body bytes received and not yet acknowledged to the gateway.
+    private var unacknowledged = 0
     /// The stream is gone (answered, or reset by the gateway: `errorCode` != 0).
     public var onClose: ((UInt32) -> Void)?
     private let server: ReversedServer
@@ -72,10 +81,22 @@ public final class LocalRequest {
         server.reset(stream: stream, errorCode: errorCode)
     }
 
+    /// True when body bytes wait for `onBody`.
+    public var hasHeldBody: Bool { !held.isEmpty }
+
     /// Reopens the gateway's window for `count` request body bytes.
     public func consume(_ count: Int) {
-        guard !isClosed, count > 0 else { return }
-        server.consume(stream: stream, count: count)
+        let n = min(count, unacknowledged)
+        guard !isClosed, n > 0 else { return }
+        unacknowledged -= n
+        server.consume(stream: stream, count: n)
+    }
+
+    /// The handler does not want the body: what is held and what comes is acknowledged and dropped.
+    public func discardBody() {
+        discarding = true
+        held.removeAll()
+        consume(unacknowledged)
     }
 
     /// Runs `callback` once at most `mark` response bytes wait in this stream's
@@ -88,19 +109,43 @@ public final class LocalRequest {
     // MARK: From the ReversedServer
 
     func body(_ bytes: [UInt8]) {
-        let deliver = onBody
-        deliver?(bytes)
-        if autoConsume || deliver == nil { server.consume(stream: stream, count: bytes.count) }
+        unacknowledged += bytes.count
+        if discarding { return consume(bytes.count) }
+        guard let deliver = onBody, held.isEmpty else {
+            held.append(bytes)
+            return
+        }
+        deliver(bytes)
+        if autoConsume { consume(bytes.count) }
     }
 
     func end(_ trailers: HTTPHeaders) {
         guard !requestEnded else { return }
         requestEnded = true
-        onEnd?(trailers)
+        heldEnd = trailers
+        deliverHeld()
+    }
+
+    private func deliverHeld() {
+        if let deliver = onBody {
+            while !held.isEmpty && !isClosed {
+                let bytes = held.removeFirst()
+                deliver(bytes)
+                if autoConsume { consume(bytes.count) }
+            }
+        }
+        guard held.isEmpty, let trailers = heldEnd, let done = onEnd else { return }
+        heldEnd = nil
+        done(trailers)
     }
 
     func closed(errorCode: UInt32) {
         guard !isClosed else { return }
+        // The connection's window must not shrink by what the handler never took.
+        if unacknowledged > 0 { server.consume(stream: stream, count: unacknowledged) }
+        unacknowledged = 0
+        held.removeAll()
+        heldEnd = nil
         isClosed = true
         let cb = onClose
         onBody = nil

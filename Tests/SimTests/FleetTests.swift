@@ -117,6 +117,26 @@ final class FleetTests: XCTestCase {
         XCTAssertTrue(run(loop, seconds: 10, until: { gateway.registry.deviceCount == 0 }))
     }
 
+    func testAStoppedFleetIsFreed() throws {
+        let loop = EventLoop()
+        let gateway = try startGateway(loop)
+        weak var released: Fleet?
+        try {
+            let fleet = try Fleet(options: fleetOptions(gateway, ["--devices", "3", "--fault", "flap@dev-00001,up=100"]),
+                                  loop: loop, logger: Logger(program: "sim", level: .error))
+            released = fleet
+            var all = false
+            fleet.whenAllConnected { all = true }
+            fleet.start()
+            XCTAssertTrue(run(loop, seconds: 20, until: { all }))
+            var stopped = false
+            fleet.stop { stopped = true }
+            XCTAssertTrue(run(loop, seconds: 15, until: { stopped }))
+        }()
+        // Timers of the stopped devices are cancelled; pending loop tasks run out.
+        XCTAssertTrue(run(loop, seconds: 5, until: { released == nil }), "the fleet is still referenced after stop")
+    }
+
     func testDroppedDevicesComeBackAndGarbageIsRefused() throws {
         let loop = EventLoop()
         let gateway = try startGateway(loop)
@@ -134,7 +154,7 @@ final class FleetTests: XCTestCase {
         let started = Date()
         let bad = try XCTUnwrap(get(loop, port: gateway.publicPort, host: "dev-00005.sim.test", path: "/device"))
         XCTAssertEqual(bad.status, 502)
-        XCTAssertTrue(bad.body.contains("not valid HTTP/2"), bad.body)
+        XCTAssertTrue(bad.body.contains("PROTOCOL_ERROR"), bad.body)
         XCTAssertLessThan(Date().timeIntervalSince(started), 2.0)
         let good = try XCTUnwrap(get(loop, port: gateway.publicPort, host: "dev-00002.sim.test", path: "/device"))
         XCTAssertEqual(good.body, "dev-00002\n")

@@ -185,12 +185,13 @@ def run_fleet(workdir: Path, devices: int, *, requests: int = 1000, check_interv
 
         # 4. Gateway restart: every device back, jittered, no storm.
         before = sim.summary()
+        seen = len(sim.events("all-connected"))
         restart_at = time.monotonic()
         gw.stop(grace=30)
         res["gateway_stop_seconds"] = round(time.monotonic() - restart_at, 2)
         gw = start_gateway(pm, pki, ports, check_interval_ms, "gateway-restarted")
         up_at = time.monotonic()
-        lib.wait_until(lambda: len(sim.events("all-connected")) >= 2, restart_limit + 5,
+        lib.wait_until(lambda: len(sim.events("all-connected")) > seen, restart_limit + 5,
                        f"all {devices} devices back after the restart")
         back = time.monotonic() - restart_at
         after = sim.summary()
@@ -202,6 +203,8 @@ def run_fleet(workdir: Path, devices: int, *, requests: int = 1000, check_interv
         res["restart_curve"] = [p for p in after["curve"] if p["ms"] >= t_restart_ms - 1000]
         log(f"restart: all back {back:.1f} s after SIGTERM ({res['restart_dials_per_device']} dials per device)")
         assert back <= restart_limit, f"devices took {back:.1f} s to come back"
+        lib.wait_until(lambda: metric(ports[2], "rhttp_devices_connected") >= devices, 30,
+                       "the restarted gateway to list every device")
         status, body, who = ask(ports[1], "dev-00001")
         assert status == 200 and who == "dev-00001", (status, body)
 
