@@ -27,9 +27,9 @@ Scenarios, alternating between the paths (the order rotates every round), for
 Writes a Markdown table (--md) and the raw figures (--json). Needs wrk, h2load
 (nghttp2-client), curl, nginx; `perf` for --profile.
 
-    swift build -c release --product fleet-gateway --scratch-path .build-bench7
-    scripts/build      # the Embedded device-agent
-    HAPROXY=/opt/haproxy/haproxy python3 bench/compare.py --gateway-bin .build-bench7/release/fleet-gateway
+    swift build -c release --product fleet-gateway   # or --scratch-path X, then --gateway-bin X/release/fleet-gateway
+    scripts/build                                       # the Embedded device-agent
+    HAPROXY=/path/to/haproxy python3 bench/compare.py [--profile bench/results/profile]
 """
 
 from __future__ import annotations
