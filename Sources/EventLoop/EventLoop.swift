@@ -69,6 +69,8 @@ public final class EventLoop {
     public var now: UInt64 { clock.now() }
     public var registeredCount: Int { registrations.count }
     public var timerCount: Int { timers.count }
+    /// Entries in the timer heap, cancelled ones not yet dropped included.
+    public var timerHeapEntries: Int { timers.entries }
 
     // MARK: File descriptors
 

@@ -38,6 +38,10 @@ final class PublicConnection: UserSide {
     private var logged: (method: String, target: String, host: String, start: UInt64)?
     private var responseStatus = 0
     private var responseBytes = 0
+    /// A response head held back until the first body bytes, so that a small
+    /// response leaves in one send (and one TCP segment), not two; written at the
+    /// end of this loop turn at the latest.
+    private var pendingHead: [UInt8] = []
 
     init(gateway: Gateway, transport: Transport, scheme: String) {
         self.gateway = gateway
@@ -247,17 +251,37 @@ final class PublicConnection: UserSide {
         if !keepAlive { h.headers.add("Connection", "close") }
         h.reason = HTTP1Writer.reasonPhrase(h.status)
         responseStatus = h.status
-        transport.write(HTTP1Writer.responseHead(h))
+        flushHead()
+        pendingHead = HTTP1Writer.responseHead(h)
+        transport.loop.execute { self.flushHead() }
+    }
+
+    private func flushHead() {
+        guard !pendingHead.isEmpty else { return }
+        let head = pendingHead
+        pendingHead = []
+        transport.write(head)
+    }
+
+    /// Writes `bytes`, after the held-back head and in the same send when there is one.
+    private func writeAfterHead(_ bytes: [UInt8]) {
+        if pendingHead.isEmpty {
+            transport.write(bytes)
+        } else {
+            pendingHead += bytes
+            flushHead()
+        }
     }
 
     func writeBody(_ bytes: [UInt8]) {
         guard !noResponseBody, !bytes.isEmpty else { return }
         responseBytes += bytes.count
-        transport.write(chunkedResponse ? HTTP1Writer.chunk(bytes) : bytes)
+        writeAfterHead(chunkedResponse ? HTTP1Writer.chunk(bytes) : bytes)
     }
 
     func writeEnd(trailers: HTTPHeaders) {
-        if chunkedResponse { transport.write(HTTP1Writer.lastChunk(trailers: trailers)) }
+        if chunkedResponse { writeAfterHead(HTTP1Writer.lastChunk(trailers: trailers)) }
+        flushHead()
         completeResponse()
     }
 
@@ -286,8 +310,10 @@ final class PublicConnection: UserSide {
         if retryAfter { h.add("Retry-After", "5") }
         if close || !requestDone { keepAlive = false }
         if !keepAlive { h.add("Connection", "close") }
-        transport.write(HTTP1Writer.responseHead(HTTPResponseHead(status: status, versionMinor: 1, headers: h)))
-        if !isHEAD { transport.write(body) }
+        flushHead()
+        var out = HTTP1Writer.responseHead(HTTPResponseHead(status: status, versionMinor: 1, headers: h))
+        if !isHEAD { out += body }
+        transport.write(out)
         responseStatus = status
         responseBytes = isHEAD ? 0 : body.count
         if close { queued.removeAll() }
@@ -299,6 +325,7 @@ final class PublicConnection: UserSide {
     func abort(_ why: String) {
         gateway.logger.warning("aborting user connection: " + why)
         record(aborted: true)
+        flushHead()
         closing = true
         current?.userGone()
         current = nil

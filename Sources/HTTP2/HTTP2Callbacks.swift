@@ -79,8 +79,10 @@ enum HTTP2Callbacks {
         }
         let n = min(length, body.count)
         if n > 0 {
+            // A raw copy (memmove): the typed `update(from:count:)` compiles to a
+            // byte-at-a-time loop in the Embedded build.
             body.buffer.withUnsafeBufferPointer { src in
-                buf!.update(from: src.baseAddress! + body.offset, count: n)
+                UnsafeMutableRawPointer(buf!).copyMemory(from: src.baseAddress! + body.offset, byteCount: n)
             }
             body.offset += n
         }

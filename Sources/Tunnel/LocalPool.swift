@@ -2,8 +2,9 @@
 // so a busy tunnel does not open a TCP connection per request, and bounds the
 // requests in progress at the local API to `maxActive`: a small device server
 // (a listen backlog of 5 is common) must not get 100 connections at once, which
-// the kernel answers by dropping SYNs for seconds. Beyond `maxIdle` a finished
-// connection is closed instead of kept.
+// the kernel answers by dropping SYNs for seconds. Beyond `maxIdle` (by default
+// `maxActive`: a burst of answers must not close connections the waiting
+// requests are about to open again) a finished connection is closed instead of kept.
 import EventLoop
 
 final class LocalPool {
@@ -15,10 +16,10 @@ final class LocalPool {
     private var active = 0
     private var waiters: [() -> Void] = []
 
-    init(loop: EventLoop, endpoint: HostPort, maxIdle: Int = 16, maxActive: Int = 32) {
+    init(loop: EventLoop, endpoint: HostPort, maxIdle: Int? = nil, maxActive: Int = 32) {
         self.loop = loop
         self.endpoint = endpoint
-        self.maxIdle = maxIdle
+        self.maxIdle = maxIdle ?? maxActive
         self.maxActive = maxActive
     }
 

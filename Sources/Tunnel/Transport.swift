@@ -267,7 +267,8 @@ public final class Transport {
         // Bounded per wake-up so one busy peer cannot starve the others.
         while rounds < 16 && state != .closed && !readPaused {
             rounds += 1
-            let result = Socket.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: loop.readBuffer[0..<min(readChunk, loop.readBuffer.count)]))
+            let want = min(readChunk, loop.readBuffer.count)
+            let result = Socket.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: loop.readBuffer[0..<want]))
             switch result {
             case .wouldBlock:
                 return
@@ -287,6 +288,9 @@ public final class Transport {
                 } else {
                     onData?(chunk)
                 }
+                // A short read emptied the socket: the next read would only say
+                // EAGAIN (epoll is level-triggered; it reports what comes later).
+                if n < want { return }
             }
         }
     }

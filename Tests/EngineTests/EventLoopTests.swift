@@ -24,6 +24,23 @@ final class EventLoopTests: XCTestCase {
         XCTAssertEqual(loop.timerCount, 0)
     }
 
+    func testCancelledTimersDoNotPileUpWhileOthersLive() {
+        let clock = ManualClock()
+        let loop = EventLoop(clock: clock.clock)
+        var fired: [Int] = []
+        loop.schedule(afterMilliseconds: 60_000) { fired.append(0) }  // a long-lived timer, as an idle ping
+        for i in 0..<10_000 {  // every request arms a timeout and cancels it
+            let t = loop.schedule(afterMilliseconds: 30_000 + i % 7) { fired.append(-1) }
+            if i % 1000 == 999 { loop.schedule(afterMilliseconds: 1 + i / 1000) { fired.append(i / 1000 + 1) } }
+            loop.cancel(t)
+        }
+        XCTAssertLessThan(loop.timerHeapEntries, 200)
+        XCTAssertEqual(loop.timerCount, 11)
+        clock.advance(milliseconds: 60_000)
+        loop.fireDueTimers()
+        XCTAssertEqual(fired, Array(1...10) + [0])
+    }
+
     func testBackoffGrowsToTheCapWithFullJitterAndResetsWhenStable() {
         var b = Backoff(baseMs: 500, capMs: 30_000, stableAfterMs: 30_000)
         var ceilings: [Int] = []
