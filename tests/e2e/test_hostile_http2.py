@@ -254,6 +254,36 @@ def test_device_that_never_opens_its_window_holds_no_memory(env):
     wait_unregistered(env)
 
 
+@pytest.mark.parametrize("answered", [True, False], ids=["device-streams-its-answer", "device-waits"])
+def test_user_stalling_its_body_is_cut(env, answered):
+    """Slowloris on a body: a user sends a head and part of the body, then
+    nothing. Without a limit, a device that streams its answer while it reads
+    (device-sim's /echo does) would hold the stream for as long as the user
+    likes. Some of the body must come every request_timeout_ms: else 408 (no
+    answer yet) or the connection cut (answer started: never complete-looking),
+    and the device's stream is reset."""
+    dev = HostileDevice(env)
+    t0 = time.monotonic()
+    u = user_request(env, b"POST /echo HTTP/1.1\r\nHost: dev1.example\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+    try:
+        sid = dev.next_request()
+        if answered:
+            dev.send(hl.headers(sid, [(":status", "200")]) + frame(DATA, 0, sid, b"x" * 10))
+        fr = dev.r.until(lambda f: f[0] == RST_STREAM and f[2] == sid, REQUEST_TIMEOUT_MS / 1000 + 3)
+        assert fr, f"the device's stream was not reset: {dev.r.seen}"
+        data, closed = lib.read_until_close(u, 5)
+        dt = time.monotonic() - t0
+        assert closed and dt < REQUEST_TIMEOUT_MS / 1000 + 1.5, f"closed={closed} after {dt:.1f}s"
+        if answered:
+            assert data.startswith(b"HTTP/1.1 200") and not data.endswith(b"0\r\n\r\n"), data
+        else:
+            assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    finally:
+        u.close()
+        dev.close()
+    wait_unregistered(env)
+
+
 @pytest.mark.parametrize("flood", ["ping", "settings", "window-update", "continuation"])
 def test_device_floods(env, flood):
     """A device floods frames without reading the gateway's answers. PING and
