@@ -47,7 +47,7 @@ enum HostRouting {
         }
         if h.hasSuffix(".") { h = h.dropLast() }
         let key = h.lowercased()
-        return PKI.isValidHostname(key) ? key : nil
+        return PKI.isValidDeviceName(key) ? key : nil
     }
 }
 

@@ -121,7 +121,7 @@ final class Gateway {
     private func deviceOpened(_ t: Transport, id: Int) {
         let name: String
         if let tls = t.tls {
-            guard let cn = tls.peerCommonName?.lowercased(), PKI.isValidHostname(cn) else {
+            guard let cn = tls.peerCommonName?.lowercased(), PKI.isValidDeviceName(cn) else {
                 logger.warning("device certificate from " + t.peer.description + " has no valid hostname CN; closing",
                                LogContext(connection: id))
                 metrics.deviceConnectionRefused()

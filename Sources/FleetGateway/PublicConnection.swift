@@ -6,7 +6,9 @@
 //
 // Time limits: a complete request head within `request_timeout_ms` (counted from
 // the connection's start, which includes the TLS handshake, or from the first
-// byte of a later request), and at most `idle_timeout_ms` of keep-alive idleness.
+// byte of a later request), some of the request body every `request_timeout_ms`
+// while it arrives (unless the gateway itself paused reading it), and at most
+// `idle_timeout_ms` of keep-alive idleness.
 import EventLoop
 import HTTP1
 import Tunnel
@@ -34,6 +36,11 @@ final class PublicConnection: UserSide {
     private var upgrading = false
     /// After 101 Switching Protocols: bytes pass through both ways.
     private var tunnel = false
+    /// The body timer runs (a request body is arriving and must keep arriving).
+    private var bodyTimerArmed = false
+    private var bodyPaused = false
+    /// The user asked for `100 Continue` and waits for it before sending the body.
+    private var awaitingContinue = false
     /// The request being answered, for the access log and the metrics.
     private var logged: (method: String, target: String, host: String, start: UInt64)?
     private var responseStatus = 0
@@ -52,8 +59,19 @@ final class PublicConnection: UserSide {
 
     var peerHost: String { transport.peer.host }
     var bufferedOutput: Int { transport.bufferedOutput }
-    func pauseReading() { transport.pauseReading() }
-    func resumeReading() { transport.resumeReading() }
+    /// The Exchange stops taking the body (back-pressure, or queued): the user is not
+    /// the one who is slow, so the body timer waits too.
+    func pauseReading() {
+        transport.pauseReading()
+        bodyPaused = true
+        if bodyTimerArmed { disarmBody() }
+    }
+
+    func resumeReading() {
+        transport.resumeReading()
+        bodyPaused = false
+        if !requestDone && current != nil && !upgrading && !tunnel && !awaitingContinue { armBody() }
+    }
 
     /// `first`: bytes already read by the protocol sniffer, parsed before anything else.
     func start(first: [UInt8] = []) {
@@ -74,6 +92,7 @@ final class PublicConnection: UserSide {
             return
         }
         if idle { arm(idle: false) }  // a request has begun: its head must arrive in time
+        if bodyTimerArmed { armBody() }  // some of the body came: the user is not stalled
         do throws(HTTP1Error) {
             queued += try parser.feed(bytes)
         } catch {
@@ -137,6 +156,7 @@ final class PublicConnection: UserSide {
             case .end:
                 queued.removeFirst()
                 requestDone = true
+                if bodyTimerArmed { disarmBody() }
                 // An upgrade request's HTTP part ends here, but its stream carries the
                 // WebSocket's bytes later: do not end it.
                 if !upgrading { current?.userEnd() }
@@ -168,6 +188,9 @@ final class PublicConnection: UserSide {
         }
         let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
         current = ex
+        awaitingContinue = hasBody && head.versionMinor == 1 && head.headers.containsToken("expect", "100-continue")
+        bodyPaused = false
+        if hasBody && !awaitingContinue && !WebSocketUpgrade.isRequest(head) { armBody() }
         if WebSocketUpgrade.isRequest(head) && !WebSocketUpgrade.hasValidHandshake(head) {
             current = nil
             requestDone = true
@@ -190,6 +213,8 @@ final class PublicConnection: UserSide {
     /// `100 Continue` for a user who asked for it, once a device took the request.
     func writeContinue() {
         transport.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+        awaitingContinue = false
+        if !requestDone && !bodyPaused { armBody() }
     }
 
     /// A WebSocket handshake we cannot take (RFC 6455 §4.2.2): 426 with the version we speak.
@@ -372,6 +397,37 @@ final class PublicConnection: UserSide {
         timer = gateway.loop.schedule(afterMilliseconds: ms) {
             self.timer = nil
             self.timedOut()
+        }
+    }
+
+    /// The user must send some of the request body within `request_timeout_ms` of the
+    /// head or of the last piece (slowloris on bodies): a device that streams its
+    /// answer while it reads would otherwise hold the stream for as long as the user likes.
+    private func armBody() {
+        gateway.loop.cancel(timer)
+        bodyTimerArmed = true
+        timer = gateway.loop.schedule(afterMilliseconds: gateway.config.requestTimeoutMs) {
+            self.timer = nil
+            self.bodyTimerArmed = false
+            self.bodyStalled()
+        }
+    }
+
+    private func disarmBody() {
+        gateway.loop.cancel(timer)
+        timer = nil
+        bodyTimerArmed = false
+    }
+
+    private func bodyStalled() {
+        guard !closing, !requestDone, let ex = current else { return }
+        let why = "the request body stalled: nothing for " + String(gateway.config.requestTimeoutMs) + " ms"
+        if responseStatus == 0 {
+            ex.userGone()  // the device stops working on it
+            current = nil
+            respondError(408, why, close: true, retryAfter: false)
+        } else {
+            abort(why)  // the answer already started: cut it, never let it look complete
         }
     }
 

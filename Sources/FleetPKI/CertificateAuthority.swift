@@ -55,7 +55,7 @@ public final class CertificateAuthority {
     /// window into the past (with a short `days`, an expired certificate).
     public func issueDevice(name: String, days: Int = 825, notBeforeOffsetDays: Int = 0)
         throws(PKIError) -> (certificatePEM: [UInt8], keyPEM: [UInt8]) {
-        guard PKI.isValidHostname(name) else { throw .invalidName(name) }
+        guard PKI.isValidDeviceName(name) else { throw .invalidName(name) }
         try PKI.checkDays(days, "days")
         try PKI.checkOffset(notBeforeOffsetDays)
         let leafKey = try PKI.generateKey()

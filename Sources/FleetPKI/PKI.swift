@@ -84,7 +84,7 @@ public enum PKI {
     /// `notBeforeOffsetDays` shifts the validity window (negative: in the past), for tests.
     public static func issue(directory: String, name: String, days: Int = 825,
                              notBeforeOffsetDays: Int = 0, force: Bool = false) throws(PKIError) {
-        guard isValidHostname(name) else { throw .invalidName(name) }
+        guard isValidDeviceName(name) else { throw .invalidName(name) }
         try checkDays(days, "days")
         try checkOffset(notBeforeOffsetDays)
         try issueLeaf(directory: directory, subdirectory: "devices", name: name,
@@ -102,6 +102,17 @@ public enum PKI {
         try issueLeaf(directory: directory, subdirectory: "servers", name: name,
                       extensions: serverExtensions(sans: sans),
                       days: days, notBeforeOffsetDays: 0, writeBundle: false, force: force)
+    }
+
+    /// A name a device can have (its certificate CN, the hostname it is routed by):
+    /// a hostname whose last label is not all digits, so never an IPv4 address
+    /// ("10.0.0.1", "127.1"): RFC 1123 §2.1 and RFC 3696 §2, top-level labels are
+    /// not numeric. A device named like an address would take the requests users
+    /// send to the gateway by its address.
+    public static func isValidDeviceName(_ s: String) -> Bool {
+        guard isValidHostname(s) else { return false }
+        let last = s.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false).last ?? []
+        return !last.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
     }
 
     /// A DNS hostname: dot-separated labels of 1...63 characters from [A-Za-z0-9-],

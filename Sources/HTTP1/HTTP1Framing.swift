@@ -1,8 +1,10 @@
 // HTTP1Framing: decides how a message body is delimited (RFC 9112 §6.3),
 // strictly, because disagreeing with a peer about where a message ends is
 // what request smuggling exploits:
-//   requests  - Transfer-Encoding must be exactly "chunked" (else 501), never
-//               together with Content-Length, never in HTTP/1.0 (400);
+//   requests  - Transfer-Encoding must be exactly "chunked": chunked not
+//               final or applied twice is 400 (RFC 9112 §6.3), another coding
+//               before a final chunked is 501; never together with
+//               Content-Length, never in HTTP/1.0 (400);
 //               Content-Length values must all agree (400); neither -> no body.
 //   responses - HEAD / 1xx / 204 / 304 have no body; Transfer-Encoding with a
 //               final "chunked" -> chunked, other codings (or HTTP/1.0) ->
@@ -24,10 +26,16 @@ enum HTTP1Framing {
             if head.versionMinor == 0 { throw .badRequest("Transfer-Encoding in HTTP/1.0 request") }
             let codings = transferCodings(headers)
             if codings.isEmpty { throw .badRequest("empty Transfer-Encoding") }
-            guard codings.count == 1,
-                  HTTP1Bytes.equalsIgnoringCase(codings[0], lowercase: "chunked") else {
-                throw .unsupportedTransferEncoding
+            // RFC 9112 §6.3: chunked not final -> the length cannot be known: 400.
+            // Chunked applied twice is malformed (§7): 400. Chunked after a coding
+            // we do not decode (gzip, chunked): 501 (§6.1).
+            guard let last = codings.last, HTTP1Bytes.equalsIgnoringCase(last, lowercase: "chunked") else {
+                throw .badRequest("chunked is not the final transfer coding")
             }
+            for c in codings.dropLast() where HTTP1Bytes.equalsIgnoringCase(c, lowercase: "chunked") {
+                throw .badRequest("chunked applied twice")
+            }
+            guard codings.count == 1 else { throw .unsupportedTransferEncoding }
             return .chunked
         }
         if hasCL {

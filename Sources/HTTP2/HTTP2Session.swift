@@ -43,6 +43,16 @@ public enum HTTP2Error: Error, CustomStringConvertible {
         .nghttp2(operation: operation, code: Int32(code), message: String(cString: nghttp2_strerror(Int32(code))))
     }
 
+    /// The GOAWAY error code for a connection this error ends: ENHANCE_YOUR_CALM for
+    /// a flood (nghttp2's outbound ACK limit, too many CONTINUATION frames), else PROTOCOL_ERROR.
+    public var goawayCode: UInt32 {
+        if case .nghttp2(_, let code, _) = self,
+           code == NGHTTP2_ERR_FLOODED.rawValue || code == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue {
+            return UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue)
+        }
+        return UInt32(NGHTTP2_PROTOCOL_ERROR.rawValue)
+    }
+
     public var description: String {
         switch self {
         case .badPreface: return "peer did not send the HTTP/2 connection preface"

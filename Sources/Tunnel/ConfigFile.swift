@@ -93,7 +93,11 @@ public enum ConfigFile {
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
             let n = buf.withUnsafeMutableBytes { fread($0.baseAddress, 1, 4096, f) }
-            if n == 0 { break }
+            if n == 0 {
+                // A directory opens but does not read (EISDIR): an error, not an empty file.
+                if ferror(f) != 0 { throw ConfigError(path + ": cannot read: " + String(cString: strerror(rh_errno()))) }
+                break
+            }
             bytes += buf[0..<n]
             if bytes.count > 1 << 20 { throw ConfigError(path + ": larger than 1 MiB") }
         }

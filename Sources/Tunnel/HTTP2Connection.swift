@@ -115,7 +115,10 @@ public final class HTTP2Connection {
             try session.receive(bytes)
         } catch {
             logger.warning("HTTP/2 error from peer: " + error.description, context)
-            flush()  // nghttp2 queued a GOAWAY saying why
+            // nghttp2 returns these without queueing a GOAWAY (a flood, too many
+            // CONTINUATION frames, a bad preface): say why before closing (RFC 9113 §5.4.1).
+            if !session.sentGoaway { session.goaway(errorCode: error.goawayCode) }
+            flush()
             transport.closeAfterFlush()
             return
         }

@@ -160,11 +160,15 @@ final class HTTP1ParserTests: XCTestCase {
 
     func testTransferEncodingRules() {
         let base = "POST / HTTP/1.1\r\nHost: h\r\n"
-        for v in ["chunked, identity", "gzip, chunked", "identity", "gzip", "chunked, chunked", "chunked;q=1", "xchunked"] {
+        // RFC 9112 §6.3: chunked not final (or applied twice, §7) is 400 and close;
+        // a coding we do not decode before a final chunked is 501.
+        for v in ["chunked, identity", "identity", "gzip", "chunked, chunked", "chunked;q=1", "xchunked", "chunked, gzip"] {
+            assertRequestError(base + "Transfer-Encoding: \(v)\r\n\r\n", .badRequest(""))
+        }
+        assertRequestError(base + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", .badRequest(""))
+        for v in ["gzip, chunked", "deflate,chunked"] {
             assertRequestError(base + "Transfer-Encoding: \(v)\r\n\r\n", .unsupportedTransferEncoding)
         }
-        assertRequestError(base + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-                           .unsupportedTransferEncoding)
         assertRequestError(base + "Transfer-Encoding: \r\n\r\n", .badRequest(""))
         assertRequestError("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", .badRequest(""))
         let ok = http1Request(base + "transfer-encoding: CHUNKED\r\n\r\n0\r\n\r\n")

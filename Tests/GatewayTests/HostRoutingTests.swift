@@ -12,7 +12,8 @@ final class HostRoutingTests: XCTestCase {
 
     func testRoutingKeyRefusesWhatIsNotAHostname() {
         for bad in ["", ":80", "dev1.example:", "dev1.example:8x", "dev1.example:123456", "[::1]:80",
-                    "*.example", "dev 1", "dev1..example", "-dev.example", "dev1.example/x", "a@b"] {
+                    "*.example", "dev 1", "dev1..example", "-dev.example", "dev1.example/x", "a@b",
+                    "127.0.0.1", "10.1.2.3:80", "127.1", "2130706433"] {
             XCTAssertNil(HostRouting.routingKey(bad), bad)
         }
     }

@@ -296,6 +296,14 @@ final class PKITests: XCTestCase {
             XCTAssertTrue(PKI.isValidHostname(name), "\"\(name)\" should be valid")
         }
         XCTAssertEqual(valid.last!.utf8.count, 253)
+        // A device name is a hostname that cannot be read as an IPv4 address.
+        for name in ["127.0.0.1", "10.0.0.1", "127.1", "42", "dev.123"] {
+            XCTAssertFalse(PKI.isValidDeviceName(name), name)
+        }
+        for name in ["dev1", "1.dev", "10.0.0.1.example", "123a", "sensor-42.site1"] {
+            XCTAssertTrue(PKI.isValidDeviceName(name), name)
+        }
+        XCTAssertThrowsError(try PKI.issue(directory: "/nonexistent", name: "10.0.0.1"))
         XCTAssertFalse(PKI.isValidHostname(valid.last! + "b"))
 
         let dir = try makeTempDir()
