@@ -61,8 +61,8 @@ public struct SimOptions {
         }
         for i in [1, devices] {
             let name = NamePattern.format(namePattern, i)!
-            guard PKI.isValidHostname(name) else {
-                throw ConfigError("--name-pattern gives '" + name + "', which is not a valid device name (a DNS hostname)")
+            guard PKI.isValidDeviceName(name) else {
+                throw ConfigError("--name-pattern gives '" + name + "', which is not a valid device name (a DNS hostname whose last label is not a number)")
             }
         }
         ramp = try s.double("ramp", default: 0, min: 0, max: 1_000_000)
