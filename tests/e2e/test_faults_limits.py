@@ -108,3 +108,21 @@ def test_gateway_out_of_descriptors_pauses_accepting_and_serves_the_queue(procs,
     assert gw.proc.alive()
     assert request(gw.public_port, "GET", "/device", "dev1.example").status == 200
 
+
+def test_post_is_not_sent_twice_when_the_local_api_drops_a_kept_alive_connection(procs, api, pki):
+    """A local API that takes a POST and closes the connection without answering
+    (it crashed, or restarted) may have acted on it: the agent must answer 502,
+    not send the POST again on a new connection. A GET is still retried."""
+    gw = lib.start_gateway(procs, pki, extra=["--check-interval-ms", "0"])
+    a = api("dev1.example")
+    lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1)
+    lib.wait_device(gw, "dev1.example")  # leaves a kept-alive connection to the local API in the agent's pool
+    rid = uuid.uuid4().hex
+    r = request(gw.public_port, "POST", "/vanish", "dev1.example", body=b"pay once", headers={"X-Request-Id": rid})
+    assert r.status == 502, (r.status, r.text)
+    assert a.request_ids.get(rid) == 1, f"the POST reached the local API {a.request_ids.get(rid)} times"
+    assert request(gw.public_port, "GET", "/device", "dev1.example").status == 200  # a kept-alive connection again
+    rid = uuid.uuid4().hex
+    r = request(gw.public_port, "POST", "/vanish", "dev1.example", headers={"X-Request-Id": rid})  # no body
+    assert r.status == 502, (r.status, r.text)
+    assert a.request_ids.get(rid) == 1, f"the bodiless POST reached the local API {a.request_ids.get(rid)} times"
