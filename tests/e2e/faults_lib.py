@@ -293,7 +293,7 @@ def run_kill9(workdir: Path, devices: int, *, load_threads: int = 8, back_limit:
         last_fail = max((s[1] for s in all_samples if s[2] != 200), default=killed_at)
         by_status: dict = {}
         for s in post:
-            if s[1] <= last_fail + 1e-9 or s[2] != 200:
+            if s[2] != 200:
                 by_status[str(s[2])] = by_status.get(str(s[2]), 0) + 1
         res.update({
             "kill_to_listening_s": round(listening_at - killed_at, 2),
