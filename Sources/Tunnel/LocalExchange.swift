@@ -31,6 +31,8 @@ final class LocalExchange {
     private var responseStarted = false
     private var keepAlive = true
     private var isHEAD = false
+    /// The method is safe to send twice (RFC 9110 §9.2.2).
+    private var idempotent = false
     private var headEndedStream = false
     private var timer: TimerID?
     /// Request bytes received but not yet acknowledged to the gateway.
@@ -90,6 +92,7 @@ final class LocalExchange {
             out.add("Transfer-Encoding", "chunked")
         }
         isHEAD = method == "HEAD"
+        idempotent = !upgrade && ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(method)
         parser.expectResponse(toHEAD: isHEAD)
         head = HTTP1Writer.requestHead(HTTPRequestHead(method: upgrade ? "GET" : method, target: path, versionMinor: 1, headers: out))
         timer = server.transport.loop.schedule(afterMilliseconds: timeoutMs) {
@@ -269,8 +272,10 @@ final class LocalExchange {
             finishLocal(reusable: false)
             return
         }
-        if !responseStarted && reused && bodyBytesSent == 0 {
+        if !responseStarted && reused && bodyBytesSent == 0 && idempotent {
             // A kept-alive connection the local server had closed: try once on a new one.
+            // Only a request safe to repeat: the server may have read this one before it
+            // closed (it crashed, or restarted), and a POST must not run twice.
             phase = .connecting
             open(allowReuse: false)
             return

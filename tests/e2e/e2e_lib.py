@@ -666,6 +666,13 @@ class _ApiHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, head_only: bool = False):
         self.server.count_request(self)
+        try:
+            self._route(head_only)
+        finally:
+            with self.server._lock:
+                self.server.active -= 1
+
+    def _route(self, head_only: bool):
         path, _, qs = self.path.partition("?")
         query = urllib.parse.parse_qs(qs)
         dev = self.server.device
@@ -682,6 +689,22 @@ class _ApiHandler(BaseHTTPRequestHandler):
                    "headers": hdr, "header_list": [[k, v] for k, v in self.headers.items()],
                    "body_sha256": digest, "body_len": n}
             return self._send(200, json.dumps(doc).encode(), "application/json", head_only=head_only)
+        if path == "/mirror":  # the request body back, as it came (integrity through the tunnel)
+            data = b"".join(self._iter_body())
+            self.send_response(200)
+            self.send_header("X-Device", dev)
+            self.send_header("X-Body-Sha256", hashlib.sha256(data).hexdigest())
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            mv = memoryview(data)
+            for off in range(0, len(data), 256 * 1024):
+                self.wfile.write(mv[off:off + 256 * 1024])
+            return
+        if path == "/vanish":  # reads the request, then closes without an answer (a crash)
+            self._digest_body()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if path == "/upload":
             digest, n = self._digest_body()
             doc = {"device": dev, "sha256": digest, "length": n,
@@ -885,10 +908,15 @@ class LocalAPI(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, device: str):
-        super().__init__(("127.0.0.1", 0), _ApiHandler)
+    def __init__(self, device: str, port: int = 0):
+        super().__init__(("127.0.0.1", port), _ApiHandler)
         self.device = device
         self.requests = 0
+        # X-Request-Id of every non-idempotent request that reached the API (duplicates show up as counts > 1),
+        # and the requests in progress now and at most.
+        self.request_ids: dict[str, int] = {}
+        self.active = 0
+        self.max_active = 0
         self.protocol_errors = 0
         self.healthy = True
         self.health_checks = 0
@@ -907,6 +935,11 @@ class LocalAPI(ThreadingHTTPServer):
         with self._lock:
             self.requests += 1
             self.connections.add(h.client_address)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            rid = h.headers.get("X-Request-Id")
+            if rid and h.command not in ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"):
+                self.request_ids[rid] = self.request_ids.get(rid, 0) + 1
 
     def handle_error(self, request, client_address):  # broken pipes after 504/resets: expected
         pass
