@@ -277,7 +277,7 @@ def our_path(pm, pki, gateway_bin: Path, agent_bin: Path, api_port: int, tls: bo
     return Path_(key, label, gw.public_port, gw.public_port, gw.proc, agent)
 
 
-HAP_GW = """\
+HAP_COMMON = """\
 global
     nbthread 1
     expose-experimental-directives
@@ -286,6 +286,9 @@ defaults
     timeout connect 5s
     timeout client  30s
     timeout server  30s
+"""
+
+HAP_GW = HAP_COMMON + """\
 frontend pub
     bind 127.0.0.1:{pub}
     default_backend be-dev
@@ -295,15 +298,7 @@ backend be-dev
 {server}
 """
 
-HAP_DIALER = """\
-global
-    nbthread 1
-    expose-experimental-directives
-defaults
-    mode http
-    timeout connect 5s
-    timeout client  30s
-    timeout server  30s
+HAP_DIALER = HAP_COMMON + """\
 frontend rev
     bind rhttp@be-gw/gw nbconn 1
     default_backend app
