@@ -60,3 +60,18 @@ let package = Package(
         .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGateway", "FleetPKI", "Tunnel", "HTTP1", "EventLoop"]),
     ]
 )
+
+// Fuzz targets (scripts/fuzz, fuzz/README.md): only when RH_FUZZ is set, so that
+// `swift build`, `swift test`, the Embedded agent and the packages never see them.
+//   RH_FUZZ=1 swift build -c release -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library \
+//       --scratch-path .build-fuzz --product fuzz-http1
+// The gateway's routing and config types live in its executable target; the
+// gateway fuzz targets compile those files themselves (symbolic links under fuzz/).
+if Context.environment["RH_FUZZ"] != nil {
+    package.targets += [
+        .executableTarget(name: "fuzz-http1", dependencies: ["HTTP1"], path: "fuzz/targets/http1"),
+        .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetPKI"], path: "fuzz/targets/host-mapping"),
+        .executableTarget(name: "fuzz-config", dependencies: ["Tunnel", "FleetPKI", "TLS", "EventLoop"],
+                          path: "fuzz/targets/config"),
+    ]
+}

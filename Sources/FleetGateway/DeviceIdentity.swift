@@ -8,6 +8,14 @@ struct DeviceIdentity: Equatable {
     let name: String
     /// The public hostname routed to this device, lower-cased.
     let hostname: String
+
+    /// The device name a certificate CN gives: the CN lower-cased, nil when it is not a
+    /// device name (PKI.isValidDeviceName: a hostname, not an IPv4 address).
+    /// Checked before lower-casing: Unicode lower-casing makes ASCII of some non-ASCII
+    /// (U+212A KELVIN SIGN is "k"), and a name must not stand for another.
+    static func name(commonName cn: String) -> String? {
+        PKI.isValidDeviceName(cn) ? HostRouting.asciiLowercased(cn) : nil
+    }
 }
 
 /// Maps a CN to a hostname: "{cn}" (the default, as HAProxy's
@@ -24,14 +32,21 @@ struct HostnameTemplate: Equatable {
     }
 
     init?(_ text: String) {
-        let t = text.lowercased()
+        guard text.utf8.allSatisfy({ $0 < 0x80 }) else { return nil }
+        let t = HostRouting.asciiLowercased(text)
         guard let r = t.firstRange(of: "{cn}"), t[r.upperBound...].firstRange(of: "{cn}") == nil else { return nil }
         prefix = String(t[..<r.lowerBound])
         suffix = String(t[r.upperBound...])
-        guard PKI.isValidHostname(prefix + "x" + suffix) else { return nil }
+        guard PKI.isValidDeviceName(prefix + "x" + suffix) else { return nil }
     }
 
-    func hostname(for cn: String) -> String { prefix + cn.lowercased() + suffix }
+    /// The public hostname of device `cn`; nil when the template makes it something
+    /// that is not a hostname (a label over 63 or a name over 253 characters), which no
+    /// Host could ever reach: the gateway refuses such a device.
+    func hostname(for cn: String) -> String? {
+        let h = prefix + HostRouting.asciiLowercased(cn) + suffix
+        return PKI.isValidDeviceName(h) ? h : nil
+    }
 }
 
 enum HostRouting {
@@ -46,8 +61,14 @@ enum HostRouting {
             h = h[..<colon]
         }
         if h.hasSuffix(".") { h = h.dropLast() }
-        let key = h.lowercased()
-        return PKI.isValidDeviceName(key) ? key : nil
+        let key = String(h)
+        // Validated before lower-casing: "dev1.\u{212A}" (KELVIN SIGN) is not "dev1.k".
+        return PKI.isValidDeviceName(key) ? asciiLowercased(key) : nil
+    }
+
+    /// A-Z to a-z, nothing else (Unicode lower-casing maps some non-ASCII to ASCII).
+    static func asciiLowercased(_ s: String) -> String {
+        String(decoding: s.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }, as: UTF8.self)
     }
 }
 
@@ -77,7 +98,8 @@ struct NamePattern: Equatable {
     let globs: [[Character]]
 
     init?(_ text: String) {
-        let parts = text.lowercased().split(separator: ",").map(NamePattern.trimSpaces)
+        guard text.utf8.allSatisfy({ $0 < 0x80 }) else { return nil }
+        let parts = HostRouting.asciiLowercased(text).split(separator: ",").map(NamePattern.trimSpaces)
         guard !parts.isEmpty, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0.isASCII && !$0.isWhitespace } }) else { return nil }
         globs = parts.map { Array($0) }
     }
@@ -100,10 +122,11 @@ struct NamePattern: Equatable {
         var star: ArraySlice<Character>.Index? = nil
         var mark = s.startIndex
         while si < s.endIndex {
-            if pi < p.endIndex && (p[pi] == "?" || p[pi] == s[si]) {
-                pi += 1; si += 1
-            } else if pi < p.endIndex && p[pi] == "*" {
+            // "*" first: a "*" in the name must not use up the pattern's "*" as a literal.
+            if pi < p.endIndex && p[pi] == "*" {
                 star = pi; mark = si; pi += 1
+            } else if pi < p.endIndex && (p[pi] == "?" || p[pi] == s[si]) {
+                pi += 1; si += 1
             } else if let st = star {
                 pi = st + 1; mark += 1; si = mark
             } else {

@@ -121,7 +121,7 @@ final class Gateway {
     private func deviceOpened(_ t: Transport, id: Int) {
         let name: String
         if let tls = t.tls {
-            guard let cn = tls.peerCommonName?.lowercased(), PKI.isValidDeviceName(cn) else {
+            guard let cn = tls.peerCommonName.flatMap(DeviceIdentity.name(commonName:)) else {
                 logger.warning("device certificate from " + t.peer.description + " has no valid hostname CN; closing",
                                LogContext(connection: id))
                 metrics.deviceConnectionRefused()
@@ -141,7 +141,17 @@ final class Gateway {
         } else {
             name = config.plaintextDeviceName
         }
-        let identity = DeviceIdentity(name: name, hostname: config.hostnameTemplate.hostname(for: name))
+        guard let hostname = config.hostnameTemplate.hostname(for: name) else {
+            // e.g. a 63-character CN under "dev-{cn}.example": no Host could reach it.
+            logger.warning("device " + name + " from " + t.peer.description
+                           + ": hostname_template gives it no valid hostname (label over 63 or name over 253 characters); closing",
+                           LogContext(connection: id))
+            metrics.deviceConnectionRefused()
+            t.onClose = nil
+            t.close()
+            return
+        }
+        let identity = DeviceIdentity(name: name, hostname: hostname)
         let dc: DeviceConnection
         do throws(HTTP2Error) {
             dc = try DeviceConnection(id: id, identity: identity, transport: t, logger: logger)

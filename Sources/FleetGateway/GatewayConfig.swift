@@ -119,7 +119,10 @@ struct GatewayConfig {
             checkMethod = v.value
         }
         if let v = s.last("check_path") {
-            guard v.value.hasPrefix("/"), !v.value.contains(" ") else { throw ConfigError(v.origin + ": check_path must start with /") }
+            // Sent as :path: visible ASCII only (no blanks, CTLs or raw non-ASCII).
+            guard v.value.hasPrefix("/"), v.value.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                throw ConfigError(v.origin + ": check_path must start with / and be visible ASCII (percent-encode the rest)")
+            }
             checkPath = v.value
         }
         if let v = s.last("check_status") {
@@ -132,6 +135,10 @@ struct GatewayConfig {
         if !plaintextDevices {
             guard caFile != nil else { throw ConfigError("the device listener needs --ca FILE (the fleet CA), or --plaintext-devices") }
             guard certFile != nil, keyFile != nil else { throw ConfigError("the device listener needs --cert FILE and --key FILE, or --plaintext-devices") }
+        }
+        if plaintextDevices, hostnameTemplate.hostname(for: plaintextDeviceName) == nil {
+            let origin = (s.last("hostname_template") ?? s.last("plaintext_device_name"))?.origin ?? "command line"
+            throw ConfigError(origin + ": hostname_template gives '" + plaintextDeviceName + "' no valid hostname")
         }
         if (publicCertFile == nil) != (publicKeyFile == nil) {
             throw ConfigError("--public-cert and --public-key go together")

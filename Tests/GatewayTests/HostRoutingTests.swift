@@ -27,6 +27,36 @@ final class HostRoutingTests: XCTestCase {
         XCTAssertNil(HostnameTemplate("{cn}..example"), "not a hostname")
     }
 
+    func testTemplateRefusesNamesItCannotMapToAHostname() {
+        // Found by fuzz-host-mapping: such a device was admitted but no Host could reach it.
+        let t = HostnameTemplate("dev-{cn}.example")!
+        XCTAssertNil(t.hostname(for: String(repeating: "a", count: 63)), "label of 67 characters")
+        XCTAssertEqual(t.hostname(for: String(repeating: "a", count: 59)), "dev-" + String(repeating: "a", count: 59) + ".example")
+        let long = Array(repeating: String(repeating: "b", count: 60), count: 4).joined(separator: ".")  // 243 characters
+        XCTAssertNotNil(HostnameTemplate.identity.hostname(for: long))
+        XCTAssertNil(HostnameTemplate("{cn}.devices.example.com")!.hostname(for: long), "over 253 characters")
+    }
+
+    func testUnicodeLowerCasingNeverMakesANameOfAnother() {
+        // U+212A KELVIN SIGN lower-cases to ASCII "k": "dev1.\u{212A}" must not reach dev1.k.
+        let kelvin = "\u{212A}"
+        XCTAssertNil(HostRouting.routingKey("dev1." + kelvin))
+        XCTAssertNil(HostRouting.routingKey("dev" + kelvin + ":80"))
+        XCTAssertNil(DeviceIdentity.name(commonName: "dev" + kelvin))
+        XCTAssertEqual(DeviceIdentity.name(commonName: "Dev-K1"), "dev-k1")
+        XCTAssertNil(HostnameTemplate("{cn}." + kelvin + ".example"))
+        XCTAssertEqual(HostnameTemplate("{CN}.Example")?.hostname(for: "DEV1"), "dev1.example")
+        XCTAssertNil(NamePattern(kelvin + "*"))
+        XCTAssertEqual(NamePattern("DEV-*")?.matches("dev-1"), true)
+    }
+
+    func testGlobStarAlsoMatchesAStar() {
+        // Found by fuzz-host-mapping: "*" met a literal "*" in the name and stopped being a wildcard.
+        XCTAssertEqual(NamePattern("dev-*")?.matches("dev-*,x"), true)
+        XCTAssertEqual(NamePattern("a*")?.matches("a*b"), true)
+        XCTAssertEqual(NamePattern("a*c")?.matches("a*b"), false)
+    }
+
     func testAbsoluteFormTargets() {
         XCTAssertEqual(HostRouting.absoluteAuthority("http://dev1.example:80/x?y"), "dev1.example:80")
         XCTAssertNil(HostRouting.absoluteAuthority("/x"))
