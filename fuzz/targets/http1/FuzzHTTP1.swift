@@ -265,6 +265,7 @@ func responseRun(_ input: [UInt8], toHEAD: Bool, pieces: [Int]) -> Run<HTTPRespo
     var start = 0
     var bodyLeft: Int? = nil
     var inBody = false
+    var heads = 0
     for end in pieces {
         let piece = Array(input[start..<end])
         start = end
@@ -289,7 +290,15 @@ func responseRun(_ input: [UInt8], toHEAD: Bool, pieces: [Int]) -> Run<HTTPRespo
                 if h.status >= 100 && h.status < 200 && h.status != 101 { fail("interim response returned", input) }
                 checkFields(h.headers, input)
                 inBody = true
-                switch p.framing {
+                // `p.framing` is the last head's: several may come in one feed.
+                let f: BodyFraming
+                do throws(HTTP1Error) {
+                    f = try HTTP1ResponseParser.framing(of: h, toHEAD: heads == 0 && toHEAD)
+                } catch {
+                    fail("framing(of:) rejects a response head the parser returned", input)
+                }
+                heads += 1
+                switch f {
                 case .none: bodyLeft = 0
                 case .contentLength(let n): bodyLeft = n
                 case .chunked, .untilClose: bodyLeft = nil
