@@ -36,7 +36,7 @@ let defaultConfigPath = "/etc/device-agent/agent.conf"
 
 func agentMain() -> Int32 {
     do throws(ConfigError) {
-        let inv = try Invocation(processArguments(), flags: AgentConfig.flags, defaultConfig: defaultConfigPath)
+        let inv = try Invocation(try processArguments(), flags: AgentConfig.flags, defaultConfig: defaultConfigPath)
         if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
         if inv.version { Logger.writeStderr("device-agent " + reverseHTTPVersion + "\n"); return 0 }
         let config = try AgentConfig(inv.settings)
@@ -92,7 +92,7 @@ func reload(_ agent: Agent, _ logger: Logger) {
     logger.notice("reloading the configuration")
     let config: AgentConfig
     do throws(ConfigError) {
-        config = try AgentConfig(Invocation(processArguments(), flags: AgentConfig.flags, defaultConfig: defaultConfigPath).settings)
+        config = try AgentConfig(Invocation(try processArguments(), flags: AgentConfig.flags, defaultConfig: defaultConfigPath).settings)
     } catch {
         logger.error("reload refused, keeping the running configuration: " + error.description)
         Systemd.notify("READY=1")

@@ -77,7 +77,7 @@ func isRegularFile(_ path: String) -> Bool {
 func simMain() -> Int32 {
     let options: SimOptions
     do throws(ConfigError) {
-        let inv = try Invocation(processArguments(), flags: SimOptions.flags)
+        let inv = try Invocation(try processArguments(), flags: SimOptions.flags)
         if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
         if inv.version { Logger.writeStderr("device-sim " + reverseHTTPVersion + "\n"); return 0 }
         options = try SimOptions(inv.settings)

@@ -45,9 +45,9 @@ options (also `key = value` lines in --config FILE):
 """
 
 func gatewayMain() -> Int32 {
-    let args = processArguments()
-    if args.first == "pki" { return pkiMain(Array(args.dropFirst())) }
     do throws(ConfigError) {
+        let args = try processArguments()
+        if args.first == "pki" { return pkiMain(Array(args.dropFirst())) }
         let inv = try Invocation(args, flags: GatewayConfig.flags)
         if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
         if inv.version { Logger.writeStderr("fleet-gateway " + reverseHTTPVersion + "\n"); return 0 }
@@ -104,7 +104,7 @@ func reload(_ gateway: Gateway, _ logger: Logger) {
     Systemd.notify("RELOADING=1\nMONOTONIC_USEC=" + String(rh_monotonic_ns() / 1000))
     logger.notice("reloading the configuration")
     do {
-        let config = try GatewayConfig(Invocation(processArguments(), flags: GatewayConfig.flags).settings)
+        let config = try GatewayConfig(Invocation(try processArguments(), flags: GatewayConfig.flags).settings)
         try gateway.reload(config)
         logger.notice("reload done")
     } catch let e as ConfigError {

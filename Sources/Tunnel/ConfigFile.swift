@@ -211,8 +211,11 @@ public struct Invocation {
 
 /// The process arguments, without the program name. Read from /proc/self/cmdline
 /// because Embedded Swift has no CommandLine (qemu-user emulates this file too).
-public func processArguments() -> [String] {
-    guard let f = fopen("/proc/self/cmdline", "r") else { return [] }
+/// Without /proc (a bare chroot) that is an error, not an empty command line.
+public func processArguments() throws(ConfigError) -> [String] {
+    guard let f = fopen("/proc/self/cmdline", "r") else {
+        throw ConfigError("cannot read the command line from /proc/self/cmdline (is /proc mounted?)")
+    }
     defer { fclose(f) }
     var bytes: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 4096)

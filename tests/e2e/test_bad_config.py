@@ -117,3 +117,18 @@ def test_gateway_with_missing_certificate_files_names_them():
                                         "--key", "/nonexistent/c.key", "--listen-devices", f"127.0.0.1:{lib.free_port()}",
                                         "--listen-public", f"127.0.0.1:{lib.free_port()}", "--listen-admin", "off"])
     assert code == 1 and "/nonexistent/" in err, (code, err[-500:])
+
+
+@pytest.mark.parametrize("which", ["agent", "gateway"])
+def test_without_proc_the_command_line_is_an_error_not_empty(which):
+    """The programs read their arguments from /proc/self/cmdline (Embedded Swift has
+    no CommandLine). Without /proc (a bare chroot) they must say so, not run as if
+    given no options."""
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare --mount (root)")
+    binary = lib.agent_bin() if which == "agent" else lib.gateway_bin()
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        f"umount -l /proc && exec {binary} --version"],
+                       capture_output=True, timeout=30, env=lib.child_env())
+    assert r.returncode == 2, r
+    assert b"is /proc mounted?" in r.stderr, r.stderr
