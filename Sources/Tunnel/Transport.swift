@@ -61,6 +61,10 @@ public final class Transport {
     private var outputOffset = 0
     private var closeWhenFlushed = false
     private var writeShutdown = false
+    /// The peer stopped reading (EPIPE): what we still write is dropped, and what it
+    /// sent before closing -- an early answer, say a 413 to an upload -- is read
+    /// before the connection closes.
+    public private(set) var writeFailed = false
     private var cipherOut: [UInt8] = []
 
     /// Wraps `fd`. `connecting`: a non-blocking connect is in progress.
@@ -91,7 +95,7 @@ public final class Transport {
 
     /// Queues plaintext for the peer and writes what the kernel takes now.
     public func write(_ bytes: UnsafeRawBufferPointer) {
-        guard state == .open || state == .handshaking, bytes.count > 0 else { return }
+        guard state == .open || state == .handshaking, bytes.count > 0, !writeFailed else { return }
         if let tls {
             do throws(TLSError) {
                 try tls.write(bytes)
@@ -218,6 +222,20 @@ public final class Transport {
                 outputOffset += n
                 bytesOut += n
             case .failure(let e):
+                if e.errno == EPIPE && state == .open && !writeFailed && !readPaused {
+                    // The peer stopped reading; it may have answered first (a server
+                    // refusing an upload answers, then closes). Read what it sent,
+                    // on the next turn, then close.
+                    writeFailed = true
+                    output = []
+                    outputOffset = 0
+                    loop.execute {
+                        guard self.state != .closed else { return }
+                        self.readAvailable()
+                        if self.state != .closed { self.finish(.socket(e)) }
+                    }
+                    return
+                }
                 finish(.socket(e))
                 return
             }
