@@ -34,26 +34,6 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import e2e_lib as lib  # noqa: E402
 
 
-class Sampler:
-    """Peak VmRSS of a pid, sampled every 20 ms in a thread."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, lib.rss_mib(self.pid))
-            time.sleep(0.02)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self.peak = max(self.peak, lib.rss_mib(self.pid))
-        self._t.join()
-        return self.peak
-
-
 def download(port: int, path: str, slow: bool = False) -> int:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     c.request("GET", path, headers={"Host": "dev1.example"})
@@ -85,11 +65,6 @@ def upload(port: int, size: int) -> dict:
     doc = json.loads(r.read())
     c.close()
     return doc
-
-
-def cpu_seconds(pid: int) -> float:
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -129,7 +104,7 @@ def main() -> None:
         agent.stop()
 
         agent = fresh_agent("busy")
-        s = Sampler(agent.pid)
+        s = lib.PeakRSS({"agent": agent.pid})
         big = threading.Thread(target=lambda: out.__setitem__("big_download_bytes",
                                                                 download(gw.public_port, "/zeros/1073741824")))
         big.start()
@@ -145,25 +120,25 @@ def main() -> None:
         for w in ws:
             w.join()
         big.join()
-        out["busy_peak_rss_mib"] = round(s.stop(), 2)
+        out["busy_peak_rss_mib"] = round(s.stop()["agent"], 2)
         out["busy_requests"] = sum(counts)
         agent.stop()
 
         agent = fresh_agent("slow-reader")
-        s = Sampler(agent.pid)
+        s = lib.PeakRSS({"agent": agent.pid})
         t0 = time.monotonic()
         out["slow_download_bytes"] = download(gw.public_port, "/zeros/1073741824", slow=True)
         out["slow_download_seconds"] = round(time.monotonic() - t0, 1)
-        out["slow_download_peak_rss_mib"] = round(s.stop(), 2)
+        out["slow_download_peak_rss_mib"] = round(s.stop()["agent"], 2)
         agent.stop()
 
         agent = fresh_agent("upload")
-        s = Sampler(agent.pid)
+        s = lib.PeakRSS({"agent": agent.pid})
         t0 = time.monotonic()
         doc = upload(gw.public_port, 1 << 30)
         out["upload_seconds"] = round(time.monotonic() - t0, 1)
         out["upload_bytes_seen_by_api"] = doc["length"]
-        out["upload_peak_rss_mib"] = round(s.stop(), 2)
+        out["upload_peak_rss_mib"] = round(s.stop()["agent"], 2)
         agent.stop()
 
         # Gateway unreachable: connection refused on every dial.
@@ -172,7 +147,7 @@ def main() -> None:
                                                 "--connections", "2"])
         time.sleep(args.unreachable_seconds)
         out["unreachable_seconds"] = args.unreachable_seconds
-        out["unreachable_cpu_seconds"] = round(cpu_seconds(lonely.pid), 3)
+        out["unreachable_cpu_seconds"] = round(lib.cpu_seconds(lonely.pid), 3)
         out["unreachable_log_lines"] = len(lonely.log().splitlines())
     finally:
         pm.stop_all()

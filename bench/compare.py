@@ -61,40 +61,6 @@ BIG = 100 * MiB
 # --------------------------------------------------------------------------- process figures
 
 
-def cpu_seconds(pid: int) -> float:
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class PeakRSS:
-    """Peak VmRSS (MiB) of some pids, sampled every 20 ms in a thread."""
-
-    def __init__(self, pids: dict):
-        self.pids = {k: v for k, v in pids.items() if v}
-        self.peak = {k: 0.0 for k in self.pids}
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _sample(self):
-        for k, pid in self.pids.items():
-            try:
-                self.peak[k] = max(self.peak[k], lib.rss_mib(pid))
-            except OSError:
-                pass
-
-    def _run(self):
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(0.02)
-
-    def stop(self) -> dict:
-        self._stop.set()
-        self._t.join()
-        self._sample()
-        return self.peak
-
-
 # --------------------------------------------------------------------------- the local API
 
 
@@ -416,12 +382,12 @@ class Bench:
 
     def _measured(self, p: Path_, fn):
         pids = p.pids()
-        cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
-        peak = PeakRSS(pids)
+        cpu0 = {k: lib.cpu_seconds(v) for k, v in pids.items()}
+        peak = lib.PeakRSS(pids)
         r = fn()
         rss = peak.stop()
         for k, v in pids.items():
-            r[f"{k}_cpu_s"] = cpu_seconds(v) - cpu0[k]
+            r[f"{k}_cpu_s"] = lib.cpu_seconds(v) - cpu0[k]
             r[f"{k}_rss_peak_mib"] = rss.get(k)
         return r
 

@@ -37,18 +37,6 @@ Standard output gets one JSON line per event: {"event":"all-connected",...} each
 time every device expected to connect is up, and {"event":"stopped",...}.
 """
 
-func writeStdout(_ text: String) {
-    var s = text
-    s.withUTF8 { p in
-        var off = 0
-        while off < p.count {
-            let n = write(1, p.baseAddress! + off, p.count - off)
-            if n <= 0 { break }
-            off += n
-        }
-    }
-}
-
 /// Writes the report to `path`: a regular file (or a new one) is replaced
 /// atomically (written beside it, then renamed); anything else (a FIFO,
 /// /dev/stdout) is written in place. Returns false, having said why, on failure.
@@ -107,7 +95,7 @@ func simMain() -> Int32 {
     if let path = options.report, !writeReport(fleet.summary(), to: path) { return 1 }
     var status: Int32 = 0
     fleet.onAllConnected = { seconds in
-        writeStdout("{\"event\":\"all-connected\",\"connected\":" + String(fleet.connectedDevices) + ",\"seconds\":"
+        Logger.writeStdout("{\"event\":\"all-connected\",\"connected\":" + String(fleet.connectedDevices) + ",\"seconds\":"
                     + String(seconds) + "}\n")
     }
     var stopping = false
@@ -119,10 +107,10 @@ func simMain() -> Int32 {
         if let path = options.report {
             if !writeReport(summary, to: path) { status = 1 }
         } else {
-            writeStdout(summary.json)
+            Logger.writeStdout(summary.json)
         }
         let s = fleet.summary()
-        writeStdout("{\"event\":\"stopped\",\"dial_attempts\":" + String(s.dialAttempts) + ",\"reconnects\":"
+        Logger.writeStdout("{\"event\":\"stopped\",\"dial_attempts\":" + String(s.dialAttempts) + ",\"reconnects\":"
                     + String(s.reconnects) + "}\n")
         loop.stop()
     }
@@ -153,7 +141,7 @@ func simMain() -> Int32 {
         if let path = options.report {
             writeReport(fleet.summary(), to: path)
         } else {
-            writeStdout("{\"event\":\"report\",\"summary\":" + String(fleet.summary().json.filter { $0 != "\n" }) + "}\n")
+            Logger.writeStdout("{\"event\":\"report\",\"summary\":" + String(fleet.summary().json.filter { $0 != "\n" }) + "}\n")
         }
     }
     if options.duration > 0 {

@@ -139,13 +139,3 @@ enum NamePattern {
         return String(decoding: b[..<pct], as: UTF8.self) + digits + String(decoding: rest, as: UTF8.self)
     }
 }
-
-extension Settings {
-    func double(_ key: String, default def: Double, min lo: Double, max hi: Double) throws(ConfigError) -> Double {
-        guard let s = last(key) else { return def }
-        guard let v = Double(s.value), v >= lo, v <= hi else {
-            throw ConfigError(s.origin + ": '" + s.value + "' is not a number between " + String(lo) + " and " + String(hi))
-        }
-        return v
-    }
-}

@@ -73,14 +73,19 @@ public final class Logger {
         Logger.writeStderr(line)
     }
 
-    public static func writeStderr(_ text: String) {
+    public static func writeStderr(_ text: String) { write(text, to: 2) }
+
+    /// Standard output, unbuffered (a line a reader waits for is never held back).
+    public static func writeStdout(_ text: String) { write(text, to: 1) }
+
+    private static func write(_ text: String, to fd: Int32) {
         var s = text
         s.withUTF8 { p in
             var off = 0
             var tries = 0
             while off < p.count && tries < 16 {
                 tries += 1
-                let n = write(2, p.baseAddress! + off, p.count - off)
+                let n = CLibc.write(fd, p.baseAddress! + off, p.count - off)
                 if n <= 0 { break }
                 off += n
             }

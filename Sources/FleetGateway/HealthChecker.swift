@@ -87,9 +87,6 @@ final class HealthChecker {
     /// A device's last connection went away.
     func deviceGone(hostname: String) { devices[hostname] = nil }
 
-    /// Checks every connected device now (tests; the timer spreads a round out).
-    func runRound() { check(gateway.registry.hostnames[...]) }
-
     private func check(_ hostnames: ArraySlice<String>) {
         for hostname in hostnames {
             // The round's list may be up to an interval old: skip devices gone since.

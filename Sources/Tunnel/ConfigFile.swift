@@ -50,6 +50,14 @@ public struct Settings {
         return v
     }
 
+    public func double(_ key: String, default def: Double, min lo: Double, max hi: Double) throws(ConfigError) -> Double {
+        guard let s = last(key) else { return def }
+        guard let v = Double(s.value), v >= lo, v <= hi else {
+            throw ConfigError(s.origin + ": " + key + " must be a number from " + String(lo) + " to " + String(hi) + ", not '" + s.value + "'")
+        }
+        return v
+    }
+
     public func bool(_ key: String) throws(ConfigError) -> Bool {
         guard let s = last(key) else { return false }
         switch s.value {

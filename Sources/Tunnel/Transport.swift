@@ -64,7 +64,7 @@ public final class Transport {
     /// The peer stopped reading (EPIPE): what we still write is dropped, and what it
     /// sent before closing -- an early answer, say a 413 to an upload -- is read
     /// before the connection closes.
-    public private(set) var writeFailed = false
+    private var writeFailed = false
     private var cipherOut: [UInt8] = []
 
     /// Wraps `fd`. `connecting`: a non-blocking connect is in progress.

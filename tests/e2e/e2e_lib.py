@@ -249,6 +249,41 @@ class ProcessManager:
                 p._close_log()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, in seconds (Linux /proc)."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PeakRSS:
+    """Peak VmRSS (MiB) of some pids ({name: pid}), sampled every 20 ms in a thread."""
+
+    def __init__(self, pids: dict):
+        self.pids = {k: v for k, v in pids.items() if v}
+        self.peak = {k: 0.0 for k in self.pids}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _sample(self):
+        for k, pid in self.pids.items():
+            try:
+                self.peak[k] = max(self.peak[k], rss_mib(pid))
+            except OSError:
+                pass
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(0.02)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._t.join()
+        self._sample()
+        return self.peak
+
+
 def rss_mib(pid: int) -> float:
     """Resident set size of a process, in MiB (Linux /proc)."""
     with open(f"/proc/{pid}/status") as f:

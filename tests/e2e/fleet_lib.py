@@ -26,32 +26,18 @@ def sim_bin() -> Path:
     return lib.bin_dir() / "device-sim"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0  # utime, stime (fields 14, 15), USER_HZ = 100
-
-
-def metric(admin_port: int, name: str) -> float:
-    """Sum of a Prometheus metric's samples (all label sets) from the admin listener."""
+def metric(admin_port: int, name: str, label: str = "") -> float:
+    """Sum of a Prometheus metric's samples from the admin listener: all label sets,
+    or those whose labels contain `label` (say 'state="up"')."""
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
         total, found = 0.0, False
         for line in r.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
+            if (line.startswith(name + " ") or line.startswith(name + "{")) and label in line:
                 total += float(line.rsplit(" ", 1)[1])
                 found = True
     if not found:
-        raise AssertionError(f"no metric {name}")
+        raise AssertionError(f"no metric {name} {label}")
     return total
-
-
-def metric_labeled(admin_port: int, name: str, label: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + "{") and label in line:
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no metric {name}{{{label}}}")
 
 
 @dataclass
@@ -166,20 +152,20 @@ def run_fleet(workdir: Path, devices: int, *, requests: int = 1000, check_interv
 
         # 3. Health checks: every device checked over its own connection and up (after
         #    check_rise rounds), then the steady rate and the gateway's CPU over whole rounds.
-        lib.wait_until(lambda: metric_labeled(ports[2], "rhttp_devices_healthy", 'state="up"') >= devices,
+        lib.wait_until(lambda: metric(ports[2], "rhttp_devices_healthy", 'state="up"') >= devices,
                        6 * check_interval_ms / 1000 + 30, "every device to be checked healthy")
         checks0 = metric(ports[2], "rhttp_health_checks_total")
-        cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
+        cpu0, t0 = lib.cpu_seconds(gw.pid), time.monotonic()
         window = health_rounds * check_interval_ms / 1000
         time.sleep(window)  # a measurement window of whole check rounds, not a synchronisation
-        cpu1, t1 = cpu_seconds(gw.pid), time.monotonic()
+        cpu1, t1 = lib.cpu_seconds(gw.pid), time.monotonic()
         checks = metric(ports[2], "rhttp_health_checks_total") - checks0
         res["health_check_interval_ms"] = check_interval_ms
         res["health_checks_per_second"] = round(checks / (t1 - t0), 1)
         res["gateway_cpu_percent_idle_with_checks"] = round(100 * (cpu1 - cpu0) / (t1 - t0), 2)
         log(f"health checks: {res['health_checks_per_second']}/s, gateway CPU {res['gateway_cpu_percent_idle_with_checks']} %")
         assert checks >= devices * (health_rounds - 1), f"only {checks} checks in {health_rounds} rounds"
-        healthy = metric_labeled(ports[2], "rhttp_devices_healthy", 'state="up"')
+        healthy = metric(ports[2], "rhttp_devices_healthy", 'state="up"')
         res["devices_healthy"] = int(healthy)
         assert healthy == devices, f"{healthy} of {devices} devices healthy"
 
