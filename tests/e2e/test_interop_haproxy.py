@@ -5,7 +5,8 @@
   plus the plain-TCP variants of both (gw-plain.cfg, dialer-plain.cfg).
 
 Needs $HAPROXY -> an HAProxy >= 3.2 binary, and the shared configurations in
-$RH_SHARED/interop/haproxy (default <repo>/../shared). Skipped otherwise.
+$RH_SHARED/interop/haproxy (default <repo>/../shared). Skipped otherwise, or
+failed when RH_REQUIRE_HAPROXY=1 (scripts/test sets it: CI must run them).
 The HAProxy gateway configurations listen on fixed ports (19000/19443 for mTLS,
 18000/18443 plain), so these tests must not run in parallel with each other.
 """
@@ -30,23 +31,30 @@ pytestmark = pytest.mark.haproxy
 # --------------------------------------------------------------------------- environment
 
 
+def _unavailable(why: str):
+    """Skips the interop tests, or fails them where they are required (RH_REQUIRE_HAPROXY=1)."""
+    if os.environ.get("RH_REQUIRE_HAPROXY") == "1":
+        pytest.fail("HAProxy interop is required here, but " + why, pytrace=False)
+    pytest.skip(why)
+
+
 def _haproxy_or_skip() -> Path:
     path = os.environ.get("HAPROXY")
     if not path:
-        pytest.skip("HAPROXY is not set (path to an HAProxy >= 3.2 binary, which has Reverse HTTP)")
+        _unavailable("HAPROXY is not set (path to an HAProxy >= 3.2 binary, which has Reverse HTTP)")
     p = Path(path)
     if not (p.is_file() and os.access(p, os.X_OK)):
-        pytest.skip(f"HAPROXY={path} is not an executable file")
+        _unavailable(f"HAPROXY={path} is not an executable file")
     try:
         out = subprocess.run([str(p), "-v"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"HAPROXY={path} does not run: {e}")
+        _unavailable(f"HAPROXY={path} does not run: {e}")
     text = out.stdout.decode(errors="replace")
     m = re.search(r"version (\d+)\.(\d+)", text)
     if not m:
-        pytest.skip(f"cannot read the version of HAPROXY={path}: {text[:200]!r}")
+        _unavailable(f"cannot read the version of HAPROXY={path}: {text[:200]!r}")
     if (int(m.group(1)), int(m.group(2))) < (3, 2):
-        pytest.skip(f"HAProxy {m.group(1)}.{m.group(2)} has no usable Reverse HTTP; need >= 3.2")
+        _unavailable(f"HAProxy {m.group(1)}.{m.group(2)} has no usable Reverse HTTP; need >= 3.2")
     return p
 
 
@@ -54,7 +62,7 @@ def _configs_or_skip() -> Path:
     shared = Path(os.environ.get("RH_SHARED") or (lib.REPO.parent / "shared"))
     cfg = shared / "interop" / "haproxy"
     if not (cfg / "gw-mtls-name.cfg").is_file():
-        pytest.skip(f"HAProxy interop configurations not found in {cfg} (set RH_SHARED)")
+        _unavailable(f"HAProxy interop configurations not found in {cfg} (set RH_SHARED)")
     return cfg
 
 
