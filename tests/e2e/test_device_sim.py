@@ -10,6 +10,7 @@ import socket
 import subprocess
 import os
 import base64
+import re
 
 import pytest
 
@@ -140,9 +141,11 @@ def test_frozen_corrupt_and_flapping_devices(procs, pki):
     gw.proc.wait_log("device=sim01.example conn=1 device connection closed: peer silent", timeout=10)
     gw.proc.wait_log("device=sim02.example conn=2 device connection closed", timeout=10)
     assert _get(gw.public_port, "sim05.example", "/device")[:2] == (200, b"sim05.example\n")
-    lib.wait_until(lambda: len(sim.events("all-connected")) >= 2 and sim.summary()["elapsed_seconds"] > 5.5, 30,
-                   "everyone connected again after the thaw")
-    assert gw.log().count("device=sim01.example") >= 3  # connected, closed, connected again
+    # Awaited as events, not as a count of all-connected moments (on a slow machine the
+    # faults can begin before the last device's first connection): sim01 connected a
+    # second time (after its thaw), and every device up now.
+    lib.wait_until(lambda: len(re.findall(r"device=sim01\.example conn=\d+ device connected from", gw.log())) >= 2
+                   and sim.summary()["connected_devices"] == 5, 30, "everyone connected again after the thaw")
     for name in ("sim01", "sim02", "sim03", "sim04", "sim05"):
         assert _get(gw.public_port, f"{name}.example", "/device")[:2] == (200, f"{name}.example\n".encode())
     s = sim.summary()
