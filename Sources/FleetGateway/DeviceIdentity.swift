@@ -4,17 +4,84 @@
 
 import FleetPKI
 struct DeviceIdentity: Equatable {
-    /// The certificate CN, lower-cased.
+    /// The certificate CN, in canonical (lower-case) form.
     let name: String
     /// The public hostname routed to this device, lower-cased.
     let hostname: String
 
-    /// The device name a certificate CN gives: the CN lower-cased, nil when it is not a
-    /// device name (PKI.isValidDeviceName: a hostname, not an IPv4 address).
-    /// Checked before lower-casing: Unicode lower-casing makes ASCII of some non-ASCII
-    /// (U+212A KELVIN SIGN is "k"), and a name must not stand for another.
+    /// The device name a certificate CN gives, nil unless the CN is a device name
+    /// (PKI.isValidDeviceName: a hostname, not an IPv4 address) in canonical form:
+    /// "DEV1.EXAMPLE" is refused, not folded, for `pki revoke dev1.example` cannot know
+    /// a certificate another tool issued under that spelling. The same function as `pki`.
     static func name(commonName cn: String) -> String? {
-        PKI.isValidDeviceName(cn) ? HostRouting.asciiLowercased(cn) : nil
+        PKI.isCanonicalDeviceName(cn) ? cn : nil
+    }
+
+    /// The identity of a device that presented a verified certificate with this CN
+    /// (nil: none, or several), or why it is refused. Checked in this order: a
+    /// canonical device name, not reserved (the gateway's own names), in allow_devices,
+    /// and a hostname the template can make.
+    static func admit(commonName: String?, config: GatewayConfig,
+                      reserved: ReservedNames) -> Result<DeviceIdentity, DeviceRefusal> {
+        guard let cn = commonName, PKI.isValidDeviceName(cn) else { return .failure(.noValidName) }
+        guard let name = name(commonName: cn) else { return .failure(.notCanonical(cn)) }
+        if let allow = config.allowDevices, !allow.matches(name) { return .failure(.notAllowed(name)) }
+        guard let hostname = config.hostnameTemplate.hostname(for: name) else { return .failure(.noHostname(name)) }
+        if let which = reserved.match(name) ?? reserved.match(hostname) { return .failure(.reserved(name, which)) }
+        return .success(DeviceIdentity(name: name, hostname: hostname))
+    }
+}
+
+/// Why the gateway refuses a device certificate's name (logged, never registered).
+enum DeviceRefusal: Error, Equatable, CustomStringConvertible {
+    case noValidName
+    case notCanonical(String)
+    case notAllowed(String)
+    case noHostname(String)
+    /// The device name and the reserved name it takes.
+    case reserved(String, String)
+
+    var description: String {
+        switch self {
+        case .noValidName:
+            return "has no valid hostname CN"
+        case .notCanonical(let cn):
+            return "has CN \"" + cn + "\", not in canonical form (names are case-insensitive; `pki issue` writes \""
+                + PKI.asciiLowercased(cn) + "\"): refused, it would stand for another certificate's device"
+        case .notAllowed(let name):
+            return "device " + name + " is not in allow_devices"
+        case .noHostname(let name):
+            // e.g. a 63-character CN under "dev-{cn}.example": no Host could reach it.
+            return "device " + name + ": hostname_template gives it no valid hostname (label over 63 or name over 253 characters)"
+        case .reserved(let name, let which):
+            return "device " + name + " takes the reserved name " + which
+                + " (the gateway's own names and localhost are never routed to a device)"
+        }
+    }
+}
+
+/// Names users address the gateway itself by, which no device may take: localhost
+/// (and *.localhost), the CN and DNS names of the device listener's and the public
+/// listener's certificates, and the listen hosts when they are names.
+struct ReservedNames: Equatable {
+    let names: Set<String>
+
+    init(_ names: Set<String>) { self.names = names }
+
+    init(config: GatewayConfig) {
+        var names: Set<String> = ["localhost"]
+        for file in [config.certFile, config.publicCertFile].compactMap({ $0 }) {
+            names.formUnion(PKI.certificateHostnames(file: file))
+        }
+        for host in [config.listenPublic.host, config.listenAdmin?.host, config.listenDevices.host].compactMap({ $0 }) {
+            if let name = PKI.canonicalDeviceName(host) { names.insert(name) }
+        }
+        self.names = names
+    }
+
+    /// The reserved name `name` (canonical) is, or nil.
+    func match(_ name: String) -> String? {
+        names.contains(name) || PKI.isLocalhostName(name) ? name : nil
     }
 }
 
@@ -44,8 +111,7 @@ struct HostnameTemplate: Equatable {
     /// that is not a hostname (a label over 63 or a name over 253 characters), which no
     /// Host could ever reach: the gateway refuses such a device.
     func hostname(for cn: String) -> String? {
-        let h = prefix + HostRouting.asciiLowercased(cn) + suffix
-        return PKI.isValidDeviceName(h) ? h : nil
+        PKI.canonicalDeviceName(prefix + cn + suffix)
     }
 }
 
