@@ -41,20 +41,25 @@ enum DeviceRefusal: Error, Equatable, CustomStringConvertible {
     /// The device name and the reserved name it takes.
     case reserved(String, String)
 
-    var description: String {
+    var description: String { logLine(peer: "") }
+
+    /// The log line of the refusal of a connection from `peer` (without "; closing").
+    func logLine(peer: String) -> String {
+        let from = peer.isEmpty ? "" : " from " + peer
         switch self {
         case .noValidName:
-            return "has no valid hostname CN"
+            return "device certificate" + from + " has no valid hostname CN"
         case .notCanonical(let cn):
-            return "has CN \"" + cn + "\", not in canonical form (names are case-insensitive; `pki issue` writes \""
-                + PKI.asciiLowercased(cn) + "\"): refused, it would stand for another certificate's device"
+            return "device certificate" + from + " has CN \"" + cn + "\", not in canonical form (names are case-insensitive; "
+                + "`pki issue` writes \"" + PKI.asciiLowercased(cn) + "\"): refused, it would stand for another certificate's device"
         case .notAllowed(let name):
-            return "device " + name + " is not in allow_devices"
+            return "device " + name + from + " is not in allow_devices"
         case .noHostname(let name):
             // e.g. a 63-character CN under "dev-{cn}.example": no Host could reach it.
-            return "device " + name + ": hostname_template gives it no valid hostname (label over 63 or name over 253 characters)"
+            return "device " + name + from
+                + ": hostname_template gives it no valid hostname (label over 63 or name over 253 characters)"
         case .reserved(let name, let which):
-            return "device " + name + " takes the reserved name " + which
+            return "device " + name + from + " takes the reserved name " + which
                 + " (the gateway's own names and localhost are never routed to a device)"
         }
     }

@@ -128,7 +128,7 @@ final class Gateway {
             case .success(let admitted):
                 identity = admitted
             case .failure(let refusal):
-                logger.warning("device certificate from " + t.peer.description + " " + refusal.description + "; closing",
+                logger.warning(refusal.logLine(peer: t.peer.description) + "; closing",
                                LogContext(connection: id))
                 metrics.deviceConnectionRefused()
                 t.onClose = nil
