@@ -153,6 +153,10 @@ func pkiMain(_ args: [String]) -> Int32 {
                 Logger.writeStderr("--force: no earlier certificate of " + name + " was left unrevoked\n")
             }
         case ("revoke", 3):
+            guard settings.string("serial") == nil else {
+                Logger.writeStderr("fleet-gateway pki revoke: give DEVICE or --serial HEX, not both\n")
+                return 2
+            }
             let dir = positional[1], name = positional[2]
             let serials = try PKI.revoke(directory: dir, name: name)
             Logger.writeStderr(PKI.asciiLowercased(name) + " revoked"
