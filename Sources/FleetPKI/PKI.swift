@@ -79,58 +79,6 @@ public enum PKI {
         }
     }
 
-    /// What `issue` did: the new certificate's serial and the serials of earlier
-    /// certificates of the same name it revoked (with `force`).
-    public struct Issued: Equatable {
-        public var serial: String
-        public var revoked: [String]
-    }
-
-    /// Issues a device (client) certificate signed by DIR/ca.crt + DIR/ca.key:
-    /// DIR/devices/NAME.crt (0644), NAME.key (0600) and NAME.pem (certificate then key, 0600),
-    /// and records its serial in DIR/issued.txt.
-    /// NAME must be canonical (lower-case: `.notCanonical`) and not reserved (localhost,
-    /// the gateway's names: `.reservedName`). Names are case-insensitive: files of NAME in
-    /// any case count as existing (`.alreadyExists` without `force`). With `force`, every
-    /// unrevoked serial issued to NAME before is revoked (DIR/revoked.txt, DIR/crl.pem):
-    /// a replaced certificate must not keep working where the old one was copied.
-    /// `notBeforeOffsetDays` shifts the validity window (negative: in the past), for tests.
-    @discardableResult
-    public static func issue(directory: String, name: String, days: Int = 825,
-                             notBeforeOffsetDays: Int = 0, force: Bool = false,
-                             crlDays: Int = 30) throws(PKIError) -> Issued {
-        guard isValidDeviceName(name) else { throw .invalidName(name) }
-        guard isCanonicalDeviceName(name) else { throw .notCanonical(name) }
-        try checkDays(days, "days")
-        try checkDays(crlDays, "CRL days")
-        try checkOffset(notBeforeOffsetDays)
-        let dir = normalized(directory)
-        let (caCert, caKey) = try loadCA(dir)
-        defer { X509_free(caCert); EVP_PKEY_free(caKey) }
-        try checkNotReserved(name, dir: dir)
-        let lock = try lockDirectory(dir)
-        defer { close(lock) }
-
-        let existing = deviceFiles(dir, name: name)
-        if !force, let path = existing.first {
-            throw .alreadyExists(path)
-        }
-        var revoked: [String] = []
-        if force {
-            let previous = try issuedSerials(dir, name: name, caCert: caCert)
-            revoked = try revokeLocked(dir: dir, previous.map { RevokedEntry(serial: $0, name: name) },
-                                       caCert: caCert, caKey: caKey, days: crlDays, writeUnchanged: false)
-        }
-        let serial = try issueLeaf(dir: dir, ca: (caCert, caKey), subdirectory: "devices", name: name,
-                                   extensions: deviceExtensions(name: name),
-                                   days: days, notBeforeOffsetDays: notBeforeOffsetDays,
-                                   writeBundle: true, force: force)
-        let indexPath = join(dir, "issued.txt")
-        try appendEntries(indexPath, [RevokedEntry(serial: serial, name: name)],
-                          to: readRevocationList(indexPath).bytes)
-        return Issued(serial: serial, revoked: revoked)
-    }
-
     /// Like `issue`, but a server certificate (serverAuth, SANs as in `initialize`),
     /// written as DIR/servers/NAME.{crt,key}.
     public static func issueServer(directory: String, name: String, extraSANs: [String] = [],
