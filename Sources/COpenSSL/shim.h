@@ -38,4 +38,11 @@ static inline int rh_sk_X509_REVOKED_num(const STACK_OF(X509_REVOKED) *sk) { ret
 static inline X509_REVOKED *rh_sk_X509_REVOKED_value(const STACK_OF(X509_REVOKED) *sk, int i) {
     return sk_X509_REVOKED_value(sk, i);
 }
+// Subject alternative names: the DNS name of entry i of a GENERAL_NAMES, or NULL.
+static inline int rh_sk_GENERAL_NAME_num(const GENERAL_NAMES *names) { return sk_GENERAL_NAME_num(names); }
+static inline const ASN1_IA5STRING *rh_GENERAL_NAMES_dns(const GENERAL_NAMES *names, int i) {
+    const GENERAL_NAME *name = sk_GENERAL_NAME_value(names, i);
+    return name && name->type == GEN_DNS ? name->d.dNSName : NULL;
+}
+static inline void rh_GENERAL_NAMES_free(GENERAL_NAMES *names) { GENERAL_NAMES_free(names); }
 #endif

@@ -4,17 +4,17 @@
 
 import FleetPKI
 struct DeviceIdentity: Equatable {
-    /// The certificate CN, lower-cased.
+    /// The certificate CN, in canonical (lower-case) form.
     let name: String
     /// The public hostname routed to this device, lower-cased.
     let hostname: String
 
-    /// The device name a certificate CN gives: the CN lower-cased, nil when it is not a
-    /// device name (PKI.isValidDeviceName: a hostname, not an IPv4 address).
-    /// Checked before lower-casing: Unicode lower-casing makes ASCII of some non-ASCII
-    /// (U+212A KELVIN SIGN is "k"), and a name must not stand for another.
+    /// The device name a certificate CN gives, nil unless the CN is a device name
+    /// (PKI.isValidDeviceName: a hostname, not an IPv4 address) in canonical form:
+    /// "DEV1.EXAMPLE" is refused, not folded, for `pki revoke dev1.example` cannot know
+    /// a certificate another tool issued under that spelling. The same function as `pki`.
     static func name(commonName cn: String) -> String? {
-        PKI.isValidDeviceName(cn) ? HostRouting.asciiLowercased(cn) : nil
+        PKI.isCanonicalDeviceName(cn) ? cn : nil
     }
 }
 
@@ -44,8 +44,7 @@ struct HostnameTemplate: Equatable {
     /// that is not a hostname (a label over 63 or a name over 253 characters), which no
     /// Host could ever reach: the gateway refuses such a device.
     func hostname(for cn: String) -> String? {
-        let h = prefix + HostRouting.asciiLowercased(cn) + suffix
-        return PKI.isValidDeviceName(h) ? h : nil
+        PKI.canonicalDeviceName(prefix + cn + suffix)
     }
 }
 

@@ -17,6 +17,8 @@ final class Gateway {
     private(set) var admin: AdminServer!
     let metrics = Metrics()
     private var deviceTLS: TLSContext?
+    /// Names no device may take (the gateway's own), from the certificates in `config`.
+    private var reservedNames: ReservedNames
     private var publicTLS: TLSContext?
     private var deviceListener: Int32 = -1
     private var publicListener: Int32 = -1
@@ -32,6 +34,7 @@ final class Gateway {
         self.loop = loop
         self.logger = logger
         registry = DeviceRegistry()
+        reservedNames = ReservedNames(config: config)
         deviceTLS = config.plaintextDevices ? nil : try TLSContext(config.deviceTLS())
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
         queue = RequestQueue(gateway: self)
@@ -119,19 +122,13 @@ final class Gateway {
 
     /// TLS is up: take the identity from the certificate and reverse the connection.
     private func deviceOpened(_ t: Transport, id: Int) {
-        let name: String
+        let identity: DeviceIdentity
         if let tls = t.tls {
-            guard let cn = tls.peerCommonName.flatMap(DeviceIdentity.name(commonName:)) else {
-                logger.warning("device certificate from " + t.peer.description + " has no valid hostname CN; closing",
-                               LogContext(connection: id))
-                metrics.deviceConnectionRefused()
-                t.onClose = nil
-                t.close()
-                return
-            }
-            name = cn
-            if let allow = config.allowDevices, !allow.matches(cn) {
-                logger.warning("device " + cn + " from " + t.peer.description + " is not in allow_devices; closing",
+            switch DeviceIdentity.admit(commonName: tls.peerCommonName, config: config, reserved: reservedNames) {
+            case .success(let admitted):
+                identity = admitted
+            case .failure(let refusal):
+                logger.warning(refusal.logLine(peer: t.peer.description) + "; closing",
                                LogContext(connection: id))
                 metrics.deviceConnectionRefused()
                 t.onClose = nil
@@ -139,19 +136,18 @@ final class Gateway {
                 return
             }
         } else {
-            name = config.plaintextDeviceName
+            let name = config.plaintextDeviceName
+            guard let hostname = config.hostnameTemplate.hostname(for: name) else {
+                logger.warning("device " + name + " from " + t.peer.description
+                               + ": hostname_template gives it no valid hostname (label over 63 or name over 253 characters); closing",
+                               LogContext(connection: id))
+                metrics.deviceConnectionRefused()
+                t.onClose = nil
+                t.close()
+                return
+            }
+            identity = DeviceIdentity(name: name, hostname: hostname)
         }
-        guard let hostname = config.hostnameTemplate.hostname(for: name) else {
-            // e.g. a 63-character CN under "dev-{cn}.example": no Host could reach it.
-            logger.warning("device " + name + " from " + t.peer.description
-                           + ": hostname_template gives it no valid hostname (label over 63 or name over 253 characters); closing",
-                           LogContext(connection: id))
-            metrics.deviceConnectionRefused()
-            t.onClose = nil
-            t.close()
-            return
-        }
-        let identity = DeviceIdentity(name: name, hostname: hostname)
         let dc: DeviceConnection
         do throws(HTTP2Error) {
             dc = try DeviceConnection(id: id, identity: identity, transport: t, logger: logger)
@@ -205,6 +201,7 @@ final class Gateway {
         deviceTLS = newDeviceTLS ?? (applied.plaintextDevices ? nil : deviceTLS)
         if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
         config = applied
+        reservedNames = ReservedNames(config: applied)
         logger.level = applied.logLevel
         // Tunnels that are up are checked against the new rules: a device revoked by
         // the new CRL, signed by a CA no longer trusted, or outside the new allow-list
@@ -213,6 +210,10 @@ final class Gateway {
             for c in registry.connections(hostname: host) {
                 if let allow = applied.allowDevices, !allow.matches(c.identity.name) {
                     logger.notice("reload: " + c.identity.name + " is no longer in allow_devices; closing", c.ctx)
+                    c.close()
+                } else if c.transport.tls != nil,
+                          let which = reservedNames.match(c.identity.name) ?? reservedNames.match(c.identity.hostname) {
+                    logger.notice("reload: " + c.identity.name + " takes the gateway's reserved name " + which + "; closing", c.ctx)
                     c.close()
                 } else if let tls = c.transport.tls, let ctx = deviceTLS, let why = tls.peerVerifyError(against: ctx) {
                     logger.notice("reload: " + c.identity.name + "'s certificate no longer verifies (" + why + "); closing", c.ctx)

@@ -10,8 +10,11 @@ import Tunnel
 let usage = """
 usage: fleet-gateway [options]                 run the gateway
        fleet-gateway pki init DIR --name NAME [--san ADDR]...   fleet CA + gateway certificate
-       fleet-gateway pki issue DIR DEVICE      a device certificate (CN = DEVICE)
-       fleet-gateway pki revoke DIR DEVICE     revoke it: DIR/crl.pem lists it (use with --crl)
+       fleet-gateway pki issue DIR DEVICE [--force]   a device certificate (CN = DEVICE, lower-case);
+                                               --force replaces it and revokes every earlier one
+       fleet-gateway pki revoke DIR DEVICE     revoke every certificate issued to DEVICE: DIR/crl.pem
+                                               lists them (use with --crl, then SIGHUP the gateway)
+       fleet-gateway pki revoke DIR --serial HEX   revoke one certificate by serial number
        fleet-gateway pki crl DIR               write DIR/crl.pem again (renew before it expires: 30 days)
 
 options (also `key = value` lines in --config FILE):
@@ -138,11 +141,37 @@ func pkiMain(_ args: [String]) -> Int32 {
             try PKI.initialize(directory: positional[1], gatewayName: name, extraSANs: sans, force: force)
             Logger.writeStderr("fleet CA and gateway certificate for " + name + " written to " + positional[1] + "\n")
         case ("issue", 3):
-            try PKI.issue(directory: positional[1], name: positional[2], force: force)
-            Logger.writeStderr("device certificate for " + positional[2] + " written to " + positional[1] + "/devices/\n")
+            let dir = positional[1], name = positional[2]
+            let issued = try PKI.issue(directory: dir, name: name, force: force)
+            Logger.writeStderr("device certificate for " + name + " (serial " + issued.serial + ") written to "
+                               + dir + "/devices/\n")
+            if !issued.revoked.isEmpty {
+                Logger.writeStderr("--force: revoked the earlier certificate(s) of " + name + ", serial "
+                                   + issued.revoked.joined(separator: ", ") + "; CRL written to " + dir
+                                   + "/crl.pem (reload the gateway: SIGHUP)\n")
+            } else if force {
+                Logger.writeStderr("--force: no earlier certificate of " + name + " was left unrevoked\n")
+            }
         case ("revoke", 3):
-            try PKI.revoke(directory: positional[1], name: positional[2])
-            Logger.writeStderr(positional[2] + " revoked; CRL written to " + positional[1] + "/crl.pem (reload the gateway: SIGHUP)\n")
+            guard settings.string("serial") == nil else {
+                Logger.writeStderr("fleet-gateway pki revoke: give DEVICE or --serial HEX, not both\n")
+                return 2
+            }
+            let dir = positional[1], name = positional[2]
+            let serials = try PKI.revoke(directory: dir, name: name)
+            Logger.writeStderr(PKI.asciiLowercased(name) + " revoked"
+                               + (serials.isEmpty ? " already" : " (serial " + serials.joined(separator: ", ") + ")")
+                               + "; CRL written to " + dir + "/crl.pem (reload the gateway: SIGHUP)\n")
+        case ("revoke", 2):
+            guard let serial = settings.string("serial") else {
+                Logger.writeStderr("fleet-gateway pki revoke: give DEVICE or --serial HEX\n")
+                return 2
+            }
+            let dir = positional[1]
+            let (name, added) = try PKI.revoke(directory: dir, serial: serial)
+            Logger.writeStderr("serial " + serial + (name.map { " (" + $0 + ")" } ?? " (not in " + dir + "/issued.txt)")
+                               + (added ? " revoked" : " was revoked already") + "; CRL written to " + dir
+                               + "/crl.pem (reload the gateway: SIGHUP)\n")
         case ("crl", 2):
             try PKI.writeCRL(directory: positional[1])
             Logger.writeStderr("CRL written to " + positional[1] + "/crl.pem\n")

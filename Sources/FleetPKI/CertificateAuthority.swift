@@ -53,6 +53,9 @@ public final class CertificateAuthority {
     /// A device (client) certificate for `name` with a new key, both PEM, with the
     /// same extensions as `pki issue`. `notBeforeOffsetDays` < 0 moves the validity
     /// window into the past (with a short `days`, an expired certificate).
+    /// The name is checked as a hostname only, not for canonical form or reserved
+    /// names: this can make what another tool would ("DEV1.EXAMPLE", "localhost"),
+    /// which the gateway must refuse.
     public func issueDevice(name: String, days: Int = 825, notBeforeOffsetDays: Int = 0)
         throws(PKIError) -> (certificatePEM: [UInt8], keyPEM: [UInt8]) {
         guard PKI.isValidDeviceName(name) else { throw .invalidName(name) }

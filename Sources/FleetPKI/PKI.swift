@@ -79,27 +79,19 @@ public enum PKI {
         }
     }
 
-    /// Issues a device (client) certificate signed by DIR/ca.crt + DIR/ca.key:
-    /// DIR/devices/NAME.crt (0644), NAME.key (0600) and NAME.pem (certificate then key, 0600).
-    /// `notBeforeOffsetDays` shifts the validity window (negative: in the past), for tests.
-    public static func issue(directory: String, name: String, days: Int = 825,
-                             notBeforeOffsetDays: Int = 0, force: Bool = false) throws(PKIError) {
-        guard isValidDeviceName(name) else { throw .invalidName(name) }
-        try checkDays(days, "days")
-        try checkOffset(notBeforeOffsetDays)
-        try issueLeaf(directory: directory, subdirectory: "devices", name: name,
-                      extensions: deviceExtensions(name: name),
-                      days: days, notBeforeOffsetDays: notBeforeOffsetDays,
-                      writeBundle: true, force: force)
-    }
-
     /// Like `issue`, but a server certificate (serverAuth, SANs as in `initialize`),
     /// written as DIR/servers/NAME.{crt,key}.
     public static func issueServer(directory: String, name: String, extraSANs: [String] = [],
                                    days: Int = 825, force: Bool = false) throws(PKIError) {
         let sans = try subjectAltNames(primary: name, extra: extraSANs)
         try checkDays(days, "days")
-        try issueLeaf(directory: directory, subdirectory: "servers", name: name,
+        let dir = normalized(directory)
+        let (caCert, caKey) = try loadCA(dir)
+        defer { X509_free(caCert); EVP_PKEY_free(caKey) }
+        if !force, try exists(join(dir, "servers") + "/" + name + ".key") {
+            throw .alreadyExists(join(dir, "servers") + "/" + name + ".key")
+        }
+        try issueLeaf(dir: dir, ca: (caCert, caKey), subdirectory: "servers", name: name,
                       extensions: serverExtensions(sans: sans),
                       days: days, notBeforeOffsetDays: 0, writeBundle: false, force: force)
     }
@@ -160,25 +152,24 @@ public enum PKI {
         ]
     }
 
-    static func issueLeaf(directory: String, subdirectory: String, name: String,
-                          extensions: [(Int32, String)], days: Int, notBeforeOffsetDays: Int,
-                          writeBundle: Bool, force: Bool) throws(PKIError) {
-        let dir = normalized(directory)
+    /// Makes and writes DIR/SUBDIRECTORY/NAME.{key,crt[,pem]}; returns the serial.
+    /// The caller checked whether the files may be replaced.
+    @discardableResult
+    static func issueLeaf(dir: String, ca: (cert: OpaquePointer, key: OpaquePointer), subdirectory: String,
+                          name: String, extensions: [(Int32, String)], days: Int, notBeforeOffsetDays: Int,
+                          writeBundle: Bool, force: Bool) throws(PKIError) -> String {
         let outDir = join(dir, subdirectory)
         let keyPath = outDir + "/" + name + ".key"
-        let (caCert, caKey) = try loadCA(dir)
-        defer { X509_free(caCert); EVP_PKEY_free(caKey) }
-        if !force, try exists(keyPath) { throw .alreadyExists(keyPath) }
-
         let key = try generateKey()
         defer { EVP_PKEY_free(key) }
-        let cert = try makeCertificate(commonName: name, subjectKey: key, issuer: (caCert, caKey),
+        let cert = try makeCertificate(commonName: name, subjectKey: key, issuer: ca,
                                        days: days, notBeforeOffsetDays: notBeforeOffsetDays,
                                        extensions: extensions)
         defer { X509_free(cert) }
         var pemKey = try keyPEM(key)
         defer { wipe(&pemKey) }
         let pemCert = try certificatePEM(cert)
+        let serial = try serialHex(cert, what: name)
 
         try makeDirectory(outDir)
         try writeFile(keyPath, pemKey, mode: keyMode, replace: force)
@@ -193,6 +184,7 @@ public enum PKI {
             if !force { unlink(keyPath) }
             throw error
         }
+        return serial
     }
 
     /// "DNS:primary,IP:...,DNS:..." entries for a server certificate, deduplicated.

@@ -26,6 +26,12 @@ public enum PKIError: Error, CustomStringConvertible {
     case notFound(String)
     /// A file whose contents cannot be used: its path and what is wrong with it.
     case malformed(String, reason: String)
+    /// A device name that is valid but not in canonical form (upper-case letters):
+    /// names are case-insensitive, so it would stand for the lower-case one.
+    case notCanonical(String)
+    /// A device name the gateway answers to itself (its own name, localhost): the
+    /// name and why it is reserved.
+    case reservedName(String, reason: String)
 
     public var description: String {
         switch self {
@@ -52,6 +58,11 @@ public enum PKIError: Error, CustomStringConvertible {
             return "\(path) does not exist"
         case .malformed(let path, let reason):
             return "\(path): \(reason)"
+        case .notCanonical(let name):
+            return "device name \"\(name)\" is not in canonical form: names are case-insensitive, "
+                + "use \"\(PKI.asciiLowercased(name))\""
+        case .reservedName(let name, let reason):
+            return "device name \"\(name)\" is reserved: \(reason)"
         }
     }
 

@@ -5,6 +5,8 @@
 //   revoked.txt   one revoked certificate a line: lowercase hex serial, a tab and
 //                 the device name. Blank lines and lines starting with '#' are
 //                 ignored (and kept when a line is added). 0644.
+//   issued.txt    every device serial issued, with its name (PKIDeviceNames.swift):
+//                 what `revoke NAME` revokes.
 //   crlnumber     the decimal number of the last CRL written. 0644.
 //   crl.pem       the CRL. lastUpdate now - 5 min, nextUpdate now + crlDays;
 //                 extensions cRLNumber and authorityKeyIdentifier; each entry's
@@ -31,13 +33,15 @@ extension PKI {
         var name: String
     }
 
-    /// Revokes DIR/devices/NAME.crt: adds its serial to DIR/revoked.txt (unless it is
-    /// there already) and rewrites DIR/crl.pem with every serial of revoked.txt and a
-    /// CRL number one higher than the last (DIR/crlnumber).
-    /// Throws `.missingCA` without a fleet CA, `.notFound` without the device
-    /// certificate, `.invalidArgument` for a certificate of another CA.
-    public static func revoke(directory: String, name: String, crlDays: Int = 30) throws(PKIError) {
-        guard isValidHostname(name) else { throw .invalidName(name) }
+    /// Revokes device NAME (case-insensitive): adds every serial issued to it (DIR/issued.txt
+    /// and the certificates DIR/devices holds for it in any case) to DIR/revoked.txt, unless
+    /// listed already, and rewrites DIR/crl.pem with every serial of revoked.txt and a CRL
+    /// number one higher than the last (DIR/crlnumber). Returns the serials newly revoked.
+    /// Throws `.missingCA` without a fleet CA, `.notFound` when nothing was issued to NAME,
+    /// `.invalidArgument` for a certificate of another CA.
+    @discardableResult
+    public static func revoke(directory: String, name: String, crlDays: Int = 30) throws(PKIError) -> [String] {
+        guard let key = canonicalDeviceName(name) else { throw .invalidName(name) }
         try checkDays(crlDays, "CRL days")
         let dir = normalized(directory)
         let (caCert, caKey) = try loadCA(dir)
@@ -45,18 +49,52 @@ extension PKI {
         let lock = try lockDirectory(dir)
         defer { close(lock) }
 
-        let serial = try deviceSerial(join(dir, "devices") + "/" + name + ".crt", caCert: caCert, dir: dir)
+        let serials = try issuedSerials(dir, name: key, caCert: caCert)
+        guard !serials.isEmpty else { throw .notFound(join(dir, "devices") + "/" + key + ".crt") }
+        return try revokeLocked(dir: dir, serials.map { RevokedEntry(serial: $0, name: key) },
+                                caCert: caCert, caKey: caKey, days: crlDays, writeUnchanged: true)
+    }
+
+    /// Revokes the certificate with serial number `serial` (hex, any case, leading zeros
+    /// allowed), whatever its name: for a certificate whose files are gone. Returns the
+    /// device name DIR/issued.txt records for it (nil when unknown) and whether it was
+    /// newly revoked.
+    @discardableResult
+    public static func revoke(directory: String, serial text: String,
+                              crlDays: Int = 30) throws(PKIError) -> (name: String?, newlyRevoked: Bool) {
+        // Also as `openssl x509 -text` prints it: "4a:3f:...".
+        guard let serial = normalizedSerial(text.split(separator: ":").joined()) else {
+            throw .invalidArgument("--serial wants a certificate serial number in hex (at most 20 bytes, "
+                + "as `openssl x509 -serial` prints it), got \"\(text)\"")
+        }
+        try checkDays(crlDays, "CRL days")
+        let dir = normalized(directory)
+        let (caCert, caKey) = try loadCA(dir)
+        defer { X509_free(caCert); EVP_PKEY_free(caKey) }
+        let lock = try lockDirectory(dir)
+        defer { close(lock) }
+        let name = try issuedName(dir, serial: serial)
+        let added = try revokeLocked(dir: dir, [RevokedEntry(serial: serial, name: name ?? "")],
+                                     caCert: caCert, caKey: caKey, days: crlDays, writeUnchanged: true)
+        return (name, !added.isEmpty)
+    }
+
+    /// Adds `entries` not yet in DIR/revoked.txt to it and writes DIR/crl.pem (also when
+    /// nothing was added, if `writeUnchanged`). The caller holds the directory lock.
+    /// Returns the serials added.
+    static func revokeLocked(dir: String, _ entries: [RevokedEntry], caCert: OpaquePointer, caKey: OpaquePointer,
+                             days: Int, writeUnchanged: Bool) throws(PKIError) -> [String] {
         let listPath = join(dir, "revoked.txt")
         let (existing, bytes) = try readRevocationList(listPath)
-        var entries = existing
-        if !entries.contains(where: { $0.serial == serial }) {
-            var contents = bytes
-            if let last = contents.last, last != UInt8(ascii: "\n") { contents.append(UInt8(ascii: "\n")) }
-            contents += Array((serial + "\t" + name + "\n").utf8)
-            try writeFile(listPath, contents, mode: certMode, replace: true)
-            entries.append(RevokedEntry(serial: serial, name: name))
+        var added: [RevokedEntry] = []
+        for entry in entries where !existing.contains(where: { $0.serial == entry.serial })
+            && !added.contains(where: { $0.serial == entry.serial }) {
+            added.append(entry)
         }
-        try signAndWriteCRL(dir: dir, entries: entries, caCert: caCert, caKey: caKey, days: crlDays)
+        guard !added.isEmpty || writeUnchanged else { return [] }
+        try appendEntries(listPath, added, to: bytes)
+        try signAndWriteCRL(dir: dir, entries: existing + added, caCert: caCert, caKey: caKey, days: days)
+        return added.map(\.serial)
     }
 
     /// Writes DIR/crl.pem again from DIR/revoked.txt (an empty CRL when nothing is
@@ -111,6 +149,11 @@ extension PKI {
             throw .invalidArgument("\(path) was not issued by the fleet CA in \(dir) "
                 + "(it is not trusted there, so there is nothing to revoke)")
         }
+        return try serialHex(cert, what: path)
+    }
+
+    /// The serial of `cert`, normalized (`what` names it in errors).
+    static func serialHex(_ cert: OpaquePointer, what path: String) throws(PKIError) -> String {
         guard let bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nil) else {
             throw failure("read the serial number of \(path)")
         }

@@ -56,6 +56,11 @@ public final class TLSContext {
 
         let minVersion = config.minimumVersion == .tls13 ? rh_TLS1_3_VERSION() : rh_TLS1_2_VERSION()
         _ = rh_SSL_CTX_set_min_proto_version(ctx, minVersion)
+        // TLS 1.2: ECDHE with an AEAD cipher only (RFC 9113 §9.2.2 and Appendix A forbid
+        // the others under HTTP/2: CBC, SHA-1 MACs, static RSA). TLS 1.3 suites are all AEAD.
+        guard SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20") == 1 else {
+            throw OpenSSLError.drain("set TLS 1.2 cipher list")
+        }
         _ = rh_SSL_CTX_set_mode(ctx, rh_SSL_MODE_RELEASE_BUFFERS())
 
         if let cert = config.certificateFile {

@@ -89,18 +89,18 @@ final class PKITests: XCTestCase {
     func testDeviceCertificateChainsToCA() throws {
         let dir = try makeTempDir()
         try PKI.initialize(directory: dir, gatewayName: "gw.fleet.test", caDays: 100, fleetName: "Acme")
-        try PKI.issue(directory: dir, name: "Sensor-42.site1")
+        try PKI.issue(directory: dir, name: "sensor-42.site1")
 
-        XCTAssertEqual(verify(dir + "/devices/Sensor-42.site1.crt", ca: dir + "/ca.crt"), X509_V_OK)
-        XCTAssertEqual(verify(dir + "/devices/Sensor-42.site1.crt", ca: dir + "/ca.crt",
+        XCTAssertEqual(verify(dir + "/devices/sensor-42.site1.crt", ca: dir + "/ca.crt"), X509_V_OK)
+        XCTAssertEqual(verify(dir + "/devices/sensor-42.site1.crt", ca: dir + "/ca.crt",
                               purpose: X509_PURPOSE_SSL_CLIENT), X509_V_OK)
         // A client certificate is not a server certificate.
-        XCTAssertEqual(verify(dir + "/devices/Sensor-42.site1.crt", ca: dir + "/ca.crt",
+        XCTAssertEqual(verify(dir + "/devices/sensor-42.site1.crt", ca: dir + "/ca.crt",
                               purpose: X509_PURPOSE_SSL_SERVER), X509_V_ERR_INVALID_PURPOSE)
 
-        let cert = try XCTUnwrap(loadCert(dir + "/devices/Sensor-42.site1.crt"))
+        let cert = try XCTUnwrap(loadCert(dir + "/devices/sensor-42.site1.crt"))
         defer { X509_free(cert) }
-        XCTAssertEqual(commonName(cert), "Sensor-42.site1")
+        XCTAssertEqual(commonName(cert), "sensor-42.site1")
         XCTAssertEqual(X509_get_version(cert), 2)
         let eku = X509_get_extended_key_usage(cert)
         XCTAssertNotEqual(eku & UInt32(XKU_SSL_CLIENT), 0, "EKU clientAuth")
@@ -116,7 +116,7 @@ final class PKITests: XCTestCase {
         XCTAssertEqual(serial.pointee.length, 16)
 
         // The key is EC P-256 and belongs to the certificate.
-        let key = try XCTUnwrap(loadKey(dir + "/devices/Sensor-42.site1.key"))
+        let key = try XCTUnwrap(loadKey(dir + "/devices/sensor-42.site1.key"))
         defer { EVP_PKEY_free(key) }
         XCTAssertEqual(EVP_PKEY_get_base_id(key), EVP_PKEY_EC)
         XCTAssertEqual(EVP_PKEY_get_bits(key), 256)

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import json
 import http.client
+import os
+import shutil
+import signal
 import ssl
+import subprocess
 import time
 
 import pytest
@@ -136,3 +140,127 @@ def test_resources_after_the_refusals(env):
     rss = lib.rss_mib(pid)
     print(f"\nhostile TLS: gateway RSS {env['rss']:.1f} -> {rss:.1f} MiB, fds {env['fds']} -> {fds}")
     assert rss - env["rss"] < RSS_TOLERANCE_MIB
+
+
+# ------------------------------------------------- issue 12: names (findings 4, 9) and suites (14)
+
+NAME_CASES = {
+    # id: (subject, the name it must not register as, what the gateway logs)
+    "cn-upper-case": ("/CN=DEV9.EXAMPLE", "dev9.example", "not in canonical form"),
+    "cn-mixed-case-of-a-connected-device": ("/CN=Dev2.example", "Dev2.example", "not in canonical form"),
+    "cn-localhost": ("/CN=localhost", "localhost", "takes the reserved name localhost"),
+    "cn-under-localhost": ("/CN=dev9.localhost", "dev9.localhost", "takes the reserved name dev9.localhost"),
+    "cn-the-gateways-name": ("/CN=gw.example", "gw.example", "takes the reserved name gw.example"),
+}
+
+
+@pytest.mark.parametrize("case", list(NAME_CASES))
+def test_device_certificate_for_a_name_it_must_not_have_is_refused(env, case):
+    """A certificate the fleet CA signed (by another tool than `pki issue`) whose CN is not
+    in canonical lower-case form, or is one of the gateway's own names: refused with a
+    clear log line, never registered, never merged into the device of the same name."""
+    subject, name, logged = NAME_CASES[case]
+    crt, key = hl.sign_device_cert(env["pki"], env["certs"], subject)
+    before = len(env["gw"].proc.log())
+    assert_refused(env, hl.device_tls(env["pki"], crt, key), name)
+    lib.wait_until(lambda: logged in env["gw"].proc.log()[before:], 5, f"the log line '{logged}'")
+    assert registered(env["gw"]) == {"dev2.example"}
+
+
+def pki_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(lib.gateway_bin()), "pki", *map(str, args)], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, env=lib.child_env())
+
+
+def accepted(gw, ctx: ssl.SSLContext) -> bool:
+    """True when the gateway completes the handshake and speaks HTTP/2 (a SETTINGS frame)."""
+    try:
+        s = hl.dial_device(gw, ctx, timeout=REFUSE_WITHIN_S)
+        s.sendall(hl.MAGIC + hl.settings())
+        fr = hl.FrameReader(s).next(REFUSE_WITHIN_S)
+        s.close()
+        return fr is not None and fr[0] == 0x4
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return False
+
+
+def test_replaced_certificate_is_refused_after_sighup(procs, tmp_path):
+    """`pki issue NAME --force` revokes the certificate it replaces: once the gateway
+    reloads the CRL (SIGHUP), the old one (a copy kept elsewhere) no longer attaches,
+    and a tunnel up with it is cut."""
+    d = tmp_path / "pki"
+    r = pki_cli("init", d, "--name", "gw.example", "--san", "127.0.0.1")
+    assert r.returncode == 0, r.stderr
+    assert pki_cli("issue", d, "dev5.example").returncode == 0
+    assert pki_cli("crl", d).returncode == 0
+    old_crt, old_key = tmp_path / "old.crt", tmp_path / "old.key"
+    shutil.copy(d / "devices" / "dev5.example.crt", old_crt)
+    shutil.copy(d / "devices" / "dev5.example.key", old_key)
+    os.chmod(old_key, 0o600)
+
+    mine = lib.PKI(dir=d, foreign_dir=d)
+    gw = lib.start_gateway(procs, mine, name="gateway-force", log_level="info",
+                           extra=["--check-interval-ms", "0", "--crl", d / "crl.pem"])
+    old = hl.device_tls(mine, old_crt, old_key)
+    assert accepted(gw, old)
+    # A tunnel that stays up with the old certificate.
+    up = hl.dial_device(gw, old)
+    up.sendall(hl.MAGIC + hl.settings())
+    reader = hl.FrameReader(up)
+    assert reader.next(REFUSE_WITHIN_S) is not None
+
+    r = pki_cli("issue", d, "dev5.example", "--force")
+    assert r.returncode == 0, r.stderr
+    gw.proc.popen.send_signal(signal.SIGHUP)
+    gw.proc.wait_log("reload done", timeout=10)
+    assert not accepted(gw, old), "the replaced certificate still attaches"
+    new = hl.device_tls(mine, d / "devices" / "dev5.example.crt", d / "devices" / "dev5.example.key")
+    assert accepted(gw, new)
+    gw.proc.wait_log("dev5.example's certificate no longer verifies", timeout=10)
+    lib.wait_until(lambda: reader.until(lambda fr: False, timeout=0.2) is None and reader.eof, 10,
+                   "the old certificate's tunnel to close")
+    up.close()
+    assert "revoked the earlier certificate" in r.stderr and "SIGHUP" in r.stderr, r.stderr
+
+    # revoke by serial, and by name in another case: the new one goes too.
+    serial = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", d / "devices" / "dev5.example.crt"],
+                            capture_output=True, text=True, check=True).stdout.strip().split("=")[1]
+    r = pki_cli("revoke", d, "--serial", serial)
+    assert r.returncode == 0 and "(dev5.example) revoked" in r.stderr, r.stderr
+    r = pki_cli("revoke", d, "DEV5.Example")
+    assert r.returncode == 0 and "dev5.example revoked already" in r.stderr, r.stderr
+    gw.proc.popen.send_signal(signal.SIGHUP)
+    lib.wait_until(lambda: gw.proc.log().count("reload done") >= 2, 10, "the second reload")
+    assert not accepted(gw, new)
+
+
+def test_pki_device_names_are_canonical_case_insensitive_and_not_reserved(tmp_path):
+    d = tmp_path / "pki"
+    assert pki_cli("init", d, "--name", "gw.example", "--san", "127.0.0.1").returncode == 0
+    assert pki_cli("issue", d, "dev5.example").returncode == 0
+    for refused, why in [("DEV5.EXAMPLE", "canonical"), ("Dev6.example", "canonical"), ("localhost", "reserved"),
+                         ("gw.example", "reserved")]:
+        r = pki_cli("issue", d, refused)
+        assert r.returncode == 1 and why in r.stderr, (refused, r.stderr)
+    assert sorted(p.name for p in (d / "devices").iterdir()) == [f"dev5.example.{x}" for x in ("crt", "key", "pem")]
+    r = pki_cli("revoke", d, "DEV5.EXAMPLE")
+    assert r.returncode == 0 and "dev5.example revoked (serial" in r.stderr, r.stderr
+
+
+def tls12_device(pki, cipher: str) -> ssl.SSLContext:
+    ctx = hl.device_tls(pki, pki.device_cert("dev1.example"), pki.device_key("dev1.example"))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(cipher)
+    return ctx
+
+
+def test_tls12_device_listener_accepts_only_ecdhe_aead_suites(procs, pki):
+    """tls_min = 1.2: a CBC / SHA-1 suite (RFC 9113 Appendix A) is refused in the
+    handshake; ECDHE with AES-GCM or ChaCha20-Poly1305 is accepted. The PKI makes
+    EC P-256 keys, hence the ECDSA suites."""
+    gw = lib.start_gateway(procs, pki, name="gateway-tls12", log_level="info",
+                           extra=["--check-interval-ms", "0", "--tls-min", "1.2"])
+    for cipher in ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA", "ECDHE-ECDSA-AES128-SHA256"]:
+        assert not accepted(gw, tls12_device(pki, cipher)), cipher
+    for cipher in ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"]:
+        assert accepted(gw, tls12_device(pki, cipher)), cipher
