@@ -29,7 +29,14 @@ public struct HTTP2Settings {
     public var initialWindowSize: Int32 = 1 << 20
     /// Connection receive window we open right after the SETTINGS.
     public var connectionWindowSize: Int32 = 16 << 20
+    /// SETTINGS_MAX_HEADER_LIST_SIZE we advertise, and the limit we enforce on each
+    /// header block we receive (nghttp2 enforces nothing): the sum over its fields
+    /// of name + value + 32 bytes, as RFC 9113 §6.5.2 counts it. A block over it, or
+    /// over `maxHeaderFields`, is dropped as it is decoded and reported as
+    /// `HTTP2Event.headersTooLarge`.
     public var maxHeaderListSize: UInt32 = 65536
+    /// Most fields (pseudo-headers included) in one header block we receive.
+    public var maxHeaderFields = 128
     /// SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): extended CONNECT, for WebSockets.
     public var enableConnectProtocol = true
     public init() {}
@@ -64,6 +71,11 @@ public enum HTTP2Error: Error, CustomStringConvertible {
 public enum HTTP2Event {
     /// A complete header block (request, response or trailers). `headers` includes pseudo-headers.
     case headers(stream: Int32, headers: HTTPHeaders, endStream: Bool)
+    /// A header block over `maxHeaderListSize` or `maxHeaderFields`; its fields were
+    /// dropped. A request head (server role) is for the application to answer (431);
+    /// any other block (responses, trailers) has already had its stream reset
+    /// (PROTOCOL_ERROR), and a `streamClosed` follows.
+    case headersTooLarge(stream: Int32, endStream: Bool)
     case data(stream: Int32, bytes: [UInt8])
     /// The peer finished sending on this stream after DATA.
     case endStream(stream: Int32)
@@ -85,8 +97,20 @@ public final class HTTP2Session {
     /// Why we ended the connection, when nghttp2 sent a GOAWAY with an error
     /// ("PROTOCOL_ERROR: ..."): a peer that broke the protocol.
     public internal(set) var goawaySentReason: String?
-    /// Header block being received, per stream.
-    var incomingHeaders: [Int32: HTTPHeaders] = [:]
+    /// The header block being received. HTTP/2 never interleaves header blocks
+    /// (CONTINUATION frames follow their HEADERS at once): there is one at a time.
+    var block = IncomingBlock()
+    let maxHeaderListSize: Int
+    let maxHeaderFields: Int
+    /// Decoded header bytes (RFC 9113 counting) in `events` not taken yet. HPACK can
+    /// decode one wire byte into thousands (a dynamic-table entry referenced again
+    /// and again), so one read could queue many blocks just under the limit: past
+    /// `heldHeaderBudget`, decoding pauses and the rest of the input waits in
+    /// `backlog` until the events were taken (`receiveBacklog`).
+    var heldHeaderBytes = 0
+    let heldHeaderBudget: Int
+    /// Input not processed yet, after a pause.
+    private var backlog: [UInt8] = []
     /// Bodies queued for sending, per stream.
     var outgoing: [Int32: OutgoingBody] = [:]
     /// Reversed client: bytes of the peer's magic still to check. Reversed server: our magic to send.
@@ -103,6 +127,9 @@ public final class HTTP2Session {
     public init(role: HTTP2Role, preface: Preface, settings: HTTP2Settings = HTTP2Settings()) throws(HTTP2Error) {
         self.role = role
         self.preface = preface
+        maxHeaderListSize = Int(settings.maxHeaderListSize)
+        maxHeaderFields = max(1, settings.maxHeaderFields)
+        heldHeaderBudget = max(1 << 20, 4 * Int(settings.maxHeaderListSize))
         prefaceBytesToCheck = (role == .client && preface == .reversed) ? http2ClientMagic.count : 0
         prefaceToSend = (role == .server && preface == .reversed) ? http2ClientMagic : []
         ownMagicToDrop = (role == .client && preface == .reversed) ? http2ClientMagic.count : 0
@@ -153,6 +180,8 @@ public final class HTTP2Session {
     // MARK: Bytes in, bytes and events out
 
     /// Processes bytes from the peer; the events they produce are queued for `takeEvents`.
+    /// When decoded headers pile up past a budget, processing pauses: take the events,
+    /// then call `receiveBacklog` while `hasBacklog` (HTTP2Connection does).
     public func receive(_ bytes: UnsafeRawBufferPointer) throws(HTTP2Error) {
         var input = bytes
         if prefaceBytesToCheck > 0 {
@@ -163,8 +192,46 @@ public final class HTTP2Session {
             input = UnsafeRawBufferPointer(rebasing: input[n...])
         }
         guard input.count > 0 else { return }
+        if !backlog.isEmpty {
+            backlog.append(contentsOf: input)
+            try receiveBacklog()
+            return
+        }
+        let done = try feed(input)
+        if done < input.count { backlog.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[done...])) }
+    }
+
+    /// Input left over by a pause (see `receive`).
+    public var hasBacklog: Bool { !backlog.isEmpty }
+
+    /// Goes on with the input left over by a pause; it may pause again.
+    public func receiveBacklog() throws(HTTP2Error) {
+        guard !backlog.isEmpty else { return }
+        var pending: [UInt8] = []
+        swap(&pending, &backlog)
+        var result: Result<Int, HTTP2Error> = .success(0)
+        pending.withUnsafeBytes { p in
+            do throws(HTTP2Error) { result = .success(try feed(p)) } catch { result = .failure(error) }
+        }
+        switch result {
+        case .failure(let e): throw e
+        case .success(let done):
+            if done < pending.count {
+                pending.removeFirst(done)
+                backlog = pending
+            }
+        }
+    }
+
+    /// Hands `input` to nghttp2; returns how much it took (less after a pause).
+    private func feed(_ input: UnsafeRawBufferPointer) throws(HTTP2Error) -> Int {
+        guard input.count > 0 else { return 0 }
         let rc = nghttp2_session_mem_recv(session, input.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count)
-        if rc < 0 { throw HTTP2Error.from("receive", rc) }
+        if rc < 0 {
+            backlog = []
+            throw HTTP2Error.from("receive", rc)
+        }
+        return rc
     }
 
     public func receive(_ bytes: [UInt8]) throws(HTTP2Error) {
@@ -181,6 +248,7 @@ public final class HTTP2Session {
     public func takeEvents() -> [HTTP2Event] {
         let e = events
         events.removeAll(keepingCapacity: true)
+        heldHeaderBytes = 0
         return e
     }
 
@@ -307,6 +375,54 @@ public final class HTTP2Session {
         return isRequest ? rc : stream
     }
 
+    func beginHeaderBlock(stream: Int32) {
+        block = IncomingBlock()
+        block.stream = stream
+    }
+
+    /// One decoded field. Past the limits the block's fields are dropped at once and
+    /// the rest of it only decoded (nghttp2 must, to keep the HPACK state): memory
+    /// stays bounded by the limit and the work by the bytes on the wire.
+    /// Returns false to pause (too many decoded bytes waiting in `events`).
+    func headerField(stream: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard stream == block.stream, !block.tooLarge else { return true }
+        block.bytes += name.count + value.count + 32
+        block.fields += 1
+        if block.bytes > maxHeaderListSize || block.fields > maxHeaderFields {
+            block.tooLarge = true
+            block.headers = HTTPHeaders()
+            return true
+        }
+        block.headers.add(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
+        return heldHeaderBytes + block.bytes <= heldHeaderBudget
+    }
+
+    /// The block of `stream` is complete. `isRequest`: the first block of a request (server role).
+    func endHeaderBlock(stream: Int32, isRequest: Bool, endStream: Bool) {
+        guard stream == block.stream else {
+            events.append(.headers(stream: stream, headers: HTTPHeaders(), endStream: endStream))
+            return
+        }
+        let b = block
+        block = IncomingBlock()
+        if b.tooLarge {
+            if !(isRequest && role == .server) {
+                _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream,
+                                              UInt32(NGHTTP2_PROTOCOL_ERROR.rawValue))
+            }
+            events.append(.headersTooLarge(stream: stream, endStream: endStream))
+        } else {
+            heldHeaderBytes += b.bytes
+            events.append(.headers(stream: stream, headers: b.headers, endStream: endStream))
+        }
+    }
+
+    func streamDidClose(_ stream: Int32, errorCode: UInt32) {
+        outgoing[stream] = nil
+        if block.stream == stream { block = IncomingBlock() }
+        events.append(.streamClosed(stream: stream, errorCode: errorCode))
+    }
+
     func didReceiveRemoteSettings() {
         remoteMaxConcurrentStreams = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
         remoteEnablesConnectProtocol = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) == 1
@@ -345,6 +461,17 @@ func withNameValues<R>(_ headers: HTTPHeaders, _ body: (UnsafePointer<nghttp2_nv
         }
         return nva.withUnsafeBufferPointer { body($0.baseAddress, $0.count) }
     }
+}
+
+/// The header block being received and what it has cost so far.
+struct IncomingBlock {
+    var stream: Int32 = 0
+    var headers = HTTPHeaders()
+    /// RFC 9113 §6.5.2: name + value + 32, summed over the fields.
+    var bytes = 0
+    var fields = 0
+    /// Over a limit: the fields are dropped.
+    var tooLarge = false
 }
 
 /// A stream's outgoing body: bytes waiting for nghttp2 to pull them.
