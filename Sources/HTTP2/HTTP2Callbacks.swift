@@ -15,11 +15,8 @@ enum HTTP2Callbacks {
             return 0
         }
         nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, namelen, value, valuelen, _, user in
-            let more = HTTP2Callbacks.session(user).headerField(
-                stream: frame!.pointee.hd.stream_id,
-                name: UnsafeBufferPointer(start: name, count: namelen),
-                value: UnsafeBufferPointer(start: value, count: valuelen))
-            return more ? 0 : NGHTTP2_ERR_PAUSE.rawValue
+            HTTP2Callbacks.session(user).headerField(frame: frame!, name: UnsafeBufferPointer(start: name, count: namelen),
+                                                     value: UnsafeBufferPointer(start: value, count: valuelen))
         }
         nghttp2_session_callbacks_set_on_frame_recv_callback(cbs) { _, frame, user in
             let s = HTTP2Callbacks.session(user)
@@ -27,8 +24,7 @@ enum HTTP2Callbacks {
             let endStream = (hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue)) != 0
             switch UInt32(hd.type) {
             case NGHTTP2_HEADERS.rawValue:
-                let isRequest = frame!.pointee.headers.cat.rawValue == NGHTTP2_HCAT_REQUEST.rawValue
-                s.endHeaderBlock(stream: hd.stream_id, isRequest: isRequest, endStream: endStream)
+                s.endHeaderBlock(stream: hd.stream_id, endStream: endStream)
             case NGHTTP2_DATA.rawValue:
                 if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
             case NGHTTP2_SETTINGS.rawValue:

@@ -84,26 +84,44 @@ final class HTTP2HeaderLimitTests: XCTestCase {
         return n
     }
 
-    /// Server role (a user's request): the bomb on stream 1 is reported too large
-    /// (the application answers 431), stream 3 right after it is a normal request.
+    /// Server role (a user's request): the bomb on stream 1 is reported too large and,
+    /// far past the limit, its stream reset at once; stream 3 right after it is a
+    /// normal request (the HPACK state survived).
     func testRequestBombIsDroppedAndTheNextStreamWorks() throws {
         let server = try HTTP2Session(role: .server, preface: .standard, settings: publicSettings())
         var input = RawH2.clientMagic + RawH2.emptySettings
+        // One block of about 100 KB on the wire (HEADERS and 6 CONTINUATION), about 400 MB decoded.
         input += RawH2.headers(1, RawH2.bomb(prefix: RawH2.getRequest, refs: 100_000), endStream: true)
         input += RawH2.headers(3, RawH2.getRequest, endStream: true)
-        // One block of about 100 KB on the wire (HEADERS and 6 CONTINUATION), about 400 MB decoded.
         try server.receive(input)
+        XCTAssertLessThan(server.fieldsSeen, 40, "the rest of the bomb is only decoded, not checked field by field")
         XCTAssertFalse(server.hasBacklog)
-        let events = server.takeEvents()
+        var events = server.takeEvents()
         XCTAssertLessThanOrEqual(headerBytes(events), 16384)
         XCTAssertTrue(events.contains { if case .headersTooLarge(1, true) = $0 { return true }; return false }, "\(events)")
         XCTAssertFalse(events.contains { if case .headers(1, _, _) = $0 { return true }; return false })
         XCTAssertTrue(events.contains { if case .headers(3, let h, true) = $0 { return h.first(":path") == "/" }; return false })
-        // The application answers 431 on stream 1; nghttp2 did not reset it.
-        XCTAssertNoThrow(try server.submitResponse(stream: 1, HTTPHeaders([(":status", "431")]), endStream: true))
         var out: [UInt8] = []
         try server.takeOutput(into: &out)
-        XCTAssertTrue(server.takeEvents().contains { if case .streamClosed(1, 0) = $0 { return true }; return false })
+        XCTAssertTrue(containsRstStream(out, stream: 1, code: 1), "RST_STREAM(PROTOCOL_ERROR) on stream 1")
+        events = server.takeEvents()
+        XCTAssertTrue(events.contains { if case .streamClosed(1, 1) = $0 { return true }; return false }, "\(events)")
+        XCTAssertNoThrow(try server.submitResponse(stream: 3, HTTPHeaders([(":status", "200")]), endStream: true))
+    }
+
+    /// A request head a little over the limit (one 20 KB field) is dropped but read to
+    /// its end: the application can answer it with 431.
+    func testRequestSlightlyOverTheLimitCanBeAnswered() throws {
+        let server = try HTTP2Session(role: .server, preface: .standard, settings: publicSettings())
+        let block = RawH2.getRequest + RawH2.literal("cookie", String(repeating: "c", count: 20_000))
+        try server.receive(RawH2.clientMagic + RawH2.emptySettings + RawH2.headers(1, block, endStream: true))
+        XCTAssertTrue(server.takeEvents().contains { if case .headersTooLarge(1, true) = $0 { return true }; return false })
+        try server.submitResponse(stream: 1, HTTPHeaders([(":status", "431")]), endStream: true)
+        var out: [UInt8] = []
+        try server.takeOutput(into: &out)
+        XCTAssertFalse(containsRstStream(out, stream: 1, code: 1))
+        XCTAssertTrue(server.takeEvents().contains { if case .streamClosed(1, 0) = $0 { return true }; return false },
+                      "the 431 went out and closed the stream")
     }
 
     /// More fields than `maxHeaderFields`, each small: too large as well.
@@ -132,6 +150,7 @@ final class HTTP2HeaderLimitTests: XCTestCase {
         input += RawH2.headers(1, RawH2.bomb(prefix: [0x88], refs: 100_000), endStream: false)  // :status 200
         input += RawH2.headers(3, [0x88], endStream: true)
         try client.receive(input)
+        XCTAssertLessThan(client.fieldsSeen, 40, "the rest of the bomb is only decoded, not checked field by field")
         var events = client.takeEvents()
         XCTAssertLessThanOrEqual(headerBytes(events), 65536)
         XCTAssertTrue(events.contains { if case .headersTooLarge(1, false) = $0 { return true }; return false }, "\(events)")
