@@ -37,6 +37,9 @@ public struct HTTP2Settings {
     public var maxHeaderListSize: UInt32 = 65536
     /// Most fields (pseudo-headers included) in one header block we receive.
     public var maxHeaderFields = 128
+    /// Decoded header bytes that may wait in the events of one `receive` before
+    /// decoding pauses (at least twice `maxHeaderListSize`).
+    public var maxHeldHeaderBytes = 1 << 20
     /// SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): extended CONNECT, for WebSockets.
     public var enableConnectProtocol = true
     public init() {}
@@ -101,19 +104,22 @@ public final class HTTP2Session {
     /// The header block being received. HTTP/2 never interleaves header blocks
     /// (CONTINUATION frames follow their HEADERS at once): there is one at a time.
     var block = IncomingBlock()
-    let maxHeaderListSize: Int
-    let maxHeaderFields: Int
+    /// The limits enforced on each header block received (see HTTP2Settings).
+    public let maxHeaderListSize: Int
+    public let maxHeaderFields: Int
     /// Decoded header bytes (RFC 9113 counting) in `events` not taken yet. HPACK can
     /// decode one wire byte into thousands (a dynamic-table entry referenced again
     /// and again), so one read could queue many blocks just under the limit: past
     /// `heldHeaderBudget`, decoding pauses and the rest of the input waits in
     /// `backlog` until the events were taken (`receiveBacklog`).
     var heldHeaderBytes = 0
-    let heldHeaderBudget: Int
+    public let heldHeaderBudget: Int
     /// Header fields nghttp2 handed us, for the tests: an abandoned block costs none.
     var fieldsSeen = 0
     /// Input not processed yet, after a pause.
     private var backlog: [UInt8] = []
+    /// The error `receive` threw: it is final, every later call throws it again.
+    public private(set) var receiveError: HTTP2Error?
     /// Bodies queued for sending, per stream.
     var outgoing: [Int32: OutgoingBody] = [:]
     /// Reversed client: bytes of the peer's magic still to check. Reversed server: our magic to send.
@@ -132,7 +138,7 @@ public final class HTTP2Session {
         self.preface = preface
         maxHeaderListSize = Int(settings.maxHeaderListSize)
         maxHeaderFields = max(1, settings.maxHeaderFields)
-        heldHeaderBudget = max(1 << 20, 4 * Int(settings.maxHeaderListSize))
+        heldHeaderBudget = max(settings.maxHeldHeaderBytes, 2 * Int(settings.maxHeaderListSize))
         prefaceBytesToCheck = (role == .client && preface == .reversed) ? http2ClientMagic.count : 0
         prefaceToSend = (role == .server && preface == .reversed) ? http2ClientMagic : []
         ownMagicToDrop = (role == .client && preface == .reversed) ? http2ClientMagic.count : 0
@@ -186,11 +192,15 @@ public final class HTTP2Session {
     /// When decoded headers pile up past a budget, processing pauses: take the events,
     /// then call `receiveBacklog` while `hasBacklog` (HTTP2Connection does).
     public func receive(_ bytes: UnsafeRawBufferPointer) throws(HTTP2Error) {
+        if let receiveError { throw receiveError }
         var input = bytes
         if prefaceBytesToCheck > 0 {
             let offset = http2ClientMagic.count - prefaceBytesToCheck
             let n = min(prefaceBytesToCheck, input.count)
-            for i in 0..<n where input[i] != http2ClientMagic[offset + i] { throw HTTP2Error.badPreface }
+            for i in 0..<n where input[i] != http2ClientMagic[offset + i] {
+                receiveError = .badPreface
+                throw HTTP2Error.badPreface
+            }
             prefaceBytesToCheck -= n
             input = UnsafeRawBufferPointer(rebasing: input[n...])
         }
@@ -209,6 +219,7 @@ public final class HTTP2Session {
 
     /// Goes on with the input left over by a pause; it may pause again.
     public func receiveBacklog() throws(HTTP2Error) {
+        if let receiveError { throw receiveError }
         guard !backlog.isEmpty else { return }
         var pending: [UInt8] = []
         swap(&pending, &backlog)
@@ -232,7 +243,9 @@ public final class HTTP2Session {
         let rc = nghttp2_session_mem_recv(session, input.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count)
         if rc < 0 {
             backlog = []
-            throw HTTP2Error.from("receive", rc)
+            let error = HTTP2Error.from("receive", rc)
+            receiveError = error
+            throw error
         }
         return rc
     }
