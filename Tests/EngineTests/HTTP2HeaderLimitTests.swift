@@ -190,6 +190,24 @@ final class HTTP2HeaderLimitTests: XCTestCase {
         XCTAssertEqual(streams, (0...300).map { Int32(1 + 2 * $0) }, "every request, in order")
     }
 
+    /// The SETTINGS_MAX_HEADER_LIST_SIZE we advertise is the limit we enforce.
+    func testAdvertisedMaxHeaderListSizeIsTheEnforcedOne() throws {
+        for settings in [HTTP2Settings(), publicSettings()] {
+            let server = try HTTP2Session(role: .server, preface: .standard, settings: settings)
+            var out: [UInt8] = []
+            try server.takeOutput(into: &out)
+            XCTAssertEqual(out[3], 0x4, "SETTINGS first")
+            let len = Int(out[0]) << 16 | Int(out[1]) << 8 | Int(out[2])
+            var advertised: UInt32?
+            for i in stride(from: 9, to: 9 + len, by: 6) where out[i] == 0 && out[i + 1] == 6 {
+                advertised = UInt32(out[i + 2]) << 24 | UInt32(out[i + 3]) << 16 | UInt32(out[i + 4]) << 8 | UInt32(out[i + 5])
+            }
+            XCTAssertEqual(advertised, settings.maxHeaderListSize)
+            XCTAssertEqual(server.maxHeaderListSize, Int(settings.maxHeaderListSize))
+            XCTAssertEqual(server.maxHeaderFields, settings.maxHeaderFields)
+        }
+    }
+
     func containsRstStream(_ bytes: [UInt8], stream: Int32, code: UInt32) -> Bool {
         var i = 0
         while i + 9 <= bytes.count {
