@@ -11,8 +11,7 @@ enum HTTP2Callbacks {
 
     static func install(_ cbs: OpaquePointer?) {
         nghttp2_session_callbacks_set_on_begin_headers_callback(cbs) { _, frame, user in
-            HTTP2Callbacks.session(user).beginHeaderBlock(stream: frame!.pointee.hd.stream_id)
-            return 0
+            HTTP2Callbacks.session(user).beginHeaderBlock(frame: frame!)
         }
         nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, namelen, value, valuelen, _, user in
             HTTP2Callbacks.session(user).headerField(frame: frame!, name: UnsafeBufferPointer(start: name, count: namelen),

@@ -74,8 +74,9 @@ public enum HTTP2Error: Error, CustomStringConvertible {
 public enum HTTP2Event {
     /// A complete header block (request, response or trailers). `headers` includes pseudo-headers.
     case headers(stream: Int32, headers: HTTPHeaders, endStream: Bool)
-    /// A header block over `maxHeaderListSize` or `maxHeaderFields`; its fields were
-    /// dropped. The application answers a request head (server role) with 431; the
+    /// A header block over `maxHeaderListSize` or `maxHeaderFields`, or one block too
+    /// many on a stream (client role: more than 8, interim responses included); its
+    /// fields were dropped. The application answers a request head (server role) with 431; the
     /// session has already reset (PROTOCOL_ERROR) the stream of any other block
     /// (responses, trailers) and of a request head past twice the limits, where that
     /// answer is dropped, and a `streamClosed` follows.
@@ -104,6 +105,8 @@ public final class HTTP2Session {
     /// The header block being received. HTTP/2 never interleaves header blocks
     /// (CONTINUATION frames follow their HEADERS at once): there is one at a time.
     var block = IncomingBlock()
+    /// Client role: header blocks received so far, per open stream.
+    private var headerBlocks: [Int32: Int] = [:]
     /// The limits enforced on each header block received (see HTTP2Settings).
     public let maxHeaderListSize: Int
     public let maxHeaderFields: Int
@@ -391,9 +394,30 @@ public final class HTTP2Session {
         return isRequest ? rc : stream
     }
 
-    func beginHeaderBlock(stream: Int32) {
+    /// Most header blocks on one stream we opened (client role): interim (1xx)
+    /// responses, the response, trailers. nghttp2 takes any number of 1xx; each can
+    /// decode to `maxHeaderListSize` from a few bytes, so without a cap one stream
+    /// would cost unbounded work. (A server stream has at most two: nghttp2's rule.)
+    static let maxHeaderBlocksPerStream = 8
+
+    /// Returns what the callback returns to nghttp2: a stream past
+    /// `maxHeaderBlocksPerStream` is reset and the block abandoned.
+    func beginHeaderBlock(frame: UnsafePointer<nghttp2_frame>) -> Int32 {
+        let stream = frame.pointee.hd.stream_id
         block = IncomingBlock()
+        if role == .client {
+            let n = headerBlocks[stream, default: 0] + 1
+            headerBlocks[stream] = n
+            if n > HTTP2Session.maxHeaderBlocksPerStream {
+                _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream,
+                                              UInt32(NGHTTP2_PROTOCOL_ERROR.rawValue))
+                let endStream = (frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue)) != 0
+                events.append(.headersTooLarge(stream: stream, endStream: endStream))
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
+            }
+        }
         block.stream = stream
+        return 0
     }
 
     /// One decoded field; returns what the callback returns to nghttp2. Past a limit
@@ -448,6 +472,7 @@ public final class HTTP2Session {
 
     func streamDidClose(_ stream: Int32, errorCode: UInt32) {
         outgoing[stream] = nil
+        headerBlocks[stream] = nil
         if block.stream == stream { block = IncomingBlock() }
         events.append(.streamClosed(stream: stream, errorCode: errorCode))
     }

@@ -163,6 +163,37 @@ final class HTTP2HeaderLimitTests: XCTestCase {
         XCTAssertTrue(client.isAlive)
     }
 
+    /// Client role: interim (1xx) responses are header blocks too, each up to the
+    /// limit; past 8 blocks on one stream it is reset. Stream 3 still answers.
+    func testEndlessInterimResponsesResetTheStream() throws {
+        let client = try HTTP2Session(role: .client, preface: .standard)
+        let get = HTTPHeaders([(":method", "GET"), (":scheme", "https"), (":authority", "dev1.example"), (":path", "/")])
+        XCTAssertEqual(try client.submitRequest(get, endStream: true), 1)
+        XCTAssertEqual(try client.submitRequest(get, endStream: true), 3)
+        var out: [UInt8] = []
+        try client.takeOutput(into: &out)
+        // Each 103 carries 15 references to a 4,000-byte entry: ~60 KB decoded from 20 bytes.
+        var input = RawH2.emptySettings + RawH2.headers(1, [0x48, 0x03] + Array("103".utf8)
+                                                        + RawH2.indexed("link", Array(repeating: 0x61, count: 4000)), endStream: false)
+        for _ in 0..<1000 { input += RawH2.headers(1, [0xbf] + Array(repeating: 0xbe, count: 15), endStream: false) }  // 103, link x15
+        input += RawH2.headers(3, [0x88], endStream: true)
+        try client.receive(input)
+        var events = client.takeEvents()
+        while client.hasBacklog {
+            try client.receiveBacklog()
+            events += client.takeEvents()
+        }
+        var interim = 0
+        for case .headers(1, _, _) in events { interim += 1 }
+        XCTAssertEqual(interim, 8)
+        XCTAssertTrue(events.contains { if case .headersTooLarge(1, false) = $0 { return true }; return false })
+        XCTAssertLessThan(client.fieldsSeen, 200, "the blocks after the reset are only decoded")
+        XCTAssertTrue(events.contains { if case .headers(3, let h, true) = $0 { return h.first(":status") == "200" }; return false })
+        out = []
+        try client.takeOutput(into: &out)
+        XCTAssertTrue(containsRstStream(out, stream: 1, code: 1))
+    }
+
     /// Many blocks, each under the limit, in one read: decoding pauses once the
     /// events hold about 1 MiB of headers, and goes on after they were taken.
     func testManyBlocksInOneReadArePaced() throws {
