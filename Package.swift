@@ -70,6 +70,7 @@ let package = Package(
 if Context.environment["RH_FUZZ"] != nil {
     package.targets += [
         .executableTarget(name: "fuzz-http1", dependencies: ["HTTP1"], path: "fuzz/targets/http1"),
+        .executableTarget(name: "fuzz-http2", dependencies: ["HTTP2", "HTTP1"], path: "fuzz/targets/http2"),
         .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetPKI"], path: "fuzz/targets/host-mapping"),
         .executableTarget(name: "fuzz-config", dependencies: ["Tunnel", "FleetPKI", "TLS", "EventLoop"],
                           path: "fuzz/targets/config"),

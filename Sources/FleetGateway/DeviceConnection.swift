@@ -69,6 +69,9 @@ final class DeviceConnection {
             }
         case .headers(let stream, let headers, let endStream):
             exchanges[stream]?.deviceHeaders(headers, endStream: endStream)
+        case .headersTooLarge(let stream, _):
+            // The session reset the stream; the exchange fails (502) when it closes.
+            logger.warning("device sent a header block over the limit on stream " + String(stream) + "; stream reset", ctx)
         case .data(let stream, let bytes):
             // The exchange gives the window back once the user's socket took the bytes.
             if let ex = exchanges[stream] {

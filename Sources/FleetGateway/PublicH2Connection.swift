@@ -25,6 +25,9 @@ final class PublicH2Connection {
         var settings = HTTP2Settings()
         settings.maxConcurrentStreams = UInt32(gateway.config.publicMaxStreams)
         settings.enableConnectProtocol = true
+        // A request's header block is bounded as an HTTP/1.1 head is (431 past it).
+        settings.maxHeaderListSize = UInt32(gateway.config.maxHeadBytes)
+        settings.maxHeaderFields = 100
         let session = try HTTP2Session(role: .server, preface: .standard, settings: settings)
         connection = HTTP2Connection(transport: transport, session: session, logger: gateway.logger, context: LogContext())
     }
@@ -47,6 +50,11 @@ final class PublicH2Connection {
                 return
             }
             begin(id, headers, endStream: endStream)
+        case .headersTooLarge(let id, _):
+            guard streams[id] == nil else { return }  // trailers: the session reset the stream
+            let s = PublicStream(conn: self, id: id)
+            streams[id] = s
+            s.respondError(431, "request header block over " + String(gateway.config.maxHeadBytes) + " bytes or 100 fields")
         case .data(let id, let bytes):
             if let s = streams[id] { s.userData(bytes) } else { consume(id, bytes.count) }
         case .endStream(let id):

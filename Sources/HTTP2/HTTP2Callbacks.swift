@@ -11,17 +11,11 @@ enum HTTP2Callbacks {
 
     static func install(_ cbs: OpaquePointer?) {
         nghttp2_session_callbacks_set_on_begin_headers_callback(cbs) { _, frame, user in
-            let s = HTTP2Callbacks.session(user)
-            s.incomingHeaders[frame!.pointee.hd.stream_id] = HTTPHeaders()
-            return 0
+            HTTP2Callbacks.session(user).beginHeaderBlock(frame: frame!)
         }
         nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, namelen, value, valuelen, _, user in
-            let s = HTTP2Callbacks.session(user)
-            let id = frame!.pointee.hd.stream_id
-            let n = String(decoding: UnsafeBufferPointer(start: name, count: namelen), as: UTF8.self)
-            let v = String(decoding: UnsafeBufferPointer(start: value, count: valuelen), as: UTF8.self)
-            s.incomingHeaders[id, default: HTTPHeaders()].add(n, v)
-            return 0
+            HTTP2Callbacks.session(user).headerField(frame: frame!, name: UnsafeBufferPointer(start: name, count: namelen),
+                                                     value: UnsafeBufferPointer(start: value, count: valuelen))
         }
         nghttp2_session_callbacks_set_on_frame_recv_callback(cbs) { _, frame, user in
             let s = HTTP2Callbacks.session(user)
@@ -29,8 +23,7 @@ enum HTTP2Callbacks {
             let endStream = (hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue)) != 0
             switch UInt32(hd.type) {
             case NGHTTP2_HEADERS.rawValue:
-                let headers = s.incomingHeaders.removeValue(forKey: hd.stream_id) ?? HTTPHeaders()
-                s.events.append(.headers(stream: hd.stream_id, headers: headers, endStream: endStream))
+                s.endHeaderBlock(stream: hd.stream_id, endStream: endStream)
             case NGHTTP2_DATA.rawValue:
                 if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
             case NGHTTP2_SETTINGS.rawValue:
@@ -63,10 +56,7 @@ enum HTTP2Callbacks {
             return 0
         }
         nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, stream, code, user in
-            let s = HTTP2Callbacks.session(user)
-            s.outgoing[stream] = nil
-            s.incomingHeaders[stream] = nil
-            s.events.append(.streamClosed(stream: stream, errorCode: code))
+            HTTP2Callbacks.session(user).streamDidClose(stream, errorCode: code)
             return 0
         }
     }

@@ -114,16 +114,31 @@ public final class HTTP2Connection {
         do throws(HTTP2Error) {
             try session.receive(bytes)
         } catch {
-            logger.warning("HTTP/2 error from peer: " + error.description, context)
-            // nghttp2 returns these without queueing a GOAWAY (a flood, too many
-            // CONTINUATION frames, a bad preface): say why before closing (RFC 9113 §5.4.1).
-            if !session.sentGoaway { session.goaway(errorCode: error.goawayCode) }
-            flush()
-            transport.closeAfterFlush()
+            fail(error)
             return
         }
         dispatchEvents()
+        // Decoding paused (decoded headers past the session's budget): go on once
+        // the events are handed over, so what one read queues stays bounded.
+        while session.hasBacklog && transport.state != .closed {
+            do throws(HTTP2Error) {
+                try session.receiveBacklog()
+            } catch {
+                fail(error)
+                return
+            }
+            dispatchEvents()
+        }
         flush()
+    }
+
+    private func fail(_ error: HTTP2Error) {
+        logger.warning("HTTP/2 error from peer: " + error.description, context)
+        // nghttp2 returns these without queueing a GOAWAY (a flood, too many
+        // CONTINUATION frames, a bad preface): say why before closing (RFC 9113 §5.4.1).
+        if !session.sentGoaway { session.goaway(errorCode: error.goawayCode) }
+        flush()
+        transport.closeAfterFlush()
     }
 
     private func dispatchEvents() {

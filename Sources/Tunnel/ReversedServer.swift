@@ -70,6 +70,12 @@ public final class ReversedServer {
             let ex = LocalExchange(stream: stream, server: self, pool: local, timeoutMs: responseTimeoutMs)
             exchanges[stream] = .forwarded(ex)
             ex.start(headers: headers, endStream: endStream)
+        case .headersTooLarge(let stream, _):
+            // A request head over the limit (trailers: the session reset the stream).
+            logger.warning("request header block over the limit; answering 431", LogContext(device: device, connection: id, stream: stream))
+            if exchanges[stream] == nil {
+                respond(stream: stream, HTTPHeaders([(":status", "431"), ("content-length", "0")]), endStream: true)
+            }
         case .data(let stream, let bytes):
             // The exchange gives the window back once the local socket took the bytes.
             if let ex = exchanges[stream] {

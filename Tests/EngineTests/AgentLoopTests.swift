@@ -155,6 +155,43 @@ final class AgentLoopTests: XCTestCase {
         XCTAssertTrue(gw.events.contains { if case .data(let s, let b) = $0 { return s == stream && b == Array("ok".utf8) }; return false })
     }
 
+    /// A request head over the agent's limits (200 fields; it allows 128) is answered
+    /// 431 by the agent itself, and the connection serves the next request.
+    func testRequestHeadOverTheLimitsGets431() throws {
+        let gw = FakeGateway(loop: loop, listener: try Socket.listen(HostPort(host: "127.0.0.1", port: 0)))
+        defer { gw.close() }
+        let api = try Socket.listen(HostPort(host: "127.0.0.1", port: 0))
+        defer { Socket.close(api) }
+        let agent = try makeAgent(gatewayPort: gw.port, localPort: Socket.localPort(api))
+        agent.start()
+        spin("the connection") { agent.connectedCount == 1 && !gw.connections.isEmpty }
+        let c = gw.connections[0]
+        var big = HTTPHeaders([(":method", "GET"), (":scheme", "http"), (":authority", "dev"), (":path", "/big")])
+        for i in 0..<200 { big.add("x-f" + String(i), "v") }
+        let s1 = try c.session.submitRequest(big, endStream: true)
+        c.flush()
+        spin("the 431") {
+            gw.events.contains { if case .headers(let s, let h, _) = $0 { return s == s1 && h.first(":status") == "431" }; return false }
+        }
+        let s2 = try c.session.submitRequest(HTTPHeaders([(":method", "GET"), (":scheme", "http"),
+                                                          (":authority", "dev"), (":path", "/ok")]), endStream: true)
+        c.flush()
+        var local: Int32 = -1
+        spin("the next request at the local API") {
+            if local < 0, let (fd, _) = (try? Socket.accept(api)) ?? nil { local = fd }
+            return local >= 0
+        }
+        defer { Socket.close(local) }
+        let answer = Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8)
+        _ = answer.withUnsafeBytes { Socket.write(local, $0) }
+        spin("the 200") {
+            gw.events.contains { if case .headers(let s, let h, _) = $0 { return s == s2 && h.first(":status") == "200" }; return false }
+        }
+        var stopped = false
+        agent.stop { stopped = true }
+        spin("the agent to stop") { stopped }
+    }
+
     func testReloadRollsEachConnectionAndDrainsTheOldOne() throws {
         let gw = FakeGateway(loop: loop, listener: try Socket.listen(HostPort(host: "127.0.0.1", port: 0)))
         defer { gw.close() }
