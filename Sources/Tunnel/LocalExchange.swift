@@ -254,6 +254,11 @@ final class LocalExchange {
                 // A response complete before its request: the gateway is asked to stop
                 // sending the rest, without error, once the response is out (RFC 9113 §8.1).
                 let resetAfter = !requestEnded
+                // Connection-specific fields are not allowed in HTTP/2 (RFC 9113 §8.2.2),
+                // and framing fields mean nothing in a trailer section (RFC 9110 §6.5.1).
+                var trailers = trailers
+                trailers.removeHopByHop()
+                trailers.remove("content-length")
                 if headEndedStream {
                     if resetAfter { server.reset(stream: stream, errorCode: 0) }
                 } else if trailers.isEmpty {

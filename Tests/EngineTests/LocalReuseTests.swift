@@ -150,6 +150,25 @@ final class LocalReuseTests: XCTestCase {
         XCTAssertEqual(answer(c).body, "ok")
     }
 
+    func testFramingFieldsInTrailersAreNotPassedOn() throws {
+        let a = try request("GET", "/a")
+        guard let first = localRequest() else { return }
+        write(first, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+              + "X-Sum: 1\r\nContent-Length: 9\r\nTransfer-Encoding: gzip\r\nKeep-Alive: 5\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n")
+        let got = answer(a)
+        XCTAssertEqual(got.body, "ok")
+        XCTAssertEqual(got.code, 0, "the stream ends cleanly, not reset")
+        let trailers = gw.events.compactMap { ev -> HTTPHeaders? in
+            if case .headers(let s, let h, true) = ev, s == a, h.first(":status") == nil { return h }
+            return nil
+        }
+        XCTAssertEqual(trailers.first.map { Array($0).map { $0.name } }, ["x-sum"])
+        let b = try request("GET", "/b")
+        XCTAssertEqual(localRequest(), first, "still reusable")
+        write(first, honest)
+        XCTAssertEqual(answer(b).body, "honest")
+    }
+
     func testSwitchingProtocolsToAPlainGETIs502AndNeverReused() throws {
         try checkNotReused("GET", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n" + leftover,
                            status: "502")
