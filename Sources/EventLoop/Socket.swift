@@ -236,6 +236,24 @@ public enum Socket {
         return .wouldBlock
     }
 
+    /// Looks at what waits to be read without taking it: `.data(n)` (at least
+    /// one byte), `.eof` (the peer closed), `.wouldBlock` (nothing yet) or an error.
+    public static func peek(_ fd: Int32) -> ReadResult {
+        var byte: UInt8 = 0
+        var tries = 0
+        while tries < 8 {
+            tries += 1
+            let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            if n > 0 { return .data(n) }
+            if n == 0 { return .eof }
+            let e = rh_errno()
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+            return .error(e)
+        }
+        return .wouldBlock
+    }
+
     /// Writes as much as the kernel takes; returns the count written, 0 on EAGAIN, or an errno.
     public static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Result<Int, SocketError> {
         var tries = 0

@@ -6,11 +6,14 @@
 //               before a final chunked is 501; never together with
 //               Content-Length, never in HTTP/1.0 (400);
 //               Content-Length values must all agree (400); neither -> no body.
-//   responses - HEAD / 1xx / 204 / 304 have no body; Transfer-Encoding with a
-//               final "chunked" -> chunked, other codings (or HTTP/1.0) ->
-//               until close; Content-Length must be valid (502); CL together
-//               with TE is rejected as well (RFC 9112 §6.3 ¶3: "ought to be
-//               handled as an error"); otherwise until close.
+//   responses - HEAD / 1xx / 204 / 304 have no body; Transfer-Encoding must
+//               be exactly "chunked": any other coding (`gzip`, close-delimited
+//               per RFC 9112 §6.3, or `gzip, chunked`) would reach the user as
+//               bytes in a coding nothing names any more (HTTP/2 has no
+//               Transfer-Encoding), and TE in HTTP/1.0 is faulty framing
+//               (§6.1): all 502; Content-Length must be valid (502); CL together
+//               with TE is rejected as well (§6.3 ¶3: "ought to be handled as
+//               an error"); otherwise until close.
 
 enum HTTP1Framing {
     static func request(_ head: HTTPRequestHead) throws(HTTP1Error) -> BodyFraming {
@@ -55,16 +58,12 @@ enum HTTP1Framing {
         let hasCL = headers.contains("Content-Length")
         if hasTE {
             if hasCL { throw .badResponse("both Transfer-Encoding and Content-Length") }
-            if head.versionMinor == 0 { return .untilClose }  // RFC 9112 §6.1: faulty framing
+            if head.versionMinor == 0 { throw .badResponse("Transfer-Encoding in an HTTP/1.0 response") }
             let codings = transferCodings(headers)
-            if let last = codings.last, HTTP1Bytes.equalsIgnoringCase(last, lowercase: "chunked") {
-                // "chunked" must be final and appear only once.
-                for c in codings.dropLast() where HTTP1Bytes.equalsIgnoringCase(c, lowercase: "chunked") {
-                    throw .badResponse("chunked applied twice")
-                }
-                return .chunked
+            guard codings.count == 1, HTTP1Bytes.equalsIgnoringCase(codings[0], lowercase: "chunked") else {
+                throw .badResponse("Transfer-Encoding other than chunked")
             }
-            return .untilClose
+            return .chunked
         }
         if hasCL {
             guard let n = contentLength(headers) else { throw .badResponse("invalid Content-Length") }

@@ -59,6 +59,9 @@ struct HTTP1MessageDecoder {
         isRequest ? .badRequest(why) : .badResponse(why)
     }
 
+    /// Bytes received and not yet consumed.
+    var hasInput: Bool { pos < buf.count }
+
     /// True if the current head has started (start line seen or bytes pending).
     var headInProgress: Bool {
         phase == .head && (sawStartLine || pos < buf.count)

@@ -1,42 +1,67 @@
 // HTTP1ResponseParser: incremental, strict HTTP/1.x response parser for the
 // client side of a connection (the upstream a proxy talks to). Like the
 // request parser it streams .head / .body / .end events, but response framing
-// depends on the request: `expectResponse(toHEAD:)` queues, per request sent,
-// whether it was a HEAD. Interim 1xx responses are validated and dropped
-// silently; 101 Switching Protocols ends HTTP parsing (the raw rest is left
-// for `takeUnparsed`). A close-delimited body ends with `feedEOF`.
+// depends on the request: `expectResponse(toHEAD:upgrade:)` queues, per
+// request sent, whether it was a HEAD and whether it asked for an upgrade.
+// Interim 1xx responses are validated and dropped silently; 101 Switching
+// Protocols, only to a request that asked for it, ends HTTP parsing (the raw
+// rest is left for `takeUnparsed`). A close-delimited body ends with `feedEOF`.
 // Any error poisons the parser (answer 502 downstream and close).
+//
+// `isReusable` says whether the connection may carry the next request: only
+// after a response that ended as its own framing says, with nothing received
+// beyond it. A connection is shared by requests of different users, so a byte
+// too many -- a body to HEAD, 204 or 304, bytes after a complete response --
+// would become the start of someone else's response.
 
 public struct HTTP1ResponseParser: Sendable {
     private var decoder: HTTP1MessageDecoder
     private var pendingLine: (status: Int, reason: String, minor: Int)? = nil
     private var failure: HTTP1Error? = nil
-    /// FIFO of "was a HEAD request" for responses not yet received.
-    private var expectations: [Bool] = []
+    /// What each request sent expects of its response, in order.
+    private struct Expectation {
+        var toHEAD = false
+        var upgrade = false
+    }
+    /// FIFO of expectations for responses not yet received.
+    private var expectations: [Expectation] = []
     private var expectationIndex = 0
+    /// The head being read answers an expected request (not one nobody sent).
+    private var solicited = false
 
     /// Body framing of the response whose head was last returned.
     public private(set) var framing: BodyFraming = .none
     /// True between a .head and its .end.
     public private(set) var inMessage = false
+    /// The connection may carry another request now: the last response was
+    /// expected (`expectResponse`), ended as its framing says (Content-Length,
+    /// chunked, or no body; not close-delimited, not 101), allowed keep-alive
+    /// (HTTP/1.1 without `Connection: close`), and not one byte has been
+    /// received beyond it. False before any response, after an error and after EOF.
+    public private(set) var isReusable = false
+    /// Keep-alive allowed by the head being read (set at its .head).
+    private var persistent = false
 
     public init(limits: HTTP1Limits = HTTP1Limits()) {
         decoder = HTTP1MessageDecoder(isRequest: false, limits: limits)
     }
 
     /// Call once per request sent, in order, before its response is fed:
-    /// responses to HEAD carry no body. Without a queued expectation a
-    /// response is parsed as a response to a non-HEAD request.
-    public mutating func expectResponse(toHEAD: Bool) {
+    /// responses to HEAD carry no body; 101 is accepted only when the request
+    /// asked for an upgrade (RFC 9110 §15.2.2), else it is an error. Without a
+    /// queued expectation a response is parsed as a response to a non-HEAD
+    /// request without upgrade, and leaves the connection not reusable.
+    public mutating func expectResponse(toHEAD: Bool, upgrade: Bool = false) {
         if expectationIndex > 0 && expectationIndex == expectations.count {
             expectations.removeAll(keepingCapacity: true)
             expectationIndex = 0
         }
-        expectations.append(toHEAD)
+        expectations.append(Expectation(toHEAD: toHEAD, upgrade: upgrade))
     }
 
     public mutating func feed(_ bytes: [UInt8]) throws(HTTP1Error) -> [HTTP1Event<HTTPResponseHead>] {
         if let failure { throw failure }
+        if !bytes.isEmpty { isReusable = false }  // a byte beyond the last response, or the next one's
         decoder.append(bytes)
         do throws(HTTP1Error) {
             return try drain()
@@ -50,6 +75,7 @@ public struct HTTP1ResponseParser: Sendable {
     /// .badResponse("truncated") if any other message is incomplete;
     /// returns [] when no message is in progress.
     public mutating func feedEOF() throws(HTTP1Error) -> [HTTP1Event<HTTPResponseHead>] {
+        isReusable = false
         if let failure { throw failure }
         if decoder.phase == .untilClose {
             // Drain first: bytes fed before EOF are normally already emitted.
@@ -86,8 +112,9 @@ public struct HTTP1ResponseParser: Sendable {
         return decoder.takeUnparsed()
     }
 
-    private mutating func nextExpectation() -> Bool {
-        guard expectationIndex < expectations.count else { return false }
+    /// The next queued expectation, or nil for a response no request asked for.
+    private mutating func nextExpectation() -> Expectation? {
+        guard expectationIndex < expectations.count else { return nil }
         let e = expectations[expectationIndex]
         expectationIndex += 1
         return e
@@ -110,8 +137,13 @@ public struct HTTP1ResponseParser: Sendable {
                     decoder.skipMessage()  // interim response: not surfaced
                     continue
                 }
-                let toHEAD = nextExpectation()
-                let f = try HTTP1Framing.response(head, toHEAD: toHEAD)
+                let expected = nextExpectation()
+                solicited = expected != nil
+                let f = try HTTP1Framing.response(head, toHEAD: expected?.toHEAD ?? false)
+                if line.status == 101 && !(expected?.upgrade ?? false) {
+                    // A protocol switch nobody asked for: what follows is not HTTP.
+                    throw .badResponse("101 Switching Protocols to a request without Upgrade")
+                }
                 framing = f
                 events.append(.head(head))
                 if line.status == 101 {
@@ -119,12 +151,15 @@ public struct HTTP1ResponseParser: Sendable {
                     events.append(.end(trailers: HTTPHeaders()))
                     return events
                 }
+                persistent = line.minor == 1 && !headers.containsToken("Connection", "close")
                 inMessage = true
                 decoder.beginBody(f)
             case .body(let bytes):
                 events.append(.body(bytes))
             case .end(let trailers):
                 inMessage = false
+                // Reusable if nothing follows in what was fed (a later feed clears it).
+                isReusable = solicited && persistent && framing != .untilClose && !decoder.hasInput
                 events.append(.end(trailers: trailers))
             }
         }

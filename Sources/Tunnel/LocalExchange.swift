@@ -3,6 +3,12 @@
 // Failures before the response started become 502 (cannot reach or parse the
 // local API) or 504 (no answer in time); after that, RST_STREAM.
 //
+// The local connection goes back to the pool only when the parser says the
+// response ended cleanly with nothing beyond it (`isReusable`), the whole
+// request was written, and no upgrade was asked; the pool checks the socket
+// again when it lends it out. Anything else closes it: the next request on it
+// may be another user's.
+//
 // WebSockets: an extended CONNECT (RFC 8441, `:protocol websocket`) becomes an
 // HTTP/1.1 `Upgrade: websocket` request; when the local API answers 101, the
 // gateway gets 200 and from then on the stream's DATA and the local socket's
@@ -29,7 +35,6 @@ final class LocalExchange {
     private var requestEnded = false
     private var bodyBytesSent = 0
     private var responseStarted = false
-    private var keepAlive = true
     private var isHEAD = false
     /// The method is safe to send twice (RFC 9110 §9.2.2).
     private var idempotent = false
@@ -93,7 +98,7 @@ final class LocalExchange {
         }
         isHEAD = method == "HEAD"
         idempotent = !upgrade && ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(method)
-        parser.expectResponse(toHEAD: isHEAD)
+        parser.expectResponse(toHEAD: isHEAD, upgrade: upgrade)
         head = HTTP1Writer.requestHead(HTTPRequestHead(method: upgrade ? "GET" : method, target: path, versionMinor: 1, headers: out))
         timer = server.transport.loop.schedule(afterMilliseconds: timeoutMs) {
             self.timer = nil
@@ -235,10 +240,8 @@ final class LocalExchange {
                     return
                 }
                 var headers = h.headers
-                if headers.containsToken("connection", "close") || h.versionMinor == 0 { keepAlive = false }
                 // The framing of this head, not of whatever the parser has read since.
                 let framing = (try? HTTP1ResponseParser.framing(of: h, toHEAD: isHEAD)) ?? .untilClose
-                if framing == .untilClose { keepAlive = false }
                 headers.removeHopByHop()
                 var out = HTTPHeaders()
                 out.add(":status", String(h.status))
@@ -251,6 +254,11 @@ final class LocalExchange {
                 // A response complete before its request: the gateway is asked to stop
                 // sending the rest, without error, once the response is out (RFC 9113 §8.1).
                 let resetAfter = !requestEnded
+                // Connection-specific fields are not allowed in HTTP/2 (RFC 9113 §8.2.2),
+                // and framing fields mean nothing in a trailer section (RFC 9110 §6.5.1).
+                var trailers = trailers
+                trailers.removeHopByHop()
+                trailers.remove("content-length")
                 if headEndedStream {
                     if resetAfter { server.reset(stream: stream, errorCode: 0) }
                 } else if trailers.isEmpty {
@@ -258,7 +266,11 @@ final class LocalExchange {
                 } else {
                     server.sendTrailers(stream: stream, trailers, resetAfter: resetAfter)
                 }
-                finishLocal(reusable: keepAlive && requestEnded)
+                // The parser's verdict covers every byte fed so far; the request must
+                // also be all written (a server that answered early may take the rest
+                // of the body for the next request).
+                let written = requestEnded && (conn?.bufferedOutput ?? 1) == 0
+                finishLocal(reusable: parser.isReusable && written && !upgrade)
             }
         }
     }
@@ -300,7 +312,6 @@ final class LocalExchange {
     /// The local API accepted the WebSocket: answer 200 (RFC 8441) and pass bytes through.
     private func startTunnel(_ h: HTTPResponseHead) {
         tunneling = true
-        keepAlive = false
         var out = HTTPHeaders()
         out.add(":status", "200")
         for name in WebSocketUpgrade.endToEndFields {
@@ -345,7 +356,7 @@ final class LocalExchange {
         timer = nil
         guard let t = conn else { return }
         conn = nil
-        if reusable && !parser.inMessage { pool.release(t) } else { t.close() }
+        if reusable { pool.release(t) } else { t.close() }
     }
 
     /// The stream ended on the gateway's side (done, or reset).

@@ -44,10 +44,13 @@ final class LocalPool {
         }
     }
 
-    /// An idle open connection, if one is kept.
+    /// An idle open connection, if one is kept. One the local API wrote to or
+    /// closed since it went idle -- bytes the event loop has not read yet, which
+    /// the next request would take for the start of its response -- is closed.
     func takeIdle() -> Transport? {
         while let t = idle.popLast() {
-            if t.state == .open { return t }
+            if t.isQuiet { return t }
+            t.close()
         }
         return nil
     }
@@ -66,9 +69,10 @@ final class LocalPool {
         }
     }
 
-    /// Keeps `t` for reuse, or closes it when the pool is full.
+    /// Keeps `t` for reuse, or closes it when the pool is full or the local API
+    /// sent anything beyond the response that ended (the caller checked what it read).
     func release(_ t: Transport) {
-        guard t.state == .open, idle.count < maxIdle else {
+        guard idle.count < maxIdle, t.isQuiet else {
             t.close()
             return
         }

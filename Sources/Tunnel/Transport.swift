@@ -93,6 +93,16 @@ public final class Transport {
 
     public var bufferedOutput: Int { output.count - outputOffset }
 
+    /// True when the connection is open and the peer has sent nothing we have not
+    /// read: no byte waiting in the socket, no end of data, no error (a peek, not
+    /// a read; with TLS, records OpenSSL holds already are not seen). Asked before
+    /// an idle connection carries a new request.
+    public var isQuiet: Bool {
+        guard state == .open, !isFrozen else { return false }
+        if case .wouldBlock = Socket.peek(fd) { return true }
+        return false
+    }
+
     /// Queues plaintext for the peer and writes what the kernel takes now.
     public func write(_ bytes: UnsafeRawBufferPointer) {
         guard state == .open || state == .handshaking, bytes.count > 0, !writeFailed else { return }

@@ -1,16 +1,18 @@
 // Response-parser tests: status lines, response framing (HEAD, 1xx, 101,
-// 204, 304, chunked, length, close-delimited + EOF), truncation, and the
-// HEAD-expectation queue, each under all input splits.
+// 204, 304, chunked, length, close-delimited + EOF), truncation, the
+// HEAD-expectation queue, and when the connection may carry the next request
+// (`isReusable`), each under all input splits.
 
 import XCTest
 @testable import HTTP1
 
 typealias HTTP1ResponseEvent = HTTP1Event<HTTPResponseHead>
 
-func http1RunResponse(_ chunks: [[UInt8]], heads: [Bool] = [], eof: Bool = false,
+func http1RunResponse(_ chunks: [[UInt8]], heads: [Bool] = [], upgrades: [Bool] = [], eof: Bool = false,
                       limits: HTTP1Limits = HTTP1Limits()) -> HTTP1Outcome<HTTPResponseHead> {
     var parser = HTTP1ResponseParser(limits: limits)
     for h in heads { parser.expectResponse(toHEAD: h) }
+    for u in upgrades { parser.expectResponse(toHEAD: false, upgrade: u) }
     var events: [HTTP1ResponseEvent] = []
     do {
         for c in chunks { events += try parser.feed(c) }
@@ -64,16 +66,19 @@ final class HTTP1ResponseParserTests: XCTestCase {
 
     func testTransferEncodingFraming() throws {
         var p = HTTP1ResponseParser()
-        _ = try p.feed(http1Bytes("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"))
-        XCTAssertEqual(p.framing, .untilClose)
-        var q = HTTP1ResponseParser()
-        _ = try q.feed(http1Bytes("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"))
-        XCTAssertEqual(q.framing, .chunked)
-        var r = HTTP1ResponseParser()
-        _ = try r.feed(http1Bytes("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"))
-        XCTAssertEqual(r.framing, .untilClose)
-        XCTAssertEqual(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n").error?.status, 502)
+        _ = try p.feed(http1Bytes("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"))
+        XCTAssertEqual(p.framing, .chunked)
+        // Only a sole chunked can be passed on: any other coding would reach the
+        // user as bytes in a coding nothing names (HTTP/2 has no Transfer-Encoding);
+        // TE in HTTP/1.0 is faulty framing (RFC 9112 §6.1). All 502.
+        for te in ["gzip", "gzip, chunked", "chunked, gzip", "chunked, chunked", "chunked\r\nTransfer-Encoding: chunked",
+                   "identity", "", ","] {
+            XCTAssertEqual(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: \(te)\r\n\r\nabc", eof: true).error?.status, 502, te)
+        }
+        XCTAssertEqual(response("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").error?.status, 502)
         XCTAssertEqual(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n").error?.status, 502)
+        // No body anyway: the coding does not matter.
+        XCTAssertNil(response("HTTP/1.1 204 No Content\r\nTransfer-Encoding: gzip\r\n\r\n").error)
     }
 
     func testInvalidContentLength() {
@@ -129,6 +134,7 @@ final class HTTP1ResponseParserTests: XCTestCase {
     func testSwitchingProtocols() throws {
         let text = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\u{81}\u{05}hello"
         var p = HTTP1ResponseParser()
+        p.expectResponse(toHEAD: false, upgrade: true)
         let events = try p.feed(http1Bytes(text))
         XCTAssertEqual(events, [head(101, "Switching Protocols", 1, [("Upgrade", "websocket"), ("Connection", "Upgrade")]), end])
         XCTAssertEqual(p.framing, .none)
@@ -136,8 +142,85 @@ final class HTTP1ResponseParserTests: XCTestCase {
         XCTAssertEqual(try p.feed(http1Bytes("HTTP/1.1 200 OK\r\n\r\n")), [])  // not interpreted
         XCTAssertEqual(p.takeUnparsed(), http1Bytes("\u{81}\u{05}helloHTTP/1.1 200 OK\r\n\r\n"))
         XCTAssertEqual(try p.feedEOF(), [])
-        let out = response(text)
+        XCTAssertFalse(p.isReusable)
+        let out = http1CheckSplits(http1Bytes(text)) { http1RunResponse($0, upgrades: [true]) }
         XCTAssertEqual(out.events.count, 2)
+    }
+
+    func testSwitchingProtocolsNobodyAskedForIs502() {
+        // RFC 9110 §15.2.2: a server switches only to a protocol the client asked
+        // for. What follows a 101 to a plain GET is not HTTP: never a response.
+        let text = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n"
+            + "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nLEAKED"
+        XCTAssertEqual(response(text, heads: [false]).error, .badResponse("101 Switching Protocols to a request without Upgrade"))
+        XCTAssertEqual(response(text, heads: [true]).error?.status, 502)
+        XCTAssertEqual(response(text).error?.status, 502, "no request queued: no upgrade asked either")
+        XCTAssertEqual(response(text, heads: [false]).events, [])
+    }
+
+    /// `isReusable` after `text` (one response expected, to HEAD when `head`),
+    /// the same for every split of the input in two and byte by byte.
+    func reusable(_ text: String, head: Bool = false, expected: Bool = true, eof: Bool = false,
+                  file: StaticString = #filePath, line: UInt = #line) -> Bool? {
+        let bytes = http1Bytes(text)
+        var verdicts = Set<Bool>()
+        var cuts = (0...bytes.count).map { [Array(bytes[..<$0]), Array(bytes[$0...])] }
+        cuts.append(bytes.map { [$0] })
+        for pieces in cuts {
+            var p = HTTP1ResponseParser()
+            if expected { p.expectResponse(toHEAD: head) }
+            do {
+                for piece in pieces { _ = try p.feed(piece) }
+                if eof { _ = try p.feedEOF() }
+            } catch {
+                XCTAssertFalse(p.isReusable, "after an error", file: file, line: line)
+                verdicts.insert(false)
+                continue
+            }
+            verdicts.insert(p.isReusable)
+        }
+        XCTAssertEqual(verdicts.count, 1, "the verdict depends on the split", file: file, line: line)
+        return verdicts.first
+    }
+
+    func testReusableOnlyAfterACleanEndWithNothingBeyond() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        XCTAssertEqual(reusable(ok), true)
+        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nT: 1\r\n\r\n"), true)
+        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", head: true), true)
+        XCTAssertEqual(reusable("HTTP/1.1 204 No Content\r\n\r\n"), true)
+        XCTAssertEqual(reusable("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"), true)
+        XCTAssertEqual(reusable("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n" + ok), true)
+        // Not yet, or no more.
+        XCTAssertEqual(reusable(""), false)
+        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"), false)
+        XCTAssertEqual(reusable(ok, eof: true), false, "EOF")
+        XCTAssertEqual(reusable(ok, expected: false), false, "a response nobody asked for")
+        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok"), false)
+        XCTAssertEqual(reusable("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"), false)
+        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\n\r\nuntil close", eof: true), false)
+        // Bytes beyond the response: a body to HEAD, 204 or 304, anything after the end.
+        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nLEAKED", head: true), false)
+        XCTAssertEqual(reusable("HTTP/1.1 204 No Content\r\n\r\nLEAKED"), false)
+        XCTAssertEqual(reusable("HTTP/1.1 304 Not Modified\r\nContent-Length: 6\r\n\r\nLEAKED"), false)
+        XCTAssertEqual(reusable(ok + "x"), false)
+        XCTAssertEqual(reusable(ok + "\r\n"), false)
+        XCTAssertEqual(reusable(ok + "HTTP/1.1 100 Continue\r\n\r\n"), false)
+        XCTAssertEqual(reusable(ok + "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nLEAKED"), false)
+        XCTAssertEqual(reusable("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"), false)
+        // A later byte takes the verdict back; the next expected response gives it again.
+        var p = HTTP1ResponseParser()
+        p.expectResponse(toHEAD: false)
+        _ = try? p.feed(http1Bytes(ok))
+        XCTAssertTrue(p.isReusable)
+        _ = try? p.feed([0x48])
+        XCTAssertFalse(p.isReusable)
+        var q = HTTP1ResponseParser()
+        q.expectResponse(toHEAD: false)
+        _ = try? q.feed(http1Bytes(ok))
+        q.expectResponse(toHEAD: true)
+        _ = try? q.feed(http1Bytes("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"))
+        XCTAssertTrue(q.isReusable)
     }
 
     func testStatusLines() {

@@ -15,7 +15,9 @@
 //     body has exactly that many bytes before its .end; no body without one;
 //   * a rejected message stays rejected: after an error, `feed` (with or
 //     without bytes) and `feedEOF` throw the same error;
-//   * a head written back by HTTP1Writer parses to the same head.
+//   * a head written back by HTTP1Writer parses to the same head;
+//   * responses: `isReusable` (may the connection carry the next request) is
+//     the same whatever the split, never inside a message, never after 101.
 import HTTP1
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -44,6 +46,8 @@ enum Norm<Head: Equatable>: Equatable {
 struct Run<Head: Equatable> {
     var events: [Norm<Head>] = []
     var error: HTTP1Error? = nil
+    /// Responses: the parser's `isReusable` at the end of the input.
+    var reusable = false
 
     mutating func add(_ evs: [HTTP1Event<Head>]) {
         for e in evs {
@@ -243,24 +247,27 @@ func isTchar(_ b: UInt8) -> Bool {
 // MARK: responses (same decoder, other framing rules)
 
 func checkResponses(_ input: [UInt8]) {
-    // The first head answers a HEAD request when the input's length is odd.
+    // The first head answers a HEAD request when the input's length is odd, and
+    // a request that asked for an upgrade when its length's bit 1 is set.
     let toHEAD = input.count % 2 == 1
-    let whole = responseRun(input, toHEAD: toHEAD, pieces: [input.count])
-    let bytewise = responseRun(input, toHEAD: toHEAD, pieces: Array(0...input.count).dropFirst().map { $0 })
-    let split = responseRun(input, toHEAD: toHEAD, pieces: cuts(input))
+    let upgrade = input.count & 2 != 0
+    let whole = responseRun(input, toHEAD: toHEAD, upgrade: upgrade, pieces: [input.count])
+    let bytewise = responseRun(input, toHEAD: toHEAD, upgrade: upgrade, pieces: Array(0...input.count).dropFirst().map { $0 })
+    let split = responseRun(input, toHEAD: toHEAD, upgrade: upgrade, pieces: cuts(input))
     for r in [whole, split] {
         if r.error != bytewise.error { fail("response error depends on the split", input) }
         if bytewise.error == nil {
             if r.events != bytewise.events { fail("response events depend on the split", input) }
+            if r.reusable != bytewise.reusable { fail("response isReusable depends on the split", input) }
         } else if !r.isPrefix(of: bytewise) {
             fail("response events before the error depend on the split", input)
         }
     }
 }
 
-func responseRun(_ input: [UInt8], toHEAD: Bool, pieces: [Int]) -> Run<HTTPResponseHead> {
+func responseRun(_ input: [UInt8], toHEAD: Bool, upgrade: Bool, pieces: [Int]) -> Run<HTTPResponseHead> {
     var p = HTTP1ResponseParser()
-    p.expectResponse(toHEAD: toHEAD)
+    p.expectResponse(toHEAD: toHEAD, upgrade: upgrade)
     var run = Run<HTTPResponseHead>()
     var start = 0
     var bodyLeft: Int? = nil
@@ -288,6 +295,7 @@ func responseRun(_ input: [UInt8], toHEAD: Bool, pieces: [Int]) -> Run<HTTPRespo
                 if inBody { fail("response head inside a message", input) }
                 if h.status < 100 || h.status > 999 { fail("status out of range", input) }
                 if h.status >= 100 && h.status < 200 && h.status != 101 { fail("interim response returned", input) }
+                if h.status == 101 && !(heads == 0 && upgrade) { fail("101 to a request without upgrade", input) }
                 checkFields(h.headers, input)
                 inBody = true
                 // `p.framing` is the last head's: several may come in one feed.
@@ -316,6 +324,13 @@ func responseRun(_ input: [UInt8], toHEAD: Bool, pieces: [Int]) -> Run<HTTPRespo
             }
         }
         run.add(evs)
+        if p.isReusable && (p.inMessage || sawSwitch(run)) { fail("isReusable inside a message or after 101", input) }
     }
+    run.reusable = p.isReusable
     return run
+}
+
+/// A 101 head among the events so far: the connection is no longer HTTP.
+func sawSwitch(_ run: Run<HTTPResponseHead>) -> Bool {
+    run.events.contains { if case .head(let h) = $0 { return h.status == 101 }; return false }
 }
