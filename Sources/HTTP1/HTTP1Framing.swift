@@ -5,10 +5,11 @@
 //               final or applied twice is 400 (RFC 9112 §6.3), another coding
 //               before a final chunked is 501; never together with
 //               Content-Length, never in HTTP/1.0 (400);
-//               Content-Length values must all agree (400); neither -> no body.
+//               Content-Length must be one field with one value (400, even
+//               when repeated values agree); neither -> no body.
 //   responses - HEAD / 1xx / 204 / 304 have no body; Transfer-Encoding with a
 //               final "chunked" -> chunked, other codings (or HTTP/1.0) ->
-//               until close; Content-Length must be valid (502); CL together
+//               until close; Content-Length must be one valid value (502); CL together
 //               with TE is rejected as well (RFC 9112 §6.3 ¶3: "ought to be
 //               handled as an error"); otherwise until close.
 
@@ -84,17 +85,16 @@ enum HTTP1Framing {
         return out
     }
 
-    /// The common value of every Content-Length field and list element, or nil
-    /// if any element is not 1*DIGIT, overflows, or differs from the others.
+    /// The value of the one Content-Length field, or nil if it is not exactly one
+    /// field holding one 1*DIGIT that does not overflow. Repeated values, even equal
+    /// ones ("5, 5" or the field twice), are refused rather than folded (RFC 9110
+    /// §8.6 allows either): a folded message would be forwarded with both, and a
+    /// next hop that refuses them (HTTP/2 does) turns the request into a 502.
     static func contentLength(_ headers: HTTPHeaders) -> Int? {
-        var result: Int? = nil
-        for value in headers.values("Content-Length") {
-            for element in HTTP1Bytes.listElements(value) {
-                guard let n = HTTP1Bytes.parseDecimal(element) else { return nil }
-                if let r = result, r != n { return nil }
-                result = n
-            }
-        }
-        return result
+        let values = headers.values("Content-Length")
+        guard values.count == 1 else { return nil }
+        let elements = HTTP1Bytes.listElements(values[0])
+        guard elements.count == 1 else { return nil }
+        return HTTP1Bytes.parseDecimal(elements[0])
     }
 }
