@@ -26,6 +26,8 @@ final class Gateway {
     private var devices: [Int: DeviceConnection] = [:]
     /// Users' connections (HTTP/1.1 and HTTP/2), by object identity.
     private var users: [ObjectIdentifier: UserConnection] = [:]
+    /// Users' connections not yet handed to a protocol (TLS handshake, sniffing), since when.
+    private var pendingUsers: [ObjectIdentifier: (transport: Transport, since: UInt64)] = [:]
     private var onDrained: (() -> Void)?
     /// Users' connections counted against the descriptors (devices are not counted).
     private(set) var budget: ConnectionBudget
@@ -322,18 +324,23 @@ final class Gateway {
         return false
     }
 
-    /// Closes the user connection idle the longest; false when none is idle.
+    /// Closes the user connection idle the longest (no request in progress, or none
+    /// sent yet); false when none is idle.
     private func closeOldestIdleUser() -> Bool {
-        var oldest: UserConnection?
+        var oldest: Transport?
         var since = UInt64.max
         for (_, u) in users {
             if let t = u.idleSince, t < since {
                 since = t
-                oldest = u
+                oldest = u.transport
             }
         }
+        for (_, p) in pendingUsers where p.since < since {
+            since = p.since
+            oldest = p.transport
+        }
         guard let oldest else { return false }
-        oldest.transport.close()
+        oldest.close()
         return true
     }
 
@@ -342,8 +349,11 @@ final class Gateway {
             let scheme = publicTLS == nil ? "http" : "https"
             // A TLS handshake and the first bytes within request_timeout_ms (cancelled at hand-off).
             let deadline = loop.schedule(afterMilliseconds: config.requestTimeoutMs) { t.close() }
+            let key = ObjectIdentifier(t)
+            pendingUsers[key] = (t, loop.now)
             t.onClose = { _ in
                 self.loop.cancel(deadline)
+                self.pendingUsers[key] = nil
                 self.budget.remove(t.peer.host)  // closed before hand-off (startUser's objects take it over)
             }
             t.onOpen = {
@@ -370,6 +380,7 @@ final class Gateway {
     }
 
     private func startUser(_ t: Transport, h2: Bool, scheme: String, first: [UInt8]) {
+        pendingUsers[ObjectIdentifier(t)] = nil
         if h2 {
             do throws(HTTP2Error) {
                 let c = try PublicH2Connection(gateway: self, transport: t, scheme: scheme)
