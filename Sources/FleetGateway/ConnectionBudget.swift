@@ -22,11 +22,11 @@ struct ConnectionBudget {
     private var byAddress: [String: Int] = [:]
 
     /// `limit`/`perAddress` 0: derived from the open-file limit (the cap is the limit
-    /// minus `reserve`, at least 16; an address may hold a 16th of it, at least 32).
+    /// minus `reserve`, at least 16; an address may hold a 16th of it, at least 64).
     init(fileLimit: Int, limit: Int = 0, perAddress: Int = 0) {
         let l = limit > 0 ? limit : max(16, fileLimit - ConnectionBudget.reserve(fileLimit: fileLimit))
         self.limit = l
-        self.perAddress = perAddress > 0 ? perAddress : min(l, max(32, l / 16))
+        self.perAddress = perAddress > 0 ? perAddress : min(l, max(64, l / 16))
     }
 
     func connections(from address: String) -> Int { byAddress[address] ?? 0 }

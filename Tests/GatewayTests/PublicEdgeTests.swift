@@ -84,7 +84,9 @@ final class PublicEdgeTests: XCTestCase {
         // Derived from the open-file limit: a reserve for devices and the admin listener.
         let d = ConnectionBudget(fileLimit: 1024)
         XCTAssertEqual(d.limit, 768)
-        XCTAssertEqual(d.perAddress, 48)
+        XCTAssertEqual(d.perAddress, 64)
+        XCTAssertEqual(ConnectionBudget(fileLimit: 20000).perAddress, 937)
+        XCTAssertEqual(ConnectionBudget(fileLimit: 256).perAddress, 64)
         XCTAssertEqual(ConnectionBudget(fileLimit: 256).limit, 128)
         XCTAssertEqual(ConnectionBudget(fileLimit: 65536).limit, 49152)
         XCTAssertLessThan(ConnectionBudget(fileLimit: 100).limit, 100)

@@ -3,7 +3,7 @@ descriptors that devices and the admin listener need.
 
 The gateway runs with RLIMIT_NOFILE 256 (soft and hard, so its own raise to the
 hard limit changes nothing): its user cap is then 128 (the limit minus a reserve of
-128), 32 per address. Idle keep-alive, preface-only h2c and silent connections from
+128), 64 per address. Idle keep-alive, preface-only h2c and silent connections from
 many loopback addresses (127.0.0.2-...) are held open while the device's agent is
 restarted: the device re-dials, the admin listener answers, users are served.
 """
@@ -20,7 +20,7 @@ import hostile_lib as hl
 
 NOFILE = 256
 CAP = 128
-PER_ADDRESS = 32
+PER_ADDRESS = 64
 
 
 def _limited_gateway(tmp_path, monkeypatch, procs, pki, extra=()):
@@ -151,7 +151,7 @@ def test_one_address_holds_at_most_its_share(tmp_path, monkeypatch, procs, api, 
         assert _admin(gw)[0] == 200
         log = gw.log()
         assert log.count("refusing user connections") == 1, log[-2000:]
-        assert "max_user_connections_per_address (32)" in log
+        assert f"max_user_connections_per_address ({PER_ADDRESS})" in log
     finally:
         for s in socks:
             s.close()
