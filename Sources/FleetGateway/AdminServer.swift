@@ -8,7 +8,8 @@
 //   GET  /                         a small HTML status page
 // One request per connection: answers carry Connection: close. Web pages are kept
 // out: a request with an Origin (a browser's cross-site request) is refused, and
-// so is a Host that is not an address or localhost (DNS rebinding).
+// so is a Host that is not an IP address literal or localhost (DNS rebinding:
+// `dead.beef` is a name, not an address).
 import CLibc
 import EventLoop
 import HTTP1
@@ -67,14 +68,7 @@ final class AdminServer {
     /// Only tools, not web pages: no Origin, and a Host that names an address.
     private func refusal(_ req: HTTPRequestHead) -> String? {
         if req.headers.first("origin") != nil { return "cross-origin requests are refused" }
-        var host = req.headers.first("host") ?? ""
-        if host.hasPrefix("[") {
-            host = String(host.dropFirst().prefix { $0 != "]" })
-        } else if let colon = host.lastIndex(of: ":") {
-            host = String(host[..<colon])
-        }
-        let isAddress = !host.isEmpty && host.allSatisfy { $0.isHexDigit || $0 == "." || $0 == ":" }
-        if host == "localhost" || isAddress { return nil }
+        if AddressLiteral.isAddressHost(req.headers.first("host") ?? "") { return nil }
         return "the admin API answers only to an address or localhost as Host"
     }
 
@@ -179,6 +173,10 @@ final class AdminServer {
         p.sample("rhttp_device_connections_accepted_total", [], Double(m.deviceConnectionsAccepted))
         p.family("rhttp_device_connections_refused_total", "counter", "Device connections refused (TLS, identity, handshake).")
         p.sample("rhttp_device_connections_refused_total", [], Double(m.deviceConnectionsRefused))
+        p.family("rhttp_user_connections", "gauge", "Users' connections open (against max_user_connections).")
+        p.sample("rhttp_user_connections", [], Double(gateway.budget.total))
+        p.family("rhttp_user_connections_refused_total", "counter", "Users' connections refused at accept (connection caps).")
+        p.sample("rhttp_user_connections_refused_total", [], Double(m.userConnectionsRefused))
         p.family("rhttp_streams_in_flight", "gauge", "Requests in flight on reversed connections.")
         p.sample("rhttp_streams_in_flight", [], Double(conns.reduce(0) { $0 + $1.inFlight }))
         p.family("rhttp_requests_queued", "gauge", "Requests waiting for a device connection.")

@@ -71,25 +71,6 @@ enum HostRouting {
     }
 }
 
-extension HostRouting {
-    /// The authority of an absolute-form target ("http://host:80/x" -> "host:80"), else nil.
-    static func absoluteAuthority(_ target: String) -> String? {
-        guard let r = target.firstRange(of: "://"), target.hasPrefix("http") else { return nil }
-        let rest = target[r.upperBound...]
-        let end = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
-        return String(rest[..<end])
-    }
-
-    /// The origin-form of a request target ("http://h/x?y" -> "/x?y"; "/x" unchanged).
-    static func originForm(_ target: String) -> String {
-        guard let r = target.firstRange(of: "://"), target.hasPrefix("http") else { return target }
-        let rest = target[r.upperBound...]
-        guard let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
-        let path = String(rest[slash...])
-        return path.hasPrefix("?") ? "/" + path : path
-    }
-}
-
 /// Which certificate names may connect: comma-separated globs (`*` any run of
 /// characters, `?` one), e.g. `dev-*,*.lab.example.com`. Empty: every name the
 /// fleet CA signed.

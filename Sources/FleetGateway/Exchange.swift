@@ -148,25 +148,28 @@ final class Exchange: DeviceStreamHandler {
     }
 
     /// The request as HTTP/2 headers for the device: hop-by-hop fields removed,
-    /// Host carried as :authority, and X-Forwarded-For, X-Forwarded-Proto and
-    /// Forwarded set by us. The gateway is the edge: what a user sends in those
-    /// fields is not passed on.
+    /// Host carried as :authority, `request.target` (origin-form or "*", see
+    /// RequestTarget) as :path, and the client's address, scheme and host set by us
+    /// (ForwardedFields). The gateway is the edge: what a user claims there is not passed on.
     private func deviceHeaders() -> HTTPHeaders {
         var h = HTTPHeaders()
         h.add(":method", request.method)
         h.add(":scheme", client.scheme)
         h.add(":authority", authority)
-        h.add(":path", HostRouting.originForm(request.target))
+        h.add(":path", request.target)
         var fields = request.headers
         fields.removeHopByHop()
-        for name in ["host", "expect", "forwarded", "x-forwarded-for", "x-forwarded-proto"] { fields.remove(name) }
-        for (n, v) in fields { h.add(n, v) }
-        let peer = client.peerHost
-        h.add("x-forwarded-for", peer)
-        h.add("x-forwarded-proto", client.scheme)
-        let forAddr = peer.contains(":") ? "\"[" + peer + "]\"" : peer
-        h.add("forwarded", "for=" + forAddr + ";proto=" + client.scheme + ";host=\"" + authority + "\"")
+        for name in ["host", "expect"] { fields.remove(name) }
+        let forwarded = ForwardedFields.forDevice(fields, peer: client.peerHost, scheme: client.scheme, authority: authority,
+                                                  trusted: gateway.config.trustedProxies)
+        for (n, v) in forwarded { h.add(n, v) }
         return h
+    }
+
+    /// A response's (or trailers') fields as the user gets them: Set-Cookie made
+    /// host-only unless `cookie_domain = keep`.
+    private func userFields(_ fields: HTTPHeaders) -> HTTPHeaders {
+        gateway.config.keepCookieDomain ? fields : ForwardedFields.hostOnlyCookies(fields)
     }
 
     // MARK: From the user
@@ -250,7 +253,7 @@ final class Exchange: DeviceStreamHandler {
         for (n, v) in headers where !n.hasPrefix(":") { fields.add(n, v) }
         fields.removeHopByHop()
         let noBody = isHEAD || status == 204 || status == 304
-        client.writeHead(HTTPResponseHead(status: status, versionMinor: 1, headers: fields), noBody: noBody)
+        client.writeHead(HTTPResponseHead(status: status, versionMinor: 1, headers: userFields(fields)), noBody: noBody)
         if endStream { responseComplete(trailers: HTTPHeaders()) }
     }
 
@@ -275,7 +278,7 @@ final class Exchange: DeviceStreamHandler {
     private func responseComplete(trailers: HTTPHeaders) {
         let requestStillOpen = !requestEnded
         finish()
-        client.writeEnd(trailers: trailers)
+        client.writeEnd(trailers: userFields(trailers))
         // A response complete before its request: stop sending the rest (the user's
         // connection closes after this response, see PublicConnection.writeHead).
         if requestStillOpen { device?.cancel(stream: stream) }

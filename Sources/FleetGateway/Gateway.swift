@@ -1,6 +1,7 @@
 // Gateway wires the two sides together on one event loop: the device listener
 // (mTLS, reversed HTTP/2 connections into the registry) and the public listener
 // (users' HTTP/1.1 requests, routed by Host through an Exchange).
+import CLibc
 import FleetPKI
 import EventLoop
 import HTTP2
@@ -27,7 +28,14 @@ final class Gateway {
     private var devices: [Int: DeviceConnection] = [:]
     /// Users' connections (HTTP/1.1 and HTTP/2), by object identity.
     private var users: [ObjectIdentifier: UserConnection] = [:]
+    /// Users' connections not yet handed to a protocol (TLS handshake, sniffing), since when.
+    private var pendingUsers: [ObjectIdentifier: (transport: Transport, since: UInt64)] = [:]
     private var onDrained: (() -> Void)?
+    /// Users' connections counted against the descriptors (devices are not counted).
+    private(set) var budget: ConnectionBudget
+    /// User connections refused since the last log line about it (one line per burst).
+    private var refusedUsers = 0
+    private var refusalLoggedAt: UInt64?
 
     init(config: GatewayConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
         self.config = config
@@ -35,6 +43,8 @@ final class Gateway {
         self.logger = logger
         registry = DeviceRegistry()
         reservedNames = ReservedNames(config: config)
+        budget = ConnectionBudget(fileLimit: Int(rh_raise_nofile()), limit: config.maxUserConnections,
+                                  perAddress: config.maxUserConnectionsPerAddress)
         deviceTLS = config.plaintextDevices ? nil : try TLSContext(config.deviceTLS())
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
         queue = RequestQueue(gateway: self)
@@ -61,13 +71,16 @@ final class Gateway {
         if config.plaintextDevices {
             logger.warning("INSECURE: --plaintext-devices: devices are not authenticated; every device connection is '" + config.plaintextDeviceName + "'")
         }
+        logger.notice("user connections: at most " + String(budget.limit) + ", " + String(budget.perAddress)
+                      + " per address (open-file limit " + String(rh_raise_nofile()) + ")")
         logger.notice("devices on " + config.listenDevices.host + ":" + String(devicePort) + " (" + (deviceTLS == nil ? "plaintext" : "mTLS")
                       + "), users on " + config.listenPublic.host + ":" + String(publicPort) + " (" + (publicTLS == nil ? "http" : "https") + ")")
     }
 
     /// Accepts what is pending on `listener` (at most 64 per wake-up, so users and
     /// devices take turns) and wraps each connection in a Transport.
-    private func acceptPending(_ listener: Int32, tls: TLSContext?, _ accepted: (Transport) -> Void) {
+    private func acceptPending(_ listener: Int32, tls: TLSContext?, admit: (SocketAddress) -> Bool = { _ in true },
+                               _ accepted: (Transport) -> Void) {
         for _ in 0..<64 {
             let next: (fd: Int32, peer: SocketAddress)?
             do throws(SocketError) { next = try Socket.accept(listener) } catch {
@@ -83,6 +96,10 @@ final class Gateway {
                 return
             }
             guard let (fd, peer) = next else { return }
+            guard admit(peer) else {
+                Socket.close(fd)
+                continue
+            }
             var conn: TLSConnection?
             if let tls {
                 do throws(OpenSSLError) { conn = try TLSConnection(context: tls) } catch {
@@ -278,16 +295,68 @@ final class Gateway {
     }
 
     func userConnectionClosed(_ c: UserConnection) {
-        users[ObjectIdentifier(c)] = nil
+        guard users.removeValue(forKey: ObjectIdentifier(c)) != nil else { return }
+        budget.remove(c.transport.peer.host)
         checkDrained()
     }
 
+    /// The idle timeout for a user connection that becomes idle now: shorter under pressure.
+    var userIdleTimeoutMs: Int { budget.idleTimeout(base: config.idleTimeoutMs) }
+
+    /// Whether a new user connection from `peer` may have a descriptor: at the cap
+    /// the oldest idle one makes room; else (or over the per-address cap) it is refused.
+    private func admitUser(_ peer: SocketAddress) -> Bool {
+        var verdict = budget.verdict(peer.host)
+        if verdict == .full, closeOldestIdleUser() { verdict = budget.verdict(peer.host) }
+        if verdict == .admit {
+            budget.add(peer.host)
+            return true
+        }
+        refusedUsers += 1
+        let now = loop.now
+        if refusalLoggedAt.map({ now &- $0 >= 10_000_000_000 }) ?? true {
+            logger.warning("refusing user connections (" + String(refusedUsers) + " since the last such line; latest from "
+                           + peer.host + "): " + (verdict == .full ? "max_user_connections (" + String(budget.limit) + ") reached, none idle"
+                                                  : "max_user_connections_per_address (" + String(budget.perAddress) + ") reached"))
+            refusalLoggedAt = now
+            refusedUsers = 0
+        }
+        metrics.userConnectionRefused()
+        return false
+    }
+
+    /// Closes the user connection idle the longest (no request in progress, or none
+    /// sent yet); false when none is idle.
+    private func closeOldestIdleUser() -> Bool {
+        var oldest: Transport?
+        var since = UInt64.max
+        for (_, u) in users {
+            if let t = u.idleSince, t < since {
+                since = t
+                oldest = u.transport
+            }
+        }
+        for (_, p) in pendingUsers where p.since < since {
+            since = p.since
+            oldest = p.transport
+        }
+        guard let oldest else { return false }
+        oldest.close()
+        return true
+    }
+
     private func acceptUsers() {
-        acceptPending(publicListener, tls: publicTLS) { t in
+        acceptPending(publicListener, tls: publicTLS, admit: admitUser) { t in
             let scheme = publicTLS == nil ? "http" : "https"
             // A TLS handshake and the first bytes within request_timeout_ms (cancelled at hand-off).
             let deadline = loop.schedule(afterMilliseconds: config.requestTimeoutMs) { t.close() }
-            t.onClose = { _ in self.loop.cancel(deadline) }
+            let key = ObjectIdentifier(t)
+            pendingUsers[key] = (t, loop.now)
+            t.onClose = { _ in
+                self.loop.cancel(deadline)
+                self.pendingUsers[key] = nil
+                self.budget.remove(t.peer.host)  // closed before hand-off (startUser's objects take it over)
+            }
             t.onOpen = {
                 t.onOpen = nil
                 if t.tls?.alpnProtocol == "h2" {
@@ -312,6 +381,7 @@ final class Gateway {
     }
 
     private func startUser(_ t: Transport, h2: Bool, scheme: String, first: [UInt8]) {
+        pendingUsers[ObjectIdentifier(t)] = nil
         if h2 {
             do throws(HTTP2Error) {
                 let c = try PublicH2Connection(gateway: self, transport: t, scheme: scheme)
@@ -328,8 +398,12 @@ final class Gateway {
     }
 }
 
-/// A user's connection, HTTP/1.1 or HTTP/2, as the gateway's shutdown sees it.
+/// A user's connection, HTTP/1.1 or HTTP/2, as the gateway's shutdown and its
+/// descriptor budget see it.
 protocol UserConnection: AnyObject {
+    var transport: Transport { get }
+    /// Since when (loop clock) it has had nothing to do; nil while a request is in progress.
+    var idleSince: UInt64? { get }
     func goAway()
 }
 

@@ -57,6 +57,16 @@ struct GatewayConfig {
     var checkStatus = 200...499
     var checkRise = 2
     var checkFall = 3
+    /// Peers whose X-Forwarded-For and Forwarded we extend (their X-Forwarded-Proto and
+    /// -Host kept); from anyone else those fields are replaced. Empty: nobody.
+    var trustedProxies: [CIDR] = []
+    /// `cookie_domain = keep`: pass Set-Cookie's Domain attribute on (default strip:
+    /// a device's cookies are host-only, not shared with its neighbours).
+    var keepCookieDomain = false
+    /// User connections (HTTP/1.1 and HTTP/2, TLS handshakes included), in all and per
+    /// source address; 0: derived from RLIMIT_NOFILE at start (ConnectionBudget).
+    var maxUserConnections = 0
+    var maxUserConnectionsPerAddress = 0
 
     static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "crl", "allow_devices",
                        "max_connections_per_device", "public_max_streams", "ca", "cert", "key", "public_cert", "public_key",
@@ -64,7 +74,8 @@ struct GatewayConfig {
                        "response_timeout_ms", "log_level", "max_header_bytes", "drain_timeout_ms", "request_timeout_ms", "idle_timeout_ms",
                        "handshake_timeout_ms", "idle_ping_ms", "queue_timeout_ms", "grace_ms", "queue_max",
                        "check_interval_ms", "check_timeout_ms", "check_method", "check_path", "check_status",
-                       "check_rise", "check_fall", "check_config", "help", "version"]
+                       "check_rise", "check_fall", "trusted_proxies", "cookie_domain",
+                       "max_user_connections", "max_user_connections_per_address", "check_config", "help", "version"]
     static let flags = ["plaintext_devices", "check_config", "help", "version"]
 
     init(_ s: Settings) throws(ConfigError) {
@@ -112,6 +123,23 @@ struct GatewayConfig {
         checkTimeoutMs = try s.int("check_timeout_ms", default: 3_000, min: 100, max: 600_000)
         checkRise = try s.int("check_rise", default: 2, min: 1, max: 100)
         checkFall = try s.int("check_fall", default: 3, min: 1, max: 100)
+        if let v = s.last("trusted_proxies"), !v.value.isEmpty {
+            var list: [CIDR] = []
+            for part in v.value.split(separator: ",") {
+                let t = part.filter { $0 != " " }
+                guard let c = CIDR(t) else {
+                    throw ConfigError(v.origin + ": trusted_proxies must be comma-separated addresses or CIDRs, e.g. 10.0.0.0/8,fd00::/8")
+                }
+                list.append(c)
+            }
+            trustedProxies = list
+        }
+        if let v = s.last("cookie_domain") {
+            guard v.value == "strip" || v.value == "keep" else { throw ConfigError(v.origin + ": cookie_domain must be strip or keep") }
+            keepCookieDomain = v.value == "keep"
+        }
+        maxUserConnections = try s.int("max_user_connections", default: 0, min: 0, max: 10_000_000)
+        maxUserConnectionsPerAddress = try s.int("max_user_connections_per_address", default: 0, min: 0, max: 10_000_000)
         if let v = s.last("check_method") {
             guard !v.value.isEmpty, v.value.allSatisfy({ $0.isUppercase && $0.isASCII }) else {
                 throw ConfigError(v.origin + ": check_method must be an HTTP method such as GET or HEAD")

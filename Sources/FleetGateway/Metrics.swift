@@ -12,6 +12,8 @@ final class Metrics {
     private(set) var latencyCount = 0
     private(set) var deviceConnectionsAccepted = 0
     private(set) var deviceConnectionsRefused = 0
+    /// Users' connections closed at accept: over max_user_connections(_per_address).
+    private(set) var userConnectionsRefused = 0
     /// Bytes of device connections that have closed (open ones are added when scraped).
     private(set) var closedBytesIn = 0
     private(set) var closedBytesOut = 0
@@ -26,6 +28,7 @@ final class Metrics {
 
     func deviceConnectionAccepted() { deviceConnectionsAccepted += 1 }
     func deviceConnectionRefused() { deviceConnectionsRefused += 1 }
+    func userConnectionRefused() { userConnectionsRefused += 1 }
 
     func deviceConnectionClosed(bytesIn: Int, bytesOut: Int) {
         closedBytesIn += bytesIn

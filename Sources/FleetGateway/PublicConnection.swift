@@ -49,6 +49,8 @@ final class PublicConnection: UserSide {
     /// response leaves in one send (and one TCP segment), not two; written at the
     /// end of this loop turn at the latest.
     private var pendingHead: [UInt8] = []
+    /// Since when no request has been in progress (for the gateway's descriptor budget).
+    private(set) var idleSince: UInt64?
 
     init(gateway: Gateway, transport: Transport, scheme: String) {
         self.gateway = gateway
@@ -79,6 +81,7 @@ final class PublicConnection: UserSide {
         transport.onDrained = { self.current?.userDrained() }
         transport.onPeerFinished = { self.peerFinished() }
         transport.onClose = { _ in self.closed() }
+        idleSince = gateway.loop.now
         arm(idle: false)
         if !first.isEmpty { receive(first) }
     }
@@ -91,6 +94,7 @@ final class PublicConnection: UserSide {
             current?.userBody(bytes)
             return
         }
+        idleSince = nil
         if idle { arm(idle: false) }  // a request has begun: its head must arrive in time
         if bodyTimerArmed { armBody() }  // some of the body came: the user is not stalled
         do throws(HTTP1Error) {
@@ -165,10 +169,17 @@ final class PublicConnection: UserSide {
         }
     }
 
-    private func begin(_ head: HTTPRequestHead) {
+    private func begin(_ received: HTTPRequestHead) {
         gateway.loop.cancel(timer)
         timer = nil
-        logged = (head.method, head.target, head.headers.first("host") ?? "-", gateway.loop.now)
+        idleSince = nil
+        // One authority routes the request and names it in the log: the target's in
+        // absolute-form (the Host field is then ignored, RFC 9112 §3.2.2), else Host.
+        let form = RequestTarget.classify(method: received.method, target: received.target)
+        let authority = form?.authority ?? received.headers.first("host") ?? ""
+        var head = received
+        if let path = form?.path { head.target = path }
+        logged = (head.method, received.target, authority.isEmpty ? "-" : authority, gateway.loop.now)
         responseStatus = 0
         responseBytes = 0
         let hasBody = ((try? HTTP1RequestParser.framing(of: head)) ?? .none) != .none
@@ -177,13 +188,17 @@ final class PublicConnection: UserSide {
         isHEAD = head.method == "HEAD"
         keepAlive = !goingAway && (head.versionMinor == 1 ? !head.headers.containsToken("connection", "close")
                                                           : head.headers.containsToken("connection", "keep-alive"))
-        let authority = HostRouting.absoluteAuthority(head.target) ?? head.headers.first("host") ?? ""
-        guard let host = HostRouting.routingKey(authority) else {
-            respondError(400, "the request names no valid device host ('" + authority + "')", close: true, retryAfter: false)
+        guard let form else {
+            respondError(400, "invalid request target for " + head.method + " (RFC 9112 §3.2)", close: true, retryAfter: false)
             return
         }
         if head.method == "CONNECT" {
             respondError(405, "CONNECT is not supported", close: true, retryAfter: false)
+            return
+        }
+        if case .absolute = form { head.headers.replace("Host", authority) }
+        guard let host = HostRouting.routingKey(authority) else {
+            respondError(400, "the request names no valid device host ('" + authority + "')", close: true, retryAfter: false)
             return
         }
         let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
@@ -393,7 +408,8 @@ final class PublicConnection: UserSide {
     private func arm(idle waitingForFirstByte: Bool) {
         gateway.loop.cancel(timer)
         idle = waitingForFirstByte
-        let ms = waitingForFirstByte ? gateway.config.idleTimeoutMs : gateway.config.requestTimeoutMs
+        if waitingForFirstByte { idleSince = gateway.loop.now }
+        let ms = waitingForFirstByte ? gateway.userIdleTimeoutMs : gateway.config.requestTimeoutMs
         timer = gateway.loop.schedule(afterMilliseconds: ms) {
             self.timer = nil
             self.timedOut()

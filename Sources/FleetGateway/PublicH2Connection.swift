@@ -18,6 +18,11 @@ final class PublicH2Connection {
     private var resets: [UInt64] = []
     static let resetsPerSecond = 200
     private var idleTimer: TimerID?
+    /// Since when no stream has been open (for the gateway's descriptor budget).
+    private(set) var idleSince: UInt64?
+    /// A stream has been opened: idleness is now keep-alive (idle_timeout_ms, shorter
+    /// under pressure), not a connection that never asked for anything (request_timeout_ms).
+    private var hadStream = false
 
     init(gateway: Gateway, transport: Transport, scheme: String) throws(HTTP2Error) {
         self.gateway = gateway
@@ -72,6 +77,8 @@ final class PublicH2Connection {
     private func begin(_ id: Int32, _ headers: HTTPHeaders, endStream: Bool) {
         gateway.loop.cancel(idleTimer)
         idleTimer = nil
+        idleSince = nil
+        hadStream = true
         let s = PublicStream(conn: self, id: id)
         streams[id] = s
         let method = headers.first(":method") ?? ""
@@ -79,7 +86,21 @@ final class PublicH2Connection {
         var fields = HTTPHeaders()
         for (n, v) in headers where !n.hasPrefix(":") && n != "host" { fields.add(n, v) }
         fields.add("host", authority)
-        let head = HTTPRequestHead(method: method, target: headers.first(":path") ?? "/", versionMinor: 1, headers: fields)
+        let path = headers.first(":path") ?? ""
+        let head = HTTPRequestHead(method: method, target: path, versionMinor: 1, headers: fields)
+        // :path as an HTTP/1.1 target would be (RFC 9113 §8.3.1): origin-form, or "*" for
+        // OPTIONS; a CONNECT carries none unless extended (RFC 8441: origin-form).
+        if method == "CONNECT" ? (headers.first(":protocol") != nil && !path.hasPrefix("/"))
+                               : !RequestTarget.isValidH2Path(method: method, path: path) {
+            s.respondError(400, "invalid :path for " + method + " (origin-form, or * for OPTIONS)")
+            return
+        }
+        // Host, when sent beside :authority, must name the same (RFC 9113 §8.3.1): one authority routes.
+        if let a = headers.first(":authority"), let h = headers.first("host"),
+           HostRouting.asciiLowercased(a) != HostRouting.asciiLowercased(h) {
+            s.respondError(400, ":authority and host differ")
+            return
+        }
         guard let host = HostRouting.routingKey(authority) else {
             s.respondError(400, "the request names no valid device host ('" + authority + "')")
             return
@@ -112,9 +133,13 @@ final class PublicH2Connection {
         }
     }
 
+    /// No stream open: close after `request_timeout_ms` if none ever was (a preface,
+    /// SETTINGS or PINGs are nothing to wait for), else after the (pressure-adjusted) idle timeout.
     private func armIdle() {
         gateway.loop.cancel(idleTimer)
-        idleTimer = gateway.loop.schedule(afterMilliseconds: gateway.config.idleTimeoutMs) {
+        idleSince = gateway.loop.now
+        let ms = hadStream ? gateway.userIdleTimeoutMs : gateway.config.requestTimeoutMs
+        idleTimer = gateway.loop.schedule(afterMilliseconds: ms) {
             self.idleTimer = nil
             if self.streams.isEmpty { self.goAway() }
         }

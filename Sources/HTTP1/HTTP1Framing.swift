@@ -5,15 +5,16 @@
 //               final or applied twice is 400 (RFC 9112 §6.3), another coding
 //               before a final chunked is 501; never together with
 //               Content-Length, never in HTTP/1.0 (400);
-//               Content-Length values must all agree (400); neither -> no body.
+//               Content-Length must be one field with one value (400, even
+//               when repeated values agree); neither -> no body.
 //   responses - HEAD / 1xx / 204 / 304 have no body; Transfer-Encoding must
 //               be exactly "chunked": any other coding (`gzip`, close-delimited
 //               per RFC 9112 §6.3, or `gzip, chunked`) would reach the user as
 //               bytes in a coding nothing names any more (HTTP/2 has no
 //               Transfer-Encoding), and TE in HTTP/1.0 is faulty framing
-//               (§6.1): all 502; Content-Length must be valid (502); CL together
-//               with TE is rejected as well (§6.3 ¶3: "ought to be handled as
-//               an error"); otherwise until close.
+//               (§6.1): all 502; Content-Length must be one valid value (502);
+//               CL together with TE is rejected as well (§6.3 ¶3: "ought to be
+//               handled as an error"); otherwise until close.
 
 enum HTTP1Framing {
     static func request(_ head: HTTPRequestHead) throws(HTTP1Error) -> BodyFraming {
@@ -83,17 +84,16 @@ enum HTTP1Framing {
         return out
     }
 
-    /// The common value of every Content-Length field and list element, or nil
-    /// if any element is not 1*DIGIT, overflows, or differs from the others.
+    /// The value of the one Content-Length field, or nil if it is not exactly one
+    /// field holding one 1*DIGIT that does not overflow. Repeated values, even equal
+    /// ones ("5, 5" or the field twice), are refused rather than folded (RFC 9110
+    /// §8.6 allows either): a folded message would be forwarded with both, and a
+    /// next hop that refuses them (HTTP/2 does) turns the request into a 502.
     static func contentLength(_ headers: HTTPHeaders) -> Int? {
-        var result: Int? = nil
-        for value in headers.values("Content-Length") {
-            for element in HTTP1Bytes.listElements(value) {
-                guard let n = HTTP1Bytes.parseDecimal(element) else { return nil }
-                if let r = result, r != n { return nil }
-                result = n
-            }
-        }
-        return result
+        let values = headers.values("Content-Length")
+        guard values.count == 1 else { return nil }
+        let elements = HTTP1Bytes.listElements(values[0])
+        guard elements.count == 1 else { return nil }
+        return HTTP1Bytes.parseDecimal(elements[0])
     }
 }

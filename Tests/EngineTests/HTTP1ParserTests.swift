@@ -149,8 +149,13 @@ final class HTTP1ParserTests: XCTestCase {
         for v in ["+5", "-1", "5a", "0x5", "", "5,", ",5", "5 5", "1.0", "4611686018427387905", "99999999999999999999999"] {
             assertRequestError(base + "Content-Length: \(v)\r\n\r\n", .badRequest(""))
         }
-        // Identical values (also as a list) are accepted.
-        let ok = http1Request(base + "Content-Length: 3, 3\r\nContent-Length: 003\r\n\r\nabc")
+        // Identical values (as a list or the field twice) are refused, not folded: a
+        // folded request went on with both and the next hop answered 502 (issue 12, 12).
+        for dup in ["Content-Length: 3, 3\r\n", "Content-Length: 3\r\nContent-Length: 3\r\n",
+                    "Content-Length: 3\r\nContent-Length: 003\r\n", "Content-Length: 3,\r\n"] {
+            assertRequestError(base + dup + "\r\nabc", .badRequest(""))
+        }
+        let ok = http1Request(base + "Content-Length: 003\r\n\r\nabc")
         XCTAssertNil(ok.error)
         XCTAssertEqual(ok.events.count, 3)
         var p = HTTP1RequestParser()

@@ -86,7 +86,9 @@ final class HTTP1ResponseParserTests: XCTestCase {
             XCTAssertEqual(response("HTTP/1.1 200 OK\r\nContent-Length: \(v)\r\n\r\n").error?.status, 502, v)
         }
         XCTAssertEqual(response("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab").error?.status, 502)
-        XCTAssertNil(response("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab").error)
+        // Repeated equal values too (issue 12, finding 12): 502, as a user's request gets 400.
+        XCTAssertEqual(response("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab").error?.status, 502)
+        XCTAssertEqual(response("HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nab").error?.status, 502)
     }
 
     func testNoBodyStatuses() {

@@ -27,4 +27,22 @@ final class GatewayConfigTests: XCTestCase {
         }
         XCTAssertNoThrow(try config("plaintext_device_name = " + name + "\nhostname_template = {cn}.example\n"))
     }
+
+    func testPublicEdgeKeys() throws {
+        let d = try config("")
+        XCTAssertEqual(d.trustedProxies, [])
+        XCTAssertFalse(d.keepCookieDomain)
+        XCTAssertEqual(d.maxUserConnections, 0)
+        let c = try config("trusted_proxies = 10.0.0.0/8, fd00::/8\ncookie_domain = keep\nmax_user_connections = 500\n"
+                           + "max_user_connections_per_address = 20\n")
+        XCTAssertEqual(c.trustedProxies, [CIDR("10.0.0.0/8")!, CIDR("fd00::/8")!])
+        XCTAssertTrue(c.keepCookieDomain)
+        XCTAssertEqual(c.maxUserConnections, 500)
+        XCTAssertEqual(c.maxUserConnectionsPerAddress, 20)
+        for bad in ["trusted_proxies = 10.0.0.0/33", "trusted_proxies = example.com", "cookie_domain = rewrite"] {
+            XCTAssertThrowsError(try config(bad + "\n"), bad) { e in
+                XCTAssertTrue((e as? ConfigError)?.message.hasPrefix("gw.conf:2: ") == true, "\(e)")
+            }
+        }
+    }
 }

@@ -58,13 +58,4 @@ final class HostRoutingTests: XCTestCase {
         XCTAssertEqual(NamePattern("a*")?.matches("a*b"), true)
         XCTAssertEqual(NamePattern("a*c")?.matches("a*b"), false)
     }
-
-    func testAbsoluteFormTargets() {
-        XCTAssertEqual(HostRouting.absoluteAuthority("http://dev1.example:80/x?y"), "dev1.example:80")
-        XCTAssertNil(HostRouting.absoluteAuthority("/x"))
-        XCTAssertEqual(HostRouting.originForm("http://dev1.example/x?y"), "/x?y")
-        XCTAssertEqual(HostRouting.originForm("http://dev1.example"), "/")
-        XCTAssertEqual(HostRouting.originForm("http://dev1.example?q"), "/?q")
-        XCTAssertEqual(HostRouting.originForm("/a/b"), "/a/b")
-    }
 }

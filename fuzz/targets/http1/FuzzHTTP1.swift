@@ -207,6 +207,10 @@ func checkRequestHead(_ h: HTTPRequestHead, _ input: [UInt8], limits: HTTP1Limit
     if h.headers.contains("Transfer-Encoding") && h.headers.contains("Content-Length") {
         fail("both Transfer-Encoding and Content-Length accepted", input)
     }
+    if h.headers.count("Content-Length") > 1 || h.headers.values("Content-Length").contains(where: { $0.contains(",") }) {
+        fail("Content-Length repeated (field or list) accepted", input)
+    }
+    checkRequestTarget(h, input)
     let f: BodyFraming
     do throws(HTTP1Error) {
         f = try HTTP1RequestParser.framing(of: h)
@@ -333,4 +337,22 @@ func responseRun(_ input: [UInt8], toHEAD: Bool, upgrade: Bool, pieces: [Int]) -
 /// A 101 head among the events so far: the connection is no longer HTTP.
 func sawSwitch(_ run: Run<HTTPResponseHead>) -> Bool {
     run.events.contains { if case .head(let h) = $0 { return h.status == 101 }; return false }
+}
+
+/// RequestTarget.classify (RFC 9112 §3.2): a form only for the methods that may use
+/// it; what goes on as :path is origin-form (or "*"); absolute-form is http(s) only.
+func checkRequestTarget(_ h: HTTPRequestHead, _ input: [UInt8]) {
+    guard let form = RequestTarget.classify(method: h.method, target: h.target) else { return }
+    switch form {
+    case .origin(let p):
+        if p != h.target || !p.hasPrefix("/") || h.method == "CONNECT" { fail("origin-form", input) }
+    case .absolute(let scheme, let authority, let path):
+        if scheme != "http" && scheme != "https" { fail("absolute-form scheme", input) }
+        if authority.isEmpty || authority.contains("@") || !path.hasPrefix("/") || path.contains("#") { fail("absolute-form parts", input) }
+        if RequestTarget.classify(method: h.method, target: path) != .origin(path) { fail("absolute-form path is no origin-form", input) }
+    case .authority(let a):
+        if h.method != "CONNECT" || !a.contains(":") { fail("authority-form", input) }
+    case .asterisk:
+        if h.method != "OPTIONS" || h.target != "*" { fail("asterisk-form", input) }
+    }
 }

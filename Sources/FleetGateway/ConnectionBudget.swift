@@ -1,0 +1,57 @@
+// ConnectionBudget counts users' connections (every accepted socket on the public
+// listener, TLS handshakes and protocol sniffing included), in all and per source
+// address, so that users can never take the descriptors that devices re-dialing and
+// the admin listener need: the cap is the open-file limit minus a reserve, and
+// device connections are not counted here. Under pressure, idle connections get a
+// shorter idle timeout (HAProxy and nginx do the same with their idle pools).
+//   below 50% of the cap   idle_timeout_ms
+//   from 50%               at most 10 s
+//   from 75%               at most 1 s
+// At the cap the gateway closes the oldest idle user connection for a newcomer, or
+// refuses it (accept, close) when none is idle; over the per-address cap it refuses.
+
+struct ConnectionBudget {
+    enum Verdict: Equatable { case admit, full, addressFull }
+
+    /// Descriptors kept for devices, the admin listener, logs and config files.
+    static func reserve(fileLimit: Int) -> Int { max(128, fileLimit / 4) }
+
+    let limit: Int
+    let perAddress: Int
+    private(set) var total = 0
+    private var byAddress: [String: Int] = [:]
+
+    /// `limit`/`perAddress` 0: derived from the open-file limit (the cap is the limit
+    /// minus `reserve`, at least 16; an address may hold a 16th of it, at least 64).
+    init(fileLimit: Int, limit: Int = 0, perAddress: Int = 0) {
+        let l = limit > 0 ? limit : max(16, fileLimit - ConnectionBudget.reserve(fileLimit: fileLimit))
+        self.limit = l
+        self.perAddress = perAddress > 0 ? perAddress : min(l, max(64, l / 16))
+    }
+
+    func connections(from address: String) -> Int { byAddress[address] ?? 0 }
+
+    /// Whether one more connection from `address` fits.
+    func verdict(_ address: String) -> Verdict {
+        if connections(from: address) >= perAddress { return .addressFull }
+        return total >= limit ? .full : .admit
+    }
+
+    mutating func add(_ address: String) {
+        total += 1
+        byAddress[address, default: 0] += 1
+    }
+
+    mutating func remove(_ address: String) {
+        guard let n = byAddress[address], n > 0 else { return }
+        total -= 1
+        byAddress[address] = n == 1 ? nil : n - 1
+    }
+
+    /// The idle timeout for a connection that becomes idle now.
+    func idleTimeout(base: Int) -> Int {
+        if total * 4 >= limit * 3 { return min(base, 1_000) }
+        if total * 2 >= limit { return min(base, 10_000) }
+        return base
+    }
+}

@@ -1,0 +1,73 @@
+// The fields the gateway, as the edge, owns on their way to a device: who the
+// client is (address, scheme, host as the user named it) and cookie scope.
+//   Requests: a field name with "_" is dropped (as nginx does by default: CGI and
+//   WSGI read X_Forwarded_For and X-Forwarded-For as one variable), every field in
+//   `clientFields` is removed, and X-Forwarded-For, X-Forwarded-Proto and
+//   Forwarded are set from the connection. From a peer in `trusted_proxies` the
+//   received X-Forwarded-For and Forwarded are extended instead, and its
+//   X-Forwarded-Proto and X-Forwarded-Host are kept.
+//   Responses: Set-Cookie loses its Domain attribute (a host-only cookie), so a
+//   device under {cn}.devices.example.com cannot set cookies for its neighbours.
+import HTTP1
+
+enum ForwardedFields {
+    /// Fields that claim the client's address, scheme, port or host, or override the
+    /// path (a documented list: nginx, HAProxy, Cloudflare, Fastly, Akamai, IIS, Rails, Express).
+    static let clientFields: Set<String> = [
+        "forwarded", "forwarded-for", "x-forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+        "x-forwarded-port", "x-forwarded-server", "x-forwarded-prefix", "x-forwarded-ssl", "x-forwarded-scheme",
+        "x-original-forwarded-for", "x-original-host", "x-original-url", "x-rewrite-url", "x-host",
+        "x-real-ip", "true-client-ip", "x-client-ip", "client-ip", "cf-connecting-ip", "fastly-client-ip",
+        "x-cluster-client-ip", "x-proxyuser-ip", "x-url-scheme", "front-end-https",
+    ]
+
+    /// `fields` (hop-by-hop fields, Host and Expect already removed) as the device gets them.
+    static func forDevice(_ fields: HTTPHeaders, peer: String, scheme: String, authority: String,
+                          trusted: [CIDR]) -> HTTPHeaders {
+        let fromProxy = trusted.contains { $0.contains(peer) }
+        var out = HTTPHeaders()
+        for (n, v) in fields {
+            let name = HostRouting.asciiLowercased(n)
+            if name.contains("_") || clientFields.contains(name) { continue }
+            out.add(n, v)
+        }
+        let forAddr = peer.contains(":") ? "\"[" + peer + "]\"" : peer
+        let ours = "for=" + forAddr + ";proto=" + scheme + ";host=\"" + authority + "\""
+        if fromProxy {
+            out.add("x-forwarded-for", (fields.values("x-forwarded-for") + [peer]).joined(separator: ", "))
+            out.add("x-forwarded-proto", fields.first("x-forwarded-proto") ?? scheme)
+            if let h = fields.first("x-forwarded-host") { out.add("x-forwarded-host", h) }
+            out.add("forwarded", (fields.values("forwarded") + [ours]).joined(separator: ", "))
+        } else {
+            out.add("x-forwarded-for", peer)
+            out.add("x-forwarded-proto", scheme)
+            out.add("forwarded", ours)
+        }
+        return out
+    }
+
+    /// A response's Set-Cookie fields without their Domain attribute (RFC 6265 §5.2.3:
+    /// without it the cookie is host-only); every other field unchanged.
+    static func hostOnlyCookies(_ fields: HTTPHeaders) -> HTTPHeaders {
+        guard fields.contains("set-cookie") else { return fields }
+        var out = HTTPHeaders()
+        for (n, v) in fields {
+            out.add(n, HostRouting.asciiLowercased(n) == "set-cookie" ? withoutDomain(v) : v)
+        }
+        return out
+    }
+
+    /// One Set-Cookie value without any `Domain` attribute (name compared
+    /// case-insensitively, blanks around it ignored, as a browser reads it).
+    static func withoutDomain(_ value: String) -> String {
+        let parts = value.split(separator: ";", omittingEmptySubsequences: false)
+        guard parts.count > 1 else { return value }
+        var out = String(parts[0])
+        for attribute in parts.dropFirst() {
+            let name = attribute.prefix { $0 != "=" }.filter { $0 != " " && $0 != "\t" }
+            if HostRouting.asciiLowercased(String(name)) == "domain" { continue }
+            out += ";" + attribute
+        }
+        return out
+    }
+}

@@ -1,0 +1,1 @@
+../../../Sources/FleetGateway/AddressLiteral.swift
