@@ -222,28 +222,22 @@ public enum Socket {
 
     /// Reads into `buffer[0..<capacity]`.
     public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> ReadResult {
-        var tries = 0
-        while tries < 8 {
-            tries += 1
-            let n = CLibc.read(fd, buffer.baseAddress, buffer.count)
-            if n > 0 { return .data(n) }
-            if n == 0 { return .eof }
-            let e = rh_errno()
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
-            return .error(e)
-        }
-        return .wouldBlock
+        readResult { CLibc.read(fd, buffer.baseAddress, buffer.count) }
     }
 
     /// Looks at what waits to be read without taking it: `.data(n)` (at least
     /// one byte), `.eof` (the peer closed), `.wouldBlock` (nothing yet) or an error.
     public static func peek(_ fd: Int32) -> ReadResult {
         var byte: UInt8 = 0
+        return readResult { recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) }
+    }
+
+    /// One read-like system call, retried on EINTR (a few times at most).
+    private static func readResult(_ call: () -> Int) -> ReadResult {
         var tries = 0
         while tries < 8 {
             tries += 1
-            let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            let n = call()
             if n > 0 { return .data(n) }
             if n == 0 { return .eof }
             let e = rh_errno()
