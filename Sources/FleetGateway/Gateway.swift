@@ -16,6 +16,8 @@ final class Gateway {
     private(set) var health: HealthChecker!
     private(set) var admin: AdminServer!
     let metrics = Metrics()
+    /// Users' HTTP/2 upload windows grown beyond UploadWindow.initial, in bytes, all connections.
+    var uploadWindowGrowth = 0
     private var deviceTLS: TLSContext?
     private var publicTLS: TLSContext?
     private var deviceListener: Int32 = -1
