@@ -74,6 +74,7 @@ final class PublicH2Connection {
         let s = PublicStream(conn: self, id: id)
         streams[id] = s
         windowSum += s.window
+        s.requestEnded = endStream
         let method = headers.first(":method") ?? ""
         let authority = headers.first(":authority") ?? headers.first("host") ?? ""
         var fields = HTTPHeaders()
@@ -102,7 +103,6 @@ final class PublicH2Connection {
         // only with the user's END_STREAM: a request with content-length 0 waits for
         // it whole, a longer one keeps its last bytes back (PublicStream.userData).
         let declared = headers.first("content-length").flatMap { Int($0) }
-        s.requestEnded = endStream
         s.declaredLength = declared
         if !endStream && declared == 0 {
             s.startsWhenEnded = true
