@@ -58,7 +58,10 @@ final class Exchange: DeviceStreamHandler {
     let startedAt: UInt64
     private(set) var status = 0
     private(set) var bytesOut = 0
+    /// The response timeout while waiting; while streaming, the response body's idle timeout.
     private var timer: TimerID?
+    /// When the device last sent response body, or last had its window reopened.
+    private var lastResponseProgress: UInt64 = 0
     private var requestEnded = false
     /// Response bytes received from the device but not yet acknowledged to it.
     private var credit = FlowCredit()
@@ -75,6 +78,21 @@ final class Exchange: DeviceStreamHandler {
     }
 
     var isQueued: Bool { phase == .queued }
+    /// Not answered, failed or given up yet.
+    var isActive: Bool { phase != .done }
+
+    /// Request body bytes from the user that no device has taken yet: held while
+    /// queued, or in the device stream's queue. None once the exchange is over.
+    var requestBytesHeld: Int {
+        guard phase != .done else { return 0 }
+        return held.count + (device?.session.pendingBody(stream: stream) ?? 0)
+    }
+
+    /// Runs `callback` once the device stream's queue of request body is at most `mark` bytes.
+    func whenRequestQueue(isAtMost mark: Int, _ callback: @escaping () -> Void) {
+        guard phase != .done, let device else { return }
+        device.connection.whenQueue(stream: stream, isAtMost: mark, callback)
+    }
     var deviceName: String? { device?.identity.name }
     var connectionID: Int? { device?.id }
 
@@ -200,6 +218,23 @@ final class Exchange: DeviceStreamHandler {
         device.sendBody(stream: stream, [], endStream: true)
     }
 
+    /// The user's body made no progress for request_timeout_ms while the gateway was
+    /// ready for it (an HTTP/2 stream; PublicConnection times HTTP/1.1 itself): 408,
+    /// or a reset once the answer started, and the device's stream is reset.
+    func userStalled() {
+        guard phase != .done else { return }
+        let answering = phase == .streaming
+        finish()
+        device?.cancel(stream: stream)
+        let why = "the request body stalled: nothing for " + String(gateway.config.requestTimeoutMs) + " ms"
+        if answering {
+            client.abort(why)
+        } else {
+            status = 408
+            client.respondError(408, why)
+        }
+    }
+
     /// The user went away: stop the device's work on this request.
     func userGone() {
         guard phase != .done else { return }
@@ -213,7 +248,10 @@ final class Exchange: DeviceStreamHandler {
     private func settleCredit() {
         guard let device else { return }
         let n = credit.release(queued: client.bufferedOutput, finished: phase == .done)
-        if n > 0 { device.consume(stream: stream, count: n) }
+        if n > 0 {
+            device.consume(stream: stream, count: n)
+            lastResponseProgress = gateway.loop.now  // the device may send again: its clock starts now
+        }
     }
 
     // MARK: From the device
@@ -254,10 +292,39 @@ final class Exchange: DeviceStreamHandler {
         fields.removeHopByHop()
         let noBody = isHEAD || status == 204 || status == 304
         client.writeHead(HTTPResponseHead(status: status, versionMinor: 1, headers: userFields(fields)), noBody: noBody)
-        if endStream { responseComplete(trailers: HTTPHeaders()) }
+        if endStream {
+            responseComplete(trailers: HTTPHeaders())
+        } else {
+            lastResponseProgress = gateway.loop.now
+            armResponseIdle(afterMilliseconds: gateway.config.responseTimeoutMs)
+        }
+    }
+
+    /// A device that stops in the middle of a response body is cut after
+    /// response_timeout_ms without a byte, counted only while its window is open:
+    /// a user who does not read holds the device back (back-pressure, no limit).
+    private func armResponseIdle(afterMilliseconds ms: Int) {
+        timer = gateway.loop.schedule(afterMilliseconds: ms) {
+            self.timer = nil
+            self.responseIdleCheck()
+        }
+    }
+
+    private func responseIdleCheck() {
+        guard phase == .streaming, !webSocket else { return }
+        let limit = UInt64(gateway.config.responseTimeoutMs) * 1_000_000
+        let idle = gateway.loop.now &- lastResponseProgress
+        if credit.owed > 0 || idle < limit {
+            armResponseIdle(afterMilliseconds: credit.owed > 0 ? gateway.config.responseTimeoutMs : Int((limit - idle) / 1_000_000) + 1)
+            return
+        }
+        finish()
+        device?.cancel(stream: stream)
+        client.abort("device " + hostname + " sent nothing of its response body for " + String(gateway.config.responseTimeoutMs) + " ms")
     }
 
     func deviceBody(_ bytes: [UInt8]) {
+        lastResponseProgress = gateway.loop.now
         credit.received(bytes.count)
         bytesOut += bytes.count
         if phase == .streaming { client.writeBody(bytes) }

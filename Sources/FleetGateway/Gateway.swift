@@ -17,6 +17,8 @@ final class Gateway {
     private(set) var health: HealthChecker!
     private(set) var admin: AdminServer!
     let metrics = Metrics()
+    /// Users' HTTP/2 upload windows grown beyond UploadWindow.initial, in bytes, all connections.
+    var uploadWindowGrowth = 0
     private var deviceTLS: TLSContext?
     /// Names no device may take (the gateway's own), from the certificates in `config`.
     private var reservedNames: ReservedNames

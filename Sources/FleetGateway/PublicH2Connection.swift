@@ -4,7 +4,8 @@
 // requests. WebSockets arrive as extended CONNECT (RFC 8441) and go to the
 // device the same way. Limits: at most `public_max_streams` concurrent streams, and a user
 // who resets streams faster than `resetsPerSecond` (rapid reset, CVE-2023-44487)
-// gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
+// gets GOAWAY(ENHANCE_YOUR_CALM) and is closed. Request bodies: see UploadWindow
+// (memory) and PublicStream (timeouts, content-length).
 import EventLoop
 import HTTP1
 import HTTP2
@@ -23,6 +24,8 @@ final class PublicH2Connection {
     /// A stream has been opened: idleness is now keep-alive (idle_timeout_ms, shorter
     /// under pressure), not a connection that never asked for anything (request_timeout_ms).
     private var hadStream = false
+    /// The receive windows of the open streams, together (UploadWindow.connectionBudget).
+    var windowSum = 0
 
     init(gateway: Gateway, transport: Transport, scheme: String) throws(HTTP2Error) {
         self.gateway = gateway
@@ -33,6 +36,9 @@ final class PublicH2Connection {
         // A request's header block is bounded as an HTTP/1.1 head is (431 past it).
         settings.maxHeaderListSize = UInt32(gateway.config.maxHeadBytes)
         settings.maxHeaderFields = 100
+        settings.initialWindowSize = Int32(UploadWindow.initial)
+        // Never the one that stalls: every stream stays within its own window.
+        settings.connectionWindowSize = Int32(UploadWindow.connectionBudget + gateway.config.publicMaxStreams * UploadWindow.initial)
         let session = try HTTP2Session(role: .server, preface: .standard, settings: settings)
         connection = HTTP2Connection(transport: transport, session: session, logger: gateway.logger, context: LogContext())
     }
@@ -51,7 +57,7 @@ final class PublicH2Connection {
         switch event {
         case .headers(let id, let headers, let endStream):
             if let s = streams[id] {
-                if endStream { s.exchange?.userEnd() }  // trailers end the request
+                if endStream { s.userEnded() }  // trailers end the request
                 return
             }
             begin(id, headers, endStream: endStream)
@@ -63,10 +69,11 @@ final class PublicH2Connection {
         case .data(let id, let bytes):
             if let s = streams[id] { s.userData(bytes) } else { consume(id, bytes.count) }
         case .endStream(let id):
-            streams[id]?.exchange?.userEnd()
+            streams[id]?.userEnded()
         case .streamClosed(let id, let code):
             guard let s = streams.removeValue(forKey: id) else { return }
             s.closed(errorCode: code)
+            giveBack(s)
             if code != 0 && !s.responseComplete { countReset() }
             if streams.isEmpty { armIdle() }
         case .settings, .pingAck, .goaway:
@@ -81,6 +88,8 @@ final class PublicH2Connection {
         hadStream = true
         let s = PublicStream(conn: self, id: id)
         streams[id] = s
+        windowSum += s.window
+        s.requestEnded = endStream
         let method = headers.first(":method") ?? ""
         let authority = headers.first(":authority") ?? headers.first("host") ?? ""
         var fields = HTTPHeaders()
@@ -115,9 +124,39 @@ final class PublicH2Connection {
         if method == "CONNECT" {
             s.isWebSocket = true
             ex.startWebSocket()
-        } else {
-            ex.start(requestHasBody: !endStream)
+            return
         }
+        // nghttp2 checks DATA against content-length (RFC 9113 §8.1.1), but only as
+        // it arrives, and a device's local API takes a request as complete once it
+        // has content-length bytes. So the end of a declared body goes to the device
+        // only with the user's END_STREAM: a request with content-length 0 waits for
+        // it whole, a longer one keeps its last bytes back (PublicStream.userData).
+        let declared = headers.first("content-length").flatMap { Int($0) }
+        s.declaredLength = declared
+        if !endStream && declared == 0 {
+            s.startsWhenEnded = true
+            s.watchBody()
+            return
+        }
+        ex.start(requestHasBody: !endStream)
+        s.watchBody()
+    }
+
+    /// A stream may grow its window by `by` bytes: within this connection's budget and the gateway's.
+    func mayGrowWindow(by: Int) -> Bool {
+        windowSum + by <= UploadWindow.connectionBudget
+            && gateway.uploadWindowGrowth + by <= UploadWindow.globalGrowthBudget
+    }
+
+    func windowGrew(by: Int) {
+        windowSum += by
+        gateway.uploadWindowGrowth += by
+    }
+
+    /// A stream is gone: its window leaves the budgets.
+    private func giveBack(_ s: PublicStream) {
+        windowSum -= s.window
+        gateway.uploadWindowGrowth -= s.window - UploadWindow.initial
     }
 
     /// Rapid reset: more than `resetsPerSecond` streams cancelled by the user in a second.
@@ -162,22 +201,44 @@ final class PublicH2Connection {
         idleTimer = nil
         let all = streams
         streams.removeAll()
-        for (_, s) in all { s.closed(errorCode: 8) }
+        for (_, s) in all {
+            s.closed(errorCode: 8)
+            giveBack(s)
+        }
         gateway.userConnectionClosed(self)
     }
 }
 
 /// One stream of a user's HTTP/2 connection: the user side of an Exchange.
+///
+/// Request body: the stream's window (UploadWindow) reopens only for the bytes the
+/// device has taken, so what the gateway holds for it is at most its window. While
+/// the gateway holds none, the user has the whole window and must use it: a body
+/// that makes no progress for `request_timeout_ms` gets 408 (or, answer started,
+/// RST_STREAM) and the device's stream is reset, as on HTTP/1.1.
 final class PublicStream: UserSide {
     unowned let conn: PublicH2Connection
     let id: Int32
     var exchange: Exchange?
-    private var credit = FlowCredit()
-    private var paused = false
     private var ended = false
     private(set) var responseComplete = false
     /// An extended CONNECT: after 200, the stream's DATA is the WebSocket's bytes.
     var isWebSocket = false
+    /// The receive window this stream has (UploadWindow.initial, doubled as the device keeps up).
+    private(set) var window = UploadWindow.initial
+    /// DATA bytes received and not yet acknowledged to the user (consumed).
+    private var owed = 0
+    /// The user's END_STREAM arrived.
+    var requestEnded = false
+    /// The request's content-length, and the body bytes received so far.
+    var declaredLength: Int?
+    private var received = 0
+    /// The bytes that complete a declared body, kept until the user's END_STREAM.
+    private var tail: [UInt8] = []
+    /// content-length: 0 without END_STREAM: the exchange starts once the stream ends.
+    var startsWhenEnded = false
+    private var bodyTimer: TimerID?
+    private var lastBodyProgress: UInt64 = 0
 
     init(conn: PublicH2Connection, id: Int32) {
         self.conn = conn
@@ -190,25 +251,104 @@ final class PublicStream: UserSide {
     private var session: HTTP2Session { conn.connection.session }
     var bufferedOutput: Int { session.pendingBody(stream: id) }
 
-    /// Request DATA: the user's window reopens only while the device takes the body.
+    /// Request DATA: goes to the exchange, except the bytes that complete a declared
+    /// body, which wait for END_STREAM (nghttp2 resets the stream if more DATA comes).
     func userData(_ bytes: [UInt8]) {
-        credit.received(bytes.count)
-        exchange?.userBody(bytes)
-        if exchange == nil { ended = true }
+        owed += bytes.count
+        received += bytes.count
+        lastBodyProgress = gateway.loop.now
+        if let exchange {
+            if let n = declaredLength, received >= n, !requestEnded, !isWebSocket {
+                tail += bytes
+            } else {
+                exchange.userBody(bytes)
+            }
+        } else {
+            ended = true
+        }
         release()
     }
 
+    /// END_STREAM (or trailers) from the user: the request is complete and valid.
+    func userEnded() {
+        requestEnded = true
+        gateway.loop.cancel(bodyTimer)
+        bodyTimer = nil
+        guard let exchange else { return }
+        if startsWhenEnded {
+            startsWhenEnded = false
+            exchange.start(requestHasBody: false)
+            return
+        }
+        if !tail.isEmpty {
+            let t = tail
+            tail = []
+            exchange.userBody(t)
+        }
+        exchange.userEnd()
+        release()
+    }
+
+    /// Acknowledges the request bytes no longer in the gateway (taken by the device,
+    /// or dropped once the exchange is over); what it still holds keeps its window
+    /// closed, and a watch on the device's queue brings us back as that drains.
     private func release() {
-        let n = credit.release(queued: 0, finished: !paused || exchange == nil)
-        if n > 0 { conn.consume(id, n) }
+        let holding = (exchange?.requestBytesHeld ?? 0) + tail.count
+        let n = owed - holding
+        if n > 0 {
+            let windowWasBusy = owed >= window / 2
+            owed -= n
+            conn.consume(id, n)
+            if holding == 0 && windowWasBusy { grow() }
+        }
+        if holding > tail.count {
+            exchange?.whenRequestQueue(isAtMost: (holding - tail.count) / 2) { self.release() }
+        }
+        watchBody()
     }
 
-    func pauseReading() { paused = true }
-
-    func resumeReading() {
-        paused = false
-        release()
+    /// The device took all the user sent while the user had filled half the window:
+    /// the window, not the device, limits the upload. Double it, within the budgets.
+    private func grow() {
+        let by = min(window, UploadWindow.maximum - window)
+        guard by > 0, !requestEnded, conn.mayGrowWindow(by: by) else { return }
+        window += by
+        conn.windowGrew(by: by)
+        session.setReceiveWindow(stream: id, size: Int32(window))
+        conn.connection.scheduleFlush()
     }
+
+    /// Times the user's request body while the gateway holds none of it (the window
+    /// is open: any stall is the user's). WebSockets have no such limit.
+    func watchBody() {
+        guard bodyTimer == nil else { return }
+        guard !requestEnded, !isWebSocket, let exchange, exchange.isActive, exchange.requestBytesHeld == 0 else { return }
+        lastBodyProgress = gateway.loop.now
+        armBodyTimer(afterMilliseconds: gateway.config.requestTimeoutMs)
+    }
+
+    private func armBodyTimer(afterMilliseconds ms: Int) {
+        bodyTimer = gateway.loop.schedule(afterMilliseconds: ms) {
+            self.bodyTimer = nil
+            self.bodyTimerFired()
+        }
+    }
+
+    private func bodyTimerFired() {
+        guard !requestEnded, let exchange, exchange.isActive else { return }
+        if exchange.requestBytesHeld > 0 { return }  // the device's turn: release() re-arms once it took them
+        let limit = UInt64(gateway.config.requestTimeoutMs) * 1_000_000
+        let idle = gateway.loop.now &- lastBodyProgress
+        if idle < limit {
+            armBodyTimer(afterMilliseconds: Int((limit - idle) / 1_000_000) + 1)
+            return
+        }
+        exchange.userStalled()
+    }
+
+    func pauseReading() {}  // the window stays closed by itself: release() acknowledges only what the device took
+
+    func resumeReading() { release() }
 
     func writeContinue() {}  // HTTP/2 clients send the body without waiting
 
@@ -235,10 +375,12 @@ final class PublicStream: UserSide {
         responseComplete = true
         guard !ended else { return }
         ended = true
+        // A response complete before its request: RST_STREAM(NO_ERROR) after it tells
+        // the user to stop sending (RFC 9113 §8.1); the stream does not linger.
         if trailers.isEmpty {
-            session.sendData(stream: id, [], endStream: true)
+            session.sendData(stream: id, [], endStream: true, resetAfter: !requestEnded)
         } else {
-            session.sendTrailers(stream: id, trailers)
+            session.sendTrailers(stream: id, trailers, resetAfter: !requestEnded)
         }
         conn.connection.scheduleFlush()
     }
@@ -251,7 +393,7 @@ final class PublicStream: UserSide {
         if retryAfter { h.add("retry-after", "5") }
         let isHEAD = exchange?.request.method == "HEAD"
         submit(h, endStream: isHEAD)
-        if !isHEAD { session.sendData(stream: id, body, endStream: true) }
+        if !isHEAD { session.sendData(stream: id, body, endStream: true, resetAfter: !requestEnded) }
         ended = true
         responseComplete = true
         conn.connection.scheduleFlush()
@@ -293,8 +435,10 @@ final class PublicStream: UserSide {
     /// The stream is gone (done, or reset by the user).
     func closed(errorCode: UInt32) {
         if !responseComplete { exchange?.userGone() }
-        let n = credit.release(queued: 0, finished: true)
-        if n > 0 { conn.consume(id, n) }
+        gateway.loop.cancel(bodyTimer)
+        bodyTimer = nil
+        if owed > 0 { conn.consume(id, owed) }
+        owed = 0
         exchange = nil
     }
 }

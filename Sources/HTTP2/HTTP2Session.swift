@@ -361,6 +361,12 @@ public final class HTTP2Session {
         _ = nghttp2_session_consume(session, stream, count)
     }
 
+    /// Sets `stream`'s receive window to `size` bytes; a larger window goes to the
+    /// peer as a WINDOW_UPDATE (a receiver that grows a window as its reader keeps up).
+    public func setReceiveWindow(stream: Int32, size: Int32) {
+        _ = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, size)
+    }
+
     public func ping() {
         let payload: [UInt8] = [0, 1, 2, 3, 4, 5, 6, 7]  // HAProxy's payload
         _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), payload)
