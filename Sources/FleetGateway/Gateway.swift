@@ -19,6 +19,8 @@ final class Gateway {
     let metrics = Metrics()
     /// Users' HTTP/2 upload windows grown beyond UploadWindow.initial, in bytes, all connections.
     var uploadWindowGrowth = 0
+    /// The windows of users' HTTP/2 upload streams, all connections (`upload_budget_bytes`).
+    var uploadWindows = 0
     private var deviceTLS: TLSContext?
     /// Names no device may take (the gateway's own), from the certificates in `config`.
     private var reservedNames: ReservedNames

@@ -67,6 +67,9 @@ struct GatewayConfig {
     /// source address; 0: derived from RLIMIT_NOFILE at start (ConnectionBudget).
     var maxUserConnections = 0
     var maxUserConnectionsPerAddress = 0
+    /// The windows of all HTTP/2 users' uploads together (UploadWindow): the most request
+    /// body users can park in the gateway; past it a new upload gets 503 with Retry-After.
+    var uploadBudgetBytes = 256 << 20
 
     static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "crl", "allow_devices",
                        "max_connections_per_device", "public_max_streams", "ca", "cert", "key", "public_cert", "public_key",
@@ -75,7 +78,7 @@ struct GatewayConfig {
                        "handshake_timeout_ms", "idle_ping_ms", "queue_timeout_ms", "grace_ms", "queue_max",
                        "check_interval_ms", "check_timeout_ms", "check_method", "check_path", "check_status",
                        "check_rise", "check_fall", "trusted_proxies", "cookie_domain",
-                       "max_user_connections", "max_user_connections_per_address", "check_config", "help", "version"]
+                       "max_user_connections", "max_user_connections_per_address", "upload_budget_bytes", "check_config", "help", "version"]
     static let flags = ["plaintext_devices", "check_config", "help", "version"]
 
     init(_ s: Settings) throws(ConfigError) {
@@ -140,6 +143,7 @@ struct GatewayConfig {
         }
         maxUserConnections = try s.int("max_user_connections", default: 0, min: 0, max: 10_000_000)
         maxUserConnectionsPerAddress = try s.int("max_user_connections_per_address", default: 0, min: 0, max: 10_000_000)
+        uploadBudgetBytes = try s.int("upload_budget_bytes", default: 256 << 20, min: 1 << 20, max: 1 << 40)
         if let v = s.last("check_method") {
             guard !v.value.isEmpty, v.value.allSatisfy({ $0.isUppercase && $0.isASCII }) else {
                 throw ConfigError(v.origin + ": check_method must be an HTTP method such as GET or HEAD")

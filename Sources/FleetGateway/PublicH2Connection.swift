@@ -119,6 +119,16 @@ final class PublicH2Connection {
             s.respondError(405, proto == nil ? "CONNECT is not supported" : "only the websocket protocol is supported")
             return
         }
+        // An upload's window is what its user may park here: all of them together
+        // stay within the gateway's budget.
+        if !endStream {
+            guard gateway.uploadWindows + s.window <= gateway.config.uploadBudgetBytes else {
+                s.respondError(503, "the gateway holds as many uploads as it may; try again", close: false, retryAfter: true)
+                return
+            }
+            gateway.uploadWindows += s.window
+            s.countsAsUpload = true
+        }
         let ex = Exchange(client: s, request: head, authority: authority, hostname: host)
         s.exchange = ex
         if method == "CONNECT" {
@@ -151,12 +161,14 @@ final class PublicH2Connection {
     func windowGrew(by: Int) {
         windowSum += by
         gateway.uploadWindowGrowth += by
+        gateway.uploadWindows += by  // only uploads grow
     }
 
     /// A stream is gone: its window leaves the budgets.
     private func giveBack(_ s: PublicStream) {
         windowSum -= s.window
         gateway.uploadWindowGrowth -= s.window - UploadWindow.initial
+        if s.countsAsUpload { gateway.uploadWindows -= s.window }
     }
 
     /// Rapid reset: more than `resetsPerSecond` streams cancelled by the user in a second.
@@ -226,6 +238,8 @@ final class PublicStream: UserSide {
     var isWebSocket = false
     /// The receive window this stream has (UploadWindow.initial, doubled as the device keeps up).
     private(set) var window = UploadWindow.initial
+    /// A request with a body, admitted within `upload_budget_bytes`.
+    var countsAsUpload = false
     /// DATA bytes received and not yet acknowledged to the user (consumed).
     private var owed = 0
     /// The user's END_STREAM arrived.

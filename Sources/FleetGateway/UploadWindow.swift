@@ -6,8 +6,11 @@
 // that keeps up still goes fast, as HAProxy and nghttp2 grow theirs). Growth stops
 // at the connection's budget and at the gateway's: a user's connection with
 // `public_max_streams` uploads to a device that reads nothing holds at most
-// max(connectionBudget, streams × initial) bytes, and grown windows all together
-// at most globalGrowthBudget.
+// max(connectionBudget, streams × initial) bytes, grown windows all together at
+// most globalGrowthBudget, and the windows of every upload of every user together
+// at most `upload_budget_bytes` (256 MiB): past it a new upload gets 503 with
+// Retry-After, so what all users can park in the gateway is bounded, not only per
+// connection.
 enum UploadWindow {
     /// SETTINGS_INITIAL_WINDOW_SIZE of users' connections.
     static let initial = 64 << 10

@@ -44,6 +44,7 @@ options (also `key = value` lines in --config FILE):
   --handshake-timeout-ms MS a device must finish TLS and SETTINGS within this (default 10000)
   --max-user-connections N  users' connections in all (default 0: open-file limit minus a reserve for devices)
   --max-user-connections-per-address N   ... from one address (default 0: a 16th of the above, at least 64)
+  --upload-budget-bytes N   HTTP/2 upload windows of all users together; past it 503 (default 268435456)
   --trusted-proxies CIDRS   proxies whose X-Forwarded-For/Forwarded we extend (default none: replaced)
   --cookie-domain strip|keep   Domain attribute of a device's Set-Cookie (default strip: host-only)
   --idle-ping-ms MS         PING a silent device after this, drop it after as much again (default 4000, 0 off)

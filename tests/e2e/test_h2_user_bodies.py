@@ -270,3 +270,37 @@ def test_valid_content_length_bodies_still_go_through(env):
     finally:
         u.close()
     assert env.api.requests == before + 2
+
+
+def test_uploads_of_all_users_together_stay_within_the_gateway_budget(procs, pki):
+    """Finding 5, in total: every upload's window counts towards upload_budget_bytes
+    (here 1 MiB: 16 uploads of 64 KiB), whoever sends it; past it a new upload gets
+    503 with Retry-After and never reaches the device, a request without a body still
+    goes through, and an upload that ends makes room for the next."""
+    gw = lib.start_gateway(procs, pki, name="gateway-upload-budget", log_level="info",
+                           extra=["--check-interval-ms", "0", "--idle-ping-ms", "0", "--grace-ms", "0",
+                                  "--request-timeout-ms", "30000", "--upload-budget-bytes", str(1 << 20)])
+    env = Env(gw, pki, None)
+    dev = HostileDevice(env)
+    users = [User(env), User(env)]
+    try:
+        for u in users:  # 8 uploads on each of two connections: the budget is full
+            for i in range(8):
+                u.open(2 * i + 1, post("/upload", "dev1.example", 1000))
+        for _ in range(16):
+            dev.next_request()
+        users[1].open(17, post("/upload", "dev1.example", 1000))
+        got = users[1].r.until(lambda f: f[0] == DATA and f[2] == 17 and b"uploads" in f[3], 10)
+        assert got, f"no 503 for the upload past the budget: {users[1].r.seen}"
+        users[1].open(19, [(":method", "GET"), (":scheme", "http"), (":path", "/x"), (":authority", "dev1.example")],
+                      end_stream=True)
+        dev.next_request()  # the GET, not the refused upload
+        users[0].s.sendall(hl.rst(1))  # one upload ends: room for one more
+        assert dev.r.until(lambda f: f[0] == RST_STREAM, 10), "the device's stream of the ended upload was not reset"
+        users[1].open(21, post("/upload", "dev1.example", 1000))
+        dev.next_request()
+        assert "the gateway holds as many uploads as it may" in gw.log()
+    finally:
+        for u in users:
+            u.close()
+        dev.close()
