@@ -63,9 +63,7 @@ final class PublicH2Connection {
             begin(id, headers, endStream: endStream)
         case .headersTooLarge(let id, _):
             guard streams[id] == nil else { return }  // trailers: the session reset the stream
-            let s = PublicStream(conn: self, id: id)
-            streams[id] = s
-            s.respondError(431, "request header block over " + String(gateway.config.maxHeadBytes) + " bytes or 100 fields")
+            openStream(id).respondError(431, "request header block over " + String(gateway.config.maxHeadBytes) + " bytes or 100 fields")
         case .data(let id, let bytes):
             if let s = streams[id] { s.userData(bytes) } else { consume(id, bytes.count) }
         case .endStream(let id):
@@ -81,7 +79,8 @@ final class PublicH2Connection {
         }
     }
 
-    private func begin(_ id: Int32, _ headers: HTTPHeaders, endStream: Bool) {
+    /// A new stream: the connection is busy, and the stream's window joins its budget.
+    private func openStream(_ id: Int32) -> PublicStream {
         gateway.loop.cancel(idleTimer)
         idleTimer = nil
         idleSince = nil
@@ -89,6 +88,11 @@ final class PublicH2Connection {
         let s = PublicStream(conn: self, id: id)
         streams[id] = s
         windowSum += s.window
+        return s
+    }
+
+    private func begin(_ id: Int32, _ headers: HTTPHeaders, endStream: Bool) {
+        let s = openStream(id)
         s.requestEnded = endStream
         let method = headers.first(":method") ?? ""
         let authority = headers.first(":authority") ?? headers.first("host") ?? ""
@@ -120,8 +124,8 @@ final class PublicH2Connection {
             return
         }
         // An upload's window is what its user may park here: all of them together
-        // stay within the gateway's budget.
-        if !endStream {
+        // stay within the gateway's budget (a WebSocket's bytes are not an upload).
+        if !endStream && method != "CONNECT" {
             guard gateway.uploadWindows + s.window <= gateway.config.uploadBudgetBytes else {
                 s.respondError(503, "the gateway holds as many uploads as it may; try again", close: false, retryAfter: true)
                 return
@@ -156,6 +160,7 @@ final class PublicH2Connection {
     func mayGrowWindow(by: Int) -> Bool {
         windowSum + by <= UploadWindow.connectionBudget
             && gateway.uploadWindowGrowth + by <= UploadWindow.globalGrowthBudget
+            && gateway.uploadWindows + by <= gateway.config.uploadBudgetBytes
     }
 
     func windowGrew(by: Int) {
@@ -169,6 +174,11 @@ final class PublicH2Connection {
         windowSum -= s.window
         gateway.uploadWindowGrowth -= s.window - UploadWindow.initial
         if s.countsAsUpload { gateway.uploadWindows -= s.window }
+    }
+
+    /// An upload can park no more bytes here: its window leaves the gateway's budget.
+    func uploadSettled(_ s: PublicStream) {
+        gateway.uploadWindows -= s.window
     }
 
     /// Rapid reset: more than `resetsPerSecond` streams cancelled by the user in a second.
@@ -319,13 +329,26 @@ final class PublicStream: UserSide {
             exchange?.whenRequestQueue(isAtMost: (holding - tail.count) / 2) { self.release() }
         }
         watchBody()
+        settleUpload()
+    }
+
+    /// Ends this upload's share of `upload_budget_bytes` once it can park nothing more
+    /// here: the answer is out (what the user still sends is dropped), or the request
+    /// ended and the device took all of it. A stream whose answer the user never reads
+    /// must not hold the budget that every other user's uploads need.
+    private func settleUpload() {
+        guard countsAsUpload else { return }
+        let parked = (exchange?.requestBytesHeld ?? 0) + tail.count
+        guard ended || responseComplete || (requestEnded && parked == 0) else { return }
+        countsAsUpload = false
+        conn.uploadSettled(self)
     }
 
     /// The device took all the user sent while the user had filled half the window:
     /// the window, not the device, limits the upload. Double it, within the budgets.
     private func grow() {
         let by = min(window, UploadWindow.maximum - window)
-        guard by > 0, !requestEnded, conn.mayGrowWindow(by: by) else { return }
+        guard by > 0, !requestEnded, countsAsUpload, conn.mayGrowWindow(by: by) else { return }
         window += by
         conn.windowGrew(by: by)
         session.setReceiveWindow(stream: id, size: Int32(window))
@@ -397,6 +420,7 @@ final class PublicStream: UserSide {
             session.sendTrailers(stream: id, trailers, resetAfter: !requestEnded)
         }
         conn.connection.scheduleFlush()
+        settleUpload()
     }
 
     func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool) {
@@ -411,6 +435,7 @@ final class PublicStream: UserSide {
         ended = true
         responseComplete = true
         conn.connection.scheduleFlush()
+        settleUpload()
     }
 
     func abort(_ why: String) {
@@ -418,6 +443,7 @@ final class PublicStream: UserSide {
         session.resetStream(id, errorCode: 2)
         ended = true
         conn.connection.scheduleFlush()
+        settleUpload()
     }
 
     /// The device took the WebSocket: 200 (RFC 8441 §5), then bytes both ways.

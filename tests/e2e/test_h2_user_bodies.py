@@ -304,3 +304,33 @@ def test_uploads_of_all_users_together_stay_within_the_gateway_budget(procs, pki
         for u in users:
             u.close()
         dev.close()
+
+
+def test_answered_uploads_hold_no_budget_while_their_user_never_reads(procs, pki):
+    """An upload answered at once (here 503: no such device) can park nothing more in
+    the gateway, so it gives its share of upload_budget_bytes back even when its user
+    never opens a window for the answer (which then never completes): 40 of them on
+    one connection leave the budget (16 uploads) to the others."""
+    gw = lib.start_gateway(procs, pki, name="gateway-upload-budget-held", log_level="info",
+                           extra=["--check-interval-ms", "0", "--idle-ping-ms", "0", "--grace-ms", "0",
+                                  "--request-timeout-ms", "30000", "--upload-budget-bytes", str(1 << 20)])
+    env = Env(gw, pki, None)
+    dev = HostileDevice(env)
+    s = socket.create_connection(("127.0.0.1", gw.public_port), timeout=10)
+    u = User(env)
+    try:
+        s.sendall(hl.MAGIC + hl.settings(initial_window_size=0))
+        r = hl.FrameReader(s)
+        assert r.until(lambda f: f[0] == SETTINGS and not f[1] & ACK), "no SETTINGS from the gateway"
+        s.sendall(frame(SETTINGS, ACK, 0))
+        for i in range(40):
+            s.sendall(hl.headers(2 * i + 1, post("/upload", "nosuch.example", 1000), False))
+        assert r.until(lambda f: f[0] == HEADERS and f[2] == 79, 10), "no answer to the 40th upload"
+        for i in range(16):  # the whole budget is still there for another user
+            u.open(2 * i + 1, post("/upload", "dev1.example", 1000))
+        for _ in range(16):
+            dev.next_request()
+    finally:
+        s.close()
+        u.close()
+        dev.close()
