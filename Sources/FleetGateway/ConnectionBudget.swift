@@ -16,6 +16,14 @@ struct ConnectionBudget {
     /// Descriptors kept for devices, the admin listener, logs and config files.
     static func reserve(fileLimit: Int) -> Int { max(128, fileLimit / 4) }
 
+    /// Descriptors the gateway holds besides connections: listeners, epoll, signals,
+    /// timers, logs (counted generously).
+    static let baseDescriptors = 16
+    /// Descriptors always left for the admin listener and the gateway's own files:
+    /// device-listener connections still in their handshake (strangers until their
+    /// certificate is checked) make room below this (Gateway.makeRoomForDeviceHandshake).
+    static let adminMargin = 64
+
     let limit: Int
     let perAddress: Int
     private(set) var total = 0

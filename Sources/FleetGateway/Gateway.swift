@@ -32,6 +32,13 @@ final class Gateway {
     private var devices: [Int: DeviceConnection] = [:]
     /// Users' connections (HTTP/1.1 and HTTP/2), by object identity.
     private var users: [ObjectIdentifier: UserConnection] = [:]
+    /// Connections to the device listener still in their TLS handshake (unauthenticated),
+    /// by connection id, since when: when descriptors run short they make room, so that
+    /// strangers dialing the device port cannot take those of devices and the admin listener.
+    private var pendingDevices: [Int: (transport: Transport, since: UInt64)] = [:]
+    private let fileLimit: Int
+    private var evictedHandshakes = 0
+    private var evictionLoggedAt: UInt64?
     /// Users' connections not yet handed to a protocol (TLS handshake, sniffing), since when.
     private var pendingUsers: [ObjectIdentifier: (transport: Transport, since: UInt64)] = [:]
     private var onDrained: (() -> Void)?
@@ -47,7 +54,8 @@ final class Gateway {
         self.logger = logger
         registry = DeviceRegistry()
         reservedNames = ReservedNames(config: config)
-        budget = ConnectionBudget(fileLimit: Int(rh_raise_nofile()), limit: config.maxUserConnections,
+        fileLimit = Int(rh_raise_nofile())
+        budget = ConnectionBudget(fileLimit: fileLimit, limit: config.maxUserConnections,
                                   perAddress: config.maxUserConnectionsPerAddress)
         deviceTLS = config.plaintextDevices ? nil : try TLSContext(config.deviceTLS())
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
@@ -100,10 +108,6 @@ final class Gateway {
                 return
             }
             guard let (fd, peer) = next else { return }
-            guard admit(peer) else {
-                Socket.close(fd)
-                continue
-            }
             var conn: TLSConnection?
             if let tls {
                 do throws(OpenSSLError) { conn = try TLSConnection(context: tls) } catch {
@@ -112,14 +116,20 @@ final class Gateway {
                     continue
                 }
             }
+            // Last, so that a connection admitted (and counted) is always handed over.
+            guard admit(peer) else {
+                Socket.close(fd)
+                continue
+            }
             accepted(Transport(loop: loop, fd: fd, peer: peer, tls: conn, connecting: false))
         }
     }
 
     private func acceptDevices() {
-        acceptPending(deviceListener, tls: deviceTLS) { t in
+        acceptPending(deviceListener, tls: deviceTLS, admit: { _ in self.makeRoomForDeviceHandshake() }) { t in
             connectionCounter += 1
             let id = connectionCounter
+            pendingDevices[id] = (t, loop.now)
             // TLS and the device's SETTINGS within the handshake timeout, or out.
             let deadline = loop.schedule(afterMilliseconds: config.handshakeTimeoutMs) {
                 if self.devices[id]?.isReady != true && t.state != .closed {
@@ -129,10 +139,12 @@ final class Gateway {
                 }
             }
             t.onOpen = {
+                self.pendingDevices[id] = nil
                 self.deviceOpened(t, id: id)
                 if self.devices[id] == nil { self.loop.cancel(deadline) }
             }
             t.onClose = { reason in
+                self.pendingDevices[id] = nil
                 self.metrics.deviceConnectionRefused()
                 self.logger.warning("device connection from " + t.peer.description + " failed: " + reason.description,
                                     LogContext(connection: id))
@@ -327,6 +339,32 @@ final class Gateway {
         }
         metrics.userConnectionRefused()
         return false
+    }
+
+    /// A new connection on the device listener may start its handshake. When fewer than
+    /// `ConnectionBudget.adminMargin` descriptors would be left, the connection
+    /// handshaking the longest makes room (a real device finishes in milliseconds, and
+    /// re-dials with backoff; a stranger that sends nothing is the oldest). Devices that
+    /// are up are never closed for it, and there is no per-address share: many devices
+    /// dial from one address behind CGNAT.
+    private func makeRoomForDeviceHandshake() -> Bool {
+        let inUse = ConnectionBudget.baseDescriptors + budget.total + devices.count + pendingDevices.count
+        guard fileLimit - inUse < ConnectionBudget.adminMargin else { return true }
+        guard let oldest = pendingDevices.min(by: { $0.value.since < $1.value.since }) else { return true }
+        pendingDevices[oldest.key] = nil
+        oldest.value.transport.onClose = nil  // counted and logged here, once per burst
+        oldest.value.transport.close()
+        metrics.deviceConnectionRefused()
+        evictedHandshakes += 1
+        let now = loop.now
+        if evictionLoggedAt.map({ now &- $0 >= 10_000_000_000 }) ?? true {
+            logger.warning("device listener: descriptors short, " + String(pendingDevices.count + 1)
+                           + " connections in their handshake; closed the oldest ("
+                           + String(evictedHandshakes) + " since the last such line; latest from " + oldest.value.transport.peer.description + ")")
+            evictionLoggedAt = now
+            evictedHandshakes = 0
+        }
+        return true
     }
 
     /// Closes the user connection idle the longest (no request in progress, or none

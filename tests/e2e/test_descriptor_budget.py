@@ -171,3 +171,36 @@ def test_preface_only_h2c_is_closed_like_a_silent_connection(procs, api, pki):
         assert closed and time.monotonic() - start < 8, (code, closed)
     finally:
         s.close()
+
+
+def test_strangers_on_the_device_port_leave_descriptors_for_devices_and_admin(tmp_path, monkeypatch, procs, api, pki):
+    """The device listener faces the internet too: connections that never finish
+    their TLS handshake may take descriptors until 64 are left; then the one
+    handshaking the longest makes room for a newcomer, so a restarted device gets in
+    and the admin listener answers while 300 such connections are held."""
+    gw = _limited_gateway(tmp_path, monkeypatch, procs, pki, extra=["--handshake-timeout-ms", "60000"])
+    a = api("dev1.example")
+    agent = lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port, connections=1,
+                            log_level="info")
+    assert lib.wait_device(gw, "dev1.example").status == 200
+    socks = []
+    try:
+        for i in range(300):  # more than the 256 descriptors the gateway has
+            s = _connect(f"127.0.0.{2 + i % 20}", gw.device_port)
+            if s is not None:
+                socks.append(s)
+        assert len(socks) >= 250
+        lib.wait_until(lambda: "connections in their handshake; closed the oldest" in gw.log(), 10,
+                       "the handshake limit to be reached")
+        assert hl.fd_count(gw.proc.pid) < NOFILE - 32
+        agent.stop()
+        agent = lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=a.port,
+                                connections=1, log_level="info", name="dev1.example-again")
+        lib.wait_until(lambda: gw.log().count("as dev1.example") >= 2, 15, "the restarted device to re-dial")
+        st, body = _admin(gw)
+        assert st == 200 and [d["name"] for d in json.loads(body)] == ["dev1.example"], (st, body)
+        assert lib.request(gw.public_port, "GET", "/device", "dev1.example", timeout=10).status == 200
+        assert gw.log().count("connections in their handshake; closed the oldest") == 1  # once per burst
+    finally:
+        for s in socks:
+            s.close()
