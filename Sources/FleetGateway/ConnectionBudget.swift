@@ -9,6 +9,8 @@
 //   from 75%               at most 1 s
 // At the cap the gateway closes the oldest idle user connection for a newcomer, or
 // refuses it (accept, close) when none is idle; over the per-address cap it refuses.
+// An "address" is an IPv4 address or an IPv6 /64 (one host usually holds a whole
+// /64); a proxy listed in `trusted_proxies` has no per-address share.
 
 struct ConnectionBudget {
     enum Verdict: Equatable { case admit, full, addressFull }
@@ -37,23 +39,39 @@ struct ConnectionBudget {
         self.perAddress = perAddress > 0 ? perAddress : min(l, max(64, l / 16))
     }
 
-    func connections(from address: String) -> Int { byAddress[address] ?? 0 }
+    func connections(from address: String) -> Int { byAddress[ConnectionBudget.share(address)] ?? 0 }
 
-    /// Whether one more connection from `address` fits.
-    func verdict(_ address: String) -> Verdict {
-        if connections(from: address) >= perAddress { return .addressFull }
+    /// Whether one more connection from `address` fits (`shared`: false for a trusted
+    /// proxy, which speaks for many users).
+    func verdict(_ address: String, shared: Bool = true) -> Verdict {
+        if shared && connections(from: address) >= perAddress { return .addressFull }
         return total >= limit ? .full : .admit
     }
 
     mutating func add(_ address: String) {
         total += 1
-        byAddress[address, default: 0] += 1
+        byAddress[ConnectionBudget.share(address), default: 0] += 1
     }
 
     mutating func remove(_ address: String) {
-        guard let n = byAddress[address], n > 0 else { return }
+        let key = ConnectionBudget.share(address)
+        guard let n = byAddress[key], n > 0 else { return }
         total -= 1
-        byAddress[address] = n == 1 ? nil : n - 1
+        byAddress[key] = n == 1 ? nil : n - 1
+    }
+
+    /// What one per-address share is counted under: the IPv4 address, or the /64 of
+    /// an IPv6 address (an IPv4-mapped one counts as its IPv4 address).
+    static func share(_ address: String) -> String {
+        guard address.contains(":"), let bytes = AddressLiteral.parse(address).map(AddressLiteral.unmapped) else { return address }
+        guard bytes.count == 16 else { return bytes.map { String($0) }.joined(separator: ".") }
+        let hex: [Character] = Array("0123456789abcdef")
+        var key = ""
+        for b in bytes[0..<8] {
+            key.append(hex[Int(b >> 4)])
+            key.append(hex[Int(b & 15)])
+        }
+        return key + "::/64"
     }
 
     /// The idle timeout for a connection that becomes idle now.

@@ -322,8 +322,9 @@ final class Gateway {
     /// Whether a new user connection from `peer` may have a descriptor: at the cap
     /// the oldest idle one makes room; else (or over the per-address cap) it is refused.
     private func admitUser(_ peer: SocketAddress) -> Bool {
-        var verdict = budget.verdict(peer.host)
-        if verdict == .full, closeOldestIdleUser() { verdict = budget.verdict(peer.host) }
+        let shared = !config.trustedProxies.contains { $0.contains(peer.host) }
+        var verdict = budget.verdict(peer.host, shared: shared)
+        if verdict == .full, closeOldestIdleUser() { verdict = budget.verdict(peer.host, shared: shared) }
         if verdict == .admit {
             budget.add(peer.host)
             return true

@@ -117,4 +117,21 @@ final class PublicEdgeTests: XCTestCase {
         b.remove("a")
         XCTAssertEqual(b.total, 0)
     }
+
+    func testOneShareIsAnIPv4AddressOrAnIPv6Slash64AndTrustedProxiesHaveNone() {
+        var b = ConnectionBudget(fileLimit: 1024, limit: 100, perAddress: 2)
+        b.add("2001:db8:1:2::1")
+        b.add("2001:db8:1:2:ffff::9")  // the same /64: one host with many addresses
+        XCTAssertEqual(b.verdict("2001:db8:1:2:abcd::1"), .addressFull)
+        XCTAssertEqual(b.verdict("2001:db8:1:3::1"), .admit)  // the next /64
+        XCTAssertEqual(ConnectionBudget.share("::ffff:192.0.2.7"), "192.0.2.7")
+        XCTAssertEqual(ConnectionBudget.share("192.0.2.7"), "192.0.2.7")
+        XCTAssertEqual(ConnectionBudget.share("2001:db8:1:2::1"), ConnectionBudget.share("2001:0db8:0001:0002:9::"))
+        b.add("192.0.2.7"); b.add("192.0.2.7")
+        XCTAssertEqual(b.verdict("192.0.2.7"), .addressFull)
+        XCTAssertEqual(b.verdict("192.0.2.7", shared: false), .admit)  // a trusted proxy
+        b.remove("2001:db8:1:2::1")
+        XCTAssertEqual(b.verdict("2001:db8:1:2::5"), .admit)
+        XCTAssertEqual(b.total, 3)
+    }
 }
