@@ -12,7 +12,16 @@
 // after a response that ended as its own framing says, with nothing received
 // beyond it. A connection is shared by requests of different users, so a byte
 // too many -- a body to HEAD, 204 or 304, bytes after a complete response --
-// would become the start of someone else's response.
+// would become the start of someone else's response. Never after a response
+// to HEAD, nor after a 204/304 that declared a body (Content-Length > 0 or
+// Transfer-Encoding) either: such a server may write that body a moment later,
+// after every look at the socket found nothing.
+//
+// Once a solicited final response has ended and no other is expected, the
+// rest is not parsed at all: bytes beyond it (e.g. a body to HEAD) are dropped,
+// the parser answers [] from then on and the connection is not reusable (the
+// owner closes it). The user gets the response as it was framed, never a 502
+// for what came after it.
 
 public struct HTTP1ResponseParser: Sendable {
     private var decoder: HTTP1MessageDecoder
@@ -28,6 +37,14 @@ public struct HTTP1ResponseParser: Sendable {
     private var expectationIndex = 0
     /// The head being read answers an expected request (not one nobody sent).
     private var solicited = false
+    /// The head being read answers HEAD, or is a 204/304 that declares a body
+    /// anyway: the server may still write that body, so no reuse after it.
+    private var bodyMayFollow = false
+    /// A solicited final response has ended (cleared by the next expected head).
+    private var answered = false
+    /// Bytes came beyond an answered response with no other expected: the
+    /// parser drops all input from then on.
+    private var done = false
 
     /// Body framing of the response whose head was last returned.
     public private(set) var framing: BodyFraming = .none
@@ -61,7 +78,10 @@ public struct HTTP1ResponseParser: Sendable {
 
     public mutating func feed(_ bytes: [UInt8]) throws(HTTP1Error) -> [HTTP1Event<HTTPResponseHead>] {
         if let failure { throw failure }
-        if !bytes.isEmpty { isReusable = false }  // a byte beyond the last response, or the next one's
+        if bytes.isEmpty { return [] }
+        isReusable = false  // a byte beyond the last response, or the next one's
+        if answered && expectationIndex == expectations.count { done = true }
+        if done { return [] }
         decoder.append(bytes)
         do throws(HTTP1Error) {
             return try drain()
@@ -77,6 +97,7 @@ public struct HTTP1ResponseParser: Sendable {
     public mutating func feedEOF() throws(HTTP1Error) -> [HTTP1Event<HTTPResponseHead>] {
         isReusable = false
         if let failure { throw failure }
+        if done { return [] }
         if decoder.phase == .untilClose {
             // Drain first: bytes fed before EOF are normally already emitted.
             var events: [HTTP1Event<HTTPResponseHead>] = []
@@ -139,6 +160,12 @@ public struct HTTP1ResponseParser: Sendable {
                 }
                 let expected = nextExpectation()
                 solicited = expected != nil
+                answered = false
+                bodyMayFollow = expected?.toHEAD ?? false
+                if line.status == 204 || line.status == 304 {
+                    bodyMayFollow = bodyMayFollow || headers.contains("Transfer-Encoding")
+                        || headers.values("Content-Length").contains { $0 != "0" }
+                }
                 let f = try HTTP1Framing.response(head, toHEAD: expected?.toHEAD ?? false)
                 if line.status == 101 && !(expected?.upgrade ?? false) {
                     // A protocol switch nobody asked for: what follows is not HTTP.
@@ -159,8 +186,20 @@ public struct HTTP1ResponseParser: Sendable {
             case .end(let trailers):
                 inMessage = false
                 // Reusable if nothing follows in what was fed (a later feed clears it).
-                isReusable = solicited && persistent && framing != .untilClose && !decoder.hasInput
+                isReusable = solicited && persistent && framing != .untilClose && !bodyMayFollow
+                    && !decoder.hasInput
                 events.append(.end(trailers: trailers))
+                if solicited {
+                    answered = true
+                    if expectationIndex == expectations.count {
+                        // Nothing else is expected: what follows is not parsed (see top).
+                        if decoder.hasInput {
+                            done = true
+                            _ = decoder.takeUnparsed()
+                        }
+                        return events
+                    }
+                }
             }
         }
     }

@@ -36,6 +36,9 @@ public struct HTTP2Settings {
     /// `HTTP2Event.headersTooLarge`.
     public var maxHeaderListSize: UInt32 = 65536
     /// Most fields (pseudo-headers included) in one header block we receive.
+    /// `cookie` fields after the first are not counted: browsers send each
+    /// cookie as its own field (RFC 9113 §8.2.3); their bytes still count
+    /// towards `maxHeaderListSize`.
     public var maxHeaderFields = 128
     /// Decoded header bytes that may wait in the events of one `receive` before
     /// decoding pauses (at least twice `maxHeaderListSize`).
@@ -442,7 +445,13 @@ public final class HTTP2Session {
         let stream = frame.pointee.hd.stream_id
         guard stream == block.stream else { return 0 }
         block.bytes += name.count + value.count + 32
-        block.fields += 1
+        // Cookie crumbs (RFC 9113 §8.2.3) count as one field; bytes bound them.
+        if HTTP2Session.isCookie(name) {
+            if !block.sawCookie { block.fields += 1 }
+            block.sawCookie = true
+        } else {
+            block.fields += 1
+        }
         let over = block.bytes > maxHeaderListSize || block.fields > maxHeaderFields
         guard over else {
             block.headers.add(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
@@ -461,6 +470,12 @@ public final class HTTP2Session {
         events.append(.headersTooLarge(stream: stream, endStream: endStream))
         block = IncomingBlock()
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
+    }
+
+    /// The field name is `cookie` (HTTP/2 field names are lower case: RFC 9113 §8.2.1).
+    static func isCookie(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        name.count == 6 && name[0] == 0x63 && name[1] == 0x6F && name[2] == 0x6F
+            && name[3] == 0x6B && name[4] == 0x69 && name[5] == 0x65
     }
 
     /// The block of `stream` is complete (not called for an abandoned block).
@@ -529,7 +544,9 @@ struct IncomingBlock {
     var headers = HTTPHeaders()
     /// RFC 9113 §6.5.2: name + value + 32, summed over the fields.
     var bytes = 0
+    /// Fields counted towards `maxHeaderFields` (cookie crumbs as one).
     var fields = 0
+    var sawCookie = false
     /// Over a limit: the fields are dropped.
     var tooLarge = false
 }

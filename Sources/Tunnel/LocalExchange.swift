@@ -243,6 +243,9 @@ final class LocalExchange {
                 // The framing of this head, not of whatever the parser has read since.
                 let framing = (try? HTTP1ResponseParser.framing(of: h, toHEAD: isHEAD)) ?? .untilClose
                 headers.removeHopByHop()
+                // A 204 has no content, and says no length (RFC 9110 §8.6): HTTP/2 peers
+                // treat a 204 with content-length as malformed.
+                if h.status == 204 { headers.remove("Content-Length") }
                 var out = HTTPHeaders()
                 out.add(":status", String(h.status))
                 for (n, v) in headers { out.add(n, v) }

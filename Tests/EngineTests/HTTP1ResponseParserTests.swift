@@ -189,9 +189,9 @@ final class HTTP1ResponseParserTests: XCTestCase {
         let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         XCTAssertEqual(reusable(ok), true)
         XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nT: 1\r\n\r\n"), true)
-        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", head: true), true)
         XCTAssertEqual(reusable("HTTP/1.1 204 No Content\r\n\r\n"), true)
-        XCTAssertEqual(reusable("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"), true)
+        XCTAssertEqual(reusable("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"), true)
+        XCTAssertEqual(reusable("HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"), true)
         XCTAssertEqual(reusable("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n" + ok), true)
         // Not yet, or no more.
         XCTAssertEqual(reusable(""), false)
@@ -201,6 +201,15 @@ final class HTTP1ResponseParserTests: XCTestCase {
         XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok"), false)
         XCTAssertEqual(reusable("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"), false)
         XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\n\r\nuntil close", eof: true), false)
+        // A body the server may still write a moment later (review of issue 12):
+        // never reuse after HEAD, nor after a 204/304 that declared a body.
+        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", head: true), false)
+        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", head: true), false)
+        XCTAssertEqual(reusable("HTTP/1.1 404 Not Found\r\n\r\n", head: true), false)
+        XCTAssertEqual(reusable("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"), false)
+        XCTAssertEqual(reusable("HTTP/1.1 204 No Content\r\nContent-Length: 1\r\n\r\n"), false)
+        XCTAssertEqual(reusable("HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"), false)
+        XCTAssertEqual(reusable("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"), false)
         // Bytes beyond the response: a body to HEAD, 204 or 304, anything after the end.
         XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nLEAKED", head: true), false)
         XCTAssertEqual(reusable("HTTP/1.1 204 No Content\r\n\r\nLEAKED"), false)
@@ -220,9 +229,40 @@ final class HTTP1ResponseParserTests: XCTestCase {
         var q = HTTP1ResponseParser()
         q.expectResponse(toHEAD: false)
         _ = try? q.feed(http1Bytes(ok))
-        q.expectResponse(toHEAD: true)
-        _ = try? q.feed(http1Bytes("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"))
+        q.expectResponse(toHEAD: false)
+        _ = try? q.feed(http1Bytes("HTTP/1.1 204 No Content\r\n\r\n"))
         XCTAssertTrue(q.isReusable)
+    }
+
+    /// Review of issue 12: bytes after a solicited final response are not parsed
+    /// (no 502 for a response already framed); the connection is not reusable.
+    func testBytesBeyondTheAnswerAreDroppedNotParsed() throws {
+        let html = "<html>\n"
+        var out = response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n" + html, heads: [true], eof: true)
+        XCTAssertNil(out.error)
+        XCTAssertEqual(out.events, [head(200, "OK", 1, [("Content-Length", "7")]), end])
+        XCTAssertEqual(reusable("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n" + html, head: true), false)
+        out = response("HTTP/1.1 204 No Content\r\n\r\n" + html, heads: [false], eof: true)
+        XCTAssertNil(out.error)
+        XCTAssertEqual(out.events, [head(204, "No Content"), end])
+        out = response("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz\u{0}junk\r\n\r\n",
+                       heads: [false], eof: true)
+        XCTAssertNil(out.error, "interim responses first, then junk after the final one")
+        XCTAssertEqual(out.events, [head(200, "OK", 1, [("Content-Length", "1")]), .body(http1Bytes("z")), end])
+        // Later feeds are dropped too, until another response is expected... and
+        // once dropping started, for good (the owner closes the connection).
+        var p = HTTP1ResponseParser()
+        p.expectResponse(toHEAD: true)
+        XCTAssertEqual(try p.feed(http1Bytes("HTTP/1.1 200 OK\r\n\r\n")).count, 2)
+        XCTAssertEqual(try p.feed(http1Bytes(html)), [])
+        p.expectResponse(toHEAD: false)
+        XCTAssertEqual(try p.feed(http1Bytes("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")), [])
+        XCTAssertFalse(p.isReusable)
+        XCTAssertEqual(try p.feedEOF(), [])
+        // Responses expected back to back are still all parsed.
+        out = response("HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz", heads: [false, false])
+        XCTAssertEqual(out.events, [head(204, "No Content"), end,
+                                    head(200, "OK", 1, [("Content-Length", "1")]), .body(http1Bytes("z")), end])
     }
 
     func testStatusLines() {

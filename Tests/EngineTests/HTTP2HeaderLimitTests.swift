@@ -138,6 +138,28 @@ final class HTTP2HeaderLimitTests: XCTestCase {
         XCTAssertTrue(server.takeEvents().contains { if case .headers(3, let h, _) = $0 { return h.count == 100 }; return false })
     }
 
+    /// Review of issue 12: browsers send each cookie as its own field over HTTP/2
+    /// (RFC 9113 §8.2.3); cookie crumbs after the first do not count towards
+    /// `maxHeaderFields` (their bytes count towards `maxHeaderListSize`).
+    func testCookieCrumbsCountAsOneField() throws {
+        let server = try HTTP2Session(role: .server, preface: .standard, settings: publicSettings())
+        var block = RawH2.getRequest
+        for i in 0..<150 { block += RawH2.literal("cookie", "c" + String(i) + "=v") }
+        try server.receive(RawH2.clientMagic + RawH2.emptySettings + RawH2.headers(1, block, endStream: true))
+        XCTAssertTrue(server.takeEvents().contains { if case .headers(1, let h, _) = $0 { return h.values("cookie").count == 150 }; return false },
+                      "150 cookies within the byte limit pass")
+        // 150 other fields do not.
+        block = RawH2.getRequest
+        for i in 0..<150 { block += RawH2.literal("x-f", String(i)) }
+        try server.receive(RawH2.headers(3, block, endStream: true))
+        XCTAssertTrue(server.takeEvents().contains { if case .headersTooLarge(3, _) = $0 { return true }; return false })
+        // Cookies still count in bytes: 20 KiB crumbs over the 16 KiB limit.
+        block = RawH2.getRequest
+        for i in 0..<20 { block += RawH2.literal("cookie", "c" + String(i) + "=" + String(repeating: "v", count: 1000)) }
+        try server.receive(RawH2.headers(5, block, endStream: true))
+        XCTAssertTrue(server.takeEvents().contains { if case .headersTooLarge(5, _) = $0 { return true }; return false })
+    }
+
     /// Client role (a device's response head): the stream is reset, stream 3 still answers.
     func testResponseBombResetsTheStreamAndTheNextStreamWorks() throws {
         let client = try HTTP2Session(role: .client, preface: .standard)  // 65,536 bytes, 128 fields

@@ -182,7 +182,10 @@ def test_leftovers_the_agent_has_not_read_yet_do_not_reach_the_next_user(env, me
         lib.wait_until(lambda: rx_queue(dev_port, gw.device_port) > 0, WAIT, "B's request waiting at the stopped agent")
         api.spill.set()
         assert api.spilled.wait(WAIT)
-        lib.wait_until(lambda: rx_queue(api.late_peer_port, api.port) > 0, WAIT, "A's leftovers at the stopped agent")
+        if method == "GET":
+            lib.wait_until(lambda: rx_queue(api.late_peer_port, api.port) > 0, WAIT, "A's leftovers at the stopped agent")
+        # After HEAD the agent keeps no local connection at all (a HEAD body may come
+        # late, after every look at the socket): A's leftovers have nowhere to wait.
     finally:
         os.kill(agent.pid, signal.SIGCONT)
     t.join(WAIT + 5)

@@ -13,8 +13,9 @@
 //   * the split does not matter: the same events and the same error, whatever
 //     the cuts; DATA the same on each stream that ended, else one a prefix of the
 //     other (how much of a frame passes before a reset depends on the split);
-//   * every header block delivered is within the limits (fields, and bytes as
-//     RFC 9113 counts them); one that is not arrives as headersTooLarge;
+//   * every header block delivered is within the limits (fields, cookie crumbs
+//     counting as one, and bytes as RFC 9113 counts them); one that is not
+//     arrives as headersTooLarge;
 //   * the decoded header bytes handed over at once stay under the session's
 //     budget plus one block; DATA handed over never exceeds the bytes fed;
 //   * an error is final: receive and receiveBacklog throw it again.
@@ -178,13 +179,18 @@ func take(_ session: HTTP2Session, _ r: inout Run, fed: Int, _ input: [UInt8]) {
         switch e {
         case .headers(let s, let h, let end):
             var n = 0
+            var fields = 0
+            var cookies = 0
             var flat: [String] = []
             for (name, value) in h {
                 n += name.utf8.count + value.utf8.count + 32
+                // Cookie crumbs count as one field (RFC 9113 §8.2.3); bytes bound them.
+                if name == "cookie" { cookies += 1 } else { fields += 1 }
                 flat.append(name)
                 flat.append(value)
             }
-            if n > limits.bytes || h.count > limits.fields { fail("a header block over the limits was delivered", input) }
+            if cookies > 0 { fields += 1 }
+            if n > limits.bytes || fields > limits.fields { fail("a header block over the limits was delivered", input) }
             headerBytes += n
             r.events.append(.headers(s, flat, end))
         case .headersTooLarge(let s, let end):
