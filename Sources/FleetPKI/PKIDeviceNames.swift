@@ -56,6 +56,13 @@ extension PKI {
         if !force, let path = existing.first {
             throw .alreadyExists(path)
         }
+        if !force {
+            // The files may be gone while a certificate issued for NAME is still
+            // valid: a second one must not be issued silently.
+            let revokedSerials = try readRevocationList(join(dir, "revoked.txt")).entries.map(\.serial)
+            let live = try issuedSerials(dir, name: name, caCert: caCert).filter { !revokedSerials.contains($0) }
+            if !live.isEmpty { throw .stillIssued(name, serials: live) }
+        }
         var revoked: [String] = []
         if force {
             let previous = try issuedSerials(dir, name: name, caCert: caCert)

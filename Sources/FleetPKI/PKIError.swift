@@ -32,6 +32,9 @@ public enum PKIError: Error, CustomStringConvertible {
     /// A device name the gateway answers to itself (its own name, localhost): the
     /// name and why it is reserved.
     case reservedName(String, reason: String)
+    /// DIR/issued.txt holds serials for this device name that were never revoked
+    /// (its files under devices/ are gone): a new certificate needs `force`.
+    case stillIssued(String, serials: [String])
 
     public var description: String {
         switch self {
@@ -63,6 +66,10 @@ public enum PKIError: Error, CustomStringConvertible {
                 + "use \"\(PKI.asciiLowercased(name))\""
         case .reservedName(let name, let reason):
             return "device name \"\(name)\" is reserved: \(reason)"
+        case .stillIssued(let name, let serials):
+            return "device \"\(name)\" still has a valid certificate (serial \(serials.joined(separator: ", ")) in issued.txt, "
+                + "not revoked; its files are gone from devices/): use --force to revoke it and issue a new one, "
+                + "or revoke it first (pki revoke)"
         }
     }
 

@@ -121,6 +121,33 @@ final class DeviceNameTests: XCTestCase {
         }
     }
 
+    /// Review of issue 12: the files of a device are gone but issued.txt holds an
+    /// unrevoked serial for it: without --force no second certificate is issued.
+    func testIssueRefusesANameWithAnUnrevokedSerialWhoseFilesAreGone() throws {
+        let dir = try makePKI()
+        let one = try PKI.issue(directory: dir, name: "dev1.example")
+        func removeFiles() throws {
+            for ext in ["crt", "key", "pem"] {
+                try FileManager.default.removeItem(atPath: dir + "/devices/dev1.example." + ext)
+            }
+        }
+        try removeFiles()
+        let error = assertThrows("stillIssued") { () throws(PKIError) in
+            try PKI.issue(directory: dir, name: "dev1.example")
+        }
+        guard case .stillIssued("dev1.example", let serials)? = error else { return XCTFail("got \(String(describing: error))") }
+        XCTAssertEqual(serials, [one.serial])
+        XCTAssertTrue(error!.description.contains("--force") && error!.description.contains("pki revoke"), error!.description)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/devices/dev1.example.crt"))
+        XCTAssertEqual(text(dir + "/issued.txt").split(separator: "\n").count, 1)
+        // --force revokes the earlier serial and issues.
+        XCTAssertEqual(try PKI.issue(directory: dir, name: "dev1.example", force: true).revoked, [one.serial])
+        // Once every serial is revoked (pki revoke), issuing again needs no --force.
+        try removeFiles()
+        XCTAssertEqual(try PKI.revoke(directory: dir, name: "dev1.example").count, 1)
+        XCTAssertNoThrow(try PKI.issue(directory: dir, name: "dev1.example"))
+    }
+
     func testReservedNamesAreRefused() throws {
         let dir = try makePKI()
         try PKI.issueServer(directory: dir, name: "api.fleet.test")
