@@ -36,6 +36,16 @@ public func fuzzHTTP2(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         // CONTINUATION frame once per receive call its 9-byte header is spread over,
         // so that error alone may depend on the split; stop comparing at it.
         if r.tooManyContinuations || bytewise.tooManyContinuations { continue }
+        // Once the peer's GOAWAY came and no stream is open, nghttp2 ignores every later
+        // receive call (it wants no more reads) but not the rest of the call the GOAWAY
+        // came in: what follows depends on the split. The connection is over there.
+        if r.sawGoaway || bytewise.sawGoaway {
+            if !r.untilGoaway.matches(bytewise.untilGoaway) {
+                fail("events up to GOAWAY depend on the split: " + String(describing: r.untilGoaway.events) + " vs "
+                     + String(describing: bytewise.untilGoaway.events), input)
+            }
+            continue
+        }
         if r.error != bytewise.error {
             fail("error depends on the split: " + (r.error ?? "none") + " vs " + (bytewise.error ?? "none"), input)
         }
@@ -89,6 +99,16 @@ struct Run {
     var events: [Norm] = []
     var error: String?
     var tooManyContinuations = false
+
+    var sawGoaway: Bool { events.contains { if case .goaway = $0 { return true }; return false } }
+
+    /// The events up to and with the peer's GOAWAY (see fuzzHTTP2).
+    var untilGoaway: Run {
+        guard let i = events.firstIndex(where: { if case .goaway = $0 { return true }; return false }) else { return self }
+        var r = self
+        r.events = Array(events[...i])
+        return r
+    }
 
     /// Everything but DATA, in order.
     var control: [Norm] { events.filter { if case .data = $0 { return false }; return true } }
