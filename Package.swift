@@ -49,14 +49,18 @@ let package = Package(
                           swiftSettings: engineSettings, linkerSettings: agentLinker),
         // The fleet's certificates (full Swift): `fleet-gateway pki`, and the simulator's devices.
         .target(name: "FleetPKI", dependencies: ["TLS", "COpenSSL"]),
-        .executableTarget(name: "FleetGateway", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI"]),
+        // Who may reach which device (full Swift, no I/O of its own): principals, tokens,
+        // JWTs, the access policy. The gateway's; a library so that tests and fuzzers use it.
+        .target(name: "FleetAccess", dependencies: ["TLS", "COpenSSL", "CLibc", "FleetPKI"]),
+        .executableTarget(name: "FleetGateway", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI", "FleetAccess"]),
 
         // The simulator (full Swift): virtual devices on the real agent engine.
         .target(name: "DeviceSimKit", dependencies: ["Tunnel", "TLS", "HTTP1", "EventLoop", "FleetPKI"]),
         .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "Tunnel", "EventLoop", "CLibc"]),
 
         .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Tunnel"]),
-        .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "FleetPKI", "COpenSSL", "TLS"]),
+        .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "FleetPKI", "FleetAccess", "COpenSSL", "TLS"]),
+        .testTarget(name: "AccessTests", dependencies: ["FleetAccess", "FleetPKI", "COpenSSL", "TLS"]),
         .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGateway", "FleetPKI", "Tunnel", "HTTP1", "EventLoop"]),
     ]
 )
@@ -71,8 +75,8 @@ if Context.environment["RH_FUZZ"] != nil {
     package.targets += [
         .executableTarget(name: "fuzz-http1", dependencies: ["HTTP1"], path: "fuzz/targets/http1"),
         .executableTarget(name: "fuzz-http2", dependencies: ["HTTP2", "HTTP1"], path: "fuzz/targets/http2"),
-        .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetPKI"], path: "fuzz/targets/host-mapping"),
-        .executableTarget(name: "fuzz-config", dependencies: ["Tunnel", "FleetPKI", "TLS", "EventLoop"],
+        .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetPKI", "FleetAccess"], path: "fuzz/targets/host-mapping"),
+        .executableTarget(name: "fuzz-config", dependencies: ["Tunnel", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
                           path: "fuzz/targets/config"),
     ]
 }

@@ -10,6 +10,7 @@
 // out: a request with an Origin (a browser's cross-site request) is refused, and
 // so is a Host that is not an IP address literal or localhost (DNS rebinding:
 // `dead.beef` is a name, not an address).
+import FleetAccess
 import CLibc
 import EventLoop
 import HTTP1

@@ -11,6 +11,7 @@
 // refuses it (accept, close) when none is idle; over the per-address cap it refuses.
 // An "address" is an IPv4 address or an IPv6 /64 (one host usually holds a whole
 // /64); a proxy listed in `trusted_proxies` has no per-address share.
+import FleetAccess
 
 struct ConnectionBudget {
     enum Verdict: Equatable { case admit, full, addressFull }

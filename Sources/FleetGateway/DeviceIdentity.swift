@@ -2,6 +2,7 @@
 // once, from the verified certificate's CN (or the configured name on a
 // plaintext listener), when the connection is accepted; nothing later changes it.
 
+import FleetAccess
 import FleetPKI
 struct DeviceIdentity: Equatable {
     /// The certificate CN, in canonical (lower-case) form.
@@ -68,52 +69,5 @@ enum HostRouting {
     /// A-Z to a-z, nothing else (Unicode lower-casing maps some non-ASCII to ASCII).
     static func asciiLowercased(_ s: String) -> String {
         String(decoding: s.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }, as: UTF8.self)
-    }
-}
-
-/// Which certificate names may connect: comma-separated globs (`*` any run of
-/// characters, `?` one), e.g. `dev-*,*.lab.example.com`. Empty: every name the
-/// fleet CA signed.
-struct NamePattern: Equatable {
-    let globs: [[Character]]
-
-    init?(_ text: String) {
-        guard text.utf8.allSatisfy({ $0 < 0x80 }) else { return nil }
-        let parts = HostRouting.asciiLowercased(text).split(separator: ",").map(NamePattern.trimSpaces)
-        guard !parts.isEmpty, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0.isASCII && !$0.isWhitespace } }) else { return nil }
-        globs = parts.map { Array($0) }
-    }
-
-    private static func trimSpaces(_ s: Substring) -> String {
-        var t = s
-        while t.first == " " { t = t.dropFirst() }
-        while t.last == " " { t = t.dropLast() }
-        return String(t)
-    }
-
-    func matches(_ name: String) -> Bool {
-        let n = Array(name.lowercased())
-        return globs.contains { NamePattern.match($0[...], n[...]) }
-    }
-
-    private static func match(_ p: ArraySlice<Character>, _ s: ArraySlice<Character>) -> Bool {
-        // Iterative glob match with single-star backtracking: linear in practice.
-        var pi = p.startIndex, si = s.startIndex
-        var star: ArraySlice<Character>.Index? = nil
-        var mark = s.startIndex
-        while si < s.endIndex {
-            // "*" first: a "*" in the name must not use up the pattern's "*" as a literal.
-            if pi < p.endIndex && p[pi] == "*" {
-                star = pi; mark = si; pi += 1
-            } else if pi < p.endIndex && (p[pi] == "?" || p[pi] == s[si]) {
-                pi += 1; si += 1
-            } else if let st = star {
-                pi = st + 1; mark += 1; si = mark
-            } else {
-                return false
-            }
-        }
-        while pi < p.endIndex && p[pi] == "*" { pi += 1 }
-        return pi == p.endIndex
     }
 }

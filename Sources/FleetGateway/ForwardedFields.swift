@@ -8,6 +8,7 @@
 //   X-Forwarded-Proto and X-Forwarded-Host are kept.
 //   Responses: Set-Cookie loses its Domain attribute (a host-only cookie), so a
 //   device under {cn}.devices.example.com cannot set cookies for its neighbours.
+import FleetAccess
 import HTTP1
 
 enum ForwardedFields {

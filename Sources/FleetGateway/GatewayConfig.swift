@@ -1,4 +1,5 @@
 // fleet-gateway settings: from a config file and the command line (same keys).
+import FleetAccess
 import FleetPKI
 import EventLoop
 import TLS

@@ -1,4 +1,5 @@
 // Host-to-device mapping: the rules that decide which device a request reaches.
+import FleetAccess
 @testable import FleetGateway
 import XCTest
 

@@ -15,6 +15,7 @@
 //     ports 1...65535, a device name that is a hostname, a health-check method
 //     that is a token and a path that is a valid request target, a template
 //     that maps names to hostnames.
+import FleetAccess
 import EventLoop
 import FleetPKI
 import TLS

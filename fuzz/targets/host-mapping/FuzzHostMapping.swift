@@ -19,6 +19,7 @@
 //   * templates and patterns accepted are ASCII (Unicode lower-casing turns
 //     e.g. U+212A KELVIN SIGN into "k": nothing non-ASCII may become ASCII);
 //   * NamePattern matches like a reference glob matcher.
+import FleetAccess
 import FleetPKI
 
 @_cdecl("LLVMFuzzerTestOneInput")

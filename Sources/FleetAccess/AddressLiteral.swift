@@ -3,10 +3,11 @@
 // gateway itself) and the CIDRs of `trusted_proxies`. Parsed by inet_pton, so
 // IPv4 is exactly four decimal octets 0-255 and IPv6 is what the C library takes.
 import CLibc
+import FleetPKI
 
-enum AddressLiteral {
+public enum AddressLiteral {
     /// The 4 (IPv4) or 16 (IPv6) bytes of an address literal (no brackets, no port), or nil.
-    static func parse(_ text: String) -> [UInt8]? {
+    public static func parse(_ text: String) -> [UInt8]? {
         guard !text.isEmpty, text.utf8.count < 64, text.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return nil }
         var v6 = in6_addr()
         if text.contains(":") {
@@ -19,7 +20,7 @@ enum AddressLiteral {
     }
 
     /// An IPv4-mapped IPv6 address (::ffff:a.b.c.d) as its IPv4 bytes; others unchanged.
-    static func unmapped(_ a: [UInt8]) -> [UInt8] {
+    public static func unmapped(_ a: [UInt8]) -> [UInt8] {
         guard a.count == 16, a[0..<10].allSatisfy({ $0 == 0 }), a[10] == 0xFF, a[11] == 0xFF else { return a }
         return Array(a[12...])
     }
@@ -27,7 +28,7 @@ enum AddressLiteral {
     /// A Host field that names this machine by address, not by a DNS name that an
     /// attacker's domain could rebind to it: an IPv4 literal, a bracketed IPv6
     /// literal, or `localhost`, each with an optional `:port` (1-5 digits, at most 65535).
-    static func isAddressHost(_ host: String) -> Bool {
+    public static func isAddressHost(_ host: String) -> Bool {
         var h = Substring(host)
         if h.hasPrefix("[") {
             guard let close = h.firstIndex(of: "]") else { return false }
@@ -40,7 +41,7 @@ enum AddressLiteral {
             guard isPort(h[colon...]) else { return false }
             h = h[..<colon]
         }
-        if HostRouting.asciiLowercased(String(h)) == "localhost" { return true }
+        if PKI.asciiLowercased(String(h)) == "localhost" { return true }
         return !h.contains(":") && parse(String(h))?.count == 4
     }
 
@@ -55,11 +56,11 @@ enum AddressLiteral {
 }
 
 /// An address block, e.g. 10.0.0.0/8 or fd00::/8 (a bare address is a /32 or /128).
-struct CIDR: Equatable {
-    let network: [UInt8]
-    let prefix: Int
+public struct CIDR: Equatable, Sendable {
+    public let network: [UInt8]
+    public let prefix: Int
 
-    init?(_ text: String) {
+    public init?(_ text: String) {
         let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
         guard let a = AddressLiteral.parse(String(parts[0])) else { return nil }
         let bits = a.count * 8
@@ -74,7 +75,7 @@ struct CIDR: Equatable {
     }
 
     /// Whether `address` (text, as a peer's host) is in this block.
-    func contains(_ address: String) -> Bool {
+    public func contains(_ address: String) -> Bool {
         guard let raw = AddressLiteral.parse(address) else { return false }
         let a = network.count == 4 ? AddressLiteral.unmapped(raw) : raw
         guard a.count == network.count else { return false }
