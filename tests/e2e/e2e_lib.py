@@ -714,6 +714,11 @@ class _ApiHandler(BaseHTTPRequestHandler):
         if path == "/device":
             self._digest_body()
             return self._send(200, dev.encode(), head_only=head_only)
+        if path == "/page":  # a device's web page (the browser test)
+            self._digest_body()
+            page = (f"<!doctype html><html><head><title>{dev}</title></head>"
+                    f"<body><h1 id=\"device\">device page of {dev}</h1></body></html>").encode()
+            return self._send(200, page, "text/html; charset=utf-8", head_only=head_only)
         if path == "/echo":
             digest, n = self._digest_body()
             hdr: dict = {}
