@@ -4,7 +4,11 @@
   (b) through our fleet-gateway + device-agent, plaintext reversed connection;
   (c) the same over mTLS;
   (d, e) through an HAProxy gateway + HAProxy dialer pair, plain and mTLS
-         (only when $HAPROXY / --haproxy names an HAProxy >= 3.2).
+         (only when $HAPROXY / --haproxy names an HAProxy >= 3.2);
+  (f, g) our mTLS path with access control (issue 13): a 20-rule access_policy
+         and every request carrying a token (Authorization: Bearer), or an ES256
+         JWT (the same one each time: verified once, then cached), against (c),
+         which has no access policy.
 Every path has one reversed connection; our programs are single-threaded (one
 event loop each) and HAProxy runs with nbthread 1. Per-request logging is off on
 both sides (our gateway: access_log=false, log level notice, which logs
@@ -25,7 +29,10 @@ Scenarios, alternating between the paths (the order rotates every round), for
   - resident memory of the agent / dialer (and gateways) idle, before any load.
 
 Writes a Markdown table (--md) and the raw figures (--json). Needs wrk, h2load
-(nghttp2-client), curl, nginx; `perf` for --profile.
+(nghttp2-client), curl, nginx; `perf` for --profile; python3-cryptography for
+the JWT path. The access-control comparison alone:
+
+    python3 bench/compare.py --paths ours_tls,ours_tls_token,ours_tls_jwt --scenarios wrk,h2load
 
     swift build -c release --product fleet-gateway   # or --scratch-path X, then --gateway-bin X/release/fleet-gateway
     scripts/build                                       # the Embedded device-agent
@@ -48,12 +55,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import e2e_lib as lib  # noqa: E402
 
 HOST = "dev1.example"
+NAMES = {"direct": "no tunnel", "ours_plain": "ours, plain", "ours_tls": "ours, mTLS",
+         "ours_tls_token": "ours, mTLS, token + policy", "ours_tls_jwt": "ours, mTLS, JWT + policy",
+         "haproxy_plain": "HAProxy pair, plain", "haproxy_tls": "HAProxy pair, mTLS"}
 MiB = 1 << 20
 BIG = 100 * MiB
 
@@ -206,17 +217,22 @@ def start_nginx(pm: lib.ProcessManager, work: Path, sink: UploadSink) -> tuple:
 class Path_:
     """One way to reach the API: public ports plus the tunnel's two processes."""
 
-    def __init__(self, key: str, label: str, h1: int, h2: int, gateway=None, agent=None):
+    def __init__(self, key: str, label: str, h1: int, h2: int, gateway=None, agent=None, auth: str = ""):
         self.key, self.label, self.h1, self.h2 = key, label, h1, h2
         self.gateway, self.agent = gateway, agent  # lib.Proc or None
+        self.auth = auth  # an Authorization value every request carries ("" for none)
+
+    def hdr(self, flag: str = "-H") -> list:
+        """The Authorization header as command-line arguments of wrk, h2load, curl."""
+        return [flag, f"Authorization: {self.auth}"] if self.auth else []
 
     def pids(self) -> dict:
         return {k: p.pid for k, p in (("gateway", self.gateway), ("agent", self.agent)) if p}
 
 
-def wait_through(port: int, what: str, procs=()) -> None:
+def wait_through(port: int, what: str, procs=(), auth: str = "") -> None:
     def ok():
-        r = lib.request(port, "GET", "/1k", HOST, timeout=3)
+        r = lib.request(port, "GET", "/1k", HOST, timeout=3, headers={"Authorization": auth} if auth else None)
         return r.status == 200 and len(r.body) == 1024
     try:
         lib.wait_until(ok, 20, what, interval=0.1)
@@ -225,22 +241,85 @@ def wait_through(port: int, what: str, procs=()) -> None:
         raise AssertionError(f"{e}\n{tails}") from None
 
 
-def our_path(pm, pki, gateway_bin: Path, agent_bin: Path, api_port: int, tls: bool) -> Path_:
+# 20 rules: 18 that never match this benchmark's requests (other principals,
+# devices, methods, paths, sources), then the two that allow it, last.
+BENCH_POLICY = """\
+# bench/compare.py: 20 rules, the matching ones last
+deny token:intruder-* *
+allow token:ops-* lab-*,rack-??
+allow token:alice dev2.example,dev3.example
+allow token:bench dev9.example methods=GET
+deny token:bench * methods=DELETE,PUT
+allow user:alice * paths=/admin/,/status
+allow user:bob dev1.example methods=POST
+allow sub:robot-* dev1.example from=10.0.0.0/8
+allow email:*@example.org * methods=GET,HEAD
+deny group:contractors dev1.example paths=/admin/
+allow group:ops dev1.example from=192.168.0.0/16,10.0.0.0/8
+allow group:bench-team dev2.example
+deny email:mallory@example.com *
+allow authenticated dev4.example paths=/status
+allow anyone dev5.example paths=/public/
+deny anyone * paths=/secret/
+allow token:bench dev1.example paths=/other/
+allow group:bench-team dev1.example methods=POST
+allow token:bench dev1.example methods=GET
+allow group:bench-team dev1.example methods=GET
+"""
+
+
+def access_setup(work: Path, gateway_bin: Path, kind: str) -> tuple[list, str]:
+    """Gateway arguments and the Authorization value for an access-control path:
+    kind "token" (a token from `fleet-gateway token create`) or "jwt" (ES256,
+    signed here with a key made here, its JWKS in a file)."""
+    d = work / f"access-{kind}"
+    d.mkdir(parents=True, exist_ok=True)
+    policy, tokens = d / "policy", d / "tokens"
+    policy.write_text(BENCH_POLICY)
+    for name, devices in (("alice", "dev2.example"), ("ops-1", "*"), ("bench", HOST)):
+        r = subprocess.run([str(gateway_bin), "token", "create", name, "--devices", devices, "--tokens", str(tokens)],
+                           capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise SystemExit(f"token create failed: {r.stderr.decode(errors='replace')}")
+        secret = r.stdout.decode().strip()
+    args = ["--access-policy", policy, "--tokens", tokens]
+    if kind == "token":
+        return args, "Bearer " + secret
+    import access_lib as acc  # python3-cryptography
+    key = acc.Key.make("ES256", "bench")
+    (d / "jwks.json").write_text(json.dumps(acc.jwks(acc.Key.make("RS256", "other"), key)))
+    token = acc.jwt(key, acc.claims("bench-user", email="bench@example.com", groups=["staff", "bench-team"],
+                                    exp_in=6 * 3600))
+    return args + ["--jwt-jwks", d / "jwks.json", "--jwt-issuer", acc.ISSUER, "--jwt-audience", acc.AUDIENCE], \
+        "Bearer " + token
+
+
+def our_path(pm, pki, gateway_bin: Path, agent_bin: Path, api_port: int, tls: bool, access: str = "",
+             work: Optional[Path] = None) -> Path_:
     os.environ["RH_BIN"] = str(gateway_bin.parent)
     common = ["--access-log=false", "--check-interval-ms", "0", "--listen-admin", "off"]
-    if tls:
+    auth = ""
+    if access:
+        extra, auth = access_setup(work, gateway_bin, access)
+        gw = lib.start_gateway(pm, pki, extra=common + extra, name=f"ours-gw-tls-{access}", log_level="notice")
+    elif tls:
         gw = lib.start_gateway(pm, pki, extra=common, name="ours-gw-tls", log_level="notice")
     else:
         gw = lib.start_gateway(pm, None, extra=common, plaintext_name=HOST, name="ours-gw-plain",
                                log_level="notice")
     os.environ["RH_AGENT"] = str(agent_bin)
     agent = lib.start_agent(pm, gw.device_port, pki=pki if tls else None, device=HOST, local_port=api_port,
-                            connections=1, plaintext=not tls, name="ours-agent-" + ("tls" if tls else "plain"),
+                            connections=1, plaintext=not tls,
+                            name="ours-agent-" + ("tls" if tls else "plain") + (f"-{access}" if access else ""),
                             log_level="notice")
-    wait_through(gw.public_port, "our tunnel", (gw.proc, agent))
-    key = "ours_tls" if tls else "ours_plain"
-    label = ("ours, mTLS" if tls else "ours, plain")
-    return Path_(key, label, gw.public_port, gw.public_port, gw.proc, agent)
+    if access:  # the policy is in force: no credentials, no entry
+        r = lib.request(gw.public_port, "GET", "/1k", HOST, timeout=5)
+        if r.status not in (401, 503):
+            raise SystemExit(f"{access} path: a request without credentials got {r.status}, not 401")
+    wait_through(gw.public_port, "our tunnel", (gw.proc, agent), auth=auth)
+    key = ("ours_tls" if tls else "ours_plain") + (f"_{access}" if access else "")
+    label = NAMES[key]
+    return Path_(key, label, gw.public_port, gw.public_port, gw.proc, agent, auth=auth)
 
 
 HAP_COMMON = """\
@@ -396,7 +475,7 @@ class Bench:
 
         def go():
             out = run(["wrk", f"-t{self.a.client_threads}", "-c64", f"-d{d}s", "--latency", "-H", f"Host: {HOST}",
-                       f"http://127.0.0.1:{p.h1}/1k"], d + 30)
+                       *p.hdr(), f"http://127.0.0.1:{p.h1}/1k"], d + 30)
             r = parse_wrk(out)
             if not r["requests"]:
                 r["raw"] = out[-500:]
@@ -410,7 +489,7 @@ class Bench:
     def h2load(self, p: Path_) -> dict:
         d = self.a.duration
         out = run(["h2load", f"-t{self.a.client_threads}", "-c64", "-m1", "-D", str(d), "-H", f":authority: {HOST}",
-                   f"http://127.0.0.1:{p.h2}/1k"], d + 30)
+                   *p.hdr(), f"http://127.0.0.1:{p.h2}/1k"], d + 30)
         r = parse_h2load(out)
         if not r["requests"]:
             r["raw"] = out[-500:]
@@ -419,7 +498,7 @@ class Bench:
     def paced(self, p: Path_) -> dict:
         d = self.a.duration
         out = run(["wrk", "-t1", "-c32", f"-d{d}s", "--latency", "-s", self.pace, "-H", f"Host: {HOST}",
-                   f"http://127.0.0.1:{p.h1}/1k"], d + 30)
+                   *p.hdr(), f"http://127.0.0.1:{p.h1}/1k"], d + 30)
         r = parse_wrk(out)
         if not r["requests"]:
             r["raw"] = out[-500:]
@@ -427,7 +506,8 @@ class Bench:
 
     def download(self, p: Path_) -> dict:
         def go():
-            out = run(["curl", "-sS", "-o", "/dev/null", "-H", f"Host: {HOST}", "-w", "%{http_code} %{size_download} %{time_total}",
+            out = run(["curl", "-sS", "-o", "/dev/null", "-H", f"Host: {HOST}", *p.hdr(),
+                       "-w", "%{http_code} %{size_download} %{time_total}",
                        f"http://127.0.0.1:{p.h1}/100m"], 120)
             code, size, t = out.split()[-3:]
             ok = code == "200" and int(size) == BIG
@@ -439,7 +519,7 @@ class Bench:
             sink.last_length = -1
             resp = self.work / "upload.answer"
             resp.write_bytes(b"")
-            out = run(["curl", "-sS", "-X", "POST", "-T", self.upload_file, "-o", resp, "-H", f"Host: {HOST}",
+            out = run(["curl", "-sS", "-X", "POST", "-T", self.upload_file, "-o", resp, "-H", f"Host: {HOST}", *p.hdr(),
                        "-H", "Expect:", "-H", "Content-Type: application/octet-stream",
                        "-w", "%{http_code} %{size_upload} %{time_total}", f"http://127.0.0.1:{p.h1}/upload"], 120)
             code, size, t = out.split()[-3:]
@@ -508,8 +588,7 @@ def build_report(results: dict, meta: dict, paths: list) -> tuple[str, dict]:
              f"Our agent: the Embedded build, 1 connection, local_max_connections 32 (default); "
              f"HAProxy {meta['haproxy_version'] or '(not run)'}: nbconn 1.",
              "", f"`{meta['command']}`", ""]
-    names = {"direct": "no tunnel", "ours_plain": "ours, plain", "ours_tls": "ours, mTLS",
-             "haproxy_plain": "HAProxy pair, plain", "haproxy_tls": "HAProxy pair, mTLS"}
+    names = NAMES
     lines.append("| | " + " | ".join(names[k] for k in paths) + " |")
     lines.append("|---|" + "---|" * len(paths))
     for label, scen, field, digits, scale, _ in ROWS:
@@ -560,6 +639,22 @@ def build_report(results: dict, meta: dict, paths: list) -> tuple[str, dict]:
         lines += ["", "| target (ratio of medians, same run) | ratio | target | |", "|---|---|---|---|"]
         for what, v, t, higher, ok in checks:
             lines.append(f"| {what} | {v:.2f} | {'≥' if higher else '≤'} {t:g} | {'met' if ok else 'MISSED'} |")
+    access = [k for k in ("ours_tls_token", "ours_tls_jwt") if k in paths]
+    if access and "ours_tls" in paths:
+        lines += ["", "| access control (issue 13), ratio of medians, same run | ratio | target | |", "|---|---|---|---|"]
+        for k in access:
+            for scen, what in (("wrk", "req/s HTTP/1.1 (wrk)"), ("h2load", "req/s HTTP/2 (h2load)"),
+                               ("paced", "p99 at fixed rate")):
+                field = "p99_ms" if scen == "paced" else "rps"
+                v = ratio(med(k, f"{scen}.{field}"), med("ours_tls", f"{scen}.{field}"))
+                if v is None:
+                    continue
+                higher = field == "rps"
+                target = 0.95 if higher else 1.05
+                ok = v >= target if higher else v <= target
+                checks.append((f"{what} {NAMES[k]} ÷ ours, mTLS", v, target, higher, ok))
+                lines.append(f"| {what}: {NAMES[k]} ÷ ours, mTLS (no policy) | {v:.3f} | "
+                             f"{'≥' if higher else '≤'} {target:g} | {'met' if ok else 'MISSED'} |")
     if "ours_plain" in paths and "haproxy_plain" in paths:
         lines += ["", "Plain (no TLS) ratios, ours ÷ HAProxy: " + ", ".join(
             f"{n} {ratio(med('ours_plain', m), med('haproxy_plain', m)):.2f}"
@@ -626,7 +721,7 @@ def main() -> None:
     ap.add_argument("--client-threads", type=int, default=1)
     ap.add_argument("--paced-delay-ms", type=int, default=8)
     ap.add_argument("--scenarios", default="wrk,h2load,paced,download,upload")
-    ap.add_argument("--paths", default="direct,ours_plain,ours_tls,haproxy_plain,haproxy_tls")
+    ap.add_argument("--paths", default="direct,ours_plain,ours_tls,ours_tls_token,ours_tls_jwt,haproxy_plain,haproxy_tls")
     ap.add_argument("--profile", metavar="DIR", help="also profile our mTLS gateway and agent with perf (1 KiB wrk)")
     ap.add_argument("--profile-seconds", type=int, default=6)
     ap.add_argument("--md", default="bench/results/compare.md")
@@ -670,6 +765,10 @@ def main() -> None:
             paths["ours_plain"] = our_path(pm, pki, gw_bin, agent_bin, api_h1, tls=False)
         if "ours_tls" in wanted:
             paths["ours_tls"] = our_path(pm, pki, gw_bin, agent_bin, api_h1, tls=True)
+        for access in ("token", "jwt"):
+            if f"ours_tls_{access}" in wanted:
+                paths[f"ours_tls_{access}"] = our_path(pm, pki, gw_bin, agent_bin, api_h1, tls=True, access=access,
+                                                       work=work)
         if haproxy:
             lab = work / "lab"
             (lab / "pki").mkdir(parents=True)
