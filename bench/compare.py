@@ -692,7 +692,7 @@ def profile(p: Path_, bench: Bench, out_dir: Path, seconds: int) -> dict:
                                            "--", "sleep", str(seconds)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     d = max(seconds + 2, 4)
-    out = run(["wrk", f"-t{bench.a.client_threads}", "-c64", f"-d{d}s", "-H", f"Host: {HOST}",
+    out = run(["wrk", f"-t{bench.a.client_threads}", "-c64", f"-d{d}s", "-H", f"Host: {HOST}", *p.hdr(),
                f"http://127.0.0.1:{p.h1}/1k"], d + 30)
     res = {"wrk_rps": parse_wrk(out)["rps"]}
     for k, (data, proc) in recs.items():
@@ -722,7 +722,8 @@ def main() -> None:
     ap.add_argument("--paced-delay-ms", type=int, default=8)
     ap.add_argument("--scenarios", default="wrk,h2load,paced,download,upload")
     ap.add_argument("--paths", default="direct,ours_plain,ours_tls,ours_tls_token,ours_tls_jwt,haproxy_plain,haproxy_tls")
-    ap.add_argument("--profile", metavar="DIR", help="also profile our mTLS gateway and agent with perf (1 KiB wrk)")
+    ap.add_argument("--profile", metavar="DIR", help="also profile our mTLS gateways and agents with perf (1 KiB wrk), "
+                                                     "with and without access control")
     ap.add_argument("--profile-seconds", type=int, default=6)
     ap.add_argument("--md", default="bench/results/compare.md")
     ap.add_argument("--json", default="bench/results/compare.json")
@@ -802,15 +803,15 @@ def main() -> None:
                             raise SystemExit(f"{proc.name} exited:\n{proc.tail()}")
         profiles = {}
         if args.profile:
-            for k in ("ours_tls",):
+            for k in ("ours_tls", "ours_tls_token", "ours_tls_jwt"):
                 if k in paths:
                     profiles[k] = profile(paths[k], bench, Path(args.profile), args.profile_seconds)
         md, doc = build_report(results, meta, order)
         if profiles:
-            md += "\nProfiles (perf, self time, our mTLS tunnel under the 1 KiB wrk load):\n"
+            md += "\nProfiles (perf, self time, our mTLS tunnels under the 1 KiB wrk load):\n"
             for k, pr in profiles.items():
                 for proc in ("gateway", "agent"):
-                    md += f"\n{proc} (top symbols):\n\n```\n" + "\n".join(pr.get(proc, [])) + "\n```\n"
+                    md += f"\n{NAMES[k]}, {proc} (top symbols):\n\n```\n" + "\n".join(pr.get(proc, [])) + "\n```\n"
         doc["raw"] = results
         doc["profiles"] = profiles
         for f, text in ((args.md, md), (args.json, json.dumps(doc, indent=2) + "\n")):
