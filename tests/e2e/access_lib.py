@@ -284,7 +284,7 @@ def h2(port: int, method: str, path: str, hostname: str, *, client: Optional[Cli
     with prior knowledge) from `source`: (status, {lower name: value}, body, version)."""
     client = client or Client("anonymous")
     scheme = "https" if ca else "http"
-    args = ["curl", "-sS", "--max-time", str(int(timeout)), "-X", method, "--interface", source,
+    args = ["curl", "-sS", "--path-as-is", "--max-time", str(int(timeout)), "-X", method, "--interface", source,
             "--resolve", f"{hostname}:{port}:127.0.0.1", "-D", "-", "-o", "-",
             "-w", "\n%{http_version}"]
     if ca:

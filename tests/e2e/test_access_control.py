@@ -59,6 +59,7 @@ RULES = [
     ("allow", "sub:fr*", "dev?", {"methods": "GET"}),
     ("allow", "anyone", "dev2", {"paths": "/status,/echo"}),
     ("allow", "authenticated", "dev1", {"paths": "/status/", "methods": "GET"}),
+    ("deny", "token:ops", "dev1", {"paths": "/admin"}),  # the matrix's paths never touch it: see test_paths_*
 ]
 
 _sources = itertools.count(1)
@@ -411,6 +412,78 @@ def test_access_log_metrics_and_last_access(fleet, env):
         assert m and int(m.group(1)) > 0, (result, auth, [ln for ln in metrics.splitlines() if "access" in ln])
     la = dev.get("last_access")
     assert la and la["user"] == "token:alice" and la["status"] == 403 and abs(la["at"] - time.time()) < 60, dev
+
+
+# --------------------------------------------------------------------------- evasion
+
+
+# Paths an allow with paths= must not be fooled by (anonymous may reach dev2's
+# /status and /echo only), and a deny with paths= must not be dodged by (ops may
+# not reach dev1's /admin): dot segments, encoded dots and slashes, doubled
+# slashes, encoded letters.
+ALLOW_EVASIONS = ["/status/../device", "/status/%2e%2e/device", "/status/%2E%2E/device", "/status/.%2e/device",
+                  "/status%2F..%2Fdevice", "/echo/..%2Fdevice", "/status/..\\device", "/status//../device",
+                  "/echo/./../device"]
+DENY_EVASIONS = ["/admin", "/admin/", "/admin/x", "/admin?x=1", "//admin", "/./admin", "/x/../admin", "/%61dmin",
+                 "/%2561dmin", "/admin%2Fx", "/%2Fadmin", "/.%2fadmin", "///admin/x"]
+
+
+def test_paths_the_policy_cannot_be_fooled_by(fleet, env):
+    src = fresh_source()
+    anon_got = {p: fleet.get("dev2", p, None, source=src).status for p in ALLOW_EVASIONS}
+    ops = env.bearer("ops")
+    ops_got = {p: fleet.get("dev1", p, ops).status for p in DENY_EVASIONS}
+    h2_anon = {p: acc.h2(fleet.port, "GET", p, host("dev2"), source=src, ca=fleet.ca)[0] for p in ALLOW_EVASIONS}
+    h2_ops = {p: acc.h2(fleet.port, "GET", p, host("dev1"), client=ops, ca=fleet.ca)[0] for p in DENY_EVASIONS}
+    bad = {f"anonymous {p}": v for p, v in anon_got.items() if v not in (400, 401)}
+    bad.update({f"ops {p}": v for p, v in ops_got.items() if v not in (400, 403)})
+    bad.update({f"HTTP/2 anonymous {p}": v for p, v in h2_anon.items() if v not in (400, 401)})
+    bad.update({f"HTTP/2 ops {p}": v for p, v in h2_ops.items() if v not in (400, 403)})
+    assert not bad, f"paths that got past the policy (expected 401/403, or 400): {bad}"
+
+
+def test_forwarded_for_from_a_stranger_does_not_satisfy_from(fleet, env):
+    """dave (group:admins) is allowed from 127.0.0.1 only; from 127.0.0.2 a forged
+    X-Forwarded-For or Forwarded naming 127.0.0.1 changes nothing (no trusted_proxies)."""
+    dave = env.whos["dave"].client
+    for hdrs in ({"X-Forwarded-For": "127.0.0.1"}, {"Forwarded": "for=127.0.0.1"},
+                 {"X-Real-IP": "127.0.0.1"}, {"X-Forwarded-For": "127.0.0.1, 127.0.0.1"}):
+        assert fleet.get("dev1", "/device", dave, source="127.0.0.2", headers=hdrs).status == 403, hdrs
+        status, _, _, _ = acc.h2(fleet.port, "GET", "/device", host("dev1"), client=dave, source="127.0.0.2",
+                                 ca=fleet.ca, headers=hdrs)
+        assert status == 403, ("HTTP/2", hdrs)
+    assert fleet.get("dev1", "/device", dave, source="127.0.0.1").status == 200
+
+
+def test_the_decision_is_about_the_device_the_request_goes_to(fleet, env):
+    """alice's token covers dev1 only. An absolute-form target names dev2 while
+    Host names dev1: the request goes to dev2 (RFC 9112 3.2.2), so the decision
+    must be about dev2 too."""
+    before = fleet.apis["dev2"].requests
+    ctx = acc.tls_context(fleet.ca)
+    with socket.create_connection(("127.0.0.1", fleet.port), timeout=10) as raw:
+        s = ctx.wrap_socket(raw)
+        s.sendall(f"GET https://{host('dev2')}/device HTTP/1.1\r\nHost: {host('dev1')}\r\n"
+                  f"Authorization: Bearer {env.secrets['alice']}\r\nConnection: close\r\n\r\n".encode())
+        data, _ = lib.read_until_close(s, 10)
+    status = int(data.split(b" ", 2)[1])
+    assert status in (400, 403), data[:300]
+    assert fleet.apis["dev2"].requests == before, "alice's request reached dev2"
+
+
+def test_two_authorization_fields_are_refused(fleet, env):
+    src = fresh_source()
+    before = fleet.device_requests()
+    ctx = acc.tls_context(fleet.ca)
+    with socket.create_connection(("127.0.0.1", fleet.port), timeout=10, source_address=(src, 0)) as raw:
+        s = ctx.wrap_socket(raw)
+        s.sendall(f"GET /device HTTP/1.1\r\nHost: {host('dev2')}\r\n"
+                  f"Authorization: Bearer {env.secrets['alice']}\r\nAuthorization: Bearer {env.secrets['ops']}\r\n"
+                  f"Connection: close\r\n\r\n".encode())
+        data, _ = lib.read_until_close(s, 10)
+    status = int(data.split(b" ", 2)[1])
+    assert status in (400, 401), data[:300]
+    assert fleet.device_requests() == before
 
 
 # --------------------------------------------------------------------------- tokens
