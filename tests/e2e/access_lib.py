@@ -351,3 +351,82 @@ def check_challenges(values: list[str]) -> None:
     joined = " | ".join(values)
     assert any(v.strip().startswith("Basic ") and 'realm="fleet-gateway"' in v for v in values), joined
     assert any(v.strip().startswith("Bearer ") and 'realm="fleet-gateway"' in v for v in values), joined
+
+
+# --------------------------------------------------------------------------- RFC 8441 from the user
+
+_HUFF_DIGITS = {"00000": "0", "00001": "1", "00010": "2", "011001": "3", "011010": "4", "011011": "5",
+                "011100": "6", "011101": "7", "011110": "8", "011111": "9"}
+_STATIC_STATUS = {8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500}
+
+
+def h2_status(block: bytes) -> int:
+    """:status of a response header block whose first field is :status (RFC 9113
+    8.3.2): indexed (static table), or a literal with the name :status (index 8)
+    and a plain or Huffman-coded value of digits."""
+    b = block[0]
+    if b & 0x80:
+        return _STATIC_STATUS[b & 0x7F]
+    # literal with incremental indexing (01xxxxxx, 6-bit index), or without / never indexed (4-bit index)
+    idx = b & 0x3F if b & 0x40 else b & 0x0F
+    assert idx in range(8, 15), f"first field is not :status: {block[:16]!r}"
+    n, huff, raw = block[1] & 0x7F, block[1] & 0x80, block[2:2 + (block[1] & 0x7F)]
+    if not huff:
+        return int(raw.decode())
+    bits, out, cur = "".join(f"{x:08b}" for x in raw), "", ""
+    for bit in bits:
+        cur += bit
+        if cur in _HUFF_DIGITS:
+            out += _HUFF_DIGITS[cur]
+            cur = ""
+            if len(out) == 3:
+                break
+    return int(out)
+
+
+def h2_websocket(port: int, hostname: str, *, client: Optional[Client] = None, source: str = "127.0.0.1",
+                 ca: Path, path: str = "/ws", timeout: float = 10.0) -> int:
+    """A WebSocket over the user's HTTP/2 connection (extended CONNECT, RFC 8441,
+    ALPN h2): the status; on 200 one frame is echoed (checked)."""
+    import hostile_lib as hl
+    client = client or Client("anonymous")
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+    s = tls_context(ca, client.cert, ["h2"]).wrap_socket(raw)
+    try:
+        assert s.selected_alpn_protocol() == "h2"
+        fields = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", path),
+                  (":authority", hostname), ("sec-websocket-version", "13")]
+        fields += [(k.lower(), v) for k, v in client.headers.items()]
+        s.sendall(hl.MAGIC + hl.settings() + hl.headers(1, fields))
+        r = hl.FrameReader(s)
+        block = b""
+        for _ in range(1000):
+            fr = r.next(timeout)
+            assert fr is not None, "no answer to the extended CONNECT"
+            t, f, sid, payload = fr
+            if t == hl.SETTINGS and not f & hl.ACK:
+                s.sendall(hl.frame(hl.SETTINGS, hl.ACK, 0))
+            if t == hl.RST_STREAM and sid == 1:
+                raise AssertionError(f"stream reset: {payload!r}")
+            if t == hl.HEADERS and sid == 1:
+                block = payload
+                if f & 0x8:  # PADDED
+                    block = block[1:len(block) - block[0]]
+                if f & 0x20:  # PRIORITY
+                    block = block[5:]
+                break
+        status = h2_status(block)
+        if status == 200:
+            s.sendall(hl.frame(hl.DATA, 0, 1, lib.ws_frame(0x1, b"hello", mask=True)))
+            got = b""
+            for _ in range(1000):
+                fr = r.next(timeout)
+                assert fr is not None, "no echo"
+                if fr[0] == hl.DATA and fr[2] == 1:
+                    got += fr[3]
+                    if len(got) >= 7:
+                        break
+            assert got == lib.ws_frame(0x1, b"hello"), got
+        return status
+    finally:
+        s.close()

@@ -350,6 +350,21 @@ def test_matrix_websocket(fleet, env):
     assert fleet.device_requests() - before == allowed
 
 
+def test_matrix_websocket_over_http2(fleet, env):
+    """Extended CONNECT (RFC 8441) on the user's HTTP/2 connection: the same decisions."""
+    before = fleet.device_requests()
+    results, allowed = [], 0
+    for who in env.whos.values():
+        for dev in DEVICES:
+            for src in SOURCES:
+                want = expect(who, dev, "GET", "/ws", src)
+                got = acc.h2_websocket(fleet.port, host(dev), client=who.client, source=src, ca=fleet.ca)
+                results.append((who.label, dev, "CONNECT", "/ws", src, want, got))
+                allowed += want == 200
+    _assert_matrix(results, "WebSocket over HTTP/2")
+    assert fleet.device_requests() - before == allowed
+
+
 def test_unauthenticated_answer_and_wrong_credentials(fleet, env):
     src = fresh_source()
     for client in (None,
@@ -363,6 +378,29 @@ def test_unauthenticated_answer_and_wrong_credentials(fleet, env):
         status, hdrs, _, _ = acc.h2(fleet.port, "GET", "/device", host("dev1"), client=client, source=src, ca=fleet.ca)
         assert status == 401, (client, status)
         acc.check_challenges(acc.www_authenticate(hdrs))
+
+
+def test_denied_uploads_cost_the_device_nothing(fleet, env, tmp_path):
+    """An anonymous 256 KiB upload is answered 401 (HTTP/1.1 and HTTP/2; the
+    gateway may answer before the body is in, and close) and never reaches the
+    device."""
+    src = fresh_source()
+    before = fleet.device_requests()
+    f = tmp_path / "body"
+    f.write_bytes(os.urandom(256 * 1024))
+    r = subprocess.run(["curl", "-sS", "--http1.1", "-k", "--interface", src, "--resolve",
+                        f"{host('dev1')}:{fleet.port}:127.0.0.1", "--data-binary", f"@{f}", "-o", "/dev/null",
+                        "-H", "Expect:", "-w", "%{http_code}", f"https://{host('dev1')}:{fleet.port}/upload"],
+                       capture_output=True, timeout=30)
+    assert r.stdout.decode() == "401", (r.stdout, r.stderr)
+    # HTTP/2 with nghttp: the gateway answers 401, then RST_STREAM(NO_ERROR) to stop the
+    # upload (RFC 9113 8.1), which curl 7.88 reports as an error (92) although the answer was whole
+    r = subprocess.run(["nghttp", "-v", "-d", str(f), "-H", f":authority: {host('dev1')}",
+                        f"https://127.0.0.1:{fleet.port}/upload"], capture_output=True, timeout=30)
+    out = r.stdout.decode(errors="replace")
+    assert re.search(r"recv \(stream_id=\d+\) :status: 401", out), out[-2000:]
+    assert fleet.device_requests() == before, "a denied upload reached the device"
+    assert fleet.get("dev1", "/device", env.bearer("ops")).status == 200
 
 
 def test_device_sees_forwarded_user_not_credentials(fleet, env):
