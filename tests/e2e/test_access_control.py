@@ -406,7 +406,8 @@ def test_denied_uploads_cost_the_device_nothing(fleet, env, tmp_path):
 def test_device_sees_forwarded_user_not_credentials(fleet, env):
     """The device gets X-Forwarded-User (the principal's display name) and never
     the credentials meant for the gateway, nor identity fields the user sent."""
-    forged = {"X-Forwarded-User": "token:ops"}
+    forged = {"X-Forwarded-User": "token:ops", "X-Forwarded-Email": "root@example.com", "Remote-User": "root",
+              "X-Forwarded-Groups": "admins", "X-Auth-Request-User": "root"}
     for label, dev, want in (("ops", "dev1", "token:ops"), ("alice-basic", "dev1", "token:alice"),
                              ("carol", "dev1", "carol@example.com"), ("frank", "dev2", "sub:frank"),
                              ("bob", "dev2", "user:bob"), ("anonymous", "dev2", None)):
@@ -415,6 +416,9 @@ def test_device_sees_forwarded_user_not_credentials(fleet, env):
         assert r.status == 200, (label, r)
         doc = r.json()
         assert "authorization" not in doc["headers"], (label, doc["headers"])
+        for k in forged:
+            if k != "X-Forwarded-User":
+                assert k.lower() not in doc["headers"], (label, k, doc["headers"])
         assert doc["headers"].get("x-forwarded-user") == want, (label, doc["headers"].get("x-forwarded-user"))
         n = len([k for k, _ in doc["header_list"] if k.lower() == "x-forwarded-user"])
         assert n == (1 if want else 0), (label, doc["header_list"])
@@ -423,6 +427,25 @@ def test_device_sees_forwarded_user_not_credentials(fleet, env):
         assert status == 200, (label, status)
         seen = json.loads(body)["headers"]
         assert "authorization" not in seen and seen.get("x-forwarded-user") == want, (label, "HTTP/2", seen)
+
+
+def test_identity_with_control_characters_cannot_inject(fleet, env):
+    """A validly signed JWT whose sub or email carries CR LF (an IdP that lets users
+    pick them): refused, or passed on with nothing injected into the device's
+    request or the access log."""
+    es = env.keys["ES256"]
+    for claims in (acc.claims("fr\r\nX-Injected: yes"),
+                   acc.claims("frank", email="carol@example.com\r\nX-Injected: yes"),
+                   acc.claims("fr\nX-Injected: yes"), acc.claims("fr\x00x")):
+        src = fresh_source()
+        c = Client("crlf", {"Authorization": "Bearer " + acc.jwt(es, claims)})
+        r = fleet.get("dev2", "/echo", c, source=src)
+        assert r.status in (200, 401, 403), r
+        if r.status == 200:
+            seen = r.json()
+            assert "x-injected" not in seen["headers"], seen
+            assert not re.search(r"[\r\n\x00]", seen["headers"].get("x-forwarded-user", "")), seen
+    assert not re.search(r"^X-Injected", fleet.gw.log(), re.M), "a user's claim forged a log line"
 
 
 def test_access_log_metrics_and_last_access(fleet, env):
