@@ -655,6 +655,10 @@ def build_report(results: dict, meta: dict, paths: list) -> tuple[str, dict]:
                 checks.append((f"{what} {NAMES[k]} ÷ ours, mTLS", v, target, higher, ok))
                 lines.append(f"| {what}: {NAMES[k]} ÷ ours, mTLS (no policy) | {v:.3f} | "
                              f"{'≥' if higher else '≤'} {target:g} | {'met' if ok else 'MISSED'} |")
+            # less noisy than req/s on a shared machine: what a request costs the gateway
+            v = ratio(med(k, "wrk.gateway_cpu_s_per_100k"), med("ours_tls", "wrk.gateway_cpu_s_per_100k"))
+            if v is not None:
+                lines.append(f"| gateway CPU per request (wrk): {NAMES[k]} ÷ ours, mTLS (no policy) | {v:.3f} | – | |")
     if "ours_plain" in paths and "haproxy_plain" in paths:
         lines += ["", "Plain (no TLS) ratios, ours ÷ HAProxy: " + ", ".join(
             f"{n} {ratio(med('ours_plain', m), med('haproxy_plain', m)):.2f}"
