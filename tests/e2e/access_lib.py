@@ -430,3 +430,37 @@ def h2_websocket(port: int, hostname: str, *, client: Optional[Client] = None, s
         return status
     finally:
         s.close()
+
+
+def h2_statuses(port: int, requests: list, *, ca: Path, source: str = "127.0.0.1", timeout: float = 10.0) -> list:
+    """Several requests, one after the other, on ONE HTTP/2 connection (ALPN h2):
+    each (hostname, path, headers dict); their statuses."""
+    import hostile_lib as hl
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+    s = tls_context(ca, None, ["h2"]).wrap_socket(raw)
+    out = []
+    try:
+        s.sendall(hl.MAGIC + hl.settings())
+        r = hl.FrameReader(s)
+        for i, (hostname, path, hdrs) in enumerate(requests):
+            sid = 1 + 2 * i
+            fields = [(":method", "GET"), (":scheme", "https"), (":path", path), (":authority", hostname)]
+            fields += [(k.lower(), v) for k, v in hdrs.items()]
+            s.sendall(hl.headers(sid, fields, end_stream=True))
+            status = None
+            for _ in range(1000):
+                fr = r.next(timeout)
+                assert fr is not None, f"no answer on stream {sid}"
+                t, f, fsid, payload = fr
+                if t == hl.SETTINGS and not f & hl.ACK:
+                    s.sendall(hl.frame(hl.SETTINGS, hl.ACK, 0))
+                if fsid != sid:
+                    continue
+                if t == hl.HEADERS and status is None:
+                    status = h2_status(payload)
+                if t == hl.RST_STREAM or (t in (hl.HEADERS, hl.DATA) and f & hl.END_STREAM):
+                    break
+            out.append(status)
+        return out
+    finally:
+        s.close()

@@ -365,6 +365,27 @@ def test_matrix_websocket_over_http2(fleet, env):
     assert fleet.device_requests() - before == allowed
 
 
+def test_credentials_are_per_request_not_per_connection(fleet, env):
+    """A connection that carried ops' token once is not ops': the next request on
+    it without credentials, or with alice's, is decided on its own."""
+    import http.client
+    ops, alice = env.secrets["ops"], env.secrets["alice"]
+    c = http.client.HTTPSConnection("127.0.0.1", fleet.port, timeout=10, context=acc.tls_context(fleet.ca))
+    try:
+        got = []
+        for hdrs, dev in (({"Authorization": "Bearer " + ops}, "dev2"), ({}, "dev1"),
+                          ({"Authorization": "Bearer " + alice}, "dev2"), ({"Authorization": "Bearer " + ops}, "dev2")):
+            got.append(lib.request(fleet.port, "GET", "/device", host(dev), headers=hdrs, conn=c).status)
+    finally:
+        c.close()
+    assert got == [200, 401, 403, 200], f"HTTP/1.1 keep-alive: {got}"
+    got = acc.h2_statuses(fleet.port, [(host("dev2"), "/device", {"authorization": "Bearer " + ops}),
+                                       (host("dev1"), "/device", {}),
+                                       (host("dev2"), "/device", {"authorization": "Bearer " + alice}),
+                                       (host("dev2"), "/device", {"authorization": "Bearer " + ops})], ca=fleet.ca)
+    assert got == [200, 401, 403, 200], f"one HTTP/2 connection: {got}"
+
+
 def test_unauthenticated_answer_and_wrong_credentials(fleet, env):
     src = fresh_source()
     for client in (None,
