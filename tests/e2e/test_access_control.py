@@ -172,8 +172,9 @@ class Env:
 
     def args(self, *, policy: Optional[Path] = None, tokens: Optional[Path] = None, jwt: bool = True,
              crl: bool = False) -> list:
-        a = ["--hostname-template", "{cn}." + acc.DOMAIN, "--access-policy", policy or self.policy,
-             "--tokens", tokens or self.tokens]
+        # no health checks: they would add to the requests the local APIs count
+        a = ["--check-interval-ms", "0", "--hostname-template", "{cn}." + acc.DOMAIN,
+             "--access-policy", policy or self.policy, "--tokens", tokens or self.tokens]
         if jwt:
             a += ["--jwt-jwks", self.jwks, "--jwt-issuer", acc.ISSUER, "--jwt-audience", acc.AUDIENCE]
         if crl:
@@ -814,8 +815,8 @@ def test_jwks_url_rotation_and_refetch_limit(procs, api, env, tmp_path):
     new = acc.Key.make("EdDSA", "new")
     srv = acc.JWKSServer(acc.jwks(old))
     try:
-        extra = ["--hostname-template", "{cn}." + acc.DOMAIN, "--access-policy", env.policy, "--tokens", env.tokens,
-                 "--jwt-jwks-url", srv.url, "--jwt-issuer", acc.ISSUER, "--jwt-audience", acc.AUDIENCE]
+        extra = ["--check-interval-ms", "0", "--hostname-template", "{cn}." + acc.DOMAIN,
+                 "--access-policy", env.policy, "--tokens", env.tokens, "--jwt-jwks-url", srv.url, "--jwt-issuer", acc.ISSUER, "--jwt-audience", acc.AUDIENCE]
         f = start_fleet(procs, api, env, args=extra, devices=("dev1",))
         ok = acc.claims("carol", email="carol@example.com")
 
@@ -855,8 +856,8 @@ def test_unknown_kid_twice_refetches_once(procs, api, env):
     key = acc.Key.make("ES256", "k1")
     srv = acc.JWKSServer(acc.jwks(key))
     try:
-        extra = ["--hostname-template", "{cn}." + acc.DOMAIN, "--access-policy", env.policy, "--tokens", env.tokens,
-                 "--jwt-jwks-url", srv.url, "--jwt-issuer", acc.ISSUER, "--jwt-audience", acc.AUDIENCE]
+        extra = ["--check-interval-ms", "0", "--hostname-template", "{cn}." + acc.DOMAIN,
+                 "--access-policy", env.policy, "--tokens", env.tokens, "--jwt-jwks-url", srv.url, "--jwt-issuer", acc.ISSUER, "--jwt-audience", acc.AUDIENCE]
         f = start_fleet(procs, api, env, args=extra, devices=("dev1",))
         ok = acc.claims("carol", email="carol@example.com")
         src = fresh_source()
