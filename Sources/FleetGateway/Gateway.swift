@@ -17,6 +17,9 @@ final class Gateway {
     private(set) var health: HealthChecker!
     private(set) var admin: AdminServer!
     let metrics = Metrics()
+    /// Who may reach which device: every user request is decided here before it is routed.
+    let access: AccessControl
+    private var jwksFetcher: JWKSFetcher?
     /// Users' HTTP/2 upload windows grown beyond UploadWindow.initial, in bytes, all connections.
     var uploadWindowGrowth = 0
     /// The windows of users' HTTP/2 upload streams, all connections (`upload_budget_bytes`).
@@ -59,6 +62,7 @@ final class Gateway {
                                   perAddress: config.maxUserConnectionsPerAddress)
         deviceTLS = config.plaintextDevices ? nil : try TLSContext(config.deviceTLS())
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
+        access = AccessControl(config: config, clock: loop.clock, logger: logger)
         queue = RequestQueue(gateway: self)
         health = HealthChecker(gateway: self)
         admin = AdminServer(gateway: self)
@@ -80,6 +84,7 @@ final class Gateway {
             logger.notice("admin on " + a.host + ":" + String(admin.port))
         }
         health.start()
+        startAccessControl()
         if config.plaintextDevices {
             logger.warning("INSECURE: --plaintext-devices: devices are not authenticated; every device connection is '" + config.plaintextDeviceName + "'")
         }
@@ -87,6 +92,48 @@ final class Gateway {
                       + " per address (open-file limit " + String(rh_raise_nofile()) + ")")
         logger.notice("devices on " + config.listenDevices.host + ":" + String(devicePort) + " (" + (deviceTLS == nil ? "plaintext" : "mTLS")
                       + "), users on " + config.listenPublic.host + ":" + String(publicPort) + " (" + (publicTLS == nil ? "http" : "https") + ")")
+    }
+
+    /// The JWKS URL (asked at start, and again for an unknown key) and the warnings an
+    /// open public listener deserves at every start.
+    private func startAccessControl() {
+        if let url = config.jwtJWKSURL {
+            let fetcher: JWKSFetcher
+            do throws(ConfigError) {
+                fetcher = try JWKSFetcher(loop: loop, url: url, caFile: config.jwtJWKSCA, logger: logger)
+            } catch {
+                // GatewayConfig checked the URL; should the fetcher still refuse it, JWTs signed
+                // with keys not in jwt_jwks are refused, and this says why.
+                logger.error("jwt_jwks_url: " + error.description + "; JWTs are checked against jwt_jwks only")
+                return
+            }
+            jwksFetcher = fetcher
+            access.fetchKeys = { done in
+                fetcher.fetch(force: true) { result in
+                    switch result {
+                    case .success(let body): done(body)
+                    case .failure: done(nil)
+                    }
+                }
+            }
+            access.refreshKeys()
+        }
+        let where_ = config.listenPublic.host + ":" + String(publicPort)
+        if config.accessPolicy == nil {
+            if GatewayConfig.isLoopback(config.listenPublic.host) {
+                logger.notice("no access_policy: every user who reaches " + where_ + " (loopback) reaches every device")
+            } else {
+                logger.warning("public_access = open: anyone who reaches " + where_ + " reaches every device, without credentials")
+            }
+        } else {
+            logger.notice("access policy " + (config.accessPolicyFile ?? "") + ": " + String(config.accessPolicy?.ruleCount ?? 0) + " rules")
+        }
+    }
+
+    /// One access decision: metrics and the device's last access (admin API).
+    func recordAccess(_ outcome: AccessControl.Outcome, device: String) {
+        let auth = outcome.principal?.method.rawValue ?? "none"
+        metrics.accessDecision(result: outcome.status.map { String($0) } ?? "allowed", auth: auth)
     }
 
     /// Accepts what is pending on `listener` (at most 64 per wake-up, so users and
@@ -234,6 +281,7 @@ final class Gateway {
         deviceTLS = newDeviceTLS ?? (applied.plaintextDevices ? nil : deviceTLS)
         if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
         config = applied
+        access.apply(applied)
         reservedNames = ReservedNames(config: applied)
         logger.level = applied.logLevel
         // Tunnels that are up are checked against the new rules: a device revoked by
