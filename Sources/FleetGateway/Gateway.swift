@@ -302,6 +302,15 @@ final class Gateway {
                 }
             }
         }
+        // A user whose certificate the new CRL revokes (or a CA no longer trusts) is cut now too.
+        if let ctx = publicTLS {
+            for (_, u) in users {
+                guard let tls = u.transport.tls, tls.peerCommonName != nil, let why = tls.peerVerifyError(against: ctx) else { continue }
+                logger.notice("reload: user certificate of " + (tls.peerCommonName ?? "?") + " from " + u.transport.peer.description
+                              + " no longer verifies (" + why + "); closing")
+                u.transport.close()
+            }
+        }
         health.stop()
         health.start()
     }

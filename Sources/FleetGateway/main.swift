@@ -47,6 +47,11 @@ options (also `key = value` lines in --config FILE):
   --upload-budget-bytes N   HTTP/2 upload windows of all users together; past it 503 (default 268435456)
   --trusted-proxies CIDRS   proxies whose X-Forwarded-For/Forwarded we extend (default none: replaced)
   --cookie-domain strip|keep   Domain attribute of a device's Set-Cookie (default strip: host-only)
+  --access-policy FILE      who may reach which device (SIGHUP reloads it); see README "Letting people in"
+  --public-access open|policy   open: no policy needed off loopback (anyone reaches every device)
+  --tokens FILE             users' tokens (fleet-gateway token create ...)
+  --jwt-jwks FILE, --jwt-jwks-url URL, --jwt-jwks-ca FILE   keys of JWTs (OIDC); --jwt-issuer, --jwt-audience,
+                            --jwt-header NAME (default authorization), --jwt-groups-claim (groups), --jwt-leeway-s (60)
   --idle-ping-ms MS         PING a silent device after this, drop it after as much again (default 4000, 0 off)
   --log-level LEVEL         debug, info, notice, warning, error
   --check-config            validate and exit
