@@ -17,6 +17,8 @@ final class Gateway {
     private(set) var health: HealthChecker!
     private(set) var admin: AdminServer!
     let metrics = Metrics()
+    /// Who last reached each device (admin /devices/NAME "last_access").
+    let access = AccessLedger()
     /// Users' HTTP/2 upload windows grown beyond UploadWindow.initial, in bytes, all connections.
     var uploadWindowGrowth = 0
     /// The windows of users' HTTP/2 upload streams, all connections (`upload_budget_bytes`).
@@ -62,6 +64,7 @@ final class Gateway {
         queue = RequestQueue(gateway: self)
         health = HealthChecker(gateway: self)
         admin = AdminServer(gateway: self)
+        metrics.perDevice = config.metricsPerDevice
     }
 
     var devicePort: Int { Socket.localPort(deviceListener) }
@@ -234,6 +237,7 @@ final class Gateway {
         deviceTLS = newDeviceTLS ?? (applied.plaintextDevices ? nil : deviceTLS)
         if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
         config = applied
+        metrics.perDevice = applied.metricsPerDevice
         reservedNames = ReservedNames(config: applied)
         logger.level = applied.logLevel
         // Tunnels that are up are checked against the new rules: a device revoked by

@@ -71,6 +71,12 @@ struct GatewayConfig {
     /// The windows of all HTTP/2 users' uploads together (UploadWindow): the most request
     /// body users can park in the gateway; past it a new upload gets 503 with Retry-After.
     var uploadBudgetBytes = 256 << 20
+    /// The admin listener wants `Authorization: Bearer` this (required off loopback).
+    var adminToken: String?
+    /// One set of request and byte counters per device in /metrics.
+    var metricsPerDevice = false
+    /// CA bundle that verifies jwt_jwks_url's server (nil: the system bundle).
+    var jwtJWKSCA: String?
 
     static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "crl", "allow_devices",
                        "max_connections_per_device", "public_max_streams", "ca", "cert", "key", "public_cert", "public_key",
@@ -79,7 +85,8 @@ struct GatewayConfig {
                        "handshake_timeout_ms", "idle_ping_ms", "queue_timeout_ms", "grace_ms", "queue_max",
                        "check_interval_ms", "check_timeout_ms", "check_method", "check_path", "check_status",
                        "check_rise", "check_fall", "trusted_proxies", "cookie_domain",
-                       "max_user_connections", "max_user_connections_per_address", "upload_budget_bytes", "check_config", "help", "version"]
+                       "max_user_connections", "max_user_connections_per_address", "upload_budget_bytes",
+                       "admin_token", "metrics_per_device", "jwt_jwks_ca", "check_config", "help", "version"]
     static let flags = ["plaintext_devices", "check_config", "help", "version"]
 
     init(_ s: Settings) throws(ConfigError) {
@@ -145,6 +152,19 @@ struct GatewayConfig {
         maxUserConnections = try s.int("max_user_connections", default: 0, min: 0, max: 10_000_000)
         maxUserConnectionsPerAddress = try s.int("max_user_connections_per_address", default: 0, min: 0, max: 10_000_000)
         uploadBudgetBytes = try s.int("upload_budget_bytes", default: 256 << 20, min: 1 << 20, max: 1 << 40)
+        if let v = s.last("admin_token") {
+            guard v.value.utf8.count >= 16, v.value.utf8.count <= 1024, v.value.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                throw ConfigError(v.origin + ": admin_token must be 16 to 1024 visible ASCII characters without blanks"
+                                  + " (e.g. the output of: openssl rand -base64 32)")
+            }
+            adminToken = v.value
+        }
+        if s.last("metrics_per_device") != nil { metricsPerDevice = try s.bool("metrics_per_device") }
+        jwtJWKSCA = s.string("jwt_jwks_ca")
+        if let a = listenAdmin, adminToken == nil, !Loopback.isLoopback(a.host) {
+            throw ConfigError((s.last("listen_admin")?.origin ?? "command line") + ": listen_admin " + a.description
+                              + " is not a loopback address: set admin_token (at least 16 characters) so that only operators reach it")
+        }
         if let v = s.last("check_method") {
             guard !v.value.isEmpty, v.value.allSatisfy({ $0.isUppercase && $0.isASCII }) else {
                 throw ConfigError(v.origin + ": check_method must be an HTTP method such as GET or HEAD")
