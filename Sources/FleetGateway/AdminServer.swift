@@ -180,7 +180,7 @@ final class AdminServer {
             ("queued_requests", String(gateway.queue.count(hostname: d.hostname))),
             ("connections", JSON.array(conns)),
             ("last_access", gateway.access.last(device: d.name).map { a in
-                JSON.object([("user", JSON.string(a.user)), ("at", String(a.at)), ("status", String(a.status))])
+                JSON.object([("user", a.user.isEmpty ? "null" : JSON.string(a.user)), ("at", String(a.at)), ("status", String(a.status))])
             } ?? "null"),
         ])
     }

@@ -198,7 +198,13 @@ final class JWKSFetcher {
         }
     }
 
-    private func finish(_ result: Result<[UInt8], FetchError>) {
+    /// Stops a fetch in progress (a reload replaced this fetcher): its callers get an
+    /// error, nothing is logged.
+    func cancel() {
+        finish(.failure(FetchError("cancelled")), quiet: true)
+    }
+
+    private func finish(_ result: Result<[UInt8], FetchError>, quiet: Bool = false) {
         guard let callbacks = waiters else { return }
         waiters = nil
         loop.cancel(deadline)
@@ -213,6 +219,7 @@ final class JWKSFetcher {
         let fetched = body
         body = []
         switch result {
+        case _ where quiet: break
         case .success:
             if failing { logger.notice("JWKS fetch from " + url + " works again (" + String(fetched.count) + " bytes)") }
             failing = false
@@ -285,15 +292,5 @@ struct JWKSURL {
         }
         let bracketed = host.contains(":") ? "[" + host + "]" : host
         hostField = port == defaultPort ? bracketed : bracketed + ":" + String(port)
-    }
-}
-
-/// Loopback addresses, as text: 127.0.0.0/8, ::1 (and ::ffff:127.x.y.z), localhost.
-enum Loopback {
-    static func isLoopback(_ host: String) -> Bool {
-        if host.lowercased() == "localhost" { return true }
-        guard let a = AddressLiteral.parse(host).map(AddressLiteral.unmapped) else { return false }
-        if a.count == 4 { return a[0] == 127 }
-        return a[0..<15].allSatisfy { $0 == 0 } && a[15] == 1
     }
 }

@@ -248,8 +248,5 @@ final class JWKSFetcherTests: XCTestCase {
         XCTAssertEqual(b.target, "/?k=1")
         XCTAssertEqual(try JWKSURL("HTTP://localhost/k").hostField, "localhost")
         XCTAssertEqual(try JWKSURL("http://127.1.2.3:80/k").hostField, "127.1.2.3")
-        XCTAssertTrue(Loopback.isLoopback("::ffff:127.0.0.1"))
-        XCTAssertFalse(Loopback.isLoopback("::2"))
-        XCTAssertFalse(Loopback.isLoopback("128.0.0.1"))
     }
 }
