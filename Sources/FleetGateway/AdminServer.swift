@@ -22,6 +22,9 @@ import Tunnel
 final class AdminServer {
     private let gateway: Gateway
     private var listener: Int32 = -1
+    /// Listening off loopback: without a token nothing is answered, whatever a
+    /// reload did to the configuration (fail closed).
+    private var needsToken = false
 
     init(gateway: Gateway) { self.gateway = gateway }
 
@@ -29,6 +32,7 @@ final class AdminServer {
 
     func start(_ endpoint: HostPort) throws(SocketError) {
         listener = try Socket.listen(endpoint, backlog: 64)
+        needsToken = !Loopback.isLoopback(endpoint.host)
         gateway.loop.register(fd: listener) { _ in self.accept() }
     }
 
@@ -79,6 +83,10 @@ final class AdminServer {
     private func answer(_ req: HTTPRequestHead, on t: Transport) {
         if let why = refusal(req) {
             return respond(t, 403, "text/plain", why + "\n")
+        }
+        if needsToken && gateway.config.adminToken == nil {
+            return respond(t, 401, "text/plain", "this admin listener is not on loopback and admin_token is not set\n",
+                           extra: [("WWW-Authenticate", "Bearer realm=\"fleet-gateway-admin\"")])
         }
         if let token = gateway.config.adminToken, !AdminServer.authorized(req.headers, token: token) {
             return respond(t, 401, "text/plain", "the admin API wants Authorization: Bearer TOKEN (admin_token)\n",
