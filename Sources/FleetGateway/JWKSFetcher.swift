@@ -43,8 +43,9 @@ final class JWKSFetcher {
     private var deadline: TimerID?
     private var parser = HTTP1ResponseParser()
     private var body: [UInt8] = []
-    /// The last fetch failed (the streak's first failure was logged).
-    private var failing = false
+    /// The last fetch failed (the streak's first failure was logged at warning level,
+    /// the others at debug; a success ends the streak with a notice).
+    private(set) var failing = false
     /// Connections opened (the tests count them).
     private(set) var connections = 0
 

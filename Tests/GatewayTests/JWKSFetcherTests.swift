@@ -194,8 +194,13 @@ final class JWKSFetcherTests: XCTestCase {
         defer { server.close() }
         let f = try fetcher(server.port)
         XCTAssertEqual(error(result(of: f)), "HTTP status 500")
+        XCTAssertTrue(f.failing)
         for _ in 0..<5 { XCTAssertTrue(error(result(of: f))?.hasPrefix("not fetched") == true) }
         XCTAssertEqual(server.accepted, 1)
+        // A success ends the failure streak.
+        server.answer = response(200, [("Content-Length", String(jwks.count))], jwks)
+        guard case .success = result(of: f, force: true) else { return XCTFail("forced fetch failed") }
+        XCTAssertFalse(f.failing)
     }
 
     func testHTTPSVerifiesTheServer() throws {
