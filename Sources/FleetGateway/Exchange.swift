@@ -76,12 +76,17 @@ final class Exchange: DeviceStreamHandler {
     private var webSocket = false
     /// Who the user is (AccessControl), and what was decided; nil until decided.
     private(set) var access: AccessControl.Outcome?
+    /// The device the request names (its canonical name, as the policy and the metrics see it).
+    let deviceKey: String
+    /// Request body bytes from the user.
+    private(set) var bytesIn = 0
 
     init(client: UserSide, request: HTTPRequestHead, authority: String, hostname: String) {
         self.client = client
         self.request = request
         self.authority = authority
         self.hostname = hostname
+        deviceKey = client.gateway.config.hostnameTemplate.deviceName(for: hostname) ?? hostname
         startedAt = client.gateway.loop.now
     }
 
@@ -118,7 +123,7 @@ final class Exchange: DeviceStreamHandler {
     private func authorizeThenRoute() {
         let g = gateway
         // A WebSocket is a GET to the policy, whether it came as an HTTP/1.1 upgrade or an extended CONNECT.
-        let request = AccessRequest(principal: nil, device: g.config.hostnameTemplate.deviceName(for: hostname) ?? hostname,
+        let request = AccessRequest(principal: nil, device: deviceKey,
                                     method: webSocket ? "GET" : self.request.method, path: self.request.target,
                                     source: ForwardedFields.clientAddress(self.request.headers, peer: client.peerHost,
                                                                           trusted: g.config.trustedProxies))
@@ -235,6 +240,7 @@ final class Exchange: DeviceStreamHandler {
 
     func userBody(_ bytes: [UInt8]) {
         guard phase != .done, !bytes.isEmpty else { return }
+        bytesIn += bytes.count
         guard let device else {
             // Queued: keep what arrived, and stop reading until a device takes it.
             held += bytes

@@ -2,6 +2,7 @@
 // (mTLS, reversed HTTP/2 connections into the registry) and the public listener
 // (users' HTTP/1.1 requests, routed by Host through an Exchange).
 import CLibc
+import FleetAccess
 import FleetPKI
 import EventLoop
 import HTTP2
@@ -20,6 +21,8 @@ final class Gateway {
     /// Who may reach which device: every user request is decided here before it is routed.
     let access: AccessControl
     private var jwksFetcher: JWKSFetcher?
+    /// Who last reached each device (admin /devices/NAME "last_access").
+    let ledger = AccessLedger()
     /// Users' HTTP/2 upload windows grown beyond UploadWindow.initial, in bytes, all connections.
     var uploadWindowGrowth = 0
     /// The windows of users' HTTP/2 upload streams, all connections (`upload_budget_bytes`).
@@ -66,6 +69,7 @@ final class Gateway {
         queue = RequestQueue(gateway: self)
         health = HealthChecker(gateway: self)
         admin = AdminServer(gateway: self)
+        metrics.perDevice = config.metricsPerDevice
     }
 
     var devicePort: Int { Socket.localPort(deviceListener) }
@@ -120,7 +124,7 @@ final class Gateway {
         }
         let where_ = config.listenPublic.host + ":" + String(publicPort)
         if config.accessPolicy == nil {
-            if GatewayConfig.isLoopback(config.listenPublic.host) {
+            if Loopback.isLoopback(config.listenPublic.host) {
                 logger.notice("no access_policy: every user who reaches " + where_ + " (loopback) reaches every device")
             } else {
                 logger.warning("public_access = open: anyone who reaches " + where_ + " reaches every device, without credentials")
@@ -134,6 +138,14 @@ final class Gateway {
     func recordAccess(_ outcome: AccessControl.Outcome, device: String) {
         let auth = outcome.principal?.method.rawValue ?? "none"
         metrics.accessDecision(result: outcome.status.map { String($0) } ?? "allowed", auth: auth)
+        if let status = outcome.status { ledger.recordAccess(device: device, user: outcome.principal?.displayName ?? "", status: status) }
+    }
+
+    /// A request answered (or cut): the device's last access, and its own series with `metrics_per_device`.
+    func requestDone(_ ex: Exchange, status: Int, bytesOut: Int) {
+        guard ex.access?.status == nil else { return }  // a denial was recorded when decided
+        ledger.recordAccess(device: ex.deviceKey, user: ex.access?.principal?.displayName ?? "", status: status)
+        metrics.deviceRequest(device: ex.deviceKey, status: status, bytesIn: ex.bytesIn, bytesOut: bytesOut)
     }
 
     /// Accepts what is pending on `listener` (at most 64 per wake-up, so users and
@@ -282,6 +294,7 @@ final class Gateway {
         if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
         config = applied
         access.apply(applied)
+        metrics.perDevice = applied.metricsPerDevice
         reservedNames = ReservedNames(config: applied)
         logger.level = applied.logLevel
         // Tunnels that are up are checked against the new rules: a device revoked by

@@ -92,6 +92,10 @@ struct GatewayConfig {
     var jwtLeewaySeconds = 60
     /// Whether users authenticate at all (tokens, JWTs or user certificates may then be asked for).
     var jwtEnabled: Bool { jwtJWKS != nil || jwtJWKSURL != nil }
+    /// The admin listener wants `Authorization: Bearer` this (required off loopback).
+    var adminToken: String?
+    /// One set of request and byte counters per device in /metrics.
+    var metricsPerDevice = false
 
     static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "crl", "allow_devices",
                        "max_connections_per_device", "public_max_streams", "ca", "cert", "key", "public_cert", "public_key",
@@ -102,7 +106,8 @@ struct GatewayConfig {
                        "check_rise", "check_fall", "trusted_proxies", "cookie_domain",
                        "max_user_connections", "max_user_connections_per_address", "upload_budget_bytes",
                        "access_policy", "public_access", "tokens", "jwt_jwks", "jwt_jwks_url", "jwt_jwks_ca", "jwt_issuer",
-                       "jwt_audience", "jwt_header", "jwt_groups_claim", "jwt_leeway_s", "check_config", "help", "version"]
+                       "jwt_audience", "jwt_header", "jwt_groups_claim", "jwt_leeway_s", "admin_token", "metrics_per_device",
+                       "check_config", "help", "version"]
     static let flags = ["plaintext_devices", "check_config", "help", "version"]
 
     init(_ s: Settings) throws(ConfigError) {
@@ -169,6 +174,18 @@ struct GatewayConfig {
         maxUserConnectionsPerAddress = try s.int("max_user_connections_per_address", default: 0, min: 0, max: 10_000_000)
         uploadBudgetBytes = try s.int("upload_budget_bytes", default: 256 << 20, min: 1 << 20, max: 1 << 40)
         try readAccess(s)
+        if let v = s.last("admin_token") {
+            guard v.value.utf8.count >= 16, v.value.utf8.count <= 1024, v.value.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                throw ConfigError(v.origin + ": admin_token must be 16 to 1024 visible ASCII characters without blanks"
+                                  + " (e.g. the output of: openssl rand -base64 32)")
+            }
+            adminToken = v.value
+        }
+        if s.last("metrics_per_device") != nil { metricsPerDevice = try s.bool("metrics_per_device") }
+        if let a = listenAdmin, adminToken == nil, !Loopback.isLoopback(a.host) {
+            throw ConfigError((s.last("listen_admin")?.origin ?? "command line") + ": listen_admin " + a.description
+                              + " is not a loopback address: set admin_token (at least 16 characters) so that only operators reach it")
+        }
         if let v = s.last("check_method") {
             guard !v.value.isEmpty, v.value.allSatisfy({ $0.isUppercase && $0.isASCII }) else {
                 throw ConfigError(v.origin + ": check_method must be an HTTP method such as GET or HEAD")
@@ -226,11 +243,8 @@ struct GatewayConfig {
             jwtJWKS = try GatewayConfig.readJWKS(v)
         }
         if let v = s.last("jwt_jwks_url") {
-            let u = v.value
-            guard u.hasPrefix("https://") || u.hasPrefix("http://") else {
-                throw ConfigError(v.origin + ": jwt_jwks_url must be an https:// URL (http:// only to a loopback address)")
-            }
-            jwtJWKSURL = u
+            do throws(ConfigError) { _ = try JWKSURL(v.value) } catch { throw ConfigError(v.origin + ": " + error.description) }
+            jwtJWKSURL = v.value
         }
         jwtJWKSCA = s.string("jwt_jwks_ca")
         jwtIssuer = s.string("jwt_issuer")
@@ -256,7 +270,7 @@ struct GatewayConfig {
         }
         // Secure default: users off this machine reach devices only through a policy,
         // or when the operator says `public_access = open` (warned at every start).
-        if accessPolicy == nil && !publicAccessOpen && !GatewayConfig.isLoopback(listenPublic.host) {
+        if accessPolicy == nil && !publicAccessOpen && !Loopback.isLoopback(listenPublic.host) {
             throw ConfigError("the public listener " + listenPublic.host + ":" + String(listenPublic.port)
                               + " is not on loopback and there is no access_policy: every device would be open to anyone who reaches it;"
                               + " set access_policy = FILE, or public_access = open to allow that")
@@ -271,12 +285,6 @@ struct GatewayConfig {
         do throws(JWTError) { return try JWKS.parse(bytes) } catch {
             throw ConfigError(v.origin + ": jwt_jwks " + v.value + ": " + error.description)
         }
-    }
-
-    /// 127.0.0.0/8, ::1 and localhost: only this machine's users reach such a listener.
-    static func isLoopback(_ host: String) -> Bool {
-        if HostRouting.asciiLowercased(host) == "localhost" { return true }
-        return CIDR("127.0.0.0/8")!.contains(host) || CIDR("::1")!.contains(host)
     }
 
     func deviceTLS() -> TLSConfiguration {

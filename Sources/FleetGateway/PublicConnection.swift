@@ -382,6 +382,7 @@ final class PublicConnection: UserSide {
         let status = responseStatus == 0 ? 499 : responseStatus
         let seconds = Double(gateway.loop.now &- r.start) / 1e9
         gateway.metrics.request(status: status, seconds: seconds)
+        if let ex = current { gateway.requestDone(ex, status: status, bytesOut: responseBytes) }
         guard gateway.config.accessLog else { return }
         gateway.logger.info(AccessLog.line(client: transport.peer.description, host: r.host, method: r.method, target: r.target,
                                            status: status, bytes: responseBytes, seconds: seconds, aborted: aborted,

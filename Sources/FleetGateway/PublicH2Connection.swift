@@ -482,6 +482,7 @@ final class PublicStream: UserSide {
         let status = responseStatus == 0 ? 499 : responseStatus
         let seconds = Double(gateway.loop.now &- r.start) / 1e9
         gateway.metrics.request(status: status, seconds: seconds)
+        if let ex = exchange { gateway.requestDone(ex, status: status, bytesOut: responseBytes) }
         guard gateway.config.accessLog else { return }
         gateway.logger.info(AccessLog.line(client: conn.transport.peer.description, host: r.host, method: r.method, target: r.target,
                                            status: status, bytes: responseBytes, seconds: seconds, aborted: aborted,

@@ -21,6 +21,10 @@ options (also `key = value` lines in --config FILE):
   --listen-devices ADDR     device listener (default 127.0.0.1:8443)
   --listen-public ADDR      user listener (default 127.0.0.1:8080)
   --listen-admin ADDR|off   operator listener: /devices, /metrics, status page (default 127.0.0.1:9180)
+  --admin-token SECRET      the admin listener wants Authorization: Bearer SECRET (16+ characters;
+                            required when listen_admin is not loopback; put it in the config file)
+  --metrics-per-device true|false   request and byte counters per device in /metrics (default false)
+  --jwt-jwks-ca FILE        CA bundle for jwt_jwks_url's server (default the system bundle)
   --access-log true|false   one log line per request (default true)
   --check-interval-ms MS    health check of every device (default 10000, 0 off); --check-path,
                             --check-method, --check-status 200-499, --check-rise 2, --check-fall 3
