@@ -113,7 +113,13 @@ public struct JWTVerifier: Sendable {
         }
         guard signed else { throw .badSignature }
 
-        return try principal(JWTVerifier.object(payloadBytes, "payload"), now: now)
+        return try principal(fromVerifiedPayload: payloadBytes, now: now)
+    }
+
+    /// The claims check alone, on the decoded payload of a token whose signature
+    /// has ALREADY been verified (verify does both; this is for tests and fuzzing).
+    public func principal(fromVerifiedPayload payload: [UInt8], now: Int64) throws(JWTError) -> Principal {
+        try principal(JWTVerifier.object(payload, "payload"), now: now)
     }
 
     /// The claims → a Principal, or why not.
