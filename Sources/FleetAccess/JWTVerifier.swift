@@ -45,7 +45,7 @@ public enum JWTError: Error, Equatable, CustomStringConvertible {
 public struct JWTVerifier: Sendable {
     /// The longest token accepted, in bytes (and so the most JSON decoded).
     public static let maxTokenSize = 8192
-    /// Keys tried for a token without `kid`.
+    /// Keys tried for one token (of its algorithm: those with its `kid`, or any without one).
     public static let maxKeysTried = 4
     public static let maxNameLength = 256
     public static let maxGroups = 256
@@ -97,7 +97,7 @@ public struct JWTVerifier: Sendable {
         case .string(let kid)?:
             let named = keys.keys.filter { $0.kid == kid }
             guard !named.isEmpty else { throw .unknownKey(kid: kid) }
-            candidates = named.filter { $0.algorithm == alg }
+            candidates = Array(named.lazy.filter { $0.algorithm == alg }.prefix(JWTVerifier.maxKeysTried))
             guard !candidates.isEmpty else {
                 throw .unsupportedAlgorithm(algName + " does not fit the key " + kid + " (" + named[0].algorithm.rawValue + ")")
             }
