@@ -62,6 +62,8 @@ final class AccessControl {
     private let jwtCache = JWTCache()
     /// Asks the JWKS URL for the keys; the answer (the body, or nil on failure) may come later.
     var fetchKeys: ((@escaping ([UInt8]?) -> Void) -> Void)?
+    /// New keys came from the JWKS URL (the gateway logs them).
+    var onKeys: ((JWKS) -> Void)?
     private var lastFetch: UInt64?
     private var fetchWaiters: [() -> Void] = []
     private var failures: [String: (count: Int, since: UInt64, blockedUntil: UInt64?)] = [:]
@@ -242,8 +244,9 @@ final class AccessControl {
         fetchKeys { body in
             if let body {
                 do throws(JWTError) {
-                    self.setKeys(try JWKS.parse(body))
-                    self.logger.notice("JWKS from " + (self.config.jwtJWKSURL ?? "?") + ": " + String(self.jwks?.keyIDs.count ?? 0) + " keys")
+                    let keys = try JWKS.parse(body)
+                    self.setKeys(keys)
+                    self.onKeys?(keys)
                 } catch {
                     self.logger.warning("JWKS from " + (self.config.jwtJWKSURL ?? "?") + " refused, keeping the keys we had: " + error.description)
                 }

@@ -120,8 +120,10 @@ final class Gateway {
                     }
                 }
             }
+            access.onKeys = { keys in self.logKeys(keys, from: url) }
             access.refreshKeys()
         }
+        if let keys = config.jwtJWKS { logKeys(keys, from: config.jwtJWKSFile ?? "jwt_jwks") }
         let where_ = config.listenPublic.host + ":" + String(publicPort)
         if config.accessPolicy == nil {
             if Loopback.isLoopback(config.listenPublic.host) {
@@ -132,6 +134,12 @@ final class Gateway {
         } else {
             logger.notice("access policy " + (config.accessPolicyFile ?? "") + ": " + String(config.accessPolicy?.ruleCount ?? 0) + " rules")
         }
+    }
+
+    /// How many JWT keys a JWKS gave, and why any were left out.
+    func logKeys(_ keys: JWKS, from source: String) {
+        logger.notice("JWKS " + source + ": " + String(keys.keyIDs.count) + " keys")
+        for why in keys.skipped { logger.warning("JWKS " + source + ": key skipped: " + why) }
     }
 
     /// One access decision: metrics and the device's last access (admin API).
