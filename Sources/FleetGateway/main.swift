@@ -16,6 +16,12 @@ usage: fleet-gateway [options]                 run the gateway
                                                lists them (use with --crl, then SIGHUP the gateway)
        fleet-gateway pki revoke DIR --serial HEX   revoke one certificate by serial number
        fleet-gateway pki crl DIR               write DIR/crl.pem again (renew before it expires: 30 days)
+       fleet-gateway pki issue-user DIR NAME [--force]   a user certificate (CN = NAME, OU = reversehttp-user)
+                                               for HTTPS users: DIR/users/NAME.crt, NAME.key
+       fleet-gateway token create NAME --devices GLOBS [--expires 90d|12h|30m|never] (--tokens FILE | --config FILE)
+                                               add a token (default expiry 90d); prints its secret once
+       fleet-gateway token list (--tokens FILE | --config FILE)     names, devices, dates (never a secret)
+       fleet-gateway token revoke NAME (--tokens FILE | --config FILE)   remove a token
 
 options (also `key = value` lines in --config FILE):
   --listen-devices ADDR     device listener (default 127.0.0.1:8443)
@@ -56,6 +62,7 @@ func gatewayMain() -> Int32 {
     do throws(ConfigError) {
         let args = try processArguments()
         if args.first == "pki" { return pkiMain(Array(args.dropFirst())) }
+        if args.first == "token" { return tokenMain(Array(args.dropFirst())) }
         let inv = try Invocation(args, flags: GatewayConfig.flags)
         if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
         if inv.version { Logger.writeStderr("fleet-gateway " + reverseHTTPVersion + "\n"); return 0 }
