@@ -187,6 +187,17 @@ func pkiMain(_ args: [String]) -> Int32 {
         case ("crl", 2):
             try PKI.writeCRL(directory: positional[1])
             Logger.writeStderr("CRL written to " + positional[1] + "/crl.pem\n")
+        case ("issue-user", 3):
+            let dir = positional[1], name = positional[2]
+            let issued = try PKI.issueUser(directory: dir, name: name, force: force)
+            Logger.writeStderr("user certificate for " + name + " (serial " + issued.serial + ") written to "
+                               + dir + "/users/" + name + ".crt and .key; e.g. curl --cert " + dir + "/users/" + name
+                               + ".crt --key " + dir + "/users/" + name + ".key https://DEVICE.../\n")
+            if !issued.revoked.isEmpty {
+                Logger.writeStderr("--force: revoked the earlier certificate(s) of user " + name + ", serial "
+                                   + issued.revoked.joined(separator: ", ") + "; CRL written to " + dir
+                                   + "/crl.pem (reload the gateway: SIGHUP)\n")
+            }
         case ("issue-server", 3):
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
             try PKI.issueServer(directory: positional[1], name: positional[2], extraSANs: sans, force: force)
