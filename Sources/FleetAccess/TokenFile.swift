@@ -96,6 +96,27 @@ extension TokenStore {
         return (0..<8).map { _ in UInt8.random(in: 0...255, using: &g) }
     }
 
+    /// What tells a changed tokens file: device, inode (the CLI renames a new file
+    /// into place), size and modification time. nil when `path` cannot be stat'ed.
+    public struct FileStamp: Equatable, Sendable {
+        public let device: UInt64
+        public let inode: UInt64
+        public let size: Int64
+        public let modifiedNs: Int64
+    }
+
+    /// The stamp of the file at `path` now (one stat call).
+    public static func stamp(path: String) -> FileStamp? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        #if canImport(Darwin)
+        let mtime = Int64(st.st_mtimespec.tv_sec) * 1_000_000_000 + Int64(st.st_mtimespec.tv_nsec)
+        #else
+        let mtime = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        #endif
+        return FileStamp(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: Int64(st.st_size), modifiedNs: mtime)
+    }
+
     static func directory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         return slash == path.startIndex ? "/" : String(path[..<slash])

@@ -190,6 +190,12 @@ final class TokenStoreTests: XCTestCase {
         let attrs = try FileManager.default.attributesOfItem(atPath: path)
         XCTAssertEqual((attrs[.posixPermissions] as! NSNumber).intValue, 0o600)
         XCTAssertEqual(try TokenStore.load(path: path).entries, s.entries)
+        let stamp = try XCTUnwrap(TokenStore.stamp(path: path))
+        XCTAssertEqual(TokenStore.stamp(path: path), stamp)
+        try s.add(name: "two", devices: "*", secret: TokenStore.newSecret(), created: 1, expires: nil)
+        try s.save(path: path)
+        XCTAssertNotEqual(TokenStore.stamp(path: path), stamp)  // a new inode at least
+        XCTAssertNil(TokenStore.stamp(path: dir + "/absent"))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["tokens.txt"])  // no temporary left
         try Data([0xff, 0xfe]).write(to: URL(fileURLWithPath: path))
         XCTAssertThrowsError(try TokenStore.load(path: path)) { e in
