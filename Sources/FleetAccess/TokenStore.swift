@@ -63,13 +63,16 @@ public struct TokenStore: Sendable {
         guard text.utf8.count <= maxFileBytes else { throw TokenError(file + ": larger than 1 MiB") }
         var store = TokenStore()
         var lineNo = 0
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Bytes, not Characters: "\r\n" is one Character, and a combining mark after a
+        // blank would make one of the blank too.
+        for raw in text.utf8.split(separator: 0x0A, omittingEmptySubsequences: false) {
             lineNo += 1
-            var line = Substring(raw)
-            if line.hasSuffix("\r") { line = line.dropLast() }
-            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            var line = raw
+            if line.last == 0x0D { line = line.dropLast() }
+            let fields = line.split(whereSeparator: { $0 == 0x20 || $0 == 0x09 }).map { Substring($0) }
             if fields.isEmpty || fields[0].hasPrefix("#") {
-                store.lines.append(.text(String(line)))
+                // Kept as it was (a CR too), so that writing it back changes nothing.
+                store.lines.append(.text(String(Substring(raw))))
                 continue
             }
             let at = file + ":" + String(lineNo) + ": "

@@ -87,6 +87,17 @@ final class TokenStoreTests: XCTestCase {
         }
     }
 
+    func testCRLFAndCommentsRoundTrip() throws {
+        let h = hashHex(secretA)
+        let text = "# c\r\nci \(h) devices=* created=1 expires=never\r\n\r\n#\r\r\n"
+        let s = try TokenStore.parse(text, file: "t")
+        XCTAssertEqual(s.count, 1)
+        guard case .valid = s.authenticate(secret: secretA, user: nil, now: 0) else { return XCTFail() }
+        let out = s.formatted()
+        XCTAssertEqual(out, "# c\r\nci \(h) devices=* created=1 expires=never\n\r\n#\r\r\n")
+        XCTAssertEqual(try TokenStore.parse(out, file: "t").formatted(), out)
+    }
+
     func testBounds() {
         XCTAssertThrowsError(try TokenStore.parse(String(repeating: "#", count: (1 << 20) + 1), file: "t")) { e in
             XCTAssertEqual((e as! TokenError).description, "t: larger than 1 MiB")
