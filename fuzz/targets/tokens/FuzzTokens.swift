@@ -46,7 +46,7 @@ func checkTokensFile(_ bytes: [UInt8]) {
         }
         guard m.hasPrefix("fuzz.tokens:") else { fail("error without file:line: " + m) }
         let digits = m.dropFirst("fuzz.tokens:".count).prefix { $0.isASCII && $0.isNumber }
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+        let lines = text.utf8.split(separator: 0x0A, omittingEmptySubsequences: false).count
         guard let n = Int(digits), n >= 1, n <= lines,
               m.dropFirst("fuzz.tokens:".count + digits.count).hasPrefix(": ") else { fail("bad line number: " + m) }
         guard !m.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { fail("control character in: " + m) }
@@ -65,7 +65,7 @@ func checkTokensFile(_ bytes: [UInt8]) {
     for e in store.entries where list.contains(hex(e.hash)) { fail("listing shows a hash") }
     // The input's first line as a secret: unknown unless well-formed (and then only
     // a token whose hash it has).
-    let candidate = String(text.prefix { $0 != "\n" })
+    let candidate = String(Substring(text.utf8.prefix { $0 != 0x0A }))
     let verdict = store.authenticate(secret: candidate, user: nil, now: 0)
     if !TokenStore.isWellFormedSecret(candidate), verdict != .unknown { fail("malformed secret accepted") }
     if verdict != .unknown, !hashes.contains(sha256(Array(candidate.utf8))) { fail("secret accepted without its hash") }
