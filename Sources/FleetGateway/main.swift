@@ -18,6 +18,7 @@ usage: fleet-gateway [options]                 run the gateway
        fleet-gateway pki crl DIR               write DIR/crl.pem again (renew before it expires: 30 days)
        fleet-gateway pki issue-user DIR NAME [--force]   a user certificate (CN = NAME, OU = reversehttp-user)
                                                for HTTPS users: DIR/users/NAME.crt, NAME.key
+       fleet-gateway pki revoke-user DIR NAME  revoke every certificate issued to user NAME
        fleet-gateway token create NAME --devices GLOBS [--expires 90d|12h|30m|never] (--tokens FILE | --config FILE)
                                                add a token (default expiry 90d); prints its secret once
        fleet-gateway token list (--tokens FILE | --config FILE)     names, devices, dates (never a secret)
@@ -198,6 +199,12 @@ func pkiMain(_ args: [String]) -> Int32 {
                                    + issued.revoked.joined(separator: ", ") + "; CRL written to " + dir
                                    + "/crl.pem (reload the gateway: SIGHUP)\n")
             }
+        case ("revoke-user", 3):
+            let dir = positional[1], name = positional[2]
+            let serials = try PKI.revokeUser(directory: dir, name: name)
+            Logger.writeStderr("user " + name + " revoked"
+                               + (serials.isEmpty ? " already" : " (serial " + serials.joined(separator: ", ") + ")")
+                               + "; CRL written to " + dir + "/crl.pem (reload the gateway: SIGHUP)\n")
         case ("issue-server", 3):
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
             try PKI.issueServer(directory: positional[1], name: positional[2], extraSANs: sans, force: force)

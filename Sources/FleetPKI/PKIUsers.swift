@@ -6,7 +6,8 @@
 //
 // DIR/issued.txt records a user's serial as "SERIAL<TAB>user:NAME", so that device
 // names and user names never meet there (`pki revoke DIR DEVICE` never revokes a
-// user's certificate); `pki revoke DIR --serial HEX` revokes either.
+// user's certificate); `pki revoke-user DIR NAME` revokes a user's, and
+// `pki revoke DIR --serial HEX` either.
 import COpenSSL
 #if canImport(Glibc)
 import Glibc
@@ -71,6 +72,24 @@ extension PKI {
         try appendEntries(indexPath, [RevokedEntry(serial: serial, name: "user:" + name)],
                           to: readRevocationList(indexPath).bytes)
         return Issued(serial: serial, revoked: revoked)
+    }
+
+    /// Revokes every certificate issued to user NAME (issued.txt's "user:NAME" serials
+    /// and DIR/users/NAME.crt) and rewrites DIR/crl.pem. Returns the serials newly
+    /// revoked; `.notFound` when NAME was never issued a certificate.
+    @discardableResult
+    public static func revokeUser(directory: String, name: String, crlDays: Int = 30) throws(PKIError) -> [String] {
+        guard isValidUserName(name) else { throw .invalidUserName(name) }
+        try checkDays(crlDays, "CRL days")
+        let dir = normalized(directory)
+        let (caCert, caKey) = try loadCA(dir)
+        defer { X509_free(caCert); EVP_PKEY_free(caKey) }
+        let lock = try lockDirectory(dir)
+        defer { close(lock) }
+        let serials = try userSerials(dir, name: name, caCert: caCert)
+        guard !serials.isEmpty else { throw .notFound(join(dir, "users") + "/" + name + ".crt") }
+        return try revokeLocked(dir: dir, serials.map { RevokedEntry(serial: $0, name: "user:" + name) },
+                                caCert: caCert, caKey: caKey, days: crlDays, writeUnchanged: true)
     }
 
     static func userExtensions() -> [(Int32, String)] {

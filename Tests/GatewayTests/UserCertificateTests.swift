@@ -111,6 +111,14 @@ final class UserCertificateTests: XCTestCase {
         let userSerial = try XCTUnwrap(self.text(dir + "/issued.txt").split(separator: "\n")
             .first { $0.hasSuffix("\tuser:dev1") }?.split(separator: "\t").first)
         XCTAssertEqual(try PKI.revoke(directory: dir, serial: String(userSerial)).name, "user:dev1")
+        // revoke-user: every serial of the user, nothing of the device of the same name.
+        try PKI.issueUser(directory: dir, name: "bob")
+        let bobSerials = try PKI.revokeUser(directory: dir, name: "bob")
+        XCTAssertEqual(bobSerials.count, 1)
+        XCTAssertTrue(self.text(dir + "/revoked.txt").contains(bobSerials[0] + "\tuser:bob"))
+        XCTAssertEqual(try PKI.revokeUser(directory: dir, name: "bob"), [])
+        expectError("does not exist") { try PKI.revokeUser(directory: dir, name: "carol") }
+        expectError("invalid user name") { try PKI.revokeUser(directory: dir, name: "a b") }
     }
 
     func testIssueUserRefusesBadNames() throws {

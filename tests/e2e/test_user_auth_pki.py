@@ -83,6 +83,9 @@ def test_pki_issue_user(tmp_path):
     assert r.returncode == 1 and "--force" in r.stderr
     r = gw("pki", "issue-user", d, "alice@example.com", "--force")
     assert "revoked the earlier certificate" in r.stderr
+    r = gw("pki", "revoke-user", d, "alice@example.com")
+    assert "user alice@example.com revoked (serial " in r.stderr
+    assert "\tuser:alice@example.com" in (d / "revoked.txt").read_text()
     r = gw("pki", "issue-user", d, "../evil", check=False)
     assert r.returncode == 1 and "invalid user name" in r.stderr
 
