@@ -79,5 +79,6 @@ if Context.environment["RH_FUZZ"] != nil {
         .executableTarget(name: "fuzz-config", dependencies: ["Tunnel", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
                           path: "fuzz/targets/config"),
         .executableTarget(name: "fuzz-jwt", dependencies: ["FleetAccess", "COpenSSL"], path: "fuzz/targets/jwt"),
+        .executableTarget(name: "fuzz-tokens", dependencies: ["FleetAccess", "TLS"], path: "fuzz/targets/tokens"),
     ]
 }

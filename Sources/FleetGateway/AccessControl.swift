@@ -55,7 +55,7 @@ final class AccessControl {
     private let logger: Logger
     private var policy: AccessPolicy?
     private var tokens: TokenStore?
-    private var tokensStamp: FileStamp?
+    private var tokensStamp: TokenStore.FileStamp?
     private var tokensCheckedAt: UInt64?
     private var jwks: JWKS?
     private var verifier: JWTVerifier?
@@ -87,7 +87,7 @@ final class AccessControl {
         config = new
         policy = new.accessPolicy
         tokens = new.tokens
-        tokensStamp = new.tokensFile.flatMap(FileStamp.init(path:))
+        tokensStamp = new.tokensFile.flatMap(TokenStore.stamp(path:))
         tokensCheckedAt = clock.now()
         if new.jwtJWKS != nil || !new.jwtEnabled { setKeys(new.jwtJWKS) } else if jwks == nil { setKeys(nil) }
         if new.jwtJWKSURL != nil && jwks == nil { lastFetch = nil }
@@ -263,7 +263,7 @@ final class AccessControl {
         guard let path = config.tokensFile else { return }
         if let at = tokensCheckedAt, now &- at < 1_000_000_000 { return }
         tokensCheckedAt = now
-        let stamp = FileStamp(path: path)
+        let stamp = TokenStore.stamp(path: path)
         guard stamp != tokensStamp else { return }
         do throws(TokenError) {
             tokens = try TokenStore.load(path: path)
@@ -314,20 +314,5 @@ final class AccessControl {
         }
         if let principal { out.add("x-forwarded-user", principal.displayName) }
         return out
-    }
-}
-
-/// What tells that a file changed: inode, size and modification time.
-struct FileStamp: Equatable {
-    let inode: UInt64
-    let size: Int64
-    let mtimeNs: Int64
-
-    init?(path: String) {
-        var st = stat()
-        guard stat(path, &st) == 0 else { return nil }
-        inode = UInt64(st.st_ino)
-        size = Int64(st.st_size)
-        mtimeNs = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
     }
 }

@@ -224,7 +224,8 @@ final class Gateway {
     private func deviceOpened(_ t: Transport, id: Int) {
         let identity: DeviceIdentity
         if let tls = t.tls {
-            switch DeviceIdentity.admit(commonName: tls.peerCommonName, config: config, reserved: reservedNames) {
+            switch DeviceIdentity.admit(commonName: tls.peerCommonName, isUserCertificate: tls.peerHasOrganizationalUnit(PKI.userMarker),
+                                        config: config, reserved: reservedNames) {
             case .success(let admitted):
                 identity = admitted
             case .failure(let refusal):

@@ -303,6 +303,13 @@ struct GatewayConfig {
         var c = TLSConfiguration(role: .server)
         c.certificateFile = cert
         c.keyFile = key
+        // Users may prove who they are with a certificate of the fleet CA (pki issue-user);
+        // asked for, never required.
+        if let ca = caFile {
+            c.trustFile = ca
+            c.crlFile = crlFile
+            c.clientCertificateOptional = true
+        }
         c.minimumVersion = tlsMinimum
         c.alpn = ["h2", "http/1.1"]
         return c

@@ -16,6 +16,13 @@ usage: fleet-gateway [options]                 run the gateway
                                                lists them (use with --crl, then SIGHUP the gateway)
        fleet-gateway pki revoke DIR --serial HEX   revoke one certificate by serial number
        fleet-gateway pki crl DIR               write DIR/crl.pem again (renew before it expires: 30 days)
+       fleet-gateway pki issue-user DIR NAME [--force]   a user certificate (CN = NAME, OU = reversehttp-user)
+                                               for HTTPS users: DIR/users/NAME.crt, NAME.key
+       fleet-gateway pki revoke-user DIR NAME  revoke every certificate issued to user NAME
+       fleet-gateway token create NAME --devices GLOBS [--expires 90d|12h|30m|never] (--tokens FILE | --config FILE)
+                                               add a token (default expiry 90d); prints its secret once
+       fleet-gateway token list (--tokens FILE | --config FILE)     names, devices, dates (never a secret)
+       fleet-gateway token revoke NAME (--tokens FILE | --config FILE)   remove a token
 
 options (also `key = value` lines in --config FILE):
   --listen-devices ADDR     device listener (default 127.0.0.1:8443)
@@ -65,6 +72,7 @@ func gatewayMain() -> Int32 {
     do throws(ConfigError) {
         let args = try processArguments()
         if args.first == "pki" { return pkiMain(Array(args.dropFirst())) }
+        if args.first == "token" { return tokenMain(Array(args.dropFirst())) }
         let inv = try Invocation(args, flags: GatewayConfig.flags)
         if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
         if inv.version { Logger.writeStderr("fleet-gateway " + reverseHTTPVersion + "\n"); return 0 }
@@ -189,6 +197,23 @@ func pkiMain(_ args: [String]) -> Int32 {
         case ("crl", 2):
             try PKI.writeCRL(directory: positional[1])
             Logger.writeStderr("CRL written to " + positional[1] + "/crl.pem\n")
+        case ("issue-user", 3):
+            let dir = positional[1], name = positional[2]
+            let issued = try PKI.issueUser(directory: dir, name: name, force: force)
+            Logger.writeStderr("user certificate for " + name + " (serial " + issued.serial + ") written to "
+                               + dir + "/users/" + name + ".crt and .key; e.g. curl --cert " + dir + "/users/" + name
+                               + ".crt --key " + dir + "/users/" + name + ".key https://DEVICE.../\n")
+            if !issued.revoked.isEmpty {
+                Logger.writeStderr("--force: revoked the earlier certificate(s) of user " + name + ", serial "
+                                   + issued.revoked.joined(separator: ", ") + "; CRL written to " + dir
+                                   + "/crl.pem (reload the gateway: SIGHUP)\n")
+            }
+        case ("revoke-user", 3):
+            let dir = positional[1], name = positional[2]
+            let serials = try PKI.revokeUser(directory: dir, name: name)
+            Logger.writeStderr("user " + name + " revoked"
+                               + (serials.isEmpty ? " already" : " (serial " + serials.joined(separator: ", ") + ")")
+                               + "; CRL written to " + dir + "/crl.pem (reload the gateway: SIGHUP)\n")
         case ("issue-server", 3):
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
             try PKI.issueServer(directory: positional[1], name: positional[2], extraSANs: sans, force: force)
