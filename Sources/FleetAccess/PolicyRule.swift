@@ -43,7 +43,7 @@ struct PolicyRule: Sendable {
                 throw RuleError("expected an option (methods=, paths=, from= or ports=), got '" + text(field) + "'")
             }
             let key = text(field[..<eq])
-            let items = try PolicyRule.list(key, field[(eq + 1)...])
+            let items = try PolicyRule.list("'" + key + "='", field[(eq + 1)...])
             func once(_ present: Bool) throws(RuleError) {
                 if present { throw RuleError("'" + key + "=' given twice in one rule") }
             }
@@ -84,12 +84,13 @@ struct PolicyRule: Sendable {
         self.ports = ports
     }
 
-    private static func list(_ key: String, _ value: ArraySlice<UInt8>) throws(RuleError) -> [ArraySlice<UInt8>] {
-        guard !value.isEmpty else { throw RuleError("'" + key + "=' needs at least one value") }
+    /// Comma-separated items; `label` names the list in messages ("'methods='", "DEVICES").
+    private static func list(_ label: String, _ value: ArraySlice<UInt8>) throws(RuleError) -> [ArraySlice<UInt8>] {
+        guard !value.isEmpty else { throw RuleError(label + " needs at least one value") }
         let items = value.split(separator: 0x2C, omittingEmptySubsequences: false)
-        guard !items.contains(where: { $0.isEmpty }) else { throw RuleError("empty item in the '" + key + "=' list") }
+        guard !items.contains(where: { $0.isEmpty }) else { throw RuleError("empty item in the " + label + " list") }
         guard items.count <= AccessPolicy.maxListItems else {
-            throw RuleError("more than " + String(AccessPolicy.maxListItems) + " items in '" + key + "='")
+            throw RuleError("more than " + String(AccessPolicy.maxListItems) + " items in " + label)
         }
         return items
     }
