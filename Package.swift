@@ -78,5 +78,6 @@ if Context.environment["RH_FUZZ"] != nil {
         .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetPKI", "FleetAccess"], path: "fuzz/targets/host-mapping"),
         .executableTarget(name: "fuzz-config", dependencies: ["Tunnel", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
                           path: "fuzz/targets/config"),
+        .executableTarget(name: "fuzz-policy", dependencies: ["FleetAccess"], path: "fuzz/targets/policy"),
     ]
 }
