@@ -143,17 +143,19 @@ public struct AccessPolicy: Sendable {
 
     /// Whether the policy lets `request` through, and the line of the rule that decided.
     public func decide(_ request: AccessRequest) -> PolicyDecision {
-        var context = RequestContext(request)
+        var context = RequestContext()
         var allowLine: Int? = nil
-        for rule in rules {
-            if rule.allow && allowLine != nil { continue }
-            if rule.matches(&context) {
-                if !rule.allow { return PolicyDecision(allowed: false, line: rule.line) }
-                allowLine = rule.line
+        return rules.withUnsafeBufferPointer { rules in
+            for i in rules.indices {
+                if rules[i].allow && allowLine != nil { continue }
+                if rules[i].matches(request, &context) {
+                    if !rules[i].allow { return PolicyDecision(allowed: false, line: rules[i].line) }
+                    allowLine = rules[i].line
+                }
             }
+            if let line = allowLine { return PolicyDecision(allowed: true, line: line) }
+            return PolicyDecision(allowed: false, line: nil)
         }
-        if let line = allowLine { return PolicyDecision(allowed: true, line: line) }
-        return PolicyDecision(allowed: false, line: nil)
     }
 
     static func hex(_ b: UInt8) -> String {
@@ -164,16 +166,13 @@ public struct AccessPolicy: Sendable {
 
 /// What one request computes at most once, when a rule first needs it.
 struct RequestContext {
-    let request: AccessRequest
     private var pathDone = false
     private var path: [UInt8]? = nil
     private var sourceDone = false
     private var source = SourceAddress()
 
-    init(_ request: AccessRequest) { self.request = request }
-
     /// The canonical path, nil when non-canonical.
-    mutating func canonicalPath() -> [UInt8]? {
+    mutating func canonicalPath(_ request: AccessRequest) -> [UInt8]? {
         if !pathDone {
             var t = request.path
             path = t.withUTF8 { PathCanonical.canonicalBytes($0, stopAtQuery: true) }
@@ -182,7 +181,7 @@ struct RequestContext {
         return path
     }
 
-    mutating func sourceAddress() -> SourceAddress {
+    mutating func sourceAddress(_ request: AccessRequest) -> SourceAddress {
         if !sourceDone {
             source = SourceAddress(request.source)
             sourceDone = true

@@ -5,14 +5,15 @@ struct RuleError: Error {
     init(_ message: String) { self.message = message }
 }
 
-struct PolicyRule: Sendable {
+final class PolicyRule: Sendable {
     enum Who: Sendable {
-        case anyone, authenticated
-        case token(Glob), user(Glob), sub(Glob), email(Glob), group(Glob)
+        case anyone, authenticated, token, user, sub, email, group
     }
 
     let allow: Bool
     let who: Who
+    /// The name glob of token:, user:, sub:, email: and group:.
+    let name: Glob
     let devices: [Glob]
     /// Upper-case method tokens.
     let methods: [[UInt8]]?
@@ -35,7 +36,7 @@ struct PolicyRule: Sendable {
         guard fields.count >= 3, !fields[1].contains(0x3D), !fields[2].contains(0x3D) else {
             throw RuleError("a rule needs WHO and DEVICES before its options: " + PolicyRule.usage)
         }
-        who = try PolicyRule.parseWho(fields[1])
+        (who, name) = try PolicyRule.parseWho(fields[1])
         devices = try PolicyRule.parseDevices(fields[2])
         var methods: [[UInt8]]? = nil, paths: [[UInt8]]? = nil, from: [CIDR]? = nil, ports: [Int]? = nil
         for field in fields[3...] {
@@ -95,10 +96,10 @@ struct PolicyRule: Sendable {
         return items
     }
 
-    private static func parseWho(_ f: ArraySlice<UInt8>) throws(RuleError) -> Who {
+    private static func parseWho(_ f: ArraySlice<UInt8>) throws(RuleError) -> (Who, Glob) {
         let s = text(f)
-        if s == "anyone" { return .anyone }
-        if s == "authenticated" { return .authenticated }
+        if s == "anyone" { return (.anyone, Glob([], foldCase: false)) }
+        if s == "authenticated" { return (.authenticated, Glob([], foldCase: false)) }
         guard let colon = f.firstIndex(of: 0x3A) else {
             throw RuleError("unknown principal '" + s + "' (expected " + whoKinds + ")")
         }
@@ -106,11 +107,11 @@ struct PolicyRule: Sendable {
         let name = f[(colon + 1)...]
         guard !name.isEmpty else { throw RuleError("empty name after '" + kind + ":' (expected " + whoKinds + ")") }
         switch kind {
-        case "token": return .token(Glob(name, foldCase: false))
-        case "user": return .user(Glob(name, foldCase: false))
-        case "sub": return .sub(Glob(name, foldCase: false))
-        case "email": return .email(Glob(name, foldCase: true))
-        case "group": return .group(Glob(name, foldCase: false))
+        case "token": return (.token, Glob(name, foldCase: false))
+        case "user": return (.user, Glob(name, foldCase: false))
+        case "sub": return (.sub, Glob(name, foldCase: false))
+        case "email": return (.email, Glob(name, foldCase: true))
+        case "group": return (.group, Glob(name, foldCase: false))
         default: throw RuleError("unknown principal '" + s + "' (expected " + whoKinds + ")")
         }
     }
@@ -153,8 +154,7 @@ struct PolicyRule: Sendable {
 
     // MARK: matching
 
-    func matches(_ context: inout RequestContext) -> Bool {
-        let r = context.request
+    func matches(_ r: AccessRequest, _ context: inout RequestContext) -> Bool {
         if let ports {
             guard let port = r.port, ports.contains(port) else { return false }
         } else if allow && r.port != nil {
@@ -163,32 +163,32 @@ struct PolicyRule: Sendable {
         if let methods {
             guard methods.contains(where: { PolicyRule.equalUpper(r.method, $0) }) else { return false }
         }
-        guard whoMatches(r.principal) else { return false }
+        guard whoMatches(r) else { return false }
         guard devices.contains(where: { $0.matches(r.device) }) else { return false }
         if let from {
-            let source = context.sourceAddress()
+            let source = context.sourceAddress(r)
             guard from.contains(where: { source.isInside($0) }) else { return false }
         }
         if let paths {
-            guard let path = context.canonicalPath() else { return !allow }  // non-canonical: fail closed
+            guard let path = context.canonicalPath(r) else { return !allow }  // non-canonical: fail closed
             return paths.contains { allow ? PolicyRule.allowMatch(path, $0) : PolicyRule.denyMatch(path, $0) }
         }
         return true
     }
 
-    private func whoMatches(_ p: Principal?) -> Bool {
+    private func whoMatches(_ r: AccessRequest) -> Bool {
         switch who {
         case .anyone: return true
-        case .authenticated: return p != nil
-        case .token(let g): return p.map { $0.method == .token && g.matches($0.name) } ?? false
-        case .user(let g): return p.map { $0.method == .certificate && g.matches($0.name) } ?? false
-        case .sub(let g): return p.map { $0.method == .jwt && g.matches($0.name) } ?? false
-        case .email(let g):
-            guard let p, p.method == .jwt, let e = p.email else { return false }
-            return g.matches(e)
-        case .group(let g):
-            guard let p, p.method == .jwt else { return false }
-            return p.groups.contains { g.matches($0) }
+        case .authenticated: return r.principal != nil
+        case .token: return r.principal?.method == .token && name.matches(r.principal!.name)
+        case .user: return r.principal?.method == .certificate && name.matches(r.principal!.name)
+        case .sub: return r.principal?.method == .jwt && name.matches(r.principal!.name)
+        case .email:
+            guard r.principal?.method == .jwt, let e = r.principal!.email else { return false }
+            return name.matches(e)
+        case .group:
+            guard r.principal?.method == .jwt else { return false }
+            return r.principal!.groups.contains { name.matches($0) }
         }
     }
 
