@@ -16,6 +16,8 @@
 //   (`/ADMIN` for a deny of `/admin`, for servers that fold case), with `;`
 //   (path parameters) as a segment boundary, and `/admin` for a deny of `/admin/`.
 //   Allows compare exactly (case-sensitive). Rules without paths= ignore the path.
+// - `from=`: a source that is not an address literal is outside every allow's
+//   blocks and inside every deny's (fail closed, as for paths).
 // - Methods compare ignoring ASCII case; `email:` ignoring ASCII case; other
 //   names and device globs as written (device names are lower-case).
 // - The policy alone: a token's own scope (Principal.scope) and expiry are the

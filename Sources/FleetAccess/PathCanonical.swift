@@ -8,13 +8,13 @@
 //
 // Canonical form of the part before `?`: starts with `/`; unreserved characters
 // (A-Z a-z 0-9 - . _ ~) appear raw (percent-decoded when sent encoded); every other
-// byte is `%XX` with upper-case hex (a raw `;` or `@` becomes `%3B`, `%40`), so two
-// spellings a server decodes alike compare alike.
+// byte is `%XX` with upper-case hex (a raw `;` or `@` becomes `%3B`, `%40`, a raw UTF-8 e-acute
+// `%C3%A9`), so two spellings a server decodes alike compare alike.
 // Non-canonical (nil): not origin-form (`*`, ``, `http://...`); a dot segment (`.`
 // or `..`, raw or encoded, also before a `;` parameter: `..;x`); an empty segment
 // (`//`, `/;x/`); an encoded `/`, `\`, NUL or `%` (`%2F` `%5C` `%00` `%25`: double
-// decoding); `%C0`/`%C1` (overlong UTF-8, old IIS); a raw `\`, `#`, space, control
-// character or non-ASCII byte; a `%` without two hex digits.
+// decoding); `%C0`/`%C1` (overlong UTF-8, old IIS), raw or encoded; a raw `\`, `#`,
+// space or control character; a `%` without two hex digits.
 
 public enum PathCanonical {
     /// The canonical path of a request target (origin-form; the query after `?` is
@@ -73,11 +73,11 @@ public enum PathCanonical {
                 i += 1
                 if isUnreserved(b) {
                     out.append(b)
-                } else if b > 0x20 && b < 0x7F && b != 0x5C && b != 0x23 {
+                } else if (b > 0x20 && b < 0x7F && b != 0x5C && b != 0x23) || (b >= 0x80 && b != 0xC0 && b != 0xC1) {
                     appendEncoded(b, &out)
                     rawSemicolon = b == 0x3B
                 } else {
-                    return nil  // control, space, DEL, non-ASCII, `\`, `#`
+                    return nil  // control, space, DEL, `\`, `#`, overlong UTF-8
                 }
             }
             if params { continue }

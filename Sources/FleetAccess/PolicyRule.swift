@@ -167,7 +167,11 @@ final class PolicyRule: Sendable {
         guard devices.contains(where: { $0.matches(r.device) }) else { return false }
         if let from {
             let source = context.sourceAddress(r)
-            guard from.contains(where: { source.isInside($0) }) else { return false }
+            if source.count == 0 {
+                if allow { return false }  // not an address: fail closed
+            } else if !from.contains(where: { source.isInside($0) }) {
+                return false
+            }
         }
         if let paths {
             guard let path = context.canonicalPath(r) else { return !allow }  // non-canonical: fail closed

@@ -230,6 +230,7 @@ final class AccessPolicyTests: XCTestCase {
         XCTAssertFalse(allowed(p, req(nil, source: "not-an-address")))
         let d = policy("allow anyone *\ndeny anyone * from=0.0.0.0/0")
         XCTAssertFalse(allowed(d, req(nil, source: "8.8.8.8")))
+        XCTAssertFalse(allowed(d, req(nil, source: "fe80::1%eth0")), "not an address: a deny with from= matches")
         XCTAssertTrue(allowed(d, req(nil, source: "2001:db8::1")))
     }
 
@@ -265,7 +266,7 @@ final class AccessPolicyTests: XCTestCase {
         let bad = ["/api/../admin", "/api/%2e%2e/admin", "/api/%2E./admin", "/api/.%2e/admin", "/api/./x", "/api/.",
                    "/api/..", "/api%2Fx", "/api/a%2fb", "/api/a%5Cb", "/api/a\\b", "//api/x", "/api//x", "/api/%00",
                    "/api/..;x/admin", "/api/;x/a", "/api/%252e%252e/admin", "/api/%C0%AE%C0%AE/",
-                   "/api/a#b", "/api/a b", "/api/\u{e9}", "/api/%zz", "/api/%4", "*", "", "api/x", "http://h/api/x"]
+                   "/api/a#b", "/api/a b", "/api/a\u{7}", "/api/\u{7f}", "/api/%zz", "/api/%4", "*", "", "api/x", "http://h/api/x"]
         for path in bad {
             XCTAssertNil(PathCanonical.canonical(path), path)
             XCTAssertFalse(allowed(allow, req(nil, path: path)), "allow: " + path)
@@ -292,6 +293,7 @@ final class AccessPolicyTests: XCTestCase {
         XCTAssertEqual(PathCanonical.canonical("/%61%7e%2D/a%3bb;c?x=/../"), "/a~-/a%3Bb%3Bc")
         XCTAssertEqual(PathCanonical.canonical("/a:b@c!$&'()*+,=/"), "/a%3Ab%40c%21%24%26%27%28%29%2A%2B%2C%3D/")
         XCTAssertEqual(PathCanonical.canonical("/%c3%a9"), "/%C3%A9")
+        XCTAssertEqual(PathCanonical.canonical("/caf\u{e9}"), "/caf%C3%A9")
         XCTAssertEqual(PathCanonical.canonical("/"), "/")
         XCTAssertEqual(PathCanonical.canonical("/..."), "/...")
         XCTAssertEqual(PathCanonical.canonical("/a..b/.x/"), "/a..b/.x/")
