@@ -134,7 +134,7 @@ public struct AccessPolicy: Sendable {
             guard rules.count < maxRules else {
                 throw PolicyError(at + "more than " + String(maxRules) + " rules")
             }
-            do throws(RuleError) {
+            do throws(PolicyRuleError) {
                 rules.append(try PolicyRule(fields, line: lineNo))
             } catch {
                 throw PolicyError(at + error.message)
@@ -145,7 +145,7 @@ public struct AccessPolicy: Sendable {
 
     /// Whether the policy lets `request` through, and the line of the rule that decided.
     public func decide(_ request: AccessRequest) -> PolicyDecision {
-        var context = RequestContext()
+        var context = PolicyRequestContext()
         var allowLine: Int? = nil
         return rules.withUnsafeBufferPointer { rules in
             for i in rules.indices {
@@ -167,11 +167,11 @@ public struct AccessPolicy: Sendable {
 }
 
 /// What one request computes at most once, when a rule first needs it.
-struct RequestContext {
+struct PolicyRequestContext {
     private var pathDone = false
     private var path: [UInt8]? = nil
     private var sourceDone = false
-    private var source = SourceAddress()
+    private var source = PolicySourceAddress()
 
     /// The canonical path, nil when non-canonical.
     mutating func canonicalPath(_ request: AccessRequest) -> [UInt8]? {
@@ -183,9 +183,9 @@ struct RequestContext {
         return path
     }
 
-    mutating func sourceAddress(_ request: AccessRequest) -> SourceAddress {
+    mutating func sourceAddress(_ request: AccessRequest) -> PolicySourceAddress {
         if !sourceDone {
-            source = SourceAddress(request.source)
+            source = PolicySourceAddress(request.source)
             sourceDone = true
         }
         return source
@@ -194,7 +194,7 @@ struct RequestContext {
 
 /// A client address parsed on the stack, with CIDR.contains's rules (AddressLiteral.parse,
 /// IPv4-mapped IPv6 addresses compare as IPv4 against an IPv4 block).
-struct SourceAddress {
+struct PolicySourceAddress {
     private var storage = in6_addr()
     /// 0 (not an address), 4 or 16.
     private(set) var count = 0

@@ -1,6 +1,6 @@
 // One line of the access policy (AccessPolicy.swift): its parser and its match.
 
-struct RuleError: Error {
+struct PolicyRuleError: Error {
     let message: String
     init(_ message: String) { self.message = message }
 }
@@ -13,8 +13,8 @@ final class PolicyRule: Sendable {
     let allow: Bool
     let who: Who
     /// The name glob of token:, user:, sub:, email: and group:.
-    let name: Glob
-    let devices: [Glob]
+    let name: PolicyGlob
+    let devices: [PolicyGlob]
     /// Upper-case method tokens.
     let methods: [[UInt8]]?
     /// Canonical path prefixes (PathCanonical).
@@ -26,58 +26,58 @@ final class PolicyRule: Sendable {
     static let usage = "allow|deny WHO DEVICES [methods=GET,HEAD] [paths=/api/,/status] [from=CIDR,...] [ports=22,5900]"
     static let whoKinds = "token:NAME, user:NAME, sub:X, email:X, group:X, authenticated or anyone"
 
-    init(_ fields: [ArraySlice<UInt8>], line: Int) throws(RuleError) {
+    init(_ fields: [ArraySlice<UInt8>], line: Int) throws(PolicyRuleError) {
         self.line = line
         switch text(fields[0]) {
         case "allow": allow = true
         case "deny": allow = false
-        default: throw RuleError("expected 'allow' or 'deny' at the start of a rule, got '" + text(fields[0]) + "' (" + PolicyRule.usage + ")")
+        default: throw PolicyRuleError("expected 'allow' or 'deny' at the start of a rule, got '" + text(fields[0]) + "' (" + PolicyRule.usage + ")")
         }
         guard fields.count >= 3, !fields[1].contains(0x3D), !fields[2].contains(0x3D) else {
-            throw RuleError("a rule needs WHO and DEVICES before its options: " + PolicyRule.usage)
+            throw PolicyRuleError("a rule needs WHO and DEVICES before its options: " + PolicyRule.usage)
         }
         (who, name) = try PolicyRule.parseWho(fields[1])
         devices = try PolicyRule.parseDevices(fields[2])
         var methods: [[UInt8]]? = nil, paths: [[UInt8]]? = nil, from: [CIDR]? = nil, ports: [Int]? = nil
         for field in fields[3...] {
             guard let eq = field.firstIndex(of: 0x3D) else {
-                throw RuleError("expected an option (methods=, paths=, from= or ports=), got '" + text(field) + "'")
+                throw PolicyRuleError("expected an option (methods=, paths=, from= or ports=), got '" + text(field) + "'")
             }
             let key = text(field[..<eq])
             let items = try PolicyRule.list("'" + key + "='", field[(eq + 1)...])
-            func once(_ present: Bool) throws(RuleError) {
-                if present { throw RuleError("'" + key + "=' given twice in one rule") }
+            func once(_ present: Bool) throws(PolicyRuleError) {
+                if present { throw PolicyRuleError("'" + key + "=' given twice in one rule") }
             }
             switch key {
             case "methods":
                 try once(methods != nil)
-                methods = try items.map { (m) throws(RuleError) in try PolicyRule.parseMethod(m) }
+                methods = try items.map { (m) throws(PolicyRuleError) in try PolicyRule.parseMethod(m) }
             case "paths":
                 try once(paths != nil)
-                paths = try items.map { (p) throws(RuleError) in try PolicyRule.parsePath(p) }
+                paths = try items.map { (p) throws(PolicyRuleError) in try PolicyRule.parsePath(p) }
             case "from":
                 try once(from != nil)
-                from = try items.map { (c) throws(RuleError) in
+                from = try items.map { (c) throws(PolicyRuleError) in
                     guard let cidr = CIDR(text(c)) else {
-                        throw RuleError("bad CIDR '" + text(c) + "' in from= (expected an address or address/prefix, e.g. 192.168.1.0/24 or fd00::/8)")
+                        throw PolicyRuleError("bad CIDR '" + text(c) + "' in from= (expected an address or address/prefix, e.g. 192.168.1.0/24 or fd00::/8)")
                     }
                     return cidr
                 }
             case "ports":
                 try once(ports != nil)
-                ports = try items.map { (p) throws(RuleError) in
+                ports = try items.map { (p) throws(PolicyRuleError) in
                     guard (1...5).contains(p.count), p.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
                           let n = Int(text(p)), (1...65535).contains(n) else {
-                        throw RuleError("bad port '" + text(p) + "' in ports= (expected a number 1-65535)")
+                        throw PolicyRuleError("bad port '" + text(p) + "' in ports= (expected a number 1-65535)")
                     }
                     return n
                 }
             default:
-                throw RuleError("unknown option '" + key + "=' (expected methods=, paths=, from= or ports=)")
+                throw PolicyRuleError("unknown option '" + key + "=' (expected methods=, paths=, from= or ports=)")
             }
         }
         if paths != nil && ports != nil {
-            throw RuleError("paths= and ports= cannot be combined (a ports= rule is about TCP connections, which have no path)")
+            throw PolicyRuleError("paths= and ports= cannot be combined (a ports= rule is about TCP connections, which have no path)")
         }
         self.methods = methods
         self.paths = paths
@@ -86,58 +86,58 @@ final class PolicyRule: Sendable {
     }
 
     /// Comma-separated items; `label` names the list in messages ("'methods='", "DEVICES").
-    private static func list(_ label: String, _ value: ArraySlice<UInt8>) throws(RuleError) -> [ArraySlice<UInt8>] {
-        guard !value.isEmpty else { throw RuleError(label + " needs at least one value") }
+    private static func list(_ label: String, _ value: ArraySlice<UInt8>) throws(PolicyRuleError) -> [ArraySlice<UInt8>] {
+        guard !value.isEmpty else { throw PolicyRuleError(label + " needs at least one value") }
         let items = value.split(separator: 0x2C, omittingEmptySubsequences: false)
-        guard !items.contains(where: { $0.isEmpty }) else { throw RuleError("empty item in the " + label + " list") }
+        guard !items.contains(where: { $0.isEmpty }) else { throw PolicyRuleError("empty item in the " + label + " list") }
         guard items.count <= AccessPolicy.maxListItems else {
-            throw RuleError("more than " + String(AccessPolicy.maxListItems) + " items in " + label)
+            throw PolicyRuleError("more than " + String(AccessPolicy.maxListItems) + " items in " + label)
         }
         return items
     }
 
-    private static func parseWho(_ f: ArraySlice<UInt8>) throws(RuleError) -> (Who, Glob) {
+    private static func parseWho(_ f: ArraySlice<UInt8>) throws(PolicyRuleError) -> (Who, PolicyGlob) {
         let s = text(f)
-        if s == "anyone" { return (.anyone, Glob([], foldCase: false)) }
-        if s == "authenticated" { return (.authenticated, Glob([], foldCase: false)) }
+        if s == "anyone" { return (.anyone, PolicyGlob([], foldCase: false)) }
+        if s == "authenticated" { return (.authenticated, PolicyGlob([], foldCase: false)) }
         guard let colon = f.firstIndex(of: 0x3A) else {
-            throw RuleError("unknown principal '" + s + "' (expected " + whoKinds + ")")
+            throw PolicyRuleError("unknown principal '" + s + "' (expected " + whoKinds + ")")
         }
         let kind = text(f[..<colon])
         let name = f[(colon + 1)...]
-        guard !name.isEmpty else { throw RuleError("empty name after '" + kind + ":' (expected " + whoKinds + ")") }
+        guard !name.isEmpty else { throw PolicyRuleError("empty name after '" + kind + ":' (expected " + whoKinds + ")") }
         switch kind {
-        case "token": return (.token, Glob(name, foldCase: false))
-        case "user": return (.user, Glob(name, foldCase: false))
-        case "sub": return (.sub, Glob(name, foldCase: false))
-        case "email": return (.email, Glob(name, foldCase: true))
-        case "group": return (.group, Glob(name, foldCase: false))
-        default: throw RuleError("unknown principal '" + s + "' (expected " + whoKinds + ")")
+        case "token": return (.token, PolicyGlob(name, foldCase: false))
+        case "user": return (.user, PolicyGlob(name, foldCase: false))
+        case "sub": return (.sub, PolicyGlob(name, foldCase: false))
+        case "email": return (.email, PolicyGlob(name, foldCase: true))
+        case "group": return (.group, PolicyGlob(name, foldCase: false))
+        default: throw PolicyRuleError("unknown principal '" + s + "' (expected " + whoKinds + ")")
         }
     }
 
-    private static func parseDevices(_ f: ArraySlice<UInt8>) throws(RuleError) -> [Glob] {
+    private static func parseDevices(_ f: ArraySlice<UInt8>) throws(PolicyRuleError) -> [PolicyGlob] {
         let items = try list("DEVICES", f)
         // The same syntax as allow_devices and token scopes.
         guard NamePattern(text(f)) != nil else {
-            throw RuleError("bad DEVICES '" + text(f) + "' (expected comma-separated globs of device names, e.g. dev-*,cam1)")
+            throw PolicyRuleError("bad DEVICES '" + text(f) + "' (expected comma-separated globs of device names, e.g. dev-*,cam1)")
         }
-        return items.map { Glob($0, foldCase: true) }
+        return items.map { PolicyGlob($0, foldCase: true) }
     }
 
-    private static func parseMethod(_ m: ArraySlice<UInt8>) throws(RuleError) -> [UInt8] {
+    private static func parseMethod(_ m: ArraySlice<UInt8>) throws(PolicyRuleError) -> [UInt8] {
         guard m.allSatisfy(isTokenChar) else {
-            throw RuleError("bad method '" + text(m) + "' in methods= (expected method names such as GET,HEAD,POST)")
+            throw PolicyRuleError("bad method '" + text(m) + "' in methods= (expected method names such as GET,HEAD,POST)")
         }
         return m.map { $0 >= 0x61 && $0 <= 0x7A ? $0 - 0x20 : $0 }
     }
 
-    private static func parsePath(_ p: ArraySlice<UInt8>) throws(RuleError) -> [UInt8] {
+    private static func parsePath(_ p: ArraySlice<UInt8>) throws(PolicyRuleError) -> [UInt8] {
         guard p.first == 0x2F else {
-            throw RuleError("path '" + text(p) + "' in paths= must start with '/'")
+            throw PolicyRuleError("path '" + text(p) + "' in paths= must start with '/'")
         }
         guard let c = Array(p).withUnsafeBufferPointer({ PathCanonical.canonicalBytes($0, stopAtQuery: false) }) else {
-            throw RuleError("path '" + text(p) + "' in paths= is not canonical (no '.' or '..' segments, '//', '?', '#', '\\', "
+            throw PolicyRuleError("path '" + text(p) + "' in paths= is not canonical (no '.' or '..' segments, '//', '?', '#', '\\', "
                             + "%2F, %5C, %25, %00 or a '%' without two hex digits)")
         }
         return c
@@ -154,7 +154,7 @@ final class PolicyRule: Sendable {
 
     // MARK: matching
 
-    func matches(_ r: AccessRequest, _ context: inout RequestContext) -> Bool {
+    func matches(_ r: AccessRequest, _ context: inout PolicyRequestContext) -> Bool {
         if let ports {
             guard let port = r.port, ports.contains(port) else { return false }
         } else if allow && r.port != nil {
@@ -231,7 +231,7 @@ final class PolicyRule: Sendable {
 
 /// A glob (`*` any run, `?` one character) over UTF-8 bytes, matching whole
 /// characters; optionally ignoring ASCII case.
-struct Glob: Sendable {
+struct PolicyGlob: Sendable {
     let pattern: [UInt8]
     let foldCase: Bool
 
@@ -252,11 +252,11 @@ struct Glob: Sendable {
                 if pi < p.count && p[pi] == 0x2A {
                     star = pi; mark = si; pi += 1
                 } else if pi < p.count && p[pi] == 0x3F {
-                    pi += 1; si = Glob.next(s, si)
+                    pi += 1; si = PolicyGlob.next(s, si)
                 } else if pi < p.count && p[pi] == (foldCase ? PolicyRule.lower(s[si]) : s[si]) {
                     pi += 1; si += 1
                 } else if star >= 0 {
-                    pi = star + 1; mark = Glob.next(s, mark); si = mark
+                    pi = star + 1; mark = PolicyGlob.next(s, mark); si = mark
                 } else {
                     return false
                 }
