@@ -15,7 +15,8 @@
 //   Denies also match more widely than allows (fail closed): ignoring ASCII case
 //   (`/ADMIN` for a deny of `/admin`, for servers that fold case), with `;`
 //   (path parameters) as a segment boundary, and `/admin` for a deny of `/admin/`.
-//   Allows compare exactly (case-sensitive). Rules without paths= ignore the path.
+//   Allows compare exactly (case-sensitive). Rules without paths= ignore the path;
+//   rules with paths= are about HTTP and never match a TCP port request.
 // - `from=`: a source that is not an address literal is outside every allow's
 //   blocks and inside every deny's (fail closed, as for paths).
 // - Methods compare ignoring ASCII case; `email:` ignoring ASCII case; other

@@ -174,6 +174,7 @@ final class PolicyRule: Sendable {
             }
         }
         if let paths {
+            if r.port != nil { return false }  // a TCP connection has no path (paths= is about HTTP)
             guard let path = context.canonicalPath(r) else { return !allow }  // non-canonical: fail closed
             return paths.contains { allow ? PolicyRule.allowMatch(path, $0) : PolicyRule.denyMatch(path, $0) }
         }

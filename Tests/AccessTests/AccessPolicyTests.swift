@@ -246,6 +246,11 @@ final class AccessPolicyTests: XCTestCase {
         XCTAssertTrue(allowed(d, req(nil, device: "dev1", port: 22)))
         let e = policy("allow anyone *\ndeny anyone * ports=22")
         XCTAssertTrue(allowed(e, req(nil)), "a deny with ports= is about TCP only")
+        let f = policy("allow anyone * ports=22\ndeny anyone * paths=/admin")
+        XCTAssertTrue(allowed(f, req(nil, method: "CONNECT", path: "", port: 22)), "a deny with paths= is about HTTP only")
+        let g = policy("allow anyone *\ndeny anyone * paths=/admin")
+        XCTAssertEqual(g.decide(req(nil, method: "CONNECT", path: "")), PolicyDecision(allowed: false, line: 2),
+                       "an HTTP CONNECT (no port) has a non-canonical path")
     }
 
     // MARK: paths

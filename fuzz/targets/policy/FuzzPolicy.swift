@@ -22,6 +22,9 @@
 //     after a "?"; it does not depend on the query;
 //   * a line "CIDR ADDRESS" with a valid CIDR: a `from=CIDR` rule matches exactly
 //     when CIDR.contains(ADDRESS).
+//   * a line "GLOB NAME": `sub:GLOB` matches a JWT subject NAME, and `email:GLOB` an
+//     email NAME, exactly as a reference matcher over Unicode scalars (`*` any run,
+//     `?` one scalar; email ignoring ASCII case).
 import FleetAccess
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -32,6 +35,7 @@ public func fuzzPolicy(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         checkPath(Array(line))
         checkPath([0x2F] + line)
         checkFrom(Array(line))
+        checkGlob(Array(line))
     }
     return 0
 }
@@ -220,4 +224,41 @@ func checkFrom(_ line: [UInt8]) {
     }
     let r = AccessRequest(principal: nil, device: "d", method: "GET", path: "/", source: address)
     guard p.decide(r).allowed == cidr.contains(address) else { fail("from= disagrees with CIDR.contains", line) }
+}
+
+/// Reference glob over Unicode scalars: a dynamic programme, no backtracking tricks.
+func refGlob(_ p: [Unicode.Scalar], _ s: [Unicode.Scalar]) -> Bool {
+    var row = [Bool](repeating: false, count: s.count + 1)  // row[j]: p[..<i] matches s[..<j]
+    row[0] = true
+    for c in p {
+        var next = [Bool](repeating: false, count: s.count + 1)
+        if c == "*" {
+            var any = false
+            for j in 0...s.count { any = any || row[j]; next[j] = any }
+        } else {
+            for j in 0..<s.count where row[j] && (c == "?" || c == s[j]) { next[j + 1] = true }
+        }
+        row = next
+    }
+    return row[s.count]
+}
+
+func checkGlob(_ line: [UInt8]) {
+    guard line.count <= 256, let sp = line.firstIndex(of: 0x20) else { return }
+    guard !line[..<sp].contains(0x09) else { return }  // a tab would end the field
+    let glob = String(decoding: line[..<sp], as: UTF8.self)
+    let name = String(decoding: line[(sp + 1)...], as: UTF8.self)
+    let lower = { (t: String) in String(decoding: t.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }, as: UTF8.self) }
+    if case .success(let p) = parse(Array(("allow sub:" + glob + " *").utf8)), p.ruleCount == 1 {
+        let r = AccessRequest(principal: Principal(method: .jwt, name: name), device: "d", method: "GET", path: "/", source: "::1")
+        guard p.decide(r).allowed == refGlob(Array(glob.unicodeScalars), Array(name.unicodeScalars)) else {
+            fail("sub: glob disagrees with the reference", line)
+        }
+    }
+    if case .success(let p) = parse(Array(("allow email:" + glob + " *").utf8)), p.ruleCount == 1 {
+        let r = AccessRequest(principal: Principal(method: .jwt, name: "x", email: name), device: "d", method: "GET", path: "/", source: "::1")
+        guard p.decide(r).allowed == refGlob(Array(lower(glob).unicodeScalars), Array(lower(name).unicodeScalars)) else {
+            fail("email: glob disagrees with the reference", line)
+        }
+    }
 }
