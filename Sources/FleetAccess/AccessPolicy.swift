@@ -19,8 +19,9 @@
 //   rules with paths= are about HTTP and never match a TCP port request.
 // - `from=`: a source that is not an address literal is outside every allow's
 //   blocks and inside every deny's (fail closed, as for paths).
-// - Methods compare ignoring ASCII case; `email:` ignoring ASCII case; other
-//   names and device globs as written (device names are lower-case).
+// - Methods compare ignoring ASCII case, and a deny of GET also denies HEAD;
+//   `email:` ignores ASCII case; other names and device globs compare as written
+//   (device names are lower-case).
 // - The policy alone: a token's own scope (Principal.scope) and expiry are the
 //   caller's (AccessControl) to apply.
 // - Cost: a request walks the rules once, cheapest conditions first; the canonical

@@ -23,6 +23,8 @@ final class PolicyRule: Sendable {
     let ports: [Int]?
     let line: Int
 
+    static let get: [UInt8] = Array("GET".utf8)
+    static let head: [UInt8] = Array("HEAD".utf8)
     static let usage = "allow|deny WHO DEVICES [methods=GET,HEAD] [paths=/api/,/status] [from=CIDR,...] [ports=22,5900]"
     static let whoKinds = "token:NAME, user:NAME, sub:X, email:X, group:X, authenticated or anyone"
 
@@ -161,7 +163,9 @@ final class PolicyRule: Sendable {
             return false
         }
         if let methods {
-            guard methods.contains(where: { PolicyRule.equalUpper(r.method, $0) }) else { return false }
+            guard methods.contains(where: { PolicyRule.equalUpper(r.method, $0) })
+                    || (!allow && PolicyRule.equalUpper(r.method, PolicyRule.head) && methods.contains(PolicyRule.get))
+            else { return false }  // a deny of GET also denies HEAD (the same answer without its body)
         }
         guard whoMatches(r) else { return false }
         guard devices.contains(where: { $0.matches(r.device) }) else { return false }

@@ -215,6 +215,10 @@ final class AccessPolicyTests: XCTestCase {
         let d = policy("allow anyone *\ndeny anyone * methods=DELETE")
         XCTAssertFalse(allowed(d, req(nil, method: "delete")))
         XCTAssertTrue(allowed(d, req(nil, method: "PUT")))
+        let g = policy("allow anyone * methods=GET,HEAD\ndeny anyone * methods=GET paths=/secret")
+        XCTAssertFalse(allowed(g, req(nil, method: "HEAD", path: "/secret")), "a deny of GET also denies HEAD")
+        XCTAssertTrue(allowed(g, req(nil, method: "HEAD", path: "/public")))
+        XCTAssertFalse(allowed(policy("allow anyone * methods=GET"), req(nil, method: "HEAD")), "an allow of GET is not HEAD")
     }
 
     func testFrom() {
