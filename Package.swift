@@ -78,5 +78,8 @@ if Context.environment["RH_FUZZ"] != nil {
         .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetPKI", "FleetAccess"], path: "fuzz/targets/host-mapping"),
         .executableTarget(name: "fuzz-config", dependencies: ["Tunnel", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
                           path: "fuzz/targets/config"),
+        .executableTarget(name: "fuzz-jwt", dependencies: ["FleetAccess", "COpenSSL"], path: "fuzz/targets/jwt"),
+        .executableTarget(name: "fuzz-tokens", dependencies: ["FleetAccess", "TLS"], path: "fuzz/targets/tokens"),
+        .executableTarget(name: "fuzz-policy", dependencies: ["FleetAccess"], path: "fuzz/targets/policy"),
     ]
 }

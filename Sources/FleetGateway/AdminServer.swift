@@ -9,8 +9,11 @@
 // One request per connection: answers carry Connection: close. Web pages are kept
 // out: a request with an Origin (a browser's cross-site request) is refused, and
 // so is a Host that is not an IP address literal or localhost (DNS rebinding:
-// `dead.beef` is a name, not an address).
+// `dead.beef` is a name, not an address). With `admin_token` (required when the
+// listener is not on loopback) every request needs `Authorization: Bearer TOKEN`,
+// else 401.
 import FleetAccess
+import FleetPKI
 import CLibc
 import EventLoop
 import HTTP1
@@ -19,6 +22,9 @@ import Tunnel
 final class AdminServer {
     private let gateway: Gateway
     private var listener: Int32 = -1
+    /// Listening off loopback: without a token nothing is answered, whatever a
+    /// reload did to the configuration (fail closed).
+    private var needsToken = false
 
     init(gateway: Gateway) { self.gateway = gateway }
 
@@ -26,6 +32,7 @@ final class AdminServer {
 
     func start(_ endpoint: HostPort) throws(SocketError) {
         listener = try Socket.listen(endpoint, backlog: 64)
+        needsToken = !Loopback.isLoopback(endpoint.host)
         gateway.loop.register(fd: listener) { _ in self.accept() }
     }
 
@@ -77,6 +84,14 @@ final class AdminServer {
         if let why = refusal(req) {
             return respond(t, 403, "text/plain", why + "\n")
         }
+        if needsToken && gateway.config.adminToken == nil {
+            return respond(t, 401, "text/plain", "this admin listener is not on loopback and admin_token is not set\n",
+                           extra: [("WWW-Authenticate", "Bearer realm=\"fleet-gateway-admin\"")])
+        }
+        if let token = gateway.config.adminToken, !AdminServer.authorized(req.headers, token: token) {
+            return respond(t, 401, "text/plain", "the admin API wants Authorization: Bearer TOKEN (admin_token)\n",
+                           extra: [("WWW-Authenticate", "Bearer realm=\"fleet-gateway-admin\"")])
+        }
         let path = String(req.target.split(separator: "?", maxSplits: 1).first ?? "")
         let parts = path.split(separator: "/").map(String.init)
         switch (req.method, parts.count, parts.first) {
@@ -105,10 +120,29 @@ final class AdminServer {
         }
     }
 
-    private func respond(_ t: Transport, _ status: Int, _ type: String, _ body: String) {
+    /// One `Authorization: Bearer TOKEN` field whose token is `token`, compared in
+    /// time that depends on the expected token's length only.
+    static func authorized(_ headers: HTTPHeaders, token: String) -> Bool {
+        let fields = headers.values("authorization")
+        guard fields.count == 1 else { return false }
+        let v = fields[0].utf8
+        guard v.count > 7, PKI.asciiLowercased(String(decoding: v.prefix(7), as: UTF8.self)) == "bearer " else { return false }
+        let presented = Array(v.dropFirst(7).drop(while: { $0 == 0x20 }))
+        return constantTimeEqual(presented, Array(token.utf8))
+    }
+
+    static func constantTimeEqual(_ presented: [UInt8], _ expected: [UInt8]) -> Bool {
+        var diff: UInt8 = presented.count == expected.count ? 0 : 1
+        for i in 0..<expected.count {
+            diff |= expected[i] ^ (i < presented.count ? presented[i] : 0)
+        }
+        return diff == 0
+    }
+
+    private func respond(_ t: Transport, _ status: Int, _ type: String, _ body: String, extra: [(String, String)] = []) {
         let bytes = Array(body.utf8)
         let h = HTTPHeaders([("Content-Type", type), ("Content-Length", String(bytes.count)), ("Connection", "close"),
-                             ("Cache-Control", "no-store")])
+                             ("Cache-Control", "no-store")] + extra)
         t.write(HTTP1Writer.responseHead(HTTPResponseHead(status: status, versionMinor: 1, headers: h)))
         t.write(bytes)
         t.closeAfterFlush()
@@ -153,6 +187,9 @@ final class AdminServer {
             ("online_since", String(wallClock(d.connections.map(\.connectedAt).min() ?? gateway.loop.now))),
             ("queued_requests", String(gateway.queue.count(hostname: d.hostname))),
             ("connections", JSON.array(conns)),
+            ("last_access", gateway.ledger.last(device: d.name).map { a in
+                JSON.object([("user", a.user.isEmpty ? "null" : JSON.string(a.user)), ("at", String(a.at)), ("status", String(a.status))])
+            } ?? "null"),
         ])
     }
 
@@ -198,6 +235,7 @@ final class AdminServer {
         p.family("rhttp_device_bytes_total", "counter", "Bytes on reversed connections (TLS included).")
         p.sample("rhttp_device_bytes_total", [("direction", "in")], Double(m.closedBytesIn + conns.reduce(0) { $0 + $1.transport.bytesIn }))
         p.sample("rhttp_device_bytes_total", [("direction", "out")], Double(m.closedBytesOut + conns.reduce(0) { $0 + $1.transport.bytesOut }))
+        m.exportAccess(&p)
         return p.text
     }
 

@@ -47,6 +47,14 @@ struct HostnameTemplate: Equatable {
     func hostname(for cn: String) -> String? {
         PKI.canonicalDeviceName(prefix + cn + suffix)
     }
+
+    /// The device name whose hostname `hostname` (a routing key) is, if any: the inverse of `hostname(for:)`.
+    func deviceName(for hostname: String) -> String? {
+        guard hostname.utf8.count > prefix.utf8.count + suffix.utf8.count,
+              hostname.hasPrefix(prefix), hostname.hasSuffix(suffix) else { return nil }
+        let u = Array(hostname.utf8)
+        return String(decoding: u[prefix.utf8.count..<(u.count - suffix.utf8.count)], as: UTF8.self)
+    }
 }
 
 enum HostRouting {

@@ -4,6 +4,7 @@
 // response, 504 no response in time), and the back-pressure between the two
 // sides (see Tunnel/BackPressure.swift).
 import EventLoop
+import FleetAccess
 import HTTP1
 import TLS
 import Tunnel
@@ -14,6 +15,8 @@ protocol UserSide: AnyObject {
     var gateway: Gateway { get }
     var scheme: String { get }
     var peerHost: String { get }
+    /// The user's TLS connection (a user certificate may say who they are); nil on plain HTTP.
+    var tls: TLSConnection? { get }
     /// Response bytes written but not yet taken by the user (back-pressure).
     var bufferedOutput: Int { get }
     /// Stop / resume taking request body from the user.
@@ -23,7 +26,7 @@ protocol UserSide: AnyObject {
     func writeHead(_ head: HTTPResponseHead, noBody: Bool)
     func writeBody(_ bytes: [UInt8])
     func writeEnd(trailers: HTTPHeaders)
-    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool)
+    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool, fields: HTTPHeaders)
     func abort(_ why: String)
     func switchProtocols(accept: String, fields: HTTPHeaders)
     func tunnelEnded()
@@ -33,6 +36,9 @@ extension UserSide {
     func respondError(_ status: Int, _ message: String) { respondError(status, message, close: false, retryAfter: false) }
     func respondError(_ status: Int, _ message: String, retryAfter: Bool) {
         respondError(status, message, close: false, retryAfter: retryAfter)
+    }
+    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool) {
+        respondError(status, message, close: close, retryAfter: retryAfter, fields: HTTPHeaders())
     }
 }
 
@@ -68,12 +74,19 @@ final class Exchange: DeviceStreamHandler {
     private var isHEAD: Bool { request.method == "HEAD" }
     /// A WebSocket: extended CONNECT to the device, 101 to the user.
     private var webSocket = false
+    /// Who the user is (AccessControl), and what was decided; nil until decided.
+    private(set) var access: AccessControl.Outcome?
+    /// The device the request names (its canonical name, as the policy and the metrics see it).
+    let deviceKey: String
+    /// Request body bytes from the user.
+    private(set) var bytesIn = 0
 
     init(client: UserSide, request: HTTPRequestHead, authority: String, hostname: String) {
         self.client = client
         self.request = request
         self.authority = authority
         self.hostname = hostname
+        deviceKey = client.gateway.config.hostnameTemplate.deviceName(for: hostname) ?? hostname
         startedAt = client.gateway.loop.now
     }
 
@@ -102,7 +115,40 @@ final class Exchange: DeviceStreamHandler {
     /// none can take it now, it waits in the gateway's RequestQueue.
     func start(requestHasBody: Bool) {
         self.requestHasBody = requestHasBody
-        gateway.queue.route(self)
+        authorizeThenRoute()
+    }
+
+    /// Access control first (AccessControl): a denied request is answered here and
+    /// never reaches a device or its queue. Body bytes that arrive meanwhile are held.
+    private func authorizeThenRoute() {
+        let g = gateway
+        // A WebSocket is a GET to the policy, whether it came as an HTTP/1.1 upgrade or an extended CONNECT.
+        let request = AccessRequest(principal: nil, device: deviceKey,
+                                    method: webSocket ? "GET" : self.request.method, path: self.request.target,
+                                    source: ForwardedFields.clientAddress(self.request.headers, peer: client.peerHost,
+                                                                          trusted: g.config.trustedProxies))
+        g.access.authorize(request, fields: self.request.headers, tls: client.tls) { outcome in
+            guard self.phase == .queued else { return }
+            self.access = outcome
+            g.recordAccess(outcome, device: request.device)
+            switch outcome {
+            case .allow:
+                g.queue.route(self)
+            case .deny(let status, let why, _):
+                self.finish()
+                self.status = status
+                var fields = HTTPHeaders()
+                if status == 401 {
+                    fields.add("WWW-Authenticate", "Basic realm=\"fleet-gateway\", charset=\"UTF-8\"")
+                    fields.add("WWW-Authenticate", "Bearer realm=\"fleet-gateway\"")
+                } else if status == 429 {
+                    fields.add("Retry-After", String(AccessControl.penaltySeconds))
+                }
+                self.client.respondError(status, status == 401 ? "authentication required" : why,
+                                         close: false, retryAfter: false, fields: fields)
+                g.logger.info("access denied (" + String(status) + "): " + why, LogContext(device: request.device))
+            }
+        }
     }
 
     /// Sends the request on `dev`; false when the connection refused the stream.
@@ -152,7 +198,7 @@ final class Exchange: DeviceStreamHandler {
     func startWebSocket() {
         webSocket = true
         requestHasBody = true  // the stream carries the WebSocket's bytes
-        gateway.queue.route(self)
+        authorizeThenRoute()
     }
 
     /// The extended CONNECT (RFC 8441) for a WebSocket: the request's fields
@@ -175,7 +221,7 @@ final class Exchange: DeviceStreamHandler {
         h.add(":scheme", client.scheme)
         h.add(":authority", authority)
         h.add(":path", request.target)
-        var fields = request.headers
+        var fields = gateway.access.forDevice(request.headers, principal: access?.principal)
         fields.removeHopByHop()
         for name in ["host", "expect"] { fields.remove(name) }
         let forwarded = ForwardedFields.forDevice(fields, peer: client.peerHost, scheme: client.scheme, authority: authority,
@@ -194,6 +240,7 @@ final class Exchange: DeviceStreamHandler {
 
     func userBody(_ bytes: [UInt8]) {
         guard phase != .done, !bytes.isEmpty else { return }
+        bytesIn += bytes.count
         guard let device else {
             // Queued: keep what arrived, and stop reading until a device takes it.
             held += bytes

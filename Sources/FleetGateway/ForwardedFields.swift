@@ -47,6 +47,23 @@ enum ForwardedFields {
         return out
     }
 
+    /// The client's address as the access policy's `from=` sees it: the peer's, or, from
+    /// a peer in `trusted_proxies`, the nearest X-Forwarded-For address that is not one
+    /// of them (each proxy appends the address it saw; what is left of the trusted ones
+    /// is the user's claim and counts for nothing more).
+    static func clientAddress(_ fields: HTTPHeaders, peer: String, trusted: [CIDR]) -> String {
+        guard trusted.contains(where: { $0.contains(peer) }) else { return peer }
+        var hops: [String] = []
+        for v in fields.values("x-forwarded-for") {
+            for part in v.split(separator: ",") { hops.append(String(part.filter { $0 != " " && $0 != "\t" })) }
+        }
+        for hop in hops.reversed() {
+            guard AddressLiteral.parse(hop) != nil else { return peer }
+            if !trusted.contains(where: { $0.contains(hop) }) { return hop }
+        }
+        return peer
+    }
+
     /// A response's Set-Cookie fields without their Domain attribute (RFC 6265 §5.2.3:
     /// without it the cookie is host-only); every other field unchanged.
     static func hostOnlyCookies(_ fields: HTTPHeaders) -> HTTPHeaders {

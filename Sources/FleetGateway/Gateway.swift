@@ -2,6 +2,7 @@
 // (mTLS, reversed HTTP/2 connections into the registry) and the public listener
 // (users' HTTP/1.1 requests, routed by Host through an Exchange).
 import CLibc
+import FleetAccess
 import FleetPKI
 import EventLoop
 import HTTP2
@@ -17,6 +18,11 @@ final class Gateway {
     private(set) var health: HealthChecker!
     private(set) var admin: AdminServer!
     let metrics = Metrics()
+    /// Who may reach which device: every user request is decided here before it is routed.
+    let access: AccessControl
+    private var jwksFetcher: JWKSFetcher?
+    /// Who last reached each device (admin /devices/NAME "last_access").
+    let ledger = AccessLedger()
     /// Users' HTTP/2 upload windows grown beyond UploadWindow.initial, in bytes, all connections.
     var uploadWindowGrowth = 0
     /// The windows of users' HTTP/2 upload streams, all connections (`upload_budget_bytes`).
@@ -59,9 +65,11 @@ final class Gateway {
                                   perAddress: config.maxUserConnectionsPerAddress)
         deviceTLS = config.plaintextDevices ? nil : try TLSContext(config.deviceTLS())
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
+        access = AccessControl(config: config, clock: loop.clock, logger: logger)
         queue = RequestQueue(gateway: self)
         health = HealthChecker(gateway: self)
         admin = AdminServer(gateway: self)
+        metrics.perDevice = config.metricsPerDevice
     }
 
     var devicePort: Int { Socket.localPort(deviceListener) }
@@ -80,6 +88,7 @@ final class Gateway {
             logger.notice("admin on " + a.host + ":" + String(admin.port))
         }
         health.start()
+        startAccessControl()
         if config.plaintextDevices {
             logger.warning("INSECURE: --plaintext-devices: devices are not authenticated; every device connection is '" + config.plaintextDeviceName + "'")
         }
@@ -87,6 +96,64 @@ final class Gateway {
                       + " per address (open-file limit " + String(rh_raise_nofile()) + ")")
         logger.notice("devices on " + config.listenDevices.host + ":" + String(devicePort) + " (" + (deviceTLS == nil ? "plaintext" : "mTLS")
                       + "), users on " + config.listenPublic.host + ":" + String(publicPort) + " (" + (publicTLS == nil ? "http" : "https") + ")")
+    }
+
+    /// The JWKS URL (asked at start, and again for an unknown key) and the warnings an
+    /// open public listener deserves at every start.
+    private func startAccessControl() {
+        if let url = config.jwtJWKSURL {
+            let fetcher: JWKSFetcher
+            do throws(ConfigError) {
+                fetcher = try JWKSFetcher(loop: loop, url: url, caFile: config.jwtJWKSCA, logger: logger)
+            } catch {
+                // GatewayConfig checked the URL; should the fetcher still refuse it, JWTs signed
+                // with keys not in jwt_jwks are refused, and this says why.
+                logger.error("jwt_jwks_url: " + error.description + "; JWTs are checked against jwt_jwks only")
+                return
+            }
+            jwksFetcher = fetcher
+            access.fetchKeys = { done in
+                fetcher.fetch(force: true) { result in
+                    switch result {
+                    case .success(let body): done(body)
+                    case .failure: done(nil)
+                    }
+                }
+            }
+            access.onKeys = { keys in self.logKeys(keys, from: url) }
+            access.refreshKeys()
+        }
+        if let keys = config.jwtJWKS { logKeys(keys, from: config.jwtJWKSFile ?? "jwt_jwks") }
+        let where_ = config.listenPublic.host + ":" + String(publicPort)
+        if config.accessPolicy == nil {
+            if Loopback.isLoopback(config.listenPublic.host) {
+                logger.notice("no access_policy: every user who reaches " + where_ + " (loopback) reaches every device")
+            } else {
+                logger.warning("public_access = open: anyone who reaches " + where_ + " reaches every device, without credentials")
+            }
+        } else {
+            logger.notice("access policy " + (config.accessPolicyFile ?? "") + ": " + String(config.accessPolicy?.ruleCount ?? 0) + " rules")
+        }
+    }
+
+    /// How many JWT keys a JWKS gave, and why any were left out.
+    func logKeys(_ keys: JWKS, from source: String) {
+        logger.notice("JWKS " + source + ": " + String(keys.keyIDs.count) + " keys")
+        for why in keys.skipped { logger.warning("JWKS " + source + ": key skipped: " + why) }
+    }
+
+    /// One access decision: metrics and the device's last access (admin API).
+    func recordAccess(_ outcome: AccessControl.Outcome, device: String) {
+        let auth = outcome.principal?.method.rawValue ?? "none"
+        metrics.accessDecision(result: outcome.status.map { String($0) } ?? "allowed", auth: auth)
+        if let status = outcome.status { ledger.recordAccess(device: device, user: outcome.principal?.displayName ?? "", status: status) }
+    }
+
+    /// A request answered (or cut): the device's last access, and its own series with `metrics_per_device`.
+    func requestDone(_ ex: Exchange, status: Int, bytesOut: Int) {
+        guard ex.access?.status == nil else { return }  // a denial was recorded when decided
+        ledger.recordAccess(device: ex.deviceKey, user: ex.access?.principal?.displayName ?? "", status: status)
+        metrics.deviceRequest(device: ex.deviceKey, status: status, bytesIn: ex.bytesIn, bytesOut: bytesOut)
     }
 
     /// Accepts what is pending on `listener` (at most 64 per wake-up, so users and
@@ -157,7 +224,8 @@ final class Gateway {
     private func deviceOpened(_ t: Transport, id: Int) {
         let identity: DeviceIdentity
         if let tls = t.tls {
-            switch DeviceIdentity.admit(commonName: tls.peerCommonName, config: config, reserved: reservedNames) {
+            switch DeviceIdentity.admit(commonName: tls.peerCommonName, isUserCertificate: tls.peerHasOrganizationalUnit(PKI.userMarker),
+                                        config: config, reserved: reservedNames) {
             case .success(let admitted):
                 identity = admitted
             case .failure(let refusal):
@@ -234,6 +302,8 @@ final class Gateway {
         deviceTLS = newDeviceTLS ?? (applied.plaintextDevices ? nil : deviceTLS)
         if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
         config = applied
+        access.apply(applied)
+        metrics.perDevice = applied.metricsPerDevice
         reservedNames = ReservedNames(config: applied)
         logger.level = applied.logLevel
         // Tunnels that are up are checked against the new rules: a device revoked by
@@ -252,6 +322,15 @@ final class Gateway {
                     logger.notice("reload: " + c.identity.name + "'s certificate no longer verifies (" + why + "); closing", c.ctx)
                     c.close()
                 }
+            }
+        }
+        // A user whose certificate the new CRL revokes (or a CA no longer trusts) is cut now too.
+        if let ctx = publicTLS {
+            for (_, u) in users {
+                guard let tls = u.transport.tls, tls.peerCommonName != nil, let why = tls.peerVerifyError(against: ctx) else { continue }
+                logger.notice("reload: user certificate of " + (tls.peerCommonName ?? "?") + " from " + u.transport.peer.description
+                              + " no longer verifies (" + why + "); closing")
+                u.transport.close()
             }
         }
         health.stop()

@@ -71,6 +71,31 @@ struct GatewayConfig {
     /// The windows of all HTTP/2 users' uploads together (UploadWindow): the most request
     /// body users can park in the gateway; past it a new upload gets 503 with Retry-After.
     var uploadBudgetBytes = 256 << 20
+    /// Who may reach which device (AccessControl). nil: everyone, which a public listener
+    /// off loopback allows only with `public_access = open`.
+    var accessPolicyFile: String?
+    var accessPolicy: AccessPolicy?
+    var publicAccessOpen = false
+    /// Users' tokens (`fleet-gateway token create`): names, scopes and SHA-256 of the secrets.
+    var tokensFile: String?
+    var tokens: TokenStore?
+    /// JWTs (OIDC): the keys from a file and/or a URL, and the claims they must carry.
+    var jwtJWKSFile: String?
+    var jwtJWKS: JWKS?
+    var jwtJWKSURL: String?
+    var jwtJWKSCA: String?
+    var jwtIssuer: String?
+    var jwtAudience: String?
+    /// The field that carries the JWT: `authorization` (Bearer) or one an SSO proxy sets.
+    var jwtHeader = "authorization"
+    var jwtGroupsClaim = "groups"
+    var jwtLeewaySeconds = 60
+    /// Whether users authenticate at all (tokens, JWTs or user certificates may then be asked for).
+    var jwtEnabled: Bool { jwtJWKS != nil || jwtJWKSURL != nil }
+    /// The admin listener wants `Authorization: Bearer` this (required off loopback).
+    var adminToken: String?
+    /// One set of request and byte counters per device in /metrics.
+    var metricsPerDevice = false
 
     static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "crl", "allow_devices",
                        "max_connections_per_device", "public_max_streams", "ca", "cert", "key", "public_cert", "public_key",
@@ -79,7 +104,10 @@ struct GatewayConfig {
                        "handshake_timeout_ms", "idle_ping_ms", "queue_timeout_ms", "grace_ms", "queue_max",
                        "check_interval_ms", "check_timeout_ms", "check_method", "check_path", "check_status",
                        "check_rise", "check_fall", "trusted_proxies", "cookie_domain",
-                       "max_user_connections", "max_user_connections_per_address", "upload_budget_bytes", "check_config", "help", "version"]
+                       "max_user_connections", "max_user_connections_per_address", "upload_budget_bytes",
+                       "access_policy", "public_access", "tokens", "jwt_jwks", "jwt_jwks_url", "jwt_jwks_ca", "jwt_issuer",
+                       "jwt_audience", "jwt_header", "jwt_groups_claim", "jwt_leeway_s", "admin_token", "metrics_per_device",
+                       "check_config", "help", "version"]
     static let flags = ["plaintext_devices", "check_config", "help", "version"]
 
     init(_ s: Settings) throws(ConfigError) {
@@ -145,6 +173,19 @@ struct GatewayConfig {
         maxUserConnections = try s.int("max_user_connections", default: 0, min: 0, max: 10_000_000)
         maxUserConnectionsPerAddress = try s.int("max_user_connections_per_address", default: 0, min: 0, max: 10_000_000)
         uploadBudgetBytes = try s.int("upload_budget_bytes", default: 256 << 20, min: 1 << 20, max: 1 << 40)
+        try readAccess(s)
+        if let v = s.last("admin_token") {
+            guard v.value.utf8.count >= 16, v.value.utf8.count <= 1024, v.value.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                throw ConfigError(v.origin + ": admin_token must be 16 to 1024 visible ASCII characters without blanks"
+                                  + " (e.g. the output of: openssl rand -base64 32)")
+            }
+            adminToken = v.value
+        }
+        if s.last("metrics_per_device") != nil { metricsPerDevice = try s.bool("metrics_per_device") }
+        if let a = listenAdmin, adminToken == nil, !Loopback.isLoopback(a.host) {
+            throw ConfigError((s.last("listen_admin")?.origin ?? "command line") + ": listen_admin " + a.description
+                              + " is not a loopback address: set admin_token (at least 16 characters) so that only operators reach it")
+        }
         if let v = s.last("check_method") {
             guard !v.value.isEmpty, v.value.allSatisfy({ $0.isUppercase && $0.isASCII }) else {
                 throw ConfigError(v.origin + ": check_method must be an HTTP method such as GET or HEAD")
@@ -178,6 +219,74 @@ struct GatewayConfig {
         }
     }
 
+    /// The access control keys; the policy, tokens and JWKS files are read here, so that
+    /// --check-config and a reload refuse a bad one with FILE:LINE.
+    private mutating func readAccess(_ s: Settings) throws(ConfigError) {
+        if let v = s.last("access_policy") {
+            accessPolicyFile = v.value
+            do throws(PolicyError) { accessPolicy = try AccessPolicy.load(path: v.value) } catch {
+                throw ConfigError(v.origin + ": access_policy: " + error.description)
+            }
+        }
+        if let v = s.last("public_access") {
+            guard v.value == "open" || v.value == "policy" else { throw ConfigError(v.origin + ": public_access must be open or policy") }
+            publicAccessOpen = v.value == "open"
+        }
+        if let v = s.last("tokens") {
+            tokensFile = v.value
+            do throws(TokenError) { tokens = try TokenStore.load(path: v.value) } catch {
+                throw ConfigError(v.origin + ": tokens: " + error.description)
+            }
+        }
+        if let v = s.last("jwt_jwks") {
+            jwtJWKSFile = v.value
+            jwtJWKS = try GatewayConfig.readJWKS(v)
+        }
+        if let v = s.last("jwt_jwks_url") {
+            do throws(ConfigError) { _ = try JWKSURL(v.value) } catch { throw ConfigError(v.origin + ": " + error.description) }
+            jwtJWKSURL = v.value
+        }
+        jwtJWKSCA = s.string("jwt_jwks_ca")
+        jwtIssuer = s.string("jwt_issuer")
+        jwtAudience = s.string("jwt_audience")
+        if let v = s.last("jwt_header") {
+            let name = HostRouting.asciiLowercased(v.value)
+            guard !name.isEmpty, name.utf8.count <= 64, name.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }) else {
+                throw ConfigError(v.origin + ": jwt_header must be a header field name, e.g. authorization or cf-access-jwt-assertion")
+            }
+            guard !["host", "cookie", "content-length", "transfer-encoding", "connection"].contains(name) else {
+                throw ConfigError(v.origin + ": jwt_header cannot be " + name)
+            }
+            jwtHeader = name
+        }
+        if let v = s.last("jwt_groups_claim") {
+            guard !v.value.isEmpty, v.value.utf8.count <= 64 else { throw ConfigError(v.origin + ": jwt_groups_claim must be a claim name") }
+            jwtGroupsClaim = v.value
+        }
+        jwtLeewaySeconds = try s.int("jwt_leeway_s", default: 60, min: 0, max: 600)
+        let jwtKeys = ["jwt_issuer", "jwt_audience", "jwt_header", "jwt_groups_claim", "jwt_jwks_ca"]
+        if !jwtEnabled, let stray = jwtKeys.compactMap({ s.last($0) }).first {
+            throw ConfigError(stray.origin + ": " + stray.key + " needs jwt_jwks or jwt_jwks_url")
+        }
+        // Secure default: users off this machine reach devices only through a policy,
+        // or when the operator says `public_access = open` (warned at every start).
+        if accessPolicy == nil && !publicAccessOpen && !Loopback.isLoopback(listenPublic.host) {
+            throw ConfigError("the public listener " + listenPublic.host + ":" + String(listenPublic.port)
+                              + " is not on loopback and there is no access_policy: every device would be open to anyone who reaches it;"
+                              + " set access_policy = FILE, or public_access = open to allow that")
+        }
+    }
+
+    static func readJWKS(_ v: Setting) throws(ConfigError) -> JWKS {
+        let bytes: [UInt8]
+        do throws(PKIError) { bytes = try PKI.readFile(v.value) } catch {
+            throw ConfigError(v.origin + ": jwt_jwks: " + error.description)
+        }
+        do throws(JWTError) { return try JWKS.parse(bytes) } catch {
+            throw ConfigError(v.origin + ": jwt_jwks " + v.value + ": " + error.description)
+        }
+    }
+
     func deviceTLS() -> TLSConfiguration {
         var c = TLSConfiguration(role: .server)
         c.certificateFile = certFile
@@ -194,6 +303,13 @@ struct GatewayConfig {
         var c = TLSConfiguration(role: .server)
         c.certificateFile = cert
         c.keyFile = key
+        // Users may prove who they are with a certificate of the fleet CA (pki issue-user);
+        // asked for, never required.
+        if let ca = caFile {
+            c.trustFile = ca
+            c.crlFile = crlFile
+            c.clientCertificateOptional = true
+        }
         c.minimumVersion = tlsMinimum
         c.alpn = ["h2", "http/1.1"]
         return c

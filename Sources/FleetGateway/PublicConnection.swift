@@ -11,6 +11,7 @@
 // `idle_timeout_ms` of keep-alive idleness.
 import EventLoop
 import HTTP1
+import TLS
 import Tunnel
 
 final class PublicConnection: UserSide {
@@ -60,6 +61,7 @@ final class PublicConnection: UserSide {
     }
 
     var peerHost: String { transport.peer.host }
+    var tls: TLSConnection? { transport.tls }
     var bufferedOutput: Int { transport.bufferedOutput }
     /// The Exchange stops taking the body (back-pressure, or queued): the user is not
     /// the one who is slow, so the body timer waits too.
@@ -341,10 +343,10 @@ final class PublicConnection: UserSide {
     }
 
     /// A complete error response with a short text body (none for HEAD).
-    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool) {
+    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool, fields: HTTPHeaders) {
         gateway.logger.info("answered " + String(status) + ": " + message)
         let body = Array((message + "\n").utf8)
-        var h = HTTPHeaders()
+        var h = fields
         h.add("Content-Type", "text/plain; charset=utf-8")
         h.add("Content-Length", String(body.count))
         if retryAfter { h.add("Retry-After", "5") }
@@ -380,27 +382,12 @@ final class PublicConnection: UserSide {
         let status = responseStatus == 0 ? 499 : responseStatus
         let seconds = Double(gateway.loop.now &- r.start) / 1e9
         gateway.metrics.request(status: status, seconds: seconds)
+        if let ex = current { gateway.requestDone(ex, status: status, bytesOut: responseBytes) }
         guard gateway.config.accessLog else { return }
-        let ms = Int(seconds * 1000)
-        gateway.logger.info("access client=" + transport.peer.description + " host=" + logSafe(r.host) + " method=" + r.method
-                            + " path=" + logSafe(r.target) + " status=" + String(status) + " bytes=" + String(responseBytes)
-                            + " duration_ms=" + String(ms) + (aborted ? " aborted" : ""),
+        gateway.logger.info(AccessLog.line(client: transport.peer.description, host: r.host, method: r.method, target: r.target,
+                                           status: status, bytes: responseBytes, seconds: seconds, aborted: aborted,
+                                           access: current?.access),
                             LogContext(device: current?.deviceName, connection: current?.connectionID))
-    }
-
-    /// A user's text in a log line: spaces, quotes, controls and non-ASCII as %XX,
-    /// so no value can forge another field.
-    private func logSafe(_ s: String) -> String {
-        var out = ""
-        for b in s.utf8 {
-            if b > 0x20 && b < 0x7F && b != 0x22 && b != 0x25 {
-                out.unicodeScalars.append(Unicode.Scalar(b))
-            } else {
-                let hex = Array("0123456789ABCDEF")
-                out += "%" + String(hex[Int(b >> 4)]) + String(hex[Int(b & 15)])
-            }
-        }
-        return out
     }
 
     // MARK: Time limits and shutdown

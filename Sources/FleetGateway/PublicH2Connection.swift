@@ -9,6 +9,7 @@
 import EventLoop
 import HTTP1
 import HTTP2
+import TLS
 import Tunnel
 
 final class PublicH2Connection {
@@ -100,6 +101,7 @@ final class PublicH2Connection {
         for (n, v) in headers where !n.hasPrefix(":") && n != "host" { fields.add(n, v) }
         fields.add("host", authority)
         let path = headers.first(":path") ?? ""
+        s.logged = (method, path, authority.isEmpty ? "-" : authority, gateway.loop.now)
         let head = HTTPRequestHead(method: method, target: path, versionMinor: 1, headers: fields)
         // :path as an HTTP/1.1 target would be (RFC 9113 §8.3.1): origin-form, or "*" for
         // OPTIONS; a CONNECT carries none unless extended (RFC 8441: origin-form).
@@ -263,6 +265,10 @@ final class PublicStream: UserSide {
     var startsWhenEnded = false
     private var bodyTimer: TimerID?
     private var lastBodyProgress: UInt64 = 0
+    /// The request as the access log names it, and the answer so far.
+    var logged: (method: String, target: String, host: String, start: UInt64)?
+    private var responseStatus = 0
+    private var responseBytes = 0
 
     init(conn: PublicH2Connection, id: Int32) {
         self.conn = conn
@@ -272,6 +278,7 @@ final class PublicStream: UserSide {
     var gateway: Gateway { conn.gateway }
     var scheme: String { conn.scheme }
     var peerHost: String { conn.transport.peer.host }
+    var tls: TLSConnection? { conn.transport.tls }
     private var session: HTTP2Session { conn.connection.session }
     var bufferedOutput: Int { session.pendingBody(stream: id) }
 
@@ -395,12 +402,14 @@ final class PublicStream: UserSide {
         var fields = head.headers
         fields.removeHopByHop()
         for (n, v) in fields { h.add(n, v) }
+        responseStatus = head.status
         submit(h, endStream: noBody)
         if noBody { ended = true }
     }
 
     func writeBody(_ bytes: [UInt8]) {
         guard !ended, !bytes.isEmpty else { return }
+        responseBytes += bytes.count
         session.sendData(stream: id, bytes, endStream: false)
         conn.connection.scheduleFlush()
         // The device's window reopens as the user's stream drains (Exchange.settleCredit).
@@ -423,13 +432,16 @@ final class PublicStream: UserSide {
         settleUpload()
     }
 
-    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool) {
+    func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool, fields: HTTPHeaders) {
         gateway.logger.info("answered " + String(status) + ": " + message)
         let body = Array((message + "\n").utf8)
         var h = HTTPHeaders([(":status", String(status)), ("content-type", "text/plain; charset=utf-8"),
                              ("content-length", String(body.count))])
+        for (n, v) in fields { h.add(HostRouting.asciiLowercased(n), v) }
         if retryAfter { h.add("retry-after", "5") }
         let isHEAD = exchange?.request.method == "HEAD"
+        responseStatus = status
+        responseBytes = isHEAD ? 0 : body.count
         submit(h, endStream: isHEAD)
         if !isHEAD { session.sendData(stream: id, body, endStream: true, resetAfter: !requestEnded) }
         ended = true
@@ -463,6 +475,21 @@ final class PublicStream: UserSide {
         conn.connection.scheduleFlush()
     }
 
+    /// The access log line and the metrics of this stream's request, once.
+    private func record(aborted: Bool) {
+        guard let r = logged else { return }
+        logged = nil
+        let status = responseStatus == 0 ? 499 : responseStatus
+        let seconds = Double(gateway.loop.now &- r.start) / 1e9
+        gateway.metrics.request(status: status, seconds: seconds)
+        if let ex = exchange { gateway.requestDone(ex, status: status, bytesOut: responseBytes) }
+        guard gateway.config.accessLog else { return }
+        gateway.logger.info(AccessLog.line(client: conn.transport.peer.description, host: r.host, method: r.method, target: r.target,
+                                           status: status, bytes: responseBytes, seconds: seconds, aborted: aborted,
+                                           access: exchange?.access),
+                            LogContext(device: exchange?.deviceName, connection: exchange?.connectionID))
+    }
+
     private func submit(_ h: HTTPHeaders, endStream: Bool) {
         do throws(HTTP2Error) {
             try session.submitResponse(stream: id, h, endStream: endStream)
@@ -474,6 +501,7 @@ final class PublicStream: UserSide {
 
     /// The stream is gone (done, or reset by the user).
     func closed(errorCode: UInt32) {
+        record(aborted: !responseComplete)
         if !responseComplete { exchange?.userGone() }
         gateway.loop.cancel(bodyTimer)
         bodyTimer = nil

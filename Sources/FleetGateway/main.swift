@@ -16,11 +16,22 @@ usage: fleet-gateway [options]                 run the gateway
                                                lists them (use with --crl, then SIGHUP the gateway)
        fleet-gateway pki revoke DIR --serial HEX   revoke one certificate by serial number
        fleet-gateway pki crl DIR               write DIR/crl.pem again (renew before it expires: 30 days)
+       fleet-gateway pki issue-user DIR NAME [--force]   a user certificate (CN = NAME, OU = reversehttp-user)
+                                               for HTTPS users: DIR/users/NAME.crt, NAME.key
+       fleet-gateway pki revoke-user DIR NAME  revoke every certificate issued to user NAME
+       fleet-gateway token create NAME --devices GLOBS [--expires 90d|12h|30m|never] (--tokens FILE | --config FILE)
+                                               add a token (default expiry 90d); prints its secret once
+       fleet-gateway token list (--tokens FILE | --config FILE)     names, devices, dates (never a secret)
+       fleet-gateway token revoke NAME (--tokens FILE | --config FILE)   remove a token
 
 options (also `key = value` lines in --config FILE):
   --listen-devices ADDR     device listener (default 127.0.0.1:8443)
   --listen-public ADDR      user listener (default 127.0.0.1:8080)
   --listen-admin ADDR|off   operator listener: /devices, /metrics, status page (default 127.0.0.1:9180)
+  --admin-token SECRET      the admin listener wants Authorization: Bearer SECRET (16+ characters;
+                            required when listen_admin is not loopback; put it in the config file)
+  --metrics-per-device true|false   request and byte counters per device in /metrics (default false)
+  --jwt-jwks-ca FILE        CA bundle for jwt_jwks_url's server (default the system bundle)
   --access-log true|false   one log line per request (default true)
   --check-interval-ms MS    health check of every device (default 10000, 0 off); --check-path,
                             --check-method, --check-status 200-499, --check-rise 2, --check-fall 3
@@ -47,6 +58,11 @@ options (also `key = value` lines in --config FILE):
   --upload-budget-bytes N   HTTP/2 upload windows of all users together; past it 503 (default 268435456)
   --trusted-proxies CIDRS   proxies whose X-Forwarded-For/Forwarded we extend (default none: replaced)
   --cookie-domain strip|keep   Domain attribute of a device's Set-Cookie (default strip: host-only)
+  --access-policy FILE      who may reach which device (SIGHUP reloads it); see README "Letting people in"
+  --public-access open|policy   open: no policy needed off loopback (anyone reaches every device)
+  --tokens FILE             users' tokens (fleet-gateway token create ...)
+  --jwt-jwks FILE, --jwt-jwks-url URL, --jwt-jwks-ca FILE   keys of JWTs (OIDC); --jwt-issuer, --jwt-audience,
+                            --jwt-header NAME (default authorization), --jwt-groups-claim (groups), --jwt-leeway-s (60)
   --idle-ping-ms MS         PING a silent device after this, drop it after as much again (default 4000, 0 off)
   --log-level LEVEL         debug, info, notice, warning, error
   --check-config            validate and exit
@@ -56,6 +72,7 @@ func gatewayMain() -> Int32 {
     do throws(ConfigError) {
         let args = try processArguments()
         if args.first == "pki" { return pkiMain(Array(args.dropFirst())) }
+        if args.first == "token" { return tokenMain(Array(args.dropFirst())) }
         let inv = try Invocation(args, flags: GatewayConfig.flags)
         if inv.help { Logger.writeStderr(usage + "\n"); return 0 }
         if inv.version { Logger.writeStderr("fleet-gateway " + reverseHTTPVersion + "\n"); return 0 }
@@ -180,6 +197,23 @@ func pkiMain(_ args: [String]) -> Int32 {
         case ("crl", 2):
             try PKI.writeCRL(directory: positional[1])
             Logger.writeStderr("CRL written to " + positional[1] + "/crl.pem\n")
+        case ("issue-user", 3):
+            let dir = positional[1], name = positional[2]
+            let issued = try PKI.issueUser(directory: dir, name: name, force: force)
+            Logger.writeStderr("user certificate for " + name + " (serial " + issued.serial + ") written to "
+                               + dir + "/users/" + name + ".crt and .key; e.g. curl --cert " + dir + "/users/" + name
+                               + ".crt --key " + dir + "/users/" + name + ".key https://DEVICE.../\n")
+            if !issued.revoked.isEmpty {
+                Logger.writeStderr("--force: revoked the earlier certificate(s) of user " + name + ", serial "
+                                   + issued.revoked.joined(separator: ", ") + "; CRL written to " + dir
+                                   + "/crl.pem (reload the gateway: SIGHUP)\n")
+            }
+        case ("revoke-user", 3):
+            let dir = positional[1], name = positional[2]
+            let serials = try PKI.revokeUser(directory: dir, name: name)
+            Logger.writeStderr("user " + name + " revoked"
+                               + (serials.isEmpty ? " already" : " (serial " + serials.joined(separator: ", ") + ")")
+                               + "; CRL written to " + dir + "/crl.pem (reload the gateway: SIGHUP)\n")
         case ("issue-server", 3):
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
             try PKI.issueServer(directory: positional[1], name: positional[2], extraSANs: sans, force: force)

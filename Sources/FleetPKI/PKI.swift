@@ -156,13 +156,14 @@ public enum PKI {
     /// The caller checked whether the files may be replaced.
     @discardableResult
     static func issueLeaf(dir: String, ca: (cert: OpaquePointer, key: OpaquePointer), subdirectory: String,
-                          name: String, extensions: [(Int32, String)], days: Int, notBeforeOffsetDays: Int,
+                          name: String, organizationalUnit: String? = nil, extensions: [(Int32, String)],
+                          days: Int, notBeforeOffsetDays: Int,
                           writeBundle: Bool, force: Bool) throws(PKIError) -> String {
         let outDir = join(dir, subdirectory)
         let keyPath = outDir + "/" + name + ".key"
         let key = try generateKey()
         defer { EVP_PKEY_free(key) }
-        let cert = try makeCertificate(commonName: name, subjectKey: key, issuer: ca,
+        let cert = try makeCertificate(commonName: name, organizationalUnit: organizationalUnit, subjectKey: key, issuer: ca,
                                        days: days, notBeforeOffsetDays: notBeforeOffsetDays,
                                        extensions: extensions)
         defer { X509_free(cert) }
@@ -251,7 +252,7 @@ public enum PKI {
     /// Builds and signs an X.509 v3 certificate. `issuer` nil means self-signed with
     /// `subjectKey`. Extensions are added in order (subjectKeyIdentifier before
     /// authorityKeyIdentifier). The caller frees the result with X509_free.
-    static func makeCertificate(commonName: String, subjectKey: OpaquePointer,
+    static func makeCertificate(commonName: String, organizationalUnit: String? = nil, subjectKey: OpaquePointer,
                                 issuer: (cert: OpaquePointer, key: OpaquePointer)?,
                                 days: Int, notBeforeOffsetDays: Int,
                                 extensions: [(Int32, String)]) throws(PKIError) -> OpaquePointer {
@@ -271,6 +272,12 @@ public enum PKI {
         guard let subject = X509_get_subject_name(x) else { throw failure("X509_get_subject_name") }
         // UTF8String, set directly: the MBSTRING path would cap CN at 64 bytes,
         // shorter than the 253 a device hostname may have.
+        if let ou = organizationalUnit {
+            let bytes = Array(ou.utf8)
+            guard X509_NAME_add_entry_by_txt(subject, "OU", V_ASN1_UTF8STRING, bytes, Int32(bytes.count), -1, 0) == 1 else {
+                throw failure("set subject OU \"\(ou)\"")
+            }
+        }
         let cn = Array(commonName.utf8)
         guard X509_NAME_add_entry_by_txt(subject, "CN", V_ASN1_UTF8STRING, cn, Int32(cn.count), -1, 0) == 1 else {
             throw failure("set subject CN \"\(commonName)\"")

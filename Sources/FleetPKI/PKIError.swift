@@ -35,6 +35,8 @@ public enum PKIError: Error, CustomStringConvertible {
     /// DIR/issued.txt holds serials for this device name that were never revoked
     /// (its files under devices/ are gone): a new certificate needs `force`.
     case stillIssued(String, serials: [String])
+    /// A user name `issue-user` cannot use.
+    case invalidUserName(String)
 
     public var description: String {
         switch self {
@@ -66,6 +68,12 @@ public enum PKIError: Error, CustomStringConvertible {
                 + "use \"\(PKI.asciiLowercased(name))\""
         case .reservedName(let name, let reason):
             return "device name \"\(name)\" is reserved: \(reason)"
+        case .invalidUserName(let name):
+            return "invalid user name \"\(name)\": use 1 to 64 of A-Z a-z 0-9 . _ @ -, starting with a letter or digit"
+        case .stillIssued(let name, let serials) where name.hasPrefix("user:"):
+            return "\(name) still has a valid certificate (serial \(serials.joined(separator: ", ")) in issued.txt, "
+                + "not revoked; its files are gone from users/): use --force to revoke it and issue a new one, "
+                + "or revoke it first (pki revoke DIR --serial HEX)"
         case .stillIssued(let name, let serials):
             return "device \"\(name)\" still has a valid certificate (serial \(serials.joined(separator: ", ")) in issued.txt, "
                 + "not revoked; its files are gone from devices/): use --force to revoke it and issue a new one, "

@@ -224,6 +224,56 @@ public final class TLSConnection {
         return Int(days) * 86_400 + Int(secs)
     }
 
+    /// Whether the peer sent a certificate and its chain verified (against the trust
+    /// file and CRL of the context at handshake time).
+    public var peerCertificateVerified: Bool {
+        guard let cert = SSL_get1_peer_certificate(ssl) else { return false }
+        X509_free(cert)
+        return SSL_get_verify_result(ssl) == Int(X509_V_OK)
+    }
+
+    /// Whether the verified peer certificate's subject has an OU (organizational unit)
+    /// equal to `unit`, e.g. "reversehttp-user" (PKI.userMarker). False without a verified certificate.
+    public func peerHasOrganizationalUnit(_ unit: String) -> Bool {
+        guard let cert = SSL_get1_peer_certificate(ssl) else { return false }
+        defer { X509_free(cert) }
+        guard SSL_get_verify_result(ssl) == Int(X509_V_OK), let name = X509_get_subject_name(cert) else { return false }
+        let want = Array(unit.utf8)
+        var idx = X509_NAME_get_index_by_NID(name, NID_organizationalUnitName, -1)
+        var guardCount = 0
+        while idx >= 0 && guardCount < 64 {
+            guardCount += 1
+            if let entry = X509_NAME_get_entry(name, idx), let data = X509_NAME_ENTRY_get_data(entry),
+               TLSConnection.asn1Equals(data, want) {
+                return true
+            }
+            idx = X509_NAME_get_index_by_NID(name, NID_organizationalUnitName, idx)
+        }
+        return false
+    }
+
+    static func asn1Equals(_ data: UnsafeMutablePointer<ASN1_STRING>, _ want: [UInt8]) -> Bool {
+        var utf8: UnsafeMutablePointer<UInt8>?
+        let len = ASN1_STRING_to_UTF8(&utf8, data)
+        guard len >= 0, let utf8 else { return false }
+        defer { rh_OPENSSL_free(utf8) }
+        guard Int(len) == want.count else { return false }
+        for i in 0..<want.count where utf8[i] != want[i] { return false }
+        return true
+    }
+
+    /// The peer certificate's notAfter in Unix seconds (nil without one).
+    public var peerCertificateNotAfter: Int64? {
+        guard let cert = SSL_get1_peer_certificate(ssl) else { return nil }
+        defer { X509_free(cert) }
+        guard let notAfter = X509_get0_notAfter(cert), let epoch = ASN1_TIME_set(nil, 0) else { return nil }
+        defer { ASN1_STRING_free(epoch) }
+        var days: Int32 = 0
+        var secs: Int32 = 0
+        guard ASN1_TIME_diff(&days, &secs, epoch, notAfter) == 1 else { return nil }
+        return Int64(days) * 86_400 + Int64(secs)
+    }
+
     /// Subject common name of the verified peer certificate (nil without one).
     public var peerCommonName: String? {
         guard let cert = SSL_get1_peer_certificate(ssl) else { return nil }

@@ -23,8 +23,13 @@ public struct TLSConfiguration {
     /// PEM certificate chain (leaf first) and its private key; the client's for mTLS.
     public var certificateFile: String?
     public var keyFile: String?
-    /// PEM CA bundle that peers must chain to. For a server, setting it requires client certificates.
+    /// PEM CA bundle that peers must chain to. For a server, setting it requires client
+    /// certificates (unless `clientCertificateOptional`).
     public var trustFile: String?
+    /// Server with a trust file: ask for a client certificate without requiring one. A
+    /// client that sends none is accepted; one that sends a certificate failing
+    /// verification (another CA, revoked, expired) is refused.
+    public var clientCertificateOptional = false
     /// PEM CRL of the trust file's CA: peers whose certificates it lists are refused.
     public var crlFile: String?
     public var minimumVersion: TLSVersion = .tls13
@@ -101,7 +106,8 @@ public final class TLSContext {
                 if let names = SSL_load_client_CA_file(trust) {
                     SSL_CTX_set_client_CA_list(ctx, names)
                 }
-                SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
+                SSL_CTX_set_verify(ctx, config.clientCertificateOptional ? SSL_VERIFY_PEER
+                                   : SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
             } else {
                 SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
             }

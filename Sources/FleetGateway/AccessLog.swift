@@ -1,0 +1,30 @@
+// The access log: one line per user request (HTTP/1.1 and HTTP/2 alike), with who
+// asked, how they authenticated and what was decided. Every value a user chose is
+// escaped, so no value can forge another field.
+import FleetAccess
+
+enum AccessLog {
+    static func line(client: String, host: String, method: String, target: String, status: Int, bytes: Int,
+                     seconds: Double, aborted: Bool, access: AccessControl.Outcome?) -> String {
+        let principal = access?.principal
+        let decision = access.map { $0.status.map { String($0) } ?? "allow" } ?? "-"
+        return "access client=" + client + " host=" + safe(host) + " method=" + safe(method) + " path=" + safe(target)
+            + " status=" + String(status) + " bytes=" + String(bytes) + " duration_ms=" + String(Int(seconds * 1000))
+            + " user=" + safe(principal?.displayName ?? "-") + " auth=" + (principal?.method.rawValue ?? "none")
+            + " decision=" + decision + (aborted ? " aborted" : "")
+    }
+
+    /// Spaces, quotes, percent, controls and non-ASCII as %XX.
+    static func safe(_ s: String) -> String {
+        var out = ""
+        for b in s.utf8 {
+            if b > 0x20 && b < 0x7F && b != 0x22 && b != 0x25 {
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            } else {
+                let hex = Array("0123456789ABCDEF")
+                out += "%" + String(hex[Int(b >> 4)]) + String(hex[Int(b & 15)])
+            }
+        }
+        return out
+    }
+}

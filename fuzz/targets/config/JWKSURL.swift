@@ -1,0 +1,1 @@
+../../../Sources/FleetGateway/JWKSURL.swift
