@@ -576,7 +576,8 @@ def test_token_cli(tmp_path):
     tokens = tmp_path / "tokens"
     s = acc.token_create(tokens, "t1", "dev1,lab-*", "--expires", "12h")
     assert len(s) == 4 + 43 and re.fullmatch(r"rht_[A-Za-z0-9_-]{43}", s)
-    assert oct(tokens.stat().st_mode & 0o777) == "0o600"
+    mode = tokens.stat().st_mode & 0o777
+    assert mode & 0o137 == 0, f"the tokens file is {oct(mode)}: others must not read it, nobody execute it"
     text = tokens.read_text()
     assert s not in text and acc.hashlib.sha256(s.encode()).hexdigest() in text
     r = acc.token_cli("create", "t1", "--devices", "*", "--tokens", tokens, check=False)
