@@ -58,6 +58,8 @@ final class AccessControl {
     private var tokensStamp: TokenStore.FileStamp?
     private var tokensCheckedAt: UInt64?
     private var jwks: JWKS?
+    /// The JWKS URL's last answer that parsed.
+    private var urlKeys: JWKS?
     private var verifier: JWTVerifier?
     private let jwtCache = JWTCache()
     /// Asks the JWKS URL for the keys; the answer (the body, or nil on failure) may come later.
@@ -89,13 +91,21 @@ final class AccessControl {
         tokens = new.tokens
         tokensStamp = new.tokensFile.flatMap(TokenStore.stamp(path:))
         tokensCheckedAt = clock.now()
-        if new.jwtJWKS != nil || !new.jwtEnabled { setKeys(new.jwtJWKS) } else if jwks == nil { setKeys(nil) }
-        if new.jwtJWKSURL != nil && jwks == nil { lastFetch = nil }
+        if new.jwtJWKSURL == nil { urlKeys = nil }
+        // Issuer, audience or keys may have changed: the verifier is made again and
+        // what it verified before is forgotten.
+        setKeys(fromURL: urlKeys)
     }
 
-    /// Replaces the JWT keys (a JWKS file or the URL's answer); verified tokens cached
-    /// under the old keys are forgotten.
-    func setKeys(_ keys: JWKS?) {
+    /// The JWT keys: the JWKS file's and the URL's last good answer together. Verified
+    /// tokens cached under the old keys are forgotten.
+    func setKeys(fromURL: JWKS?) {
+        urlKeys = fromURL
+        let keys: JWKS? = switch (config.jwtJWKS, fromURL) {
+        case (let f?, let u?): f.merging(u)
+        case (let f?, nil): f
+        case (nil, let u): u
+        }
         jwks = keys
         jwtCache.removeAll()
         verifier = keys.map {
@@ -245,7 +255,7 @@ final class AccessControl {
             if let body {
                 do throws(JWTError) {
                     let keys = try JWKS.parse(body)
-                    self.setKeys(keys)
+                    self.setKeys(fromURL: keys)
                     self.onKeys?(keys)
                 } catch {
                     self.logger.warning("JWKS from " + (self.config.jwtJWKSURL ?? "?") + " refused, keeping the keys we had: " + error.description)

@@ -101,28 +101,7 @@ final class Gateway {
     /// The JWKS URL (asked at start, and again for an unknown key) and the warnings an
     /// open public listener deserves at every start.
     private func startAccessControl() {
-        if let url = config.jwtJWKSURL {
-            let fetcher: JWKSFetcher
-            do throws(ConfigError) {
-                fetcher = try JWKSFetcher(loop: loop, url: url, caFile: config.jwtJWKSCA, logger: logger)
-            } catch {
-                // GatewayConfig checked the URL; should the fetcher still refuse it, JWTs signed
-                // with keys not in jwt_jwks are refused, and this says why.
-                logger.error("jwt_jwks_url: " + error.description + "; JWTs are checked against jwt_jwks only")
-                return
-            }
-            jwksFetcher = fetcher
-            access.fetchKeys = { done in
-                fetcher.fetch(force: true) { result in
-                    switch result {
-                    case .success(let body): done(body)
-                    case .failure: done(nil)
-                    }
-                }
-            }
-            access.onKeys = { keys in self.logKeys(keys, from: url) }
-            access.refreshKeys()
-        }
+        startJWKSFetcher()
         if let keys = config.jwtJWKS { logKeys(keys, from: config.jwtJWKSFile ?? "jwt_jwks") }
         let where_ = config.listenPublic.host + ":" + String(publicPort)
         if config.accessPolicy == nil {
@@ -134,6 +113,35 @@ final class Gateway {
         } else {
             logger.notice("access policy " + (config.accessPolicyFile ?? "") + ": " + String(config.accessPolicy?.ruleCount ?? 0) + " rules")
         }
+    }
+
+    /// The JWKS URL's fetcher (made again when a reload changes the URL or its CA), and
+    /// a first fetch.
+    private func startJWKSFetcher() {
+        jwksFetcher?.cancel()
+        jwksFetcher = nil
+        access.fetchKeys = nil
+        guard let url = config.jwtJWKSURL else { return }
+        let fetcher: JWKSFetcher
+        do throws(ConfigError) {
+            fetcher = try JWKSFetcher(loop: loop, url: url, caFile: config.jwtJWKSCA, logger: logger)
+        } catch {
+            // GatewayConfig checked the URL; should the fetcher still refuse it (the CA
+            // file, say), JWTs signed with keys not in jwt_jwks are refused, and this says why.
+            logger.error("jwt_jwks_url: " + error.description + "; JWTs are checked against jwt_jwks only")
+            return
+        }
+        jwksFetcher = fetcher
+        access.fetchKeys = { done in
+            fetcher.fetch(force: true) { result in
+                switch result {
+                case .success(let body): done(body)
+                case .failure: done(nil)
+                }
+            }
+        }
+        access.onKeys = { keys in self.logKeys(keys, from: url) }
+        access.refreshKeys()
     }
 
     /// How many JWT keys a JWKS gave, and why any were left out.
@@ -301,8 +309,13 @@ final class Gateway {
         applied.plaintextDevices = config.plaintextDevices
         deviceTLS = newDeviceTLS ?? (applied.plaintextDevices ? nil : deviceTLS)
         if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
+        let jwksSourceChanged = applied.jwtJWKSURL != config.jwtJWKSURL || applied.jwtJWKSCA != config.jwtJWKSCA
         config = applied
         access.apply(applied)
+        if jwksSourceChanged { startJWKSFetcher() } else if applied.jwtJWKSURL != nil { access.refreshKeys() }
+        if let keys = applied.jwtJWKS { logKeys(keys, from: applied.jwtJWKSFile ?? "jwt_jwks") }
+        logger.notice(applied.accessPolicy.map { "access policy " + (applied.accessPolicyFile ?? "") + ": " + String($0.ruleCount) + " rules" }
+                      ?? "no access_policy")
         metrics.perDevice = applied.metricsPerDevice
         reservedNames = ReservedNames(config: applied)
         logger.level = applied.logLevel
