@@ -1,0 +1,67 @@
+// Review of issue 13 (access control): failing tests for the findings; each names the
+// behaviour the gateway should have. Time is a ManualClock.
+import COpenSSL
+import EventLoop
+import FleetAccess
+@testable import FleetGateway
+import HTTP1
+import Tunnel
+import XCTest
+
+final class ReviewI13Tests: XCTestCase {
+    private var dir = ""
+    private let clock = ManualClock()
+    private let logger = Logger(program: "test", level: .error)
+    static let key = TestKey(.ec, kid: "k1")
+
+    override func setUp() {
+        dir = NSTemporaryDirectory() + "review13-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    private func write(_ name: String, _ text: String) -> String {
+        let path = dir + "/" + name
+        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        return path
+    }
+
+    private func config(_ text: String) throws -> GatewayConfig {
+        var s = Settings()
+        try ConfigFile.parse(Array(("plaintext_devices = true\n" + text).utf8), name: "gw.conf", into: &s)
+        return try GatewayConfig(s)
+    }
+
+    private func decide(_ ac: AccessControl, device: String = "dev1", path: String = "/", source: String = "192.0.2.1",
+                        _ fields: [(String, String)] = []) -> AccessControl.Outcome {
+        var result: AccessControl.Outcome?
+        ac.authorize(AccessRequest(principal: nil, device: device, method: "GET", path: path, source: source),
+                     fields: HTTPHeaders(fields), tls: nil) { result = $0 }
+        return result!
+    }
+
+    private func jwt(iss: String, sub: String = "alice") -> String {
+        ReviewI13Tests.key.token("{\"iss\":\"" + iss + "\",\"sub\":\"" + sub + "\",\"exp\":1900000000}")
+    }
+
+    /// SIGHUP with keys from jwt_jwks_url: a new jwt_issuer (or audience, groups claim,
+    /// leeway) must apply at once. AccessControl.apply keeps the old verifier and cache
+    /// while `jwks != nil` (and Gateway.reload never calls refreshKeys).
+    func testReloadOfJWTIssuerAppliesWhenKeysCameFromTheURL() throws {
+        let policy = write("policy", "allow authenticated *\n")
+        let before = try config("access_policy = " + policy + "\njwt_jwks_url = https://idp.example.com/jwks\njwt_issuer = https://old.example\n")
+        let ac = AccessControl(config: before, clock: clock.clock, wallClock: { 1_800_000_000 }, logger: logger)
+        let body = jwks([ReviewI13Tests.key.jwk])
+        ac.fetchKeys = { done in done(body) }
+        ac.refreshKeys()
+        let cached = jwt(iss: "https://old.example", sub: "cached")
+        XCTAssertNil(decide(ac, [("Authorization", "Bearer " + cached)]).status, "the old issuer is accepted before the reload")
+        let after = try config("access_policy = " + policy + "\njwt_jwks_url = https://idp.example.com/jwks\njwt_issuer = https://new.example\n")
+        ac.apply(after)
+        XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + cached)]).status, 401, "a token verified before the reload, old issuer")
+        XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + jwt(iss: "https://old.example", sub: "fresh"))]).status, 401,
+                       "a token never seen before, old issuer")
+        XCTAssertNil(decide(ac, [("Authorization", "Bearer " + jwt(iss: "https://new.example"))]).status, "the new issuer")
+    }
+}
