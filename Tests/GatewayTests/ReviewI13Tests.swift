@@ -64,4 +64,23 @@ final class ReviewI13Tests: XCTestCase {
                        "a token never seen before, old issuer")
         XCTAssertNil(decide(ac, [("Authorization", "Bearer " + jwt(iss: "https://new.example"))]).status, "the new issuer")
     }
+
+    /// Secure default on SIGHUP: GatewayConfig checks "non-loopback listener needs a policy"
+    /// against the NEW listen_public, but Gateway.reload keeps the OLD listener. Reloading
+    /// "listen_public = 127.0.0.1 + no access_policy" onto a gateway bound to 0.0.0.0
+    /// leaves every device open to the network without a policy.
+    func testReloadCannotDropThePolicyOfANonLoopbackListenerByNamingLoopback() throws {
+        let policy = write("policy", "allow authenticated *\n")
+        let loop = EventLoop()
+        var first = try config("listen_public = 0.0.0.0:18080\naccess_policy = " + policy + "\n")
+        first.listenDevices = HostPort(host: "127.0.0.1", port: 0)
+        first.listenPublic = HostPort(host: "0.0.0.0", port: 0)
+        first.listenAdmin = nil
+        let g = try Gateway(config: first, loop: loop, logger: logger)
+        XCTAssertTrue(g.access.hasPolicy)
+        try? g.reload(try config("listen_public = 127.0.0.1:18080\n"))
+        XCTAssertEqual(g.config.listenPublic.host, "0.0.0.0", "the listener stays where it was (restart only)")
+        XCTAssertTrue(g.access.hasPolicy, "0.0.0.0 without a policy and without public_access = open")
+        XCTAssertEqual(decide(g.access).status, 401, "an anonymous user from the network")
+    }
 }
