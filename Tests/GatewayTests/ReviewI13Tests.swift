@@ -83,4 +83,28 @@ final class ReviewI13Tests: XCTestCase {
         XCTAssertTrue(g.access.hasPolicy, "0.0.0.0 without a policy and without public_access = open")
         XCTAssertEqual(decide(g.access).status, 401, "an anonymous user from the network")
     }
+
+    /// Identity fields spelled with `_` for `-`: CGI/WSGI/PHP (and nginx with
+    /// underscores_in_headers) map `X_Forwarded_User` to the same HTTP_X_FORWARDED_USER
+    /// as the gateway's X-Forwarded-User, so a user sets who they are. Strip (or refuse) them too.
+    func testIdentityFieldsWithUnderscoresDoNotReachTheDevice() throws {
+        let ac = AccessControl(config: try config(""), clock: clock.clock, logger: logger)
+        let out = ac.forDevice(HTTPHeaders([("X_Forwarded_User", "root"), ("Remote_User", "root"), ("x-forwarded_email", "root@x")]),
+                               principal: Principal(method: .token, name: "ops"))
+        for (n, v) in out { XCTAssertFalse(n.contains("_"), n + ": " + v + " reaches the device beside x-forwarded-user") }
+    }
+
+    /// jwt_header = cf-access-jwt-assertion and no tokens: forDevice passes Authorization
+    /// to the device (it is not ours), but authenticate() answers 401 "tokens are not
+    /// accepted here" to any request that carries one without the JWT header, so a
+    /// device's own Basic auth cannot be used (e.g. on a device open to `anyone`).
+    func testCustomJWTHeaderLeavesTheDevicesOwnAuthorizationAlone() throws {
+        let keys = write("jwks.json", String(decoding: jwks([ReviewI13Tests.key.jwk]), as: UTF8.self))
+        let policy = write("policy", "allow anyone dev1\n")
+        let ac = AccessControl(config: try config("access_policy = " + policy + "\njwt_jwks = " + keys
+                                                  + "\njwt_header = cf-access-jwt-assertion\n"),
+                               clock: clock.clock, wallClock: { 1_800_000_000 }, logger: logger)
+        XCTAssertEqual(ac.forDevice(HTTPHeaders([("Authorization", "Basic eDp5")]), principal: nil).values("authorization"), ["Basic eDp5"])
+        XCTAssertNil(decide(ac, [("Authorization", "Basic eDp5")]).status)
+    }
 }
