@@ -84,16 +84,6 @@ final class ReviewI13Tests: XCTestCase {
         XCTAssertEqual(decide(g.access).status, 401, "an anonymous user from the network")
     }
 
-    /// Identity fields spelled with `_` for `-`: CGI/WSGI/PHP (and nginx with
-    /// underscores_in_headers) map `X_Forwarded_User` to the same HTTP_X_FORWARDED_USER
-    /// as the gateway's X-Forwarded-User, so a user sets who they are. Strip (or refuse) them too.
-    func testIdentityFieldsWithUnderscoresDoNotReachTheDevice() throws {
-        let ac = AccessControl(config: try config(""), clock: clock.clock, logger: logger)
-        let out = ac.forDevice(HTTPHeaders([("X_Forwarded_User", "root"), ("Remote_User", "root"), ("x-forwarded_email", "root@x")]),
-                               principal: Principal(method: .token, name: "ops"))
-        for (n, v) in out { XCTAssertFalse(n.contains("_"), n + ": " + v + " reaches the device beside x-forwarded-user") }
-    }
-
     /// jwt_header = cf-access-jwt-assertion and no tokens: forDevice passes Authorization
     /// to the device (it is not ours), but authenticate() answers 401 "tokens are not
     /// accepted here" to any request that carries one without the JWT header, so a
