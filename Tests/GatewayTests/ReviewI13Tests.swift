@@ -97,4 +97,23 @@ final class ReviewI13Tests: XCTestCase {
         XCTAssertEqual(ac.forDevice(HTTPHeaders([("Authorization", "Basic eDp5")]), principal: nil).values("authorization"), ["Basic eDp5"])
         XCTAssertNil(decide(ac, [("Authorization", "Basic eDp5")]).status)
     }
+
+    /// `jwt_jwks = FILE` and `jwt_jwks_url` together ("and/or", README): the URL's answer
+    /// replaces the file's keys (setKeys), so JWTs signed with a key only in the file are
+    /// refused as soon as the URL has answered once.
+    func testJWKSFileKeysSurviveTheURLsAnswer() throws {
+        let fileKey = TestKey(.ec, kid: "file1")
+        let keys = write("jwks.json", String(decoding: jwks([fileKey.jwk]), as: UTF8.self))
+        let policy = write("policy", "allow authenticated *\n")
+        let ac = AccessControl(config: try config("access_policy = " + policy + "\njwt_jwks = " + keys
+                                                  + "\njwt_jwks_url = https://idp.example.com/jwks\n"),
+                               clock: clock.clock, wallClock: { 1_800_000_000 }, logger: logger)
+        let token = fileKey.token("{\"sub\":\"alice\",\"exp\":1900000000}")
+        XCTAssertNil(decide(ac, [("Authorization", "Bearer " + token)]).status, "before the URL answered")
+        let body = jwks([ReviewI13Tests.key.jwk])
+        ac.fetchKeys = { done in done(body) }
+        ac.refreshKeys()
+        let other = fileKey.token("{\"sub\":\"bob\",\"exp\":1900000000}")
+        XCTAssertNil(decide(ac, [("Authorization", "Bearer " + other)]).status, "a key of jwt_jwks, after the URL answered")
+    }
 }
