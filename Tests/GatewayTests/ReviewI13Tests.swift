@@ -116,4 +116,22 @@ final class ReviewI13Tests: XCTestCase {
         let other = fileKey.token("{\"sub\":\"bob\",\"exp\":1900000000}")
         XCTAssertNil(decide(ac, [("Authorization", "Bearer " + other)]).status, "a key of jwt_jwks, after the URL answered")
     }
+
+    /// A key the IdP withdrew (rotated out after a compromise) stays trusted: the JWKS URL
+    /// is asked again only for an unknown kid (which a holder of the old key never sends),
+    /// never periodically and not on SIGHUP (Gateway.reload does not call refreshKeys).
+    func testAKeyWithdrawnFromTheJWKSURLIsDroppedByADayAndAReload() throws {
+        let old = TestKey(.ec, kid: "old")
+        let policy = write("policy", "allow authenticated *\n")
+        let cfg = try config("access_policy = " + policy + "\njwt_jwks_url = https://idp.example.com/jwks\n")
+        let ac = AccessControl(config: cfg, clock: clock.clock, wallClock: { 1_800_000_000 }, logger: logger)
+        var served = jwks([old.jwk, ReviewI13Tests.key.jwk])
+        ac.fetchKeys = { done in done(served) }
+        ac.refreshKeys()
+        XCTAssertNil(decide(ac, [("Authorization", "Bearer " + old.token("{\"sub\":\"a\",\"exp\":1900000000}"))]).status)
+        served = jwks([ReviewI13Tests.key.jwk])  // the IdP withdraws "old"
+        clock.advance(milliseconds: 86_400_000)
+        ac.apply(cfg)  // what Gateway.reload does on SIGHUP
+        XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + old.token("{\"sub\":\"mallory\",\"exp\":1900000000}"))]).status, 401)
+    }
 }
