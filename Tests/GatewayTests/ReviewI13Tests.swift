@@ -134,4 +134,21 @@ final class ReviewI13Tests: XCTestCase {
         ac.apply(cfg)  // what Gateway.reload does on SIGHUP
         XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + old.token("{\"sub\":\"mallory\",\"exp\":1900000000}"))]).status, 401)
     }
+
+    /// The tokens file's stamp is taken in AccessControl.apply, after GatewayConfig read
+    /// the tokens: a `token revoke` between the two (SIGHUP builds TLS contexts meanwhile)
+    /// leaves the revoked token valid until the file changes again. Stamp the bytes that were parsed.
+    func testARevokeBetweenConfigReadAndApplyIsNotMissed() throws {
+        let secret = "rht_" + String(repeating: "Q", count: 43)
+        var digest = [UInt8](repeating: 0, count: 32)
+        let b = Array(secret.utf8)
+        b.withUnsafeBufferPointer { p in digest.withUnsafeMutableBufferPointer { o in _ = SHA256(p.baseAddress, p.count, o.baseAddress) } }
+        let hash = digest.map { String(format: "%02x", $0) }.joined()
+        let tokens = write("tokens", "eve " + hash + " devices=* created=1700000000 expires=never\n")
+        let cfg = try config("tokens = " + tokens + "\n")       // GatewayConfig reads the file
+        _ = write("tokens", "# eve revoked\n")                   // `token revoke eve` meanwhile
+        let ac = AccessControl(config: cfg, clock: clock.clock, wallClock: { 1_800_000_000 }, logger: logger)
+        clock.advance(milliseconds: 5_000)
+        XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + secret)]).status, 401, "eve was revoked")
+    }
 }
