@@ -151,4 +151,14 @@ final class ReviewI13Tests: XCTestCase {
         clock.advance(milliseconds: 5_000)
         XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + secret)]).status, 401, "eve was revoked")
     }
+
+    /// JWTs without jwt_audience (and jwt_issuer): any token the IdP signs for any other
+    /// application (a shared IdP: Google, an Auth0/Okta/Entra tenant, a Cloudflare team) is
+    /// a principal here, and `allow authenticated` / `group:` rules let it in. Secure
+    /// default: refuse the configuration (or require an explicit opt-out).
+    func testJWTWithoutAnAudienceIsRefused() throws {
+        let keys = write("jwks.json", String(decoding: jwks([ReviewI13Tests.key.jwk]), as: UTF8.self))
+        XCTAssertThrowsError(try config("jwt_jwks = " + keys + "\njwt_issuer = https://accounts.google.com\n"))
+        XCTAssertThrowsError(try config("jwt_jwks = " + keys + "\njwt_audience = fleet\n"), "and without an issuer")
+    }
 }
