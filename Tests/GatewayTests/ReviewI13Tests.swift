@@ -4,6 +4,8 @@ import COpenSSL
 import EventLoop
 import FleetAccess
 @testable import FleetGateway
+@testable import FleetPKI
+@testable import TLS
 import HTTP1
 import Tunnel
 import XCTest
@@ -160,5 +162,44 @@ final class ReviewI13Tests: XCTestCase {
         let keys = write("jwks.json", String(decoding: jwks([ReviewI13Tests.key.jwk]), as: UTF8.self))
         XCTAssertThrowsError(try config("jwt_jwks = " + keys + "\njwt_issuer = https://accounts.google.com\n"))
         XCTAssertThrowsError(try config("jwt_jwks = " + keys + "\njwt_audience = fleet\n"), "and without an issuer")
+    }
+
+    /// A user certificate's notAfter (Principal.expires) is never compared with the time:
+    /// the handshake checked it once, and an HTTP/1.1 keep-alive or HTTP/2 connection
+    /// that stays busy keeps the user in after the certificate expired (tokens and JWTs
+    /// are checked per request). Here: a connection made now, a request a year and a month later.
+    func testAUserCertificatePastItsNotAfterIsNoUserAnyMore() throws {
+        let pki = dir + "/pki"
+        try PKI.initialize(directory: pki, gatewayName: "gw.fleet.test", extraSANs: ["127.0.0.1"])
+        try PKI.issueServer(directory: pki, name: "www.fleet.test")
+        try PKI.issueUser(directory: pki, name: "alice")
+        let policy = write("policy", "allow user:alice *\n")
+        var s = Settings()
+        let text = "ca = \(pki)/ca.crt\ncert = \(pki)/gateway.crt\nkey = \(pki)/gateway.key\n"
+            + "public_cert = \(pki)/servers/www.fleet.test.crt\npublic_key = \(pki)/servers/www.fleet.test.key\n"
+            + "access_policy = " + policy + "\n"
+        try ConfigFile.parse(Array(text.utf8), name: "gw.conf", into: &s)
+        let cfg = try GatewayConfig(s)
+        let server = try TLSContext(try XCTUnwrap(cfg.publicTLS()))
+        var cc = TLSConfiguration(role: .client)
+        cc.trustFile = pki + "/ca.crt"
+        let client = try TLSContext(cc)
+        let id = try TLSIdentity(certificatePEM: Array(try Data(contentsOf: URL(fileURLWithPath: pki + "/users/alice.crt"))),
+                                 keyPEM: Array(try Data(contentsOf: URL(fileURLWithPath: pki + "/users/alice.key"))))
+        let sc = try TLSConnection(context: server)
+        let c = try TLSConnection(context: client, serverName: "www.fleet.test", identity: id)
+        for _ in 0..<100 {
+            _ = try c.handshake(); _ = try sc.handshake()
+            var a: [UInt8] = [], b: [UInt8] = []
+            c.takeOutput(into: &a); sc.takeOutput(into: &b)
+            sc.feed(a); c.feed(b)
+        }
+        XCTAssertNotNil(userPrincipal(from: sc))
+        let later = Int64(Date().timeIntervalSince1970) + 400 * 86_400
+        let ac = AccessControl(config: cfg, clock: clock.clock, wallClock: { later }, logger: logger)
+        var result: AccessControl.Outcome?
+        ac.authorize(AccessRequest(principal: nil, device: "dev1", method: "GET", path: "/", source: "192.0.2.1"),
+                     fields: HTTPHeaders(), tls: sc) { result = $0 }
+        XCTAssertEqual(result?.status, 401, "alice's certificate expired 35 days ago")
     }
 }
