@@ -81,7 +81,10 @@ final class AccessControl {
     /// Whether users authenticate here at all; when false, their Authorization field is
     /// the device's business and passes through.
     var authenticates: Bool { config.tokens != nil || config.jwtEnabled }
-    /// Whether the policy decides (else everyone is allowed).
+    /// Whether the Authorization field carries credentials for the gateway (tokens, or
+    /// JWTs as Bearer); else it is the device's business and passes through.
+    var ownsAuthorization: Bool { config.tokens != nil || (config.jwtEnabled && config.jwtHeader == "authorization") }
+        /// Whether the policy decides (else everyone is allowed).
     var hasPolicy: Bool { policy != nil }
 
     /// SIGHUP: the new policy, tokens and keys (all read and checked by GatewayConfig).
@@ -89,12 +92,16 @@ final class AccessControl {
         config = new
         policy = new.accessPolicy
         tokens = new.tokens
-        tokensStamp = new.tokensFile.flatMap(TokenStore.stamp(path:))
-        tokensCheckedAt = clock.now()
+        // The file may have changed since GatewayConfig read it (a `token revoke` in
+        // between): the first token presented reads it again.
+        tokensStamp = nil
+        tokensCheckedAt = nil
         if new.jwtJWKSURL == nil { urlKeys = nil }
         // Issuer, audience or keys may have changed: the verifier is made again and
-        // what it verified before is forgotten.
+        // what it verified before is forgotten; the URL is asked again (a key the
+        // identity provider withdrew goes on a reload, and hourly: Gateway).
         setKeys(fromURL: urlKeys)
+        refreshKeys()
     }
 
     /// The JWT keys: the JWKS file's and the URL's last good answer together. Verified
@@ -138,6 +145,11 @@ final class AccessControl {
         case .anonymous:
             done(decide(request, principal: nil))
         case .principal(let p):
+            // A certificate was checked at the handshake, a connection may outlive it.
+            if let expires = p.expires, expires <= wallClock() {
+                done(.deny(status: 401, reason: p.displayName + "'s credential has expired", principal: nil))
+                return
+            }
             done(decide(request, principal: p))
         case .failed(let why):
             fail(share, now: now)
@@ -189,7 +201,7 @@ final class AccessControl {
             guard values.count == 1 else { return .failed("more than one " + config.jwtHeader + " field") }
             return verifyJWT(values[0], allowRefetch: true)
         }
-        if authenticates, let values = nonEmptyValues(fields, "authorization") {
+        if ownsAuthorization, let values = nonEmptyValues(fields, "authorization") {
             guard values.count == 1 else { return .failed("more than one Authorization field") }
             switch Credentials.parse(authorization: values[0]) {
             case .basic(let user, let password):
@@ -314,11 +326,10 @@ final class AccessControl {
     /// user claimed removed, X-Forwarded-User set to the principal.
     func forDevice(_ fields: HTTPHeaders, principal: Principal?) -> HTTPHeaders {
         var out = HTTPHeaders()
-        let stripAuthorization = authenticates && (config.jwtHeader == "authorization" || config.tokens != nil)
         for (n, v) in fields {
             let name = HostRouting.asciiLowercased(n)
             if AccessControl.identityFields.contains(name) { continue }
-            if name == "authorization" && stripAuthorization { continue }
+            if name == "authorization" && ownsAuthorization { continue }
             if config.jwtEnabled && name == config.jwtHeader { continue }
             out.add(n, v)
         }

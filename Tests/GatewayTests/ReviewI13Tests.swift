@@ -15,6 +15,7 @@ final class ReviewI13Tests: XCTestCase {
     private let clock = ManualClock()
     private let logger = Logger(program: "test", level: .error)
     static let key = TestKey(.ec, kid: "k1")
+    static let claims = "jwt_issuer = https://idp.example.com/\njwt_audience = fleet\n"
 
     override func setUp() {
         dir = NSTemporaryDirectory() + "review13-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
@@ -44,7 +45,7 @@ final class ReviewI13Tests: XCTestCase {
     }
 
     private func jwt(iss: String, sub: String = "alice") -> String {
-        ReviewI13Tests.key.token("{\"iss\":\"" + iss + "\",\"sub\":\"" + sub + "\",\"exp\":1900000000}")
+        ReviewI13Tests.key.token("{\"iss\":\"" + iss + "\",\"aud\":\"fleet\",\"sub\":\"" + sub + "\",\"exp\":1900000000}")
     }
 
     /// SIGHUP with keys from jwt_jwks_url: a new jwt_issuer (or audience, groups claim,
@@ -52,14 +53,14 @@ final class ReviewI13Tests: XCTestCase {
     /// while `jwks != nil` (and Gateway.reload never calls refreshKeys).
     func testReloadOfJWTIssuerAppliesWhenKeysCameFromTheURL() throws {
         let policy = write("policy", "allow authenticated *\n")
-        let before = try config("access_policy = " + policy + "\njwt_jwks_url = https://idp.example.com/jwks\njwt_issuer = https://old.example\n")
+        let before = try config("access_policy = " + policy + "\njwt_jwks_url = https://idp.example.com/jwks\njwt_issuer = https://old.example\njwt_audience = fleet\n")
         let ac = AccessControl(config: before, clock: clock.clock, wallClock: { 1_800_000_000 }, logger: logger)
         let body = jwks([ReviewI13Tests.key.jwk])
         ac.fetchKeys = { done in done(body) }
         ac.refreshKeys()
         let cached = jwt(iss: "https://old.example", sub: "cached")
         XCTAssertNil(decide(ac, [("Authorization", "Bearer " + cached)]).status, "the old issuer is accepted before the reload")
-        let after = try config("access_policy = " + policy + "\njwt_jwks_url = https://idp.example.com/jwks\njwt_issuer = https://new.example\n")
+        let after = try config("access_policy = " + policy + "\njwt_jwks_url = https://idp.example.com/jwks\njwt_issuer = https://new.example\njwt_audience = fleet\n")
         ac.apply(after)
         XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + cached)]).status, 401, "a token verified before the reload, old issuer")
         XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + jwt(iss: "https://old.example", sub: "fresh"))]).status, 401,
@@ -94,7 +95,7 @@ final class ReviewI13Tests: XCTestCase {
         let keys = write("jwks.json", String(decoding: jwks([ReviewI13Tests.key.jwk]), as: UTF8.self))
         let policy = write("policy", "allow anyone dev1\n")
         let ac = AccessControl(config: try config("access_policy = " + policy + "\njwt_jwks = " + keys
-                                                  + "\njwt_header = cf-access-jwt-assertion\n"),
+                                                  + "\njwt_header = cf-access-jwt-assertion\n" + ReviewI13Tests.claims),
                                clock: clock.clock, wallClock: { 1_800_000_000 }, logger: logger)
         XCTAssertEqual(ac.forDevice(HTTPHeaders([("Authorization", "Basic eDp5")]), principal: nil).values("authorization"), ["Basic eDp5"])
         XCTAssertNil(decide(ac, [("Authorization", "Basic eDp5")]).status)
@@ -108,14 +109,14 @@ final class ReviewI13Tests: XCTestCase {
         let keys = write("jwks.json", String(decoding: jwks([fileKey.jwk]), as: UTF8.self))
         let policy = write("policy", "allow authenticated *\n")
         let ac = AccessControl(config: try config("access_policy = " + policy + "\njwt_jwks = " + keys
-                                                  + "\njwt_jwks_url = https://idp.example.com/jwks\n"),
+                                                  + "\njwt_jwks_url = https://idp.example.com/jwks\n" + ReviewI13Tests.claims),
                                clock: clock.clock, wallClock: { 1_800_000_000 }, logger: logger)
-        let token = fileKey.token("{\"sub\":\"alice\",\"exp\":1900000000}")
+        let token = fileKey.token("{\"iss\":\"https://idp.example.com/\",\"aud\":\"fleet\",\"sub\":\"alice\",\"exp\":1900000000}")
         XCTAssertNil(decide(ac, [("Authorization", "Bearer " + token)]).status, "before the URL answered")
         let body = jwks([ReviewI13Tests.key.jwk])
         ac.fetchKeys = { done in done(body) }
         ac.refreshKeys()
-        let other = fileKey.token("{\"sub\":\"bob\",\"exp\":1900000000}")
+        let other = fileKey.token("{\"iss\":\"https://idp.example.com/\",\"aud\":\"fleet\",\"sub\":\"bob\",\"exp\":1900000000}")
         XCTAssertNil(decide(ac, [("Authorization", "Bearer " + other)]).status, "a key of jwt_jwks, after the URL answered")
     }
 
@@ -125,16 +126,16 @@ final class ReviewI13Tests: XCTestCase {
     func testAKeyWithdrawnFromTheJWKSURLIsDroppedByADayAndAReload() throws {
         let old = TestKey(.ec, kid: "old")
         let policy = write("policy", "allow authenticated *\n")
-        let cfg = try config("access_policy = " + policy + "\njwt_jwks_url = https://idp.example.com/jwks\n")
+        let cfg = try config("access_policy = " + policy + "\njwt_jwks_url = https://idp.example.com/jwks\n" + ReviewI13Tests.claims)
         let ac = AccessControl(config: cfg, clock: clock.clock, wallClock: { 1_800_000_000 }, logger: logger)
         var served = jwks([old.jwk, ReviewI13Tests.key.jwk])
         ac.fetchKeys = { done in done(served) }
         ac.refreshKeys()
-        XCTAssertNil(decide(ac, [("Authorization", "Bearer " + old.token("{\"sub\":\"a\",\"exp\":1900000000}"))]).status)
+        XCTAssertNil(decide(ac, [("Authorization", "Bearer " + old.token("{\"iss\":\"https://idp.example.com/\",\"aud\":\"fleet\",\"sub\":\"a\",\"exp\":1900000000}"))]).status)
         served = jwks([ReviewI13Tests.key.jwk])  // the IdP withdraws "old"
         clock.advance(milliseconds: 86_400_000)
         ac.apply(cfg)  // what Gateway.reload does on SIGHUP
-        XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + old.token("{\"sub\":\"mallory\",\"exp\":1900000000}"))]).status, 401)
+        XCTAssertEqual(decide(ac, [("Authorization", "Bearer " + old.token("{\"iss\":\"https://idp.example.com/\",\"aud\":\"fleet\",\"sub\":\"mallory\",\"exp\":1900000000}"))]).status, 401)
     }
 
     /// The tokens file's stamp is taken in AccessControl.apply, after GatewayConfig read
