@@ -169,6 +169,11 @@ public struct JWKS: Sendable {
 
     public var keyIDs: [String?] { keys.map(\.kid) }
 
+    /// The keys of both sets (a JWKS file's and the JWKS URL's answer), these first.
+    public func merging(_ other: JWKS) -> JWKS {
+        JWKS(keys: keys + other.keys, skipped: skipped + other.skipped)
+    }
+
     /// A JWK Set document: `{"keys": [JWK, ...]}`, at most 1 MiB and 100 keys.
     public static func parse(_ bytes: [UInt8]) throws(JWTError) -> JWKS {
         guard bytes.count <= maxSize else { throw .tooLarge }

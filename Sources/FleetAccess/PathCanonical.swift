@@ -68,6 +68,8 @@ public enum PathCanonical {
                     case 0x2F, 0x5C, 0x00, 0x25, 0xC0, 0xC1: return nil
                     default: appendEncoded(c, &out)
                     }
+                    // A server that decodes before it strips path parameters reads %3B as `;`.
+                    rawSemicolon = c == 0x3B
                 }
             } else {
                 i += 1

@@ -67,7 +67,18 @@ extension TokenStore {
         let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw TokenError(path + ": cannot write in " + dir + ": " + TokenStore.errorText(errno)) }
         var failure: Int32 = 0
-        if fchmod(fd, 0o600) != 0 { failure = errno }
+        // The gateway (its own user, in the group of its configuration directory)
+        // must read the file that root writes: a file that exists keeps its owner,
+        // group and mode (never readable by others); a new one takes the directory's
+        // group, mode 0640. It holds hashes, not secrets.
+        var st = stat()
+        if stat(path, &st) == 0 {
+            if fchown(fd, st.st_uid, st.st_gid) != 0 && errno != EPERM { failure = errno }
+            if failure == 0 && fchmod(fd, st.st_mode & 0o660) != 0 { failure = errno }
+        } else if stat(dir, &st) == 0 {
+            if fchown(fd, UInt32.max, st.st_gid) != 0 && errno != EPERM { failure = errno }
+            if failure == 0 && fchmod(fd, 0o640) != 0 { failure = errno }
+        } else if fchmod(fd, 0o600) != 0 { failure = errno }
         var offset = 0
         while failure == 0 && offset < bytes.count {
             let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }

@@ -58,6 +58,8 @@ final class AccessControl {
     private var tokensStamp: TokenStore.FileStamp?
     private var tokensCheckedAt: UInt64?
     private var jwks: JWKS?
+    /// The JWKS URL's last answer that parsed.
+    private var urlKeys: JWKS?
     private var verifier: JWTVerifier?
     private let jwtCache = JWTCache()
     /// Asks the JWKS URL for the keys; the answer (the body, or nil on failure) may come later.
@@ -79,7 +81,10 @@ final class AccessControl {
     /// Whether users authenticate here at all; when false, their Authorization field is
     /// the device's business and passes through.
     var authenticates: Bool { config.tokens != nil || config.jwtEnabled }
-    /// Whether the policy decides (else everyone is allowed).
+    /// Whether the Authorization field carries credentials for the gateway (tokens, or
+    /// JWTs as Bearer); else it is the device's business and passes through.
+    var ownsAuthorization: Bool { config.tokens != nil || (config.jwtEnabled && config.jwtHeader == "authorization") }
+        /// Whether the policy decides (else everyone is allowed).
     var hasPolicy: Bool { policy != nil }
 
     /// SIGHUP: the new policy, tokens and keys (all read and checked by GatewayConfig).
@@ -87,15 +92,27 @@ final class AccessControl {
         config = new
         policy = new.accessPolicy
         tokens = new.tokens
-        tokensStamp = new.tokensFile.flatMap(TokenStore.stamp(path:))
-        tokensCheckedAt = clock.now()
-        if new.jwtJWKS != nil || !new.jwtEnabled { setKeys(new.jwtJWKS) } else if jwks == nil { setKeys(nil) }
-        if new.jwtJWKSURL != nil && jwks == nil { lastFetch = nil }
+        // The file may have changed since GatewayConfig read it (a `token revoke` in
+        // between): the first token presented reads it again.
+        tokensStamp = nil
+        tokensCheckedAt = nil
+        if new.jwtJWKSURL == nil { urlKeys = nil }
+        // Issuer, audience or keys may have changed: the verifier is made again and
+        // what it verified before is forgotten; the URL is asked again (a key the
+        // identity provider withdrew goes on a reload, and hourly: Gateway).
+        setKeys(fromURL: urlKeys)
+        refreshKeys()
     }
 
-    /// Replaces the JWT keys (a JWKS file or the URL's answer); verified tokens cached
-    /// under the old keys are forgotten.
-    func setKeys(_ keys: JWKS?) {
+    /// The JWT keys: the JWKS file's and the URL's last good answer together. Verified
+    /// tokens cached under the old keys are forgotten.
+    func setKeys(fromURL: JWKS?) {
+        urlKeys = fromURL
+        let keys: JWKS? = switch (config.jwtJWKS, fromURL) {
+        case (let f?, let u?): f.merging(u)
+        case (let f?, nil): f
+        case (nil, let u): u
+        }
         jwks = keys
         jwtCache.removeAll()
         verifier = keys.map {
@@ -128,6 +145,11 @@ final class AccessControl {
         case .anonymous:
             done(decide(request, principal: nil))
         case .principal(let p):
+            // A certificate was checked at the handshake, a connection may outlive it.
+            if let expires = p.expires, expires <= wallClock() {
+                done(.deny(status: 401, reason: p.displayName + "'s credential has expired", principal: nil))
+                return
+            }
             done(decide(request, principal: p))
         case .failed(let why):
             fail(share, now: now)
@@ -179,7 +201,7 @@ final class AccessControl {
             guard values.count == 1 else { return .failed("more than one " + config.jwtHeader + " field") }
             return verifyJWT(values[0], allowRefetch: true)
         }
-        if authenticates, let values = nonEmptyValues(fields, "authorization") {
+        if ownsAuthorization, let values = nonEmptyValues(fields, "authorization") {
             guard values.count == 1 else { return .failed("more than one Authorization field") }
             switch Credentials.parse(authorization: values[0]) {
             case .basic(let user, let password):
@@ -245,7 +267,7 @@ final class AccessControl {
             if let body {
                 do throws(JWTError) {
                     let keys = try JWKS.parse(body)
-                    self.setKeys(keys)
+                    self.setKeys(fromURL: keys)
                     self.onKeys?(keys)
                 } catch {
                     self.logger.warning("JWKS from " + (self.config.jwtJWKSURL ?? "?") + " refused, keeping the keys we had: " + error.description)
@@ -304,11 +326,10 @@ final class AccessControl {
     /// user claimed removed, X-Forwarded-User set to the principal.
     func forDevice(_ fields: HTTPHeaders, principal: Principal?) -> HTTPHeaders {
         var out = HTTPHeaders()
-        let stripAuthorization = authenticates && (config.jwtHeader == "authorization" || config.tokens != nil)
         for (n, v) in fields {
             let name = HostRouting.asciiLowercased(n)
             if AccessControl.identityFields.contains(name) { continue }
-            if name == "authorization" && stripAuthorization { continue }
+            if name == "authorization" && ownsAuthorization { continue }
             if config.jwtEnabled && name == config.jwtHeader { continue }
             out.add(n, v)
         }

@@ -21,6 +21,7 @@ final class Gateway {
     /// Who may reach which device: every user request is decided here before it is routed.
     let access: AccessControl
     private var jwksFetcher: JWKSFetcher?
+    private var jwksRefresh: TimerID?
     /// Who last reached each device (admin /devices/NAME "last_access").
     let ledger = AccessLedger()
     /// Users' HTTP/2 upload windows grown beyond UploadWindow.initial, in bytes, all connections.
@@ -101,28 +102,7 @@ final class Gateway {
     /// The JWKS URL (asked at start, and again for an unknown key) and the warnings an
     /// open public listener deserves at every start.
     private func startAccessControl() {
-        if let url = config.jwtJWKSURL {
-            let fetcher: JWKSFetcher
-            do throws(ConfigError) {
-                fetcher = try JWKSFetcher(loop: loop, url: url, caFile: config.jwtJWKSCA, logger: logger)
-            } catch {
-                // GatewayConfig checked the URL; should the fetcher still refuse it, JWTs signed
-                // with keys not in jwt_jwks are refused, and this says why.
-                logger.error("jwt_jwks_url: " + error.description + "; JWTs are checked against jwt_jwks only")
-                return
-            }
-            jwksFetcher = fetcher
-            access.fetchKeys = { done in
-                fetcher.fetch(force: true) { result in
-                    switch result {
-                    case .success(let body): done(body)
-                    case .failure: done(nil)
-                    }
-                }
-            }
-            access.onKeys = { keys in self.logKeys(keys, from: url) }
-            access.refreshKeys()
-        }
+        startJWKSFetcher()
         if let keys = config.jwtJWKS { logKeys(keys, from: config.jwtJWKSFile ?? "jwt_jwks") }
         let where_ = config.listenPublic.host + ":" + String(publicPort)
         if config.accessPolicy == nil {
@@ -136,6 +116,48 @@ final class Gateway {
         }
     }
 
+    /// The JWKS URL's fetcher (made again when a reload changes the URL or its CA), and
+    /// a first fetch.
+    private func startJWKSFetcher() {
+        jwksFetcher?.cancel()
+        jwksFetcher = nil
+        loop.cancel(jwksRefresh)
+        jwksRefresh = nil
+        access.fetchKeys = nil
+        guard let url = config.jwtJWKSURL else { return }
+        let fetcher: JWKSFetcher
+        do throws(ConfigError) {
+            fetcher = try JWKSFetcher(loop: loop, url: url, caFile: config.jwtJWKSCA, logger: logger)
+        } catch {
+            // GatewayConfig checked the URL; should the fetcher still refuse it (the CA
+            // file, say), JWTs signed with keys not in jwt_jwks are refused, and this says why.
+            logger.error("jwt_jwks_url: " + error.description + "; JWTs are checked against jwt_jwks only")
+            return
+        }
+        jwksFetcher = fetcher
+        access.fetchKeys = { done in
+            fetcher.fetch(force: true) { result in
+                switch result {
+                case .success(let body): done(body)
+                case .failure: done(nil)
+                }
+            }
+        }
+        access.onKeys = { keys in self.logKeys(keys, from: url) }
+        access.refreshKeys()
+        // A key the identity provider withdraws must go even if nobody sends an unknown kid.
+        jwksRefresh = loop.schedule(afterMilliseconds: Gateway.jwksRefreshMs) { self.refreshJWKSHourly() }
+    }
+
+    static let jwksRefreshMs = 3_600_000
+
+    private func refreshJWKSHourly() {
+        jwksRefresh = nil
+        guard jwksFetcher != nil else { return }
+        access.refreshKeys()
+        jwksRefresh = loop.schedule(afterMilliseconds: Gateway.jwksRefreshMs) { self.refreshJWKSHourly() }
+    }
+
     /// How many JWT keys a JWKS gave, and why any were left out.
     func logKeys(_ keys: JWKS, from source: String) {
         logger.notice("JWKS " + source + ": " + String(keys.keyIDs.count) + " keys")
@@ -146,14 +168,19 @@ final class Gateway {
     func recordAccess(_ outcome: AccessControl.Outcome, device: String) {
         let auth = outcome.principal?.method.rawValue ?? "none"
         metrics.accessDecision(result: outcome.status.map { String($0) } ?? "allowed", auth: auth)
-        if let status = outcome.status { ledger.recordAccess(device: device, user: outcome.principal?.displayName ?? "", status: status) }
+        // Per device only for a device that is there: names strangers make up take no slot.
+        if let status = outcome.status, let host = config.hostnameTemplate.hostname(for: device),
+           !registry.connections(hostname: host).isEmpty {
+            ledger.recordAccess(device: device, user: outcome.principal?.displayName ?? "", status: status)
+        }
     }
 
     /// A request answered (or cut): the device's last access, and its own series with `metrics_per_device`.
     func requestDone(_ ex: Exchange, status: Int, bytesOut: Int) {
-        guard ex.access?.status == nil else { return }  // a denial was recorded when decided
-        ledger.recordAccess(device: ex.deviceKey, user: ex.access?.principal?.displayName ?? "", status: status)
-        metrics.deviceRequest(device: ex.deviceKey, status: status, bytesIn: ex.bytesIn, bytesOut: bytesOut)
+        // A denial was recorded when decided; a request no device took names no device.
+        guard ex.access?.status == nil, let name = ex.deviceName else { return }
+        ledger.recordAccess(device: name, user: ex.access?.principal?.displayName ?? "", status: status)
+        metrics.deviceRequest(device: name, status: status, bytesIn: ex.bytesIn, bytesOut: bytesOut)
     }
 
     /// Accepts what is pending on `listener` (at most 64 per wake-up, so users and
@@ -286,9 +313,22 @@ final class Gateway {
     /// SIGHUP: new settings, CA, CRL and certificates for the connections accepted
     /// from now on; the tunnels that are up stay up (but a device that the new
     /// allow-list excludes is closed). Listen addresses change only on restart.
-    func reload(_ new: GatewayConfig) throws(OpenSSLError) {
-        let newDeviceTLS = new.plaintextDevices ? nil : try TLSContext(new.deviceTLS())
-        let newPublicTLS = try new.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
+    func reload(_ new: GatewayConfig) throws(ConfigError) {
+        // The listener stays where it is until a restart: the secure default holds for it,
+        // whatever the new file says about listen_public.
+        if new.accessPolicy == nil && !new.publicAccessOpen && !Loopback.isLoopback(config.listenPublic.host) {
+            throw ConfigError("the public listener stays on " + config.listenPublic.host + ":" + String(publicPort)
+                              + " (not loopback) until a restart, and the new configuration has no access_policy;"
+                              + " set access_policy = FILE, or public_access = open")
+        }
+        let newDeviceTLS: TLSContext?
+        let newPublicTLS: TLSContext?
+        do throws(OpenSSLError) {
+            newDeviceTLS = new.plaintextDevices ? nil : try TLSContext(new.deviceTLS())
+            newPublicTLS = try new.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
+        } catch {
+            throw ConfigError(error.description)
+        }
         if new.listenDevices != config.listenDevices || new.listenPublic != config.listenPublic
             || new.listenAdmin != config.listenAdmin || new.plaintextDevices != config.plaintextDevices
             || (new.publicTLS() == nil) != (config.publicTLS() == nil) {
@@ -301,8 +341,14 @@ final class Gateway {
         applied.plaintextDevices = config.plaintextDevices
         deviceTLS = newDeviceTLS ?? (applied.plaintextDevices ? nil : deviceTLS)
         if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
+        let jwksSourceChanged = applied.jwtJWKSURL != config.jwtJWKSURL || applied.jwtJWKSCA != config.jwtJWKSCA
+        let templateChanged = applied.hostnameTemplate != config.hostnameTemplate
         config = applied
+        if jwksSourceChanged { startJWKSFetcher() }  // before apply, which asks the URL again
         access.apply(applied)
+        if let keys = applied.jwtJWKS { logKeys(keys, from: applied.jwtJWKSFile ?? "jwt_jwks") }
+        logger.notice(applied.accessPolicy.map { "access policy " + (applied.accessPolicyFile ?? "") + ": " + String($0.ruleCount) + " rules" }
+                      ?? "no access_policy")
         metrics.perDevice = applied.metricsPerDevice
         reservedNames = ReservedNames(config: applied)
         logger.level = applied.logLevel
@@ -311,7 +357,11 @@ final class Gateway {
         // is cut now, not at its next dial.
         for host in registry.hostnames {
             for c in registry.connections(hostname: host) {
-                if let allow = applied.allowDevices, !allow.matches(c.identity.name) {
+                if templateChanged, applied.hostnameTemplate.hostname(for: c.identity.name) != c.identity.hostname {
+                    // Its hostname changed: it dials again and is routed (and named to the policy) by the new one.
+                    logger.notice("reload: hostname_template gives " + c.identity.name + " another hostname; closing", c.ctx)
+                    c.close()
+                } else if let allow = applied.allowDevices, !allow.matches(c.identity.name) {
                     logger.notice("reload: " + c.identity.name + " is no longer in allow_devices; closing", c.ctx)
                     c.close()
                 } else if c.transport.tls != nil,

@@ -268,6 +268,17 @@ struct GatewayConfig {
         if !jwtEnabled, let stray = jwtKeys.compactMap({ s.last($0) }).first {
             throw ConfigError(stray.origin + ": " + stray.key + " needs jwt_jwks or jwt_jwks_url")
         }
+        // An identity provider signs tokens for many applications: only those for this
+        // gateway (audience) from this provider (issuer) may be principals here.
+        if jwtEnabled {
+            let origin = (s.last("jwt_jwks") ?? s.last("jwt_jwks_url"))?.origin ?? "command line"
+            if jwtIssuer?.isEmpty ?? true {
+                throw ConfigError(origin + ": JWTs need jwt_issuer (the iss your identity provider puts in its tokens)")
+            }
+            if jwtAudience?.isEmpty ?? true {
+                throw ConfigError(origin + ": JWTs need jwt_audience (the aud your identity provider puts in tokens for this gateway)")
+            }
+        }
         // Secure default: users off this machine reach devices only through a policy,
         // or when the operator says `public_access = open` (warned at every start).
         if accessPolicy == nil && !publicAccessOpen && !Loopback.isLoopback(listenPublic.host) {

@@ -199,8 +199,13 @@ final class TokenStoreTests: XCTestCase {
         try s.add(name: "ci", devices: "*", secret: secretA, created: 1, expires: nil)
         try TokenStore.withLock(path: path) { () throws(TokenError) in try s.save(path: path) }
         let attrs = try FileManager.default.attributesOfItem(atPath: path)
-        XCTAssertEqual((attrs[.posixPermissions] as! NSNumber).intValue, 0o600)
+        // A new file: the directory's group (the gateway's, in /etc/fleet-gateway), 0640.
+        XCTAssertEqual((attrs[.posixPermissions] as! NSNumber).intValue, 0o640)
         XCTAssertEqual(try TokenStore.load(path: path).entries, s.entries)
+        // An existing file keeps its mode, but never readable by others.
+        chmod(path, 0o604)
+        try s.save(path: path)
+        XCTAssertEqual((try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as! NSNumber).intValue, 0o600)
         let stamp = try XCTUnwrap(TokenStore.stamp(path: path))
         XCTAssertEqual(TokenStore.stamp(path: path), stamp)
         try s.add(name: "two", devices: "*", secret: TokenStore.newSecret(), created: 1, expires: nil)

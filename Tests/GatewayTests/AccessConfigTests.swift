@@ -31,11 +31,11 @@ final class AccessConfigTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("gw.conf:2: jwt_issuer needs jwt_jwks or jwt_jwks_url"), "\(e)")
         }
         XCTAssertThrowsError(try config("jwt_jwks_url = ftp://idp.example.com/keys\n"))
-        let c = try? config("jwt_jwks_url = https://idp.example.com/keys\njwt_header = CF-Access-JWT-Assertion\n")
+        let c = try? config("jwt_jwks_url = https://idp.example.com/keys\njwt_header = CF-Access-JWT-Assertion\njwt_issuer = https://idp.example.com/\njwt_audience = fleet\n")
         XCTAssertEqual(c?.jwtHeader, "cf-access-jwt-assertion")
         XCTAssertTrue(c?.jwtEnabled == true)
         for bad in ["host", "x y", "a_b", ""] {
-            XCTAssertThrowsError(try config("jwt_jwks_url = https://idp.example.com/keys\njwt_header = " + bad + "\n"), bad)
+            XCTAssertThrowsError(try config("jwt_jwks_url = https://idp.example.com/keys\njwt_issuer = i\njwt_audience = a\njwt_header = " + bad + "\n"), bad)
         }
     }
 

@@ -119,7 +119,7 @@ final class AccessMetricsTests: XCTestCase {
             }
         }
         let c = try config("listen_admin = 0.0.0.0:9180\nadmin_token = 0123456789abcdef\nmetrics_per_device = true\n"
-                           + "jwt_jwks_url = https://idp.example.com/keys\njwt_jwks_ca = /etc/idp.pem\n")
+                           + "jwt_jwks_url = https://idp.example.com/keys\njwt_jwks_ca = /etc/idp.pem\njwt_issuer = https://idp.example.com/\njwt_audience = fleet\n")
         XCTAssertEqual(c.adminToken, "0123456789abcdef")
         XCTAssertTrue(c.metricsPerDevice)
         XCTAssertEqual(c.jwtJWKSCA, "/etc/idp.pem")
