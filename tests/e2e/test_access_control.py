@@ -770,6 +770,8 @@ def _jwt_cases(env: Env):
         "expired": (acc.jwt(es, acc.claims("carol", email="carol@example.com", exp_in=-3600)), 401),
         "expired within the leeway": (acc.jwt(es, acc.claims("carol", email="carol@example.com", exp_in=-20)), 200),
         "not yet valid": (acc.jwt(es, acc.claims("carol", email="carol@example.com", nbf_in=3600)), 401),
+        "not yet valid within the leeway": (acc.jwt(es, acc.claims("carol", email="carol@example.com", nbf_in=20)),
+                                            200),
         "wrong issuer": (acc.jwt(es, acc.claims("carol", email="carol@example.com", iss="https://evil.test/")),
                          401),
         "wrong audience": (acc.jwt(es, acc.claims("carol", email="carol@example.com", aud="someone-else")), 401),
