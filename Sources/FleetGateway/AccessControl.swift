@@ -145,8 +145,9 @@ final class AccessControl {
         case .anonymous:
             done(decide(request, principal: nil))
         case .principal(let p):
-            // A certificate was checked at the handshake, a connection may outlive it.
-            if let expires = p.expires, expires <= wallClock() {
+            // A certificate was checked at the handshake, a connection may outlive it
+            // (tokens and JWTs are checked as they are presented, JWTs with their leeway).
+            if p.method == .certificate, let expires = p.expires, expires <= wallClock() {
                 done(.deny(status: 401, reason: p.displayName + "'s credential has expired", principal: nil))
                 return
             }
