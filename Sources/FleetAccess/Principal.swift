@@ -18,7 +18,7 @@ public struct Principal: Equatable, Sendable {
     /// Token name, certificate CN, or the JWT's `sub`.
     public let name: String
     /// JWT claims usable in rules (`email:`, `group:`).
-    public var email: String?
+    public var email: String? { didSet { displayName = Principal.display(method, name, email) } }
     public var groups: [String]
     /// A token's own limit (`--devices`): it reaches no other device, whatever the policy says.
     public var scope: NamePattern?
@@ -33,11 +33,14 @@ public struct Principal: Equatable, Sendable {
         self.groups = groups
         self.scope = scope
         self.expires = expires
+        displayName = Principal.display(method, name, email)
     }
 
     /// The name the device sees in X-Forwarded-User and the access log shows:
-    /// `token:NAME`, `user:NAME`, or the JWT's email (else `sub:SUB`).
-    public var displayName: String {
+    /// `token:NAME`, `user:NAME`, or the JWT's email (else `sub:SUB`). Made once, not per request.
+    public private(set) var displayName: String
+
+    private static func display(_ method: AuthMethod, _ name: String, _ email: String?) -> String {
         switch method {
         case .token: return "token:" + name
         case .certificate: return "user:" + name

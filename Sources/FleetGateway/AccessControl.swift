@@ -62,6 +62,11 @@ final class AccessControl {
     private var urlKeys: JWKS?
     private var verifier: JWTVerifier?
     private let jwtCache = JWTCache()
+    /// Authorization values already verified, and whose: a client sends the same one
+    /// with every request, so it is parsed, hashed and looked up once. Forgotten
+    /// whenever tokens, keys or settings change, and per entry once it expires.
+    private var verified: [String: Principal] = [:]
+    static let maxVerified = 1024
     /// Asks the JWKS URL for the keys; the answer (the body, or nil on failure) may come later.
     var fetchKeys: ((@escaping ([UInt8]?) -> Void) -> Void)?
     /// New keys came from the JWKS URL (the gateway logs them).
@@ -115,6 +120,7 @@ final class AccessControl {
         }
         jwks = keys
         jwtCache.removeAll()
+        verified.removeAll()
         verifier = keys.map {
             JWTVerifier(keys: $0, issuer: config.jwtIssuer, audience: config.jwtAudience,
                         groupsClaim: config.jwtGroupsClaim, leewaySeconds: Int64(config.jwtLeewaySeconds))
@@ -204,15 +210,26 @@ final class AccessControl {
         }
         if ownsAuthorization, let values = nonEmptyValues(fields, "authorization") {
             guard values.count == 1 else { return .failed("more than one Authorization field") }
+            reloadTokensIfChanged(now: now)
+            if let p = verified[values[0]] {
+                if p.expires.map({ $0 > wallClock() }) ?? true { return .principal(p) }
+                verified[values[0]] = nil
+            }
+            let result: Authentication
             switch Credentials.parse(authorization: values[0]) {
             case .basic(let user, let password):
-                return checkToken(password, user: user, now: now)
+                result = checkToken(password, user: user, now: now)
             case .bearer(let secret):
-                if secret.hasPrefix("rht_") || !jwtInAuthorization { return checkToken(secret, user: nil, now: now) }
-                return verifyJWT(secret, allowRefetch: true)
+                result = secret.hasPrefix("rht_") || !jwtInAuthorization ? checkToken(secret, user: nil, now: now)
+                                                                         : verifyJWT(secret, allowRefetch: true)
             case nil:
                 return .failed("Authorization is neither Bearer nor Basic")
             }
+            if case .principal(let p) = result {
+                if verified.count >= AccessControl.maxVerified { verified.removeAll(keepingCapacity: true) }
+                verified[values[0]] = p
+            }
+            return result
         }
         if let tls, let p = userPrincipal(from: tls) { return .principal(p) }
         return .anonymous
@@ -291,6 +308,7 @@ final class AccessControl {
         do throws(TokenError) {
             tokens = try TokenStore.load(path: path)
             tokensStamp = stamp
+            verified.removeAll()
             logger.notice("tokens file " + path + " changed: " + String(tokens?.count ?? 0) + " tokens")
         } catch {
             tokensStamp = stamp
@@ -323,17 +341,19 @@ final class AccessControl {
         "x-user", "x-email",
     ]
 
-    /// The request's fields as the device gets them: our credentials and any identity a
-    /// user claimed removed, X-Forwarded-User set to the principal.
+    /// Whether a request field (its name in lower case) stays away from the device:
+    /// the credentials meant for us, and any identity a user claimed.
+    func dropsForDevice(_ name: String) -> Bool {
+        AccessControl.identityFields.contains(name) || (name == "authorization" && ownsAuthorization)
+            || (config.jwtEnabled && name == config.jwtHeader)
+    }
+
+    /// The request's fields as the device gets them (the access part of what
+    /// Exchange does with ForwardedFields): ours and claimed identities removed,
+    /// X-Forwarded-User set to the principal.
     func forDevice(_ fields: HTTPHeaders, principal: Principal?) -> HTTPHeaders {
         var out = HTTPHeaders()
-        for (n, v) in fields {
-            let name = HostRouting.asciiLowercased(n)
-            if AccessControl.identityFields.contains(name) { continue }
-            if name == "authorization" && ownsAuthorization { continue }
-            if config.jwtEnabled && name == config.jwtHeader { continue }
-            out.add(n, v)
-        }
+        for (n, v) in fields where !dropsForDevice(HostRouting.asciiLowercased(n)) { out.add(n, v) }
         if let principal { out.add("x-forwarded-user", principal.displayName) }
         return out
     }

@@ -221,11 +221,14 @@ final class Exchange: DeviceStreamHandler {
         h.add(":scheme", client.scheme)
         h.add(":authority", authority)
         h.add(":path", request.target)
-        var fields = gateway.access.forDevice(request.headers, principal: access?.principal)
+        var fields = request.headers
         fields.removeHopByHop()
         for name in ["host", "expect"] { fields.remove(name) }
-        let forwarded = ForwardedFields.forDevice(fields, peer: client.peerHost, scheme: client.scheme, authority: authority,
-                                                  trusted: gateway.config.trustedProxies)
+        // One pass: client-address fields (ForwardedFields) and access fields (AccessControl) dropped.
+        let access = gateway.access
+        var forwarded = ForwardedFields.forDevice(fields, peer: client.peerHost, scheme: client.scheme, authority: authority,
+                                                  trusted: gateway.config.trustedProxies, drop: access.dropsForDevice)
+        if let p = self.access?.principal { forwarded.add("x-forwarded-user", p.displayName) }
         for (n, v) in forwarded { h.add(n, v) }
         return h
     }

@@ -23,13 +23,14 @@ enum ForwardedFields {
     ]
 
     /// `fields` (hop-by-hop fields, Host and Expect already removed) as the device gets them.
+    /// `drop` removes more fields (it gets the name in lower case): AccessControl's.
     static func forDevice(_ fields: HTTPHeaders, peer: String, scheme: String, authority: String,
-                          trusted: [CIDR]) -> HTTPHeaders {
+                          trusted: [CIDR], drop: (String) -> Bool = { _ in false }) -> HTTPHeaders {
         let fromProxy = trusted.contains { $0.contains(peer) }
         var out = HTTPHeaders()
         for (n, v) in fields {
             let name = HostRouting.asciiLowercased(n)
-            if name.contains("_") || clientFields.contains(name) { continue }
+            if name.contains("_") || clientFields.contains(name) || drop(name) { continue }
             out.add(n, v)
         }
         let forAddr = peer.contains(":") ? "\"[" + peer + "]\"" : peer
