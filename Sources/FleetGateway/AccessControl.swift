@@ -67,6 +67,9 @@ final class AccessControl {
     /// whenever tokens, keys or settings change, and per entry once it expires.
     private var verified: [String: Principal] = [:]
     static let maxVerified = 1024
+    /// The policy's decisions by what they depend on (DecisionKey); forgotten with the policy.
+    private var decisions: [DecisionKey: PolicyDecision] = [:]
+    static let maxDecisions = 4096
     /// Asks the JWKS URL for the keys; the answer (the body, or nil on failure) may come later.
     var fetchKeys: ((@escaping ([UInt8]?) -> Void) -> Void)?
     /// New keys came from the JWKS URL (the gateway logs them).
@@ -96,6 +99,7 @@ final class AccessControl {
     func apply(_ new: GatewayConfig) {
         config = new
         policy = new.accessPolicy
+        decisions.removeAll()
         tokens = new.tokens
         // The file may have changed since GatewayConfig read it (a `token revoke` in
         // between): the first token presented reads it again.
@@ -183,7 +187,16 @@ final class AccessControl {
         guard let policy else { return .allow(principal) }
         var r = request
         r.principal = principal
-        let d = policy.decide(r)
+        // The policy is a pure function of these: users repeat the same few requests.
+        let key = DecisionKey(r)
+        let d: PolicyDecision
+        if let known = decisions[key] {
+            d = known
+        } else {
+            d = policy.decide(r)
+            if decisions.count >= AccessControl.maxDecisions { decisions.removeAll(keepingCapacity: true) }
+            decisions[key] = d
+        }
         if d.allowed { return .allow(principal) }
         let rule = d.line.map { "rule at line " + String($0) } ?? "no rule allows it"
         guard let principal else {
@@ -356,5 +369,31 @@ final class AccessControl {
         for (n, v) in fields where !dropsForDevice(HostRouting.asciiLowercased(n)) { out.add(n, v) }
         if let principal { out.add("x-forwarded-user", principal.displayName) }
         return out
+    }
+}
+
+/// What the policy's decision depends on: who (all a rule can look at), which
+/// device, method, path (the policy ignores the query), source address and port.
+struct DecisionKey: Hashable {
+    let method: AuthMethod?
+    let name: String
+    let email: String?
+    let groups: [String]
+    let device: String
+    let verb: String
+    let path: Substring
+    let source: String
+    let port: Int?
+
+    init(_ r: AccessRequest) {
+        method = r.principal?.method
+        name = r.principal?.name ?? ""
+        email = r.principal?.email
+        groups = r.principal?.groups ?? []
+        device = r.device
+        verb = r.method
+        path = r.path.utf8.firstIndex(of: 0x3F).map { r.path[..<$0] } ?? r.path[...]
+        source = r.source
+        port = r.port
     }
 }

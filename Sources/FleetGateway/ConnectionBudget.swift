@@ -64,7 +64,7 @@ struct ConnectionBudget {
     /// What one per-address share is counted under: the IPv4 address, or the /64 of
     /// an IPv6 address (an IPv4-mapped one counts as its IPv4 address).
     static func share(_ address: String) -> String {
-        guard address.contains(":"), let bytes = AddressLiteral.parse(address).map(AddressLiteral.unmapped) else { return address }
+        guard address.utf8.contains(0x3A), let bytes = AddressLiteral.parse(address).map(AddressLiteral.unmapped) else { return address }
         guard bytes.count == 16 else { return bytes.map { String($0) }.joined(separator: ".") }
         let hex: [Character] = Array("0123456789abcdef")
         var key = ""

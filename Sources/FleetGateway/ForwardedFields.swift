@@ -30,10 +30,10 @@ enum ForwardedFields {
         var out = HTTPHeaders()
         for (n, v) in fields {
             let name = HostRouting.asciiLowercased(n)
-            if name.contains("_") || clientFields.contains(name) || drop(name) { continue }
+            if name.utf8.contains(0x5F) || clientFields.contains(name) || drop(name) { continue }
             out.add(n, v)
         }
-        let forAddr = peer.contains(":") ? "\"[" + peer + "]\"" : peer
+        let forAddr = peer.utf8.contains(0x3A) ? "\"[" + peer + "]\"" : peer
         let ours = "for=" + forAddr + ";proto=" + scheme + ";host=\"" + authority + "\""
         if fromProxy {
             out.add("x-forwarded-for", (fields.values("x-forwarded-for") + [peer]).joined(separator: ", "))
