@@ -59,8 +59,9 @@ let package = Package(
         .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "Tunnel", "EventLoop", "CLibc"]),
 
         .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Tunnel"]),
-        .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "FleetPKI", "FleetAccess", "COpenSSL", "TLS"]),
-        .testTarget(name: "AccessTests", dependencies: ["FleetAccess", "FleetPKI", "COpenSSL", "TLS"]),
+        .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
+        .testTarget(name: "AccessTests", dependencies: ["FleetAccess", "FleetPKI", "COpenSSL", "TLS", "AccessTestSupport"]),
+        .target(name: "AccessTestSupport", dependencies: ["FleetAccess", "COpenSSL"], path: "Tests/AccessTestSupport"),
         .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGateway", "FleetPKI", "Tunnel", "HTTP1", "EventLoop"]),
     ]
 )

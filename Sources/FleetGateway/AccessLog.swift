@@ -4,11 +4,21 @@
 import FleetAccess
 
 enum AccessLog {
-    static func line(client: String, host: String, method: String, target: String, status: Int, bytes: Int,
-                     seconds: Double, aborted: Bool, access: AccessControl.Outcome?) -> String {
+    /// The request as the log names it: who sent it, and what they asked for.
+    struct Request {
+        let client: String
+        let host: String
+        let method: String
+        let target: String
+        /// When it began (loop clock).
+        let start: UInt64
+    }
+
+    static func line(_ r: Request, status: Int, bytes: Int, seconds: Double, aborted: Bool,
+                     access: AccessControl.Outcome?) -> String {
         let principal = access?.principal
         let decision = access.map { $0.status.map { String($0) } ?? "allow" } ?? "-"
-        return "access client=" + client + " host=" + safe(host) + " method=" + safe(method) + " path=" + safe(target)
+        return "access client=" + r.client + " host=" + safe(r.host) + " method=" + safe(r.method) + " path=" + safe(r.target)
             + " status=" + String(status) + " bytes=" + String(bytes) + " duration_ms=" + String(Int(seconds * 1000))
             + " user=" + safe(principal?.displayName ?? "-") + " auth=" + (principal?.method.rawValue ?? "none")
             + " decision=" + decision + (aborted ? " aborted" : "")

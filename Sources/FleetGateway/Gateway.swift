@@ -175,12 +175,21 @@ final class Gateway {
         }
     }
 
-    /// A request answered (or cut): the device's last access, and its own series with `metrics_per_device`.
-    func requestDone(_ ex: Exchange, status: Int, bytesOut: Int) {
+    /// A user's request answered (or cut; status 0: the user left before the answer,
+    /// logged as 499, nginx's convention): the metrics, the access log line, the
+    /// device's last access and its own series with `metrics_per_device`.
+    func requestDone(_ r: AccessLog.Request, status answered: Int, bytes: Int, aborted: Bool, exchange ex: Exchange?) {
+        let status = answered == 0 ? 499 : answered
+        let seconds = Double(loop.now &- r.start) / 1e9
+        metrics.request(status: status, seconds: seconds)
         // A denial was recorded when decided; a request no device took names no device.
-        guard ex.access?.status == nil, let name = ex.deviceName else { return }
-        ledger.recordAccess(device: name, user: ex.access?.principal?.displayName ?? "", status: status)
-        metrics.deviceRequest(device: name, status: status, bytesIn: ex.bytesIn, bytesOut: bytesOut)
+        if let ex, ex.access?.status == nil, let name = ex.deviceName {
+            ledger.recordAccess(device: name, user: ex.access?.principal?.displayName ?? "", status: status)
+            metrics.deviceRequest(device: name, status: status, bytesIn: ex.bytesIn, bytesOut: bytes)
+        }
+        guard config.accessLog else { return }
+        logger.info(AccessLog.line(r, status: status, bytes: bytes, seconds: seconds, aborted: aborted, access: ex?.access),
+                    LogContext(device: ex?.deviceName, connection: ex?.connectionID))
     }
 
     /// Accepts what is pending on `listener` (at most 64 per wake-up, so users and

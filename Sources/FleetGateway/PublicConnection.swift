@@ -378,16 +378,8 @@ final class PublicConnection: UserSide {
     private func record(aborted: Bool) {
         guard let r = logged else { return }
         logged = nil
-        // 499: the user left before the answer (nginx's convention).
-        let status = responseStatus == 0 ? 499 : responseStatus
-        let seconds = Double(gateway.loop.now &- r.start) / 1e9
-        gateway.metrics.request(status: status, seconds: seconds)
-        if let ex = current { gateway.requestDone(ex, status: status, bytesOut: responseBytes) }
-        guard gateway.config.accessLog else { return }
-        gateway.logger.info(AccessLog.line(client: transport.peer.description, host: r.host, method: r.method, target: r.target,
-                                           status: status, bytes: responseBytes, seconds: seconds, aborted: aborted,
-                                           access: current?.access),
-                            LogContext(device: current?.deviceName, connection: current?.connectionID))
+        gateway.requestDone(AccessLog.Request(client: transport.peer.description, host: r.host, method: r.method, target: r.target, start: r.start),
+                            status: responseStatus, bytes: responseBytes, aborted: aborted, exchange: current)
     }
 
     // MARK: Time limits and shutdown

@@ -479,15 +479,8 @@ final class PublicStream: UserSide {
     private func record(aborted: Bool) {
         guard let r = logged else { return }
         logged = nil
-        let status = responseStatus == 0 ? 499 : responseStatus
-        let seconds = Double(gateway.loop.now &- r.start) / 1e9
-        gateway.metrics.request(status: status, seconds: seconds)
-        if let ex = exchange { gateway.requestDone(ex, status: status, bytesOut: responseBytes) }
-        guard gateway.config.accessLog else { return }
-        gateway.logger.info(AccessLog.line(client: conn.transport.peer.description, host: r.host, method: r.method, target: r.target,
-                                           status: status, bytes: responseBytes, seconds: seconds, aborted: aborted,
-                                           access: exchange?.access),
-                            LogContext(device: exchange?.deviceName, connection: exchange?.connectionID))
+        gateway.requestDone(AccessLog.Request(client: conn.transport.peer.description, host: r.host, method: r.method, target: r.target, start: r.start),
+                            status: responseStatus, bytes: responseBytes, aborted: aborted, exchange: exchange)
     }
 
     private func submit(_ h: HTTPHeaders, endStream: Bool) {

@@ -1,4 +1,5 @@
 import COpenSSL
+import AccessTestSupport
 import FleetAccess
 import XCTest
 

@@ -2,6 +2,7 @@
 // behaviour the gateway should have. Time is a ManualClock.
 import COpenSSL
 import EventLoop
+import AccessTestSupport
 import FleetAccess
 @testable import FleetGateway
 @testable import FleetPKI

@@ -1,15 +1,15 @@
-// Keys and tokens for the JWT tests, made with OpenSSL here (the library only verifies).
+// Keys and tokens for the JWT tests (AccessTests, GatewayTests), made with OpenSSL
+// here: the library only verifies. A library target of the tests, not a test itself.
 import COpenSSL
 import FleetAccess
-import XCTest
 
-final class TestKey: @unchecked Sendable {
-    enum Kind { case rsa, ec, ed25519 }
-    let kind: Kind
-    let pkey: OpaquePointer
-    let kid: String
+public final class TestKey: @unchecked Sendable {
+    public enum Kind { case rsa, ec, ed25519 }
+    public let kind: Kind
+    public let pkey: OpaquePointer
+    public let kid: String
 
-    init(_ kind: Kind, kid: String, rsaBits: Int32 = 2048) {
+    public init(_ kind: Kind, kid: String, rsaBits: Int32 = 2048) {
         self.kind = kind
         self.kid = kid
         let name: String
@@ -30,7 +30,7 @@ final class TestKey: @unchecked Sendable {
 
     deinit { EVP_PKEY_free(pkey) }
 
-    var alg: String {
+    public var alg: String {
         switch kind {
         case .rsa: return "RS256"
         case .ec: return "ES256"
@@ -38,7 +38,7 @@ final class TestKey: @unchecked Sendable {
         }
     }
 
-    func bn(_ param: String, pad: Int32 = 0) -> [UInt8] {
+    public func bn(_ param: String, pad: Int32 = 0) -> [UInt8] {
         var bn: OpaquePointer? = nil
         precondition(EVP_PKEY_get_bn_param(pkey, param, &bn) == 1)
         defer { BN_free(bn) }
@@ -49,7 +49,7 @@ final class TestKey: @unchecked Sendable {
     }
 
     /// The JWK members of the public key (no braces), kid and extra members included.
-    func jwkMembers(extra: String = "") -> String {
+    public func jwkMembers(extra: String = "") -> String {
         var s = "\"kid\":\"" + kid + "\","
         switch kind {
         case .rsa:
@@ -66,9 +66,9 @@ final class TestKey: @unchecked Sendable {
         return s + extra
     }
 
-    var jwk: String { "{" + jwkMembers() + "}" }
+    public var jwk: String { "{" + jwkMembers() + "}" }
 
-    var publicPEM: [UInt8] {
+    public var publicPEM: [UInt8] {
         let bio = BIO_new(BIO_s_mem())!
         defer { BIO_free(bio) }
         precondition(PEM_write_bio_PUBKEY(bio, pkey) == 1)
@@ -78,7 +78,7 @@ final class TestKey: @unchecked Sendable {
     }
 
     /// The JWS signature of `message` (ES256: raw r||s).
-    func sign(_ message: [UInt8]) -> [UInt8] {
+    public func sign(_ message: [UInt8]) -> [UInt8] {
         let ctx = EVP_MD_CTX_new()!
         defer { EVP_MD_CTX_free(ctx) }
         precondition(EVP_DigestSignInit(ctx, nil, kind == .ed25519 ? nil : EVP_sha256(), nil, pkey) == 1)
@@ -102,7 +102,7 @@ final class TestKey: @unchecked Sendable {
     }
 
     /// A compact JWS of `header` and `payload` (JSON text) signed with this key.
-    func token(header: String? = nil, _ payload: String) -> String {
+    public func token(header: String? = nil, _ payload: String) -> String {
         let h = header ?? "{\"alg\":\"" + alg + "\",\"kid\":\"" + kid + "\",\"typ\":\"JWT\"}"
         let input = Base64URL.encode(Array(h.utf8)) + "." + Base64URL.encode(Array(payload.utf8))
         return input + "." + Base64URL.encode(sign(Array(input.utf8)))
@@ -110,7 +110,7 @@ final class TestKey: @unchecked Sendable {
 }
 
 /// HS256 over header.payload with `secret` (what an attacker would send).
-func hs256Token(header: String, payload: String, secret: [UInt8]) -> String {
+public func hs256Token(header: String, payload: String, secret: [UInt8]) -> String {
     let input = Base64URL.encode(Array(header.utf8)) + "." + Base64URL.encode(Array(payload.utf8))
     var mac = [UInt8](repeating: 0, count: 32)
     var len: UInt32 = 32
@@ -119,6 +119,6 @@ func hs256Token(header: String, payload: String, secret: [UInt8]) -> String {
     return input + "." + Base64URL.encode(mac)
 }
 
-func jwks(_ keys: [String]) -> [UInt8] {
+public func jwks(_ keys: [String]) -> [UInt8] {
     Array(("{\"keys\":[" + keys.joined(separator: ",") + "]}").utf8)
 }
