@@ -282,7 +282,8 @@ struct GatewayConfig {
         // Secure default: users off this machine reach devices only through a policy,
         // or when the operator says `public_access = open` (warned at every start).
         if accessPolicy == nil && !publicAccessOpen && !Loopback.isLoopback(listenPublic.host) {
-            throw ConfigError("the public listener " + listenPublic.host + ":" + String(listenPublic.port)
+            throw ConfigError((s.last("listen_public")?.origin ?? "command line") + ": the public listener "
+                              + listenPublic.host + ":" + String(listenPublic.port)
                               + " is not on loopback and there is no access_policy: every device would be open to anyone who reaches it;"
                               + " set access_policy = FILE, or public_access = open to allow that")
         }
