@@ -38,7 +38,8 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2"),
 
-        // The engine: no I/O outside EventLoop; no Foundation; Embedded-compatible.
+        // The engine: protocol engines do no I/O (only EventLoop and Tunnel's Transport touch
+        // file descriptors); no Foundation; Embedded-compatible.
         .target(name: "EventLoop", dependencies: ["CLibc"], swiftSettings: engineSettings),
         .target(name: "TLS", dependencies: ["CLibc", "COpenSSL"], swiftSettings: engineSettings),
         .target(name: "HTTP1", dependencies: [], swiftSettings: engineSettings),
