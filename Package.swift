@@ -38,7 +38,8 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2"),
 
-        // The engine: no I/O outside EventLoop; no Foundation; Embedded-compatible.
+        // The engine: protocol engines do no I/O (only EventLoop and Tunnel's Transport touch
+        // file descriptors); no Foundation; Embedded-compatible.
         .target(name: "EventLoop", dependencies: ["CLibc"], swiftSettings: engineSettings),
         .target(name: "TLS", dependencies: ["CLibc", "COpenSSL"], swiftSettings: engineSettings),
         .target(name: "HTTP1", dependencies: [], swiftSettings: engineSettings),
@@ -52,32 +53,34 @@ let package = Package(
         // Who may reach which device (full Swift, no I/O of its own): principals, tokens,
         // JWTs, the access policy. The gateway's; a library so that tests and fuzzers use it.
         .target(name: "FleetAccess", dependencies: ["TLS", "COpenSSL", "CLibc", "FleetPKI"]),
-        .executableTarget(name: "FleetGateway", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI", "FleetAccess"]),
+        // The gateway (full Swift): everything but main.swift, so that tests and fuzzers use it as a library.
+        .target(name: "FleetGatewayKit", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI", "FleetAccess"]),
+        .executableTarget(name: "FleetGateway", dependencies: ["FleetGatewayKit", "CLibc"]),
 
         // The simulator (full Swift): virtual devices on the real agent engine.
         .target(name: "DeviceSimKit", dependencies: ["Tunnel", "TLS", "HTTP1", "EventLoop", "FleetPKI"]),
         .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "Tunnel", "EventLoop", "CLibc"]),
 
         .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Tunnel"]),
-        .testTarget(name: "GatewayTests", dependencies: ["FleetGateway", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
+        .testTarget(name: "GatewayTests", dependencies: ["FleetGatewayKit", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
         .testTarget(name: "AccessTests", dependencies: ["FleetAccess", "FleetPKI", "COpenSSL", "TLS", "AccessTestSupport"]),
         .target(name: "AccessTestSupport", dependencies: ["FleetAccess", "COpenSSL"], path: "Tests/AccessTestSupport"),
-        .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGateway", "FleetPKI", "Tunnel", "HTTP1", "EventLoop"]),
+        .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGatewayKit", "FleetPKI", "Tunnel", "HTTP1", "EventLoop"]),
     ]
 )
 
 // Fuzz targets (scripts/fuzz, fuzz/README.md): only when RH_FUZZ is set, so that
 // `swift build`, `swift test`, the Embedded agent and the packages never see them.
-//   RH_FUZZ=1 swift build -c release -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library \
+//   RH_FUZZ=1 swift build -c release -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -enable-testing \
 //       --scratch-path .build-fuzz --product fuzz-http1
-// The gateway's routing and config types live in its executable target; the
-// gateway fuzz targets compile those files themselves (symbolic links under fuzz/).
+// The gateway fuzz targets use FleetGatewayKit's internal types through
+// `@testable import` (scripts/fuzz builds with -enable-testing).
 if Context.environment["RH_FUZZ"] != nil {
     package.targets += [
         .executableTarget(name: "fuzz-http1", dependencies: ["HTTP1"], path: "fuzz/targets/http1"),
         .executableTarget(name: "fuzz-http2", dependencies: ["HTTP2", "HTTP1"], path: "fuzz/targets/http2"),
-        .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetPKI", "FleetAccess"], path: "fuzz/targets/host-mapping"),
-        .executableTarget(name: "fuzz-config", dependencies: ["Tunnel", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
+        .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetGatewayKit", "FleetPKI", "FleetAccess"], path: "fuzz/targets/host-mapping"),
+        .executableTarget(name: "fuzz-config", dependencies: ["FleetGatewayKit", "Tunnel", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
                           path: "fuzz/targets/config"),
         .executableTarget(name: "fuzz-jwt", dependencies: ["FleetAccess", "COpenSSL"], path: "fuzz/targets/jwt"),
         .executableTarget(name: "fuzz-tokens", dependencies: ["FleetAccess", "TLS"], path: "fuzz/targets/tokens"),

@@ -56,11 +56,11 @@ public struct SimOptions {
         devices = try s.int("devices", default: 1, min: 1, max: 1_000_000)
         connections = try s.int("connections", default: 1, min: 1, max: 64)
         if let p = s.string("name_pattern") { namePattern = p.lowercased() }  // DNS names: case does not matter
-        guard NamePattern.format(namePattern, 1) != nil else {
+        guard DeviceNameFormat.format(namePattern, 1) != nil else {
             throw ConfigError("--name-pattern '" + namePattern + "' needs exactly one %d or %0Nd")
         }
         for i in [1, devices] {
-            let name = NamePattern.format(namePattern, i)!
+            let name = DeviceNameFormat.format(namePattern, i)!
             guard PKI.isValidDeviceName(name) else {
                 throw ConfigError("--name-pattern gives '" + name + "', which is not a valid device name (a DNS hostname whose last label is not a number)")
             }
@@ -99,7 +99,7 @@ public struct SimOptions {
     }
 
     /// The device name of index `i` (1-based).
-    public func name(_ i: Int) -> String { NamePattern.format(namePattern, i)! }
+    public func name(_ i: Int) -> String { DeviceNameFormat.format(namePattern, i)! }
 
     /// The agent settings every virtual device runs with.
     func agentConfig(name: String) -> AgentConfig {
@@ -119,7 +119,7 @@ public struct SimOptions {
 }
 
 /// "dev-%05d" and the like: one integer conversion, nothing else.
-enum NamePattern {
+enum DeviceNameFormat {
     static func format(_ pattern: String, _ n: Int) -> String? {
         let b = Array(pattern.utf8)
         guard let pct = b.firstIndex(of: UInt8(ascii: "%")) else { return nil }

@@ -1,7 +1,7 @@
 // The access control keys of the gateway's configuration: the secure default for a
 // public listener off loopback, and keys that only make sense together.
 import FleetAccess
-@testable import FleetGateway
+@testable import FleetGatewayKit
 import HTTP1
 import Tunnel
 import XCTest

@@ -4,7 +4,7 @@
 import COpenSSL
 import EventLoop
 import FleetAccess
-@testable import FleetGateway
+@testable import FleetGatewayKit
 import HTTP1
 import Tunnel
 import XCTest

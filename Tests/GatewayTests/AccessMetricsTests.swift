@@ -1,7 +1,7 @@
 // Issue 13's operator side: the access metrics' exposition text, the per-device
 // series and their bound, the access ledger behind /devices/NAME "last_access",
 // the admin token check and the config rules for admin_token.
-@testable import FleetGateway
+@testable import FleetGatewayKit
 import HTTP1
 import Tunnel
 import XCTest

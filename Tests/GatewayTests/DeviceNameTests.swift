@@ -2,7 +2,7 @@
 // no device under the gateway's own names (finding 9), and TLS 1.2 with AEAD
 // suites only (finding 14): `pki` and the gateway's identity check, in memory.
 import COpenSSL
-@testable import FleetGateway
+@testable import FleetGatewayKit
 @testable import FleetPKI
 import Foundation
 @testable import TLS

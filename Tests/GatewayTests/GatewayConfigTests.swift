@@ -1,7 +1,7 @@
 // The gateway's settings: values that parse must keep the promises the rest of the
 // gateway relies on (inputs found by fuzz-config are kept in fuzz/regressions/config/).
 import FleetAccess
-@testable import FleetGateway
+@testable import FleetGatewayKit
 import Tunnel
 import XCTest
 

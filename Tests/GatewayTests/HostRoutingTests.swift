@@ -1,6 +1,6 @@
 // Host-to-device mapping: the rules that decide which device a request reaches.
 import FleetAccess
-@testable import FleetGateway
+@testable import FleetGatewayKit
 import XCTest
 
 final class HostRoutingTests: XCTestCase {

@@ -2,7 +2,7 @@
 // plain and TLS): the body of a 200, errors for everything else, the size and
 // time bounds, the rate limit, and the URLs refused at start.
 import EventLoop
-@testable import FleetGateway
+@testable import FleetGatewayKit
 import FleetPKI
 import HTTP1
 import TLS

@@ -1,7 +1,7 @@
 // The public edge's pure rules (issue 12): admin Host literals (finding 6), client
 // address fields (7), host-only cookies (15) and the user connection budget (3).
 import FleetAccess
-@testable import FleetGateway
+@testable import FleetGatewayKit
 import HTTP1
 import XCTest
 

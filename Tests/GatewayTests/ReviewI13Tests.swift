@@ -4,7 +4,7 @@ import COpenSSL
 import EventLoop
 import AccessTestSupport
 import FleetAccess
-@testable import FleetGateway
+@testable import FleetGatewayKit
 @testable import FleetPKI
 @testable import TLS
 import HTTP1

@@ -3,7 +3,7 @@
 // certificates kept apart (a user's is no device, a device's is no user). In memory.
 import COpenSSL
 import FleetAccess
-@testable import FleetGateway
+@testable import FleetGatewayKit
 @testable import FleetPKI
 import Foundation
 @testable import TLS

@@ -3,7 +3,7 @@
 // in turns and time; nothing sleeps.
 import DeviceSimKit
 import EventLoop
-@testable import FleetGateway
+@testable import FleetGatewayKit
 import FleetPKI
 import Foundation
 import HTTP1

@@ -109,6 +109,29 @@ def test_gateway_out_of_descriptors_pauses_accepting_and_serves_the_queue(procs,
     assert request(gw.public_port, "GET", "/device", "dev1.example").status == 200
 
 
+def test_admin_listener_out_of_descriptors_pauses_instead_of_spinning(procs, pki):
+    """The admin listener at the file limit pauses accepting as the others do: before,
+    accept's EMFILE was taken for "nothing pending" and the level-triggered listener
+    woke the loop again at once (a busy loop at 100 % CPU)."""
+    gw = lib.start_gateway(procs, pki, log_level="info")
+    limit = len(os.listdir(f"/proc/{gw.proc.pid}/fd")) + 2
+    subprocess.run(["prlimit", "--pid", str(gw.proc.pid), f"--nofile={limit}:{limit}"], check=True, timeout=10)
+    socks = []
+    try:
+        for _ in range(8):
+            s = socket.create_connection(("127.0.0.1", gw.admin_port), timeout=20)
+            socks.append(s)
+        gw.proc.wait_log("admin accept", timeout=10)
+        cpu0, t0 = lib.cpu_seconds(gw.proc.pid), time.monotonic()
+        time.sleep(1.0)  # measuring CPU over a second of waiting: the point of the test
+        busy = (lib.cpu_seconds(gw.proc.pid) - cpu0) / (time.monotonic() - t0)
+        assert busy < 0.3, f"the gateway used {busy:.0%} of a CPU while its admin listener was out of descriptors"
+    finally:
+        for s in socks:
+            s.close()
+    assert gw.proc.alive()
+
+
 def test_post_is_not_sent_twice_when_the_local_api_drops_a_kept_alive_connection(procs, api, pki):
     """A local API that takes a POST and closes the connection without answering
     (it crashed, or restarted) may have acted on it: the agent must answer 502,

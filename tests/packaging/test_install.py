@@ -120,7 +120,7 @@ def test_agent_configured(root):
 def test_gateway_install_and_pki(root, debs):
     root.apt_install(debs["fleet-gateway", "amd64"])
     check_installed_service(root, "fleet-gateway", GATEWAY_CONF)
-    check_conf_all_commented(root, GATEWAY_CONF, swift_keys("Sources/FleetGateway/GatewayConfig.swift", "GatewayConfig"))
+    check_conf_all_commented(root, GATEWAY_CONF, swift_keys("Sources/FleetGatewayKit/GatewayConfig.swift", "GatewayConfig"))
     check_unconfigured(root, "fleet-gateway", "the device listener needs --ca FILE")
     # The README's PKI steps: the CA stays in pki/ (root only), the gateway reads copies.
     root.run("fleet-gateway", "pki", "init", "/etc/fleet-gateway/pki", "--name", "gw.example", "--san", "127.0.0.1")

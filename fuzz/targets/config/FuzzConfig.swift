@@ -16,6 +16,7 @@
 //     that is a token and a path that is a valid request target, a template
 //     that maps names to hostnames.
 import FleetAccess
+@testable import FleetGatewayKit
 import EventLoop
 import FleetPKI
 import TLS

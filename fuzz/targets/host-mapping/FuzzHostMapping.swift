@@ -20,6 +20,7 @@
 //     e.g. U+212A KELVIN SIGN into "k": nothing non-ASCII may become ASCII);
 //   * NamePattern matches like a reference glob matcher.
 import FleetAccess
+@testable import FleetGatewayKit
 import FleetPKI
 
 @_cdecl("LLVMFuzzerTestOneInput")

@@ -45,7 +45,19 @@ final class AdminServer {
 
     private func accept() {
         for _ in 0..<16 {
-            guard let next = (try? Socket.accept(listener)) ?? nil else { return }
+            let accepted: (fd: Int32, peer: SocketAddress)?
+            do throws(SocketError) { accepted = try Socket.accept(listener) } catch {
+                // Out of descriptors: the listener stays readable, so stop watching it for a
+                // moment instead of spinning on it (as the gateway's listeners do).
+                gateway.logger.warning("admin accept: " + error.description + "; pausing accepts for 500 ms")
+                let fd = listener
+                gateway.loop.modify(fd: fd, readable: false, writable: false)
+                gateway.loop.schedule(afterMilliseconds: 500) {
+                    if self.listener == fd { self.gateway.loop.modify(fd: fd, readable: true, writable: false) }
+                }
+                return
+            }
+            guard let next = accepted else { return }
             let t = Transport(loop: gateway.loop, fd: next.fd, peer: next.peer, tls: nil, connecting: false)
             var parser = HTTP1RequestParser(limits: HTTP1Limits(maxHeadBytes: 8192))
             var head: HTTPRequestHead?

@@ -1,1 +1,0 @@
-../../../Sources/FleetGateway/GatewayConfig.swift
