@@ -1,6 +1,7 @@
 // device-agent: dials the gateway, reverses the connection and serves the
 // gateway's requests from the local HTTP API. Firmware-style: this target and
-// every module it uses build as Embedded Swift (see docs/embedded.md).
+// every module it uses build as Embedded Swift (see docs/architecture.md,
+// "Size of the Embedded agent", and Package.swift).
 import CLibc
 import EventLoop
 import TLS
