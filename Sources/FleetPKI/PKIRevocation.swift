@@ -42,16 +42,25 @@ extension PKI {
     @discardableResult
     public static func revoke(directory: String, name: String, crlDays: Int = 30) throws(PKIError) -> [String] {
         guard let key = canonicalDeviceName(name) else { throw .invalidName(name) }
+        return try revokeEvery(directory: directory, label: key, crlDays: crlDays,
+                               missing: "devices/" + key + ".crt") { dir, caCert throws(PKIError) in
+            try issuedSerials(dir, name: key, caCert: caCert)
+        }
+    }
+
+    /// Revokes every serial `serials` finds (devices' or users'), under the directory's
+    /// lock with the CA loaded, listed as `label`; `.notFound(DIR/missing)` when none.
+    static func revokeEvery(directory: String, label: String, crlDays: Int, missing: String,
+                            serials find: (String, OpaquePointer) throws(PKIError) -> [String]) throws(PKIError) -> [String] {
         try checkDays(crlDays, "CRL days")
         let dir = normalized(directory)
         let (caCert, caKey) = try loadCA(dir)
         defer { X509_free(caCert); EVP_PKEY_free(caKey) }
         let lock = try lockDirectory(dir)
         defer { close(lock) }
-
-        let serials = try issuedSerials(dir, name: key, caCert: caCert)
-        guard !serials.isEmpty else { throw .notFound(join(dir, "devices") + "/" + key + ".crt") }
-        return try revokeLocked(dir: dir, serials.map { RevokedEntry(serial: $0, name: key) },
+        let serials = try find(dir, caCert)
+        guard !serials.isEmpty else { throw .notFound(join(dir, missing)) }
+        return try revokeLocked(dir: dir, serials.map { RevokedEntry(serial: $0, name: label) },
                                 caCert: caCert, caKey: caKey, days: crlDays, writeUnchanged: true)
     }
 

@@ -80,16 +80,10 @@ extension PKI {
     @discardableResult
     public static func revokeUser(directory: String, name: String, crlDays: Int = 30) throws(PKIError) -> [String] {
         guard isValidUserName(name) else { throw .invalidUserName(name) }
-        try checkDays(crlDays, "CRL days")
-        let dir = normalized(directory)
-        let (caCert, caKey) = try loadCA(dir)
-        defer { X509_free(caCert); EVP_PKEY_free(caKey) }
-        let lock = try lockDirectory(dir)
-        defer { close(lock) }
-        let serials = try userSerials(dir, name: name, caCert: caCert)
-        guard !serials.isEmpty else { throw .notFound(join(dir, "users") + "/" + name + ".crt") }
-        return try revokeLocked(dir: dir, serials.map { RevokedEntry(serial: $0, name: "user:" + name) },
-                                caCert: caCert, caKey: caKey, days: crlDays, writeUnchanged: true)
+        return try revokeEvery(directory: directory, label: "user:" + name, crlDays: crlDays,
+                               missing: "users/" + name + ".crt") { dir, caCert throws(PKIError) in
+            try userSerials(dir, name: name, caCert: caCert)
+        }
     }
 
     static func userExtensions() -> [(Int32, String)] {
