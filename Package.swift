@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 //
 // One package, three programs. The engine modules (EventLoop, TLS, HTTP1, HTTP2,
-// Tunnel) are shared by all of them and compile as Embedded Swift, like the agent.
+// Wire, ConfigFormat, AgentKit) compile as Embedded Swift, like the agent.
 //
 //   swift build                      ordinary Swift, every product, tests
 //   AGENT_EMBEDDED=1 swift build -c release --product device-agent \
@@ -38,15 +38,21 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2"),
 
-        // The engine: protocol engines do no I/O (only EventLoop and Tunnel's Transport touch
+        // The engine: protocol engines do no I/O (only EventLoop and Wire's Transport touch
         // file descriptors); no Foundation; Embedded-compatible.
         .target(name: "EventLoop", dependencies: ["CLibc"], swiftSettings: engineSettings),
         .target(name: "TLS", dependencies: ["CLibc", "COpenSSL"], swiftSettings: engineSettings),
         .target(name: "HTTP1", dependencies: [], swiftSettings: engineSettings),
         .target(name: "HTTP2", dependencies: ["CLibc", "CNghttp2", "HTTP1"], swiftSettings: engineSettings),
-        .target(name: "Tunnel", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2"], swiftSettings: engineSettings),
+        // The connection plumbing both sides use: Transport, HTTP2Connection, Liveness, back-pressure.
+        .target(name: "Wire", dependencies: ["CLibc", "EventLoop", "TLS", "HTTP1", "HTTP2"], swiftSettings: engineSettings),
+        // The configuration format and command line shared by all programs, and the version.
+        .target(name: "ConfigFormat", dependencies: ["CLibc", "EventLoop", "TLS"], swiftSettings: engineSettings),
+        // The agent engine: dialers, the reversed HTTP/2 server, the local HTTP/1.1 client.
+        .target(name: "AgentKit", dependencies: ["CLibc", "EventLoop", "TLS", "HTTP1", "HTTP2", "Wire", "ConfigFormat"],
+                swiftSettings: engineSettings),
 
-        .executableTarget(name: "DeviceAgent", dependencies: ["Tunnel"],
+        .executableTarget(name: "DeviceAgent", dependencies: ["AgentKit", "Wire", "ConfigFormat"],
                           swiftSettings: engineSettings, linkerSettings: agentLinker),
         // The fleet's certificates (full Swift): `fleet-gateway pki`, and the simulator's devices.
         .target(name: "FleetPKI", dependencies: ["TLS", "COpenSSL"]),
@@ -54,18 +60,18 @@ let package = Package(
         // JWTs, the access policy. The gateway's; a library so that tests and fuzzers use it.
         .target(name: "FleetAccess", dependencies: ["TLS", "COpenSSL", "CLibc", "FleetPKI"]),
         // The gateway (full Swift): everything but main.swift, so that tests and fuzzers use it as a library.
-        .target(name: "FleetGatewayKit", dependencies: ["Tunnel", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI", "FleetAccess"]),
+        .target(name: "FleetGatewayKit", dependencies: ["Wire", "ConfigFormat", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI", "FleetAccess"]),
         .executableTarget(name: "FleetGateway", dependencies: ["FleetGatewayKit", "CLibc"]),
 
         // The simulator (full Swift): virtual devices on the real agent engine.
-        .target(name: "DeviceSimKit", dependencies: ["Tunnel", "TLS", "HTTP1", "EventLoop", "FleetPKI"]),
-        .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "Tunnel", "EventLoop", "CLibc"]),
+        .target(name: "DeviceSimKit", dependencies: ["AgentKit", "Wire", "ConfigFormat", "TLS", "HTTP1", "EventLoop", "FleetPKI"]),
+        .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "AgentKit", "ConfigFormat", "EventLoop", "CLibc"]),
 
-        .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Tunnel"]),
-        .testTarget(name: "GatewayTests", dependencies: ["FleetGatewayKit", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
+        .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Wire", "ConfigFormat", "AgentKit"]),
+        .testTarget(name: "GatewayTests", dependencies: ["FleetGatewayKit", "Wire", "ConfigFormat", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
         .testTarget(name: "AccessTests", dependencies: ["FleetAccess", "FleetPKI", "COpenSSL", "TLS", "AccessTestSupport"]),
         .target(name: "AccessTestSupport", dependencies: ["FleetAccess", "COpenSSL"], path: "Tests/AccessTestSupport"),
-        .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGatewayKit", "FleetPKI", "Tunnel", "HTTP1", "EventLoop"]),
+        .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGatewayKit", "FleetPKI", "AgentKit", "Wire", "ConfigFormat", "HTTP1", "EventLoop"]),
     ]
 )
 
@@ -80,7 +86,7 @@ if Context.environment["RH_FUZZ"] != nil {
         .executableTarget(name: "fuzz-http1", dependencies: ["HTTP1"], path: "fuzz/targets/http1"),
         .executableTarget(name: "fuzz-http2", dependencies: ["HTTP2", "HTTP1"], path: "fuzz/targets/http2"),
         .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetGatewayKit", "FleetPKI", "FleetAccess"], path: "fuzz/targets/host-mapping"),
-        .executableTarget(name: "fuzz-config", dependencies: ["FleetGatewayKit", "Tunnel", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
+        .executableTarget(name: "fuzz-config", dependencies: ["FleetGatewayKit", "ConfigFormat", "Wire", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
                           path: "fuzz/targets/config"),
         .executableTarget(name: "fuzz-jwt", dependencies: ["FleetAccess", "COpenSSL"], path: "fuzz/targets/jwt"),
         .executableTarget(name: "fuzz-tokens", dependencies: ["FleetAccess", "TLS"], path: "fuzz/targets/tokens"),

@@ -5,7 +5,8 @@
 import CLibc
 import EventLoop
 import TLS
-import Tunnel
+import AgentKit
+import ConfigFormat
 
 let usage = """
 usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [options]

@@ -3,7 +3,7 @@
 import CLibc
 import DeviceSimKit
 import EventLoop
-import Tunnel
+import ConfigFormat
 
 let usage = """
 usage: device-sim --gateway HOST:PORT --ca-dir DIR [options]

@@ -14,7 +14,7 @@
 // joined with '+'. A connection fault (drop, freeze, corrupt) due while the
 // device has no connection up waits for one. Times
 // are seconds from the device's start; `for` bounds freeze, slow and garbage.
-import Tunnel
+import ConfigFormat
 
 public enum FaultKind: String, CaseIterable {
     case drop, freeze, flap, slow, garbage, corrupt

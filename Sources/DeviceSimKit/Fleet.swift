@@ -15,7 +15,7 @@ import CLibc
 import EventLoop
 import FleetPKI
 import TLS
-import Tunnel
+import ConfigFormat
 
 public struct SimError: Error, CustomStringConvertible {
     public var description: String

@@ -3,7 +3,8 @@
 import EventLoop
 import FleetPKI
 import TLS
-import Tunnel
+import AgentKit
+import ConfigFormat
 
 public struct SimOptions {
     public var gateway = HostPort(host: "127.0.0.1", port: 8443)

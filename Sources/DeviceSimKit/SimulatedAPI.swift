@@ -14,7 +14,7 @@
 // Every response carries `x-device: NAME`. The device's faults shape the answer:
 // `slow` delays it, `garbage` makes it invalid HTTP/2.
 import HTTP1
-import Tunnel
+import AgentKit
 
 enum SimulatedAPI {
     static let maxBytes = 1 << 40

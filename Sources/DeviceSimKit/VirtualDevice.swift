@@ -3,7 +3,7 @@
 // served in-process.
 import EventLoop
 import TLS
-import Tunnel
+import AgentKit
 
 public final class VirtualDevice {
     public let name: String
@@ -62,7 +62,7 @@ public final class VirtualDevice {
         stopped = true
         flapping = false
         waiting.removeAll()
-        for d in dialers { d.setFrozen(false) }  // a frozen connection could not drain
+        for d in dialers { d.faults?.setFrozen(false) }  // a frozen connection could not drain
         agent.loop.cancel(flapTimer)
         flapTimer = nil
         for t in timers { agent.loop.cancel(t) }
@@ -100,11 +100,11 @@ public final class VirtualDevice {
         stats.injected(spec.kind)
         switch spec.kind {
         case .drop:
-            for d in dialers { d.dropConnection() }
+            for d in dialers { d.faults?.drop() }
         case .corrupt:
-            for d in dialers { d.injectGarbage(Array("this is not HTTP/2\r\n\r\n".utf8) + [0xff, 0, 0, 0x07, 0xff]) }
+            for d in dialers { d.faults?.injectGarbage(Array("this is not HTTP/2\r\n\r\n".utf8) + [0xff, 0, 0, 0x07, 0xff]) }
         case .freeze:
-            for d in dialers { d.setFrozen(true) }
+            for d in dialers { d.faults?.setFrozen(true) }
         case .slow:
             slowMs = spec.delayMs
         case .garbage:
@@ -122,7 +122,7 @@ public final class VirtualDevice {
     private func end(_ spec: FaultSpec) {
         guard !stopped else { return }
         switch spec.kind {
-        case .freeze: for d in dialers { d.setFrozen(false) }
+        case .freeze: for d in dialers { d.faults?.setFrozen(false) }
         case .slow: slowMs = 0
         case .garbage: garbage = false
         case .flap: flapping = false
@@ -139,7 +139,7 @@ public final class VirtualDevice {
         flapTimer = agent.loop.schedule(afterMilliseconds: upMs) {
             self.flapTimer = nil
             guard self.flapping else { return }
-            for d in self.dialers { d.dropConnection() }
+            for d in self.dialers { d.faults?.drop() }
         }
     }
 

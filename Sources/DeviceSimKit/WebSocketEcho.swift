@@ -4,7 +4,7 @@
 // answered with a close frame and the stream ends. A frame no client may send
 // (unmasked, over 1 MiB, a control frame over 125 bytes) resets the stream.
 import HTTP1
-import Tunnel
+import AgentKit
 
 final class WebSocketEcho {
     static let maxFrame = 1 << 20

@@ -17,7 +17,7 @@ import FleetPKI
 import CLibc
 import EventLoop
 import HTTP1
-import Tunnel
+import Wire
 
 final class AdminServer {
     private let gateway: Gateway

@@ -5,7 +5,7 @@
 import EventLoop
 import HTTP1
 import HTTP2
-import Tunnel
+import Wire
 
 /// What carries one stream's answer: a user's Exchange, or a HealthCheck.
 protocol DeviceStreamHandler: AnyObject {

@@ -2,12 +2,12 @@
 // that knows both the public connection and the device connection. It owns the
 // response timeout and the error answer (503 no device, 502 bad or broken
 // response, 504 no response in time), and the back-pressure between the two
-// sides (see Tunnel/BackPressure.swift).
+// sides (see Wire/BackPressure.swift).
 import EventLoop
 import FleetAccess
 import HTTP1
 import TLS
-import Tunnel
+import Wire
 
 /// The user's end of an Exchange: an HTTP/1.1 connection (PublicConnection) or
 /// one stream of a user's HTTP/2 connection (PublicStream).

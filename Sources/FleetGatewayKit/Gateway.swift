@@ -7,7 +7,8 @@ import FleetPKI
 import EventLoop
 import HTTP2
 import TLS
-import Tunnel
+import ConfigFormat
+import Wire
 
 final class Gateway {
     private(set) var config: GatewayConfig

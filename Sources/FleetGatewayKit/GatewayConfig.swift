@@ -3,7 +3,7 @@ import FleetAccess
 import FleetPKI
 import EventLoop
 import TLS
-import Tunnel
+import ConfigFormat
 
 struct GatewayConfig {
     var listenDevices = HostPort(host: "127.0.0.1", port: 8443)

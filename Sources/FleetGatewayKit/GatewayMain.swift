@@ -5,7 +5,7 @@ import FleetPKI
 import CLibc
 import EventLoop
 import TLS
-import Tunnel
+import ConfigFormat
 
 let usage = """
 usage: fleet-gateway [options]                 run the gateway

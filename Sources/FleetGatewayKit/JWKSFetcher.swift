@@ -13,7 +13,8 @@ import FleetAccess
 import EventLoop
 import HTTP1
 import TLS
-import Tunnel
+import ConfigFormat
+import Wire
 
 struct FetchError: Error, CustomStringConvertible {
     let description: String

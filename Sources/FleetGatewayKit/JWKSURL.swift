@@ -2,7 +2,7 @@
 // --check-config and a reload refuse a bad one).
 import FleetAccess
 import EventLoop
-import Tunnel
+import ConfigFormat
 
 /// A jwt_jwks_url taken apart: https://HOST[:PORT]/PATH[?QUERY], or http:// to loopback.
 struct JWKSURL {

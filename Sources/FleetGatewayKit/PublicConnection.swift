@@ -12,7 +12,7 @@
 import EventLoop
 import HTTP1
 import TLS
-import Tunnel
+import Wire
 
 final class PublicConnection: UserSide {
     let gateway: Gateway
@@ -66,13 +66,13 @@ final class PublicConnection: UserSide {
     /// The Exchange stops taking the body (back-pressure, or queued): the user is not
     /// the one who is slow, so the body timer waits too.
     func pauseReading() {
-        transport.pauseReading()
+        transport.pauseReading(.backPressure)
         bodyPaused = true
         if bodyTimerArmed { disarmBody() }
     }
 
     func resumeReading() {
-        transport.resumeReading()
+        transport.resumeReading(.backPressure)
         bodyPaused = false
         if !requestDone && current != nil && !upgrading && !tunnel && !awaitingContinue { armBody() }
     }
@@ -151,7 +151,7 @@ final class PublicConnection: UserSide {
                 }
                 guard current == nil && responseDone else {
                     // Pipelined: stop reading until the current response is done.
-                    transport.pauseReading()
+                    transport.pauseReading(.pipelined)
                     return
                 }
                 queued.removeFirst()
@@ -218,7 +218,7 @@ final class PublicConnection: UserSide {
             // Nothing more is HTTP until the device has answered the upgrade.
             upgrading = true
             keepAlive = false
-            transport.pauseReading()
+            transport.pauseReading(.upgrading)
             ex.startWebSocket()
             return
         }
@@ -261,7 +261,7 @@ final class PublicConnection: UserSide {
         noResponseBody = false
         gateway.loop.cancel(timer)
         timer = nil
-        transport.resumeReading()
+        transport.resumeReading(.upgrading)
         let early = parser.takeUnparsed()
         if !early.isEmpty { current?.userBody(early) }
     }
@@ -337,7 +337,7 @@ final class PublicConnection: UserSide {
             return
         }
         current = nil
-        transport.resumeReading()  // a request body or a pipelined request may have paused it
+        transport.resumeReading([.backPressure, .pipelined, .peerFinished])  // the next request, or the end
         arm(idle: true)
         transport.loop.execute { self.process() }
     }

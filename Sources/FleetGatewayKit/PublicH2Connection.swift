@@ -10,7 +10,7 @@ import EventLoop
 import HTTP1
 import HTTP2
 import TLS
-import Tunnel
+import Wire
 
 final class PublicH2Connection {
     let gateway: Gateway

@@ -3,7 +3,7 @@
 import FleetAccess
 import CLibc
 import EventLoop
-import Tunnel
+import ConfigFormat
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -4,7 +4,8 @@
 import EventLoop
 import HTTP1
 import HTTP2
-@testable import Tunnel
+@testable import AgentKit
+import Wire
 import XCTest
 
 final class AgentLoopTests: XCTestCase {
@@ -103,7 +104,7 @@ final class AgentLoopTests: XCTestCase {
         spin("the first connection") { agent.connectedCount == 1 }
         XCTAssertEqual(gw.connections.count, 1)
         // The gateway freezes: it stops reading, so no PING is ever answered.
-        gw.connections[0].transport.pauseReading()
+        gw.connections[0].transport.pauseReading(.backPressure)
         // Silence, in quarter-interval ticks: PING after 4 s, given up 4 s later; the
         // last bytes (a SETTINGS ACK) may arrive up to a tick late.
         var silentMs = 0

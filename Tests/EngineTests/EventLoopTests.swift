@@ -1,6 +1,7 @@
 // Timers on an injected clock, the backoff sequence and the config format.
 @testable import EventLoop
-@testable import Tunnel
+@testable import AgentKit
+import ConfigFormat
 import XCTest
 
 final class EventLoopTests: XCTestCase {

@@ -1,5 +1,5 @@
 // idle-ping on an injected clock: when to PING, when to give up, what counts as life.
-@testable import Tunnel
+@testable import Wire
 import XCTest
 
 final class LivenessTests: XCTestCase {

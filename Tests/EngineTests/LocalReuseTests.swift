@@ -11,7 +11,7 @@ import CLibc
 import EventLoop
 import HTTP1
 import HTTP2
-@testable import Tunnel
+@testable import AgentKit
 import XCTest
 
 final class LocalReuseTests: XCTestCase {

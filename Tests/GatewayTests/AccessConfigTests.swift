@@ -3,7 +3,7 @@
 import FleetAccess
 @testable import FleetGatewayKit
 import HTTP1
-import Tunnel
+import ConfigFormat
 import XCTest
 
 final class AccessConfigTests: XCTestCase {

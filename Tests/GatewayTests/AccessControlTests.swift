@@ -6,7 +6,7 @@ import EventLoop
 import FleetAccess
 @testable import FleetGatewayKit
 import HTTP1
-import Tunnel
+import ConfigFormat
 import XCTest
 
 final class AccessControlTests: XCTestCase {

@@ -3,7 +3,7 @@
 // the admin token check and the config rules for admin_token.
 @testable import FleetGatewayKit
 import HTTP1
-import Tunnel
+import ConfigFormat
 import XCTest
 
 final class AccessMetricsTests: XCTestCase {

@@ -6,7 +6,7 @@ import COpenSSL
 @testable import FleetPKI
 import Foundation
 @testable import TLS
-import Tunnel
+import ConfigFormat
 import XCTest
 
 final class DeviceNameTests: XCTestCase {

@@ -2,7 +2,7 @@
 // gateway relies on (inputs found by fuzz-config are kept in fuzz/regressions/config/).
 import FleetAccess
 @testable import FleetGatewayKit
-import Tunnel
+import ConfigFormat
 import XCTest
 
 final class GatewayConfigTests: XCTestCase {

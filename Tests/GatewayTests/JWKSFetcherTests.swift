@@ -6,7 +6,8 @@ import EventLoop
 import FleetPKI
 import HTTP1
 import TLS
-import Tunnel
+import ConfigFormat
+import Wire
 import XCTest
 
 final class JWKSFetcherTests: XCTestCase {

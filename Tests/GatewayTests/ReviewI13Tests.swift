@@ -8,7 +8,7 @@ import FleetAccess
 @testable import FleetPKI
 @testable import TLS
 import HTTP1
-import Tunnel
+import ConfigFormat
 import XCTest
 
 final class ReviewI13Tests: XCTestCase {

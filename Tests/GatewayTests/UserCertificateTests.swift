@@ -7,7 +7,7 @@ import FleetAccess
 @testable import FleetPKI
 import Foundation
 @testable import TLS
-import Tunnel
+import ConfigFormat
 import XCTest
 
 final class UserCertificateTests: XCTestCase {

@@ -7,7 +7,8 @@ import EventLoop
 import FleetPKI
 import Foundation
 import HTTP1
-import Tunnel
+import ConfigFormat
+import Wire
 import XCTest
 
 final class FleetTests: XCTestCase {

@@ -1,7 +1,7 @@
 """Malformed configuration files and command lines (issue 8, "Hostile input"):
 each gives one message naming the file and line (or the option), exit status 2,
 never a crash (a signal) and never a hang. For fleet-gateway and device-agent,
-which share the format (Tunnel/ConfigFile.swift).
+which share the format (ConfigFormat/ConfigFile.swift).
 
 Elsewhere: test_agent_operations.py::test_config_errors_name_file_and_line,
 test_device_sim.py::test_bad_options_are_refused_clearly.

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 
 def version() -> str:
-    text = (REPO / "Sources" / "Tunnel" / "Version.swift").read_text()
+    text = (REPO / "Sources" / "ConfigFormat" / "Version.swift").read_text()
     return re.search(r'reverseHTTPVersion = "([^"]+)"', text).group(1)
 
 

@@ -90,7 +90,7 @@ def check_unconfigured(root, pkg: str, hint: str):
 def test_agent_fresh_install(root, debs):
     root.apt_install(debs["device-agent", "amd64"])
     check_installed_service(root, "device-agent", AGENT_CONF)
-    check_conf_all_commented(root, AGENT_CONF, swift_keys("Sources/Tunnel/AgentConfig.swift", "AgentConfig"))
+    check_conf_all_commented(root, AGENT_CONF, swift_keys("Sources/AgentKit/AgentConfig.swift", "AgentConfig"))
     assert root.run("device-agent", "--version").stderr.strip() == f"device-agent {version()}"
     # The installed agent reads the packaged configuration by default and says what is missing.
     r = root.run("device-agent", "--check-config", check=False)

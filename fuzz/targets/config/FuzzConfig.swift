@@ -1,4 +1,4 @@
-// fuzz-config: the configuration format (Tunnel/ConfigFile.swift) and what the
+// fuzz-config: the configuration format (ConfigFormat/ConfigFile.swift) and what the
 // two programs make of it: AgentConfig(Settings) and the gateway's
 // GatewayConfig(Settings) (compiled into this target through symbolic links).
 //
@@ -20,7 +20,8 @@ import FleetAccess
 import EventLoop
 import FleetPKI
 import TLS
-import Tunnel
+import AgentKit
+import ConfigFormat
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzConfig(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {

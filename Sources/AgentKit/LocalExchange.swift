@@ -17,6 +17,7 @@ import EventLoop
 import TLS
 import HTTP1
 import HTTP2
+import Wire
 
 final class LocalExchange {
     private enum Phase { case connecting, sending, finished }
@@ -307,8 +308,8 @@ final class LocalExchange {
     /// socket while the stream's queue is full.
     private func forward(_ bytes: [UInt8]) {
         server.sendBody(stream: stream, bytes, endStream: false)
-        if let t = conn, server.connection.pauseIfBacklogged(stream: stream, resume: { t.resumeReading() }) {
-            t.pauseReading()
+        if let t = conn, server.connection.pauseIfBacklogged(stream: stream, resume: { t.resumeReading(.backPressure) }) {
+            t.pauseReading(.backPressure)
         }
     }
 

@@ -6,6 +6,7 @@
 // `maxActive`: a burst of answers must not close connections the waiting
 // requests are about to open again) a finished connection is closed instead of kept.
 import EventLoop
+import Wire
 
 final class LocalPool {
     let loop: EventLoop
@@ -76,7 +77,7 @@ final class LocalPool {
             t.close()
             return
         }
-        t.resumeReading()  // an idle connection is watched for the server closing it
+        t.resumeReading(t.readPause)  // an idle connection is watched for the server closing it
         t.onData = { _ in t.close() }  // an idle connection must not talk: drop it
         t.onDrained = nil
         t.onClose = { _ in self.forget(t) }

@@ -6,6 +6,7 @@
 import EventLoop
 import HTTP2
 import TLS
+import Wire
 
 public final class Dialer {
     public enum State { case idle, connecting, connected, waiting, stopped }
@@ -252,23 +253,7 @@ public final class Dialer {
 
     public var activeStreams: Int { server?.activeStreams ?? 0 }
 
-    // MARK: Faults (the simulator's)
-
-    /// Cuts the connection without GOAWAY, as a lost network path would; the
-    /// dialer then dials again with backoff.
-    public func dropConnection() {
-        server?.transport.close()
-    }
-
-    /// Freezes the connection as a hung device would: nothing is read, written or
-    /// PINGed until `frozen` is false again.
-    public func setFrozen(_ frozen: Bool) {
-        server?.connection.setFrozen(frozen)
-    }
-
-    /// Writes bytes that are not HTTP/2 into the connection (under TLS, if any).
-    public func injectGarbage(_ bytes: [UInt8]) {
-        guard let t = server?.transport, t.state == .open else { return }
-        t.write(bytes)
-    }
+    /// The simulator's hooks into the current connection (SimulatedFaults.swift);
+    /// nil while there is none.
+    public var faults: SimulatedFaults? { server.map { SimulatedFaults($0.connection) } }
 }

@@ -6,6 +6,7 @@
 import EventLoop
 import HTTP1
 import HTTP2
+import Wire
 
 public final class ReversedServer {
     public let id: Int

@@ -23,27 +23,10 @@ public final class HTTP2Connection {
     public var onClose: ((CloseReason) -> Void)?
     /// Callbacks waiting for a stream's queue to drain to a mark, by stream.
     private var paused: [Int32: (mark: Int, callback: () -> Void)] = [:]
-    private var liveness: Liveness?
-    private var livenessTimer: TimerID?
-    /// Reads, writes and PINGs are suspended (a simulated hung peer).
-    public private(set) var isFrozen = false
-
-    /// Suspends (or resumes) everything this connection does, as if its process hung.
-    public func setFrozen(_ frozen: Bool) {
-        guard frozen != isFrozen, transport.state != .closed else { return }
-        isFrozen = frozen
-        transport.setFrozen(frozen)
-        if frozen {
-            transport.loop.cancel(livenessTimer)
-            livenessTimer = nil
-        } else {
-            if liveness != nil {
-                liveness?.received(now: transport.loop.now)
-                scheduleLivenessTick()
-            }
-            flush()
-        }
-    }
+    var liveness: Liveness?
+    var livenessTimer: TimerID?
+    /// Reads, writes and PINGs are suspended (a simulated hung peer): SimulatedFaults.swift.
+    public internal(set) var isFrozen = false
 
     /// PINGs the peer after `intervalMs` of silence and closes the connection when
     /// the silence lasts another `intervalMs` (0 turns it off).
@@ -53,7 +36,7 @@ public final class HTTP2Connection {
         scheduleLivenessTick()
     }
 
-    private func scheduleLivenessTick() {
+    func scheduleLivenessTick() {
         guard let l = liveness, transport.state != .closed else { return }
         livenessTimer = transport.loop.schedule(afterMilliseconds: l.tickMs) {
             self.livenessTimer = nil

@@ -27,6 +27,20 @@ public enum CloseReason: CustomStringConvertible {
     }
 }
 
+/// Why a connection's reading is paused. Reading resumes when no reason is left.
+public struct ReadPause: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// Whoever consumes what we read is behind (a full stream queue, a slow peer).
+    public static let backPressure = ReadPause(rawValue: 1 << 0)
+    /// HTTP/1.1 pipelining: the next request waits until the current response is done.
+    public static let pipelined = ReadPause(rawValue: 1 << 1)
+    /// A protocol switch (WebSocket upgrade) waits for the other side's answer.
+    public static let upgrading = ReadPause(rawValue: 1 << 2)
+    /// The peer sent its end of data; the answer is still being written.
+    public static let peerFinished = ReadPause(rawValue: 1 << 3)
+}
+
 public final class Transport {
     public enum State { case connecting, handshaking, open, closed }
 
@@ -47,8 +61,10 @@ public final class Transport {
     /// Most bytes taken from the socket per read (at most the loop's read buffer).
     /// Smaller reads bound what one stream can queue between two pause checks.
     public var readChunk = 64 * 1024
-    /// While true, the socket is not read: back-pressure toward the peer.
-    public private(set) var readPaused = false
+    /// Why the socket is not read now (empty: it is read).
+    public private(set) var readPause: ReadPause = []
+    /// The socket is not read: back-pressure toward the peer.
+    public var readPaused: Bool { !readPause.isEmpty }
     /// Called once, when the connection is gone. Callbacks are dropped afterwards.
     public var onClose: ((CloseReason) -> Void)?
     /// When set, the peer's end of data (FIN or close_notify) calls this and reading
@@ -126,22 +142,8 @@ public final class Transport {
         bytes.withUnsafeBytes { write($0) }
     }
 
-    /// A hung peer, simulated (the simulator's freeze fault): while frozen the
-    /// socket is not watched at all, so nothing is read or written and not even a
-    /// close is noticed; thawing picks up whatever happened meanwhile.
-    public private(set) var isFrozen = false
-
-    public func setFrozen(_ frozen: Bool) {
-        guard frozen != isFrozen, state != .closed else { return }
-        isFrozen = frozen
-        if frozen {
-            loop.unregister(fd: fd)
-        } else {
-            loop.register(fd: fd, readable: state != .connecting && !readPaused,
-                          writable: bufferedOutput > 0 || state == .connecting) { ev in self.handle(ev) }
-            if bufferedOutput > 0 { flush() }
-        }
-    }
+    /// A hung peer, simulated: see SimulatedFaults.swift.
+    public internal(set) var isFrozen = false
 
     /// Gives back buffers an idle connection does not need (TLS record buffers,
     /// grown BIOs, an emptied output queue): with thousands of mostly idle device
@@ -192,17 +194,22 @@ public final class Transport {
     /// Closes now, for `reason`.
     public func close(_ reason: CloseReason) { finish(reason) }
 
-    /// Stops reading until `resumeReading`; the peer's data waits in the kernel
-    /// and TCP flow control slows the peer down.
-    public func pauseReading() {
-        guard !readPaused, state != .closed else { return }
-        readPaused = true
-        loop.modify(fd: fd, readable: false, writable: bufferedOutput > 0 || state == .connecting)
+    /// Stops reading for `why` until every reason is resumed; the peer's data waits
+    /// in the kernel and TCP flow control slows the peer down. Each owner pauses and
+    /// resumes only its own reason, so one cannot undo another's pause.
+    public func pauseReading(_ why: ReadPause) {
+        guard state != .closed else { return }
+        let was = readPaused
+        readPause.formUnion(why)
+        if !was && readPaused {
+            loop.modify(fd: fd, readable: false, writable: bufferedOutput > 0 || state == .connecting)
+        }
     }
 
-    public func resumeReading() {
+    public func resumeReading(_ why: ReadPause) {
         guard readPaused, state != .closed else { return }
-        readPaused = false
+        readPause.subtract(why)
+        guard !readPaused else { return }
         loop.modify(fd: fd, readable: state != .connecting, writable: bufferedOutput > 0 || state == .connecting)
         // Plaintext already decrypted inside OpenSSL gets no new readiness event.
         if let tls, state == .open { loop.execute { if !self.readPaused { self.drainTLS(tls) } } }
@@ -218,7 +225,7 @@ public final class Transport {
         output.append(contentsOf: bytes)
     }
 
-    private func flush() {
+    func flush() {
         guard !isFrozen else { return }  // kept queued until thawed
         var guardCount = 0
         while outputOffset < output.count && guardCount < 64 {
@@ -265,7 +272,7 @@ public final class Transport {
         }
     }
 
-    private func handle(_ ev: IOEvents) {
+    func handle(_ ev: IOEvents) {
         if state == .connecting {
             guard ev.writable || ev.hangup else { return }
             let err = Socket.connectResult(fd)
@@ -383,7 +390,7 @@ public final class Transport {
             return
         }
         onPeerFinished = nil
-        pauseReading()
+        pauseReading(.peerFinished)
         cb()
     }
 

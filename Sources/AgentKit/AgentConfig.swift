@@ -1,6 +1,7 @@
 // The agent's settings, from a config file and the command line (same keys).
 import EventLoop
 import TLS
+import ConfigFormat
 
 public struct AgentConfig {
     public var gateway = HostPort(host: "127.0.0.1", port: 8443)
