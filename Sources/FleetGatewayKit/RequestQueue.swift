@@ -11,43 +11,51 @@
 import EventLoop
 
 final class RequestQueue {
-    private let gateway: Gateway
+    private let loop: EventLoop
+    private let settings: CurrentConfig
+    private let directory: DeviceRegistry
+    private let health: HealthChecker
     private var waiting: [String: [Exchange]] = [:]
     private var timers: [ObjectIdentifier: TimerID] = [:]
     /// When devices lost their last connection, for the grace period.
     private var gone: [String: UInt64] = [:]
     static let regraceWindowNs: UInt64 = 60_000_000_000
 
-    init(gateway: Gateway) { self.gateway = gateway }
+    init(loop: EventLoop, settings: CurrentConfig, directory: DeviceRegistry, health: HealthChecker) {
+        self.loop = loop
+        self.settings = settings
+        self.directory = directory
+        self.health = health
+    }
 
     var count: Int { timers.count }
     func count(hostname: String) -> Int { waiting[hostname]?.count ?? 0 }
 
     func route(_ ex: Exchange) {
         let host = ex.hostname
-        if let since = gateway.health.downSince(hostname: host) {
+        if let since = health.downSince(hostname: host) {
             ex.reject(503, "device for host " + host + " is down: its health checks fail (since "
-                      + String((gateway.loop.now - since) / 1_000_000_000) + " s)", retryAfter: true)
+                      + String((loop.now - since) / 1_000_000_000) + " s)", retryAfter: true)
             return
         }
-        if (waiting[host]?.isEmpty ?? true), let dev = gateway.registry.pick(hostname: host), ex.dispatch(to: dev) {
+        if (waiting[host]?.isEmpty ?? true), let dev = directory.pick(hostname: host), ex.dispatch(to: dev) {
             return
         }
-        let connected = !gateway.registry.connections(hostname: host).isEmpty
+        let connected = !directory.connections(hostname: host).isEmpty
         if !connected && !recentlyGone(host) {
             ex.reject(503, "no device is connected for host " + host, retryAfter: true)
             return
         }
-        guard count(hostname: host) < gateway.config.queueMax else {
-            ex.reject(503, "device for host " + host + " is busy: " + String(gateway.config.queueMax)
+        guard count(hostname: host) < settings.value.queueMax else {
+            ex.reject(503, "device for host " + host + " is busy: " + String(settings.value.queueMax)
                       + " requests are already waiting for it", retryAfter: true)
             return
         }
-        let waitMs = connected ? gateway.config.queueTimeoutMs : gateway.config.graceMs
+        let waitMs = connected ? settings.value.queueTimeoutMs : settings.value.graceMs
         waiting[host, default: []].append(ex)
-        timers[ObjectIdentifier(ex)] = gateway.loop.schedule(afterMilliseconds: waitMs) {
+        timers[ObjectIdentifier(ex)] = loop.schedule(afterMilliseconds: waitMs) {
             self.timers[ObjectIdentifier(ex)] = nil
-            let busy = !self.gateway.registry.connections(hostname: host).isEmpty
+            let busy = !self.directory.connections(hostname: host).isEmpty
             ex.reject(503, busy ? "device for host " + host + " is busy: no connection could take the request within "
                                   + String(waitMs) + " ms"
                                 : "no device is connected for host " + host, retryAfter: true)
@@ -57,7 +65,7 @@ final class RequestQueue {
     /// A connection of `hostname` came up or finished a stream: send what waits.
     func deviceAvailable(hostname: String) {
         var rounds = 0
-        while rounds < 10_000, let ex = waiting[hostname]?.first, let dev = gateway.registry.pick(hostname: hostname) {
+        while rounds < 10_000, let ex = waiting[hostname]?.first, let dev = directory.pick(hostname: hostname) {
             rounds += 1
             // Off the list before dispatching: a dispatch can re-enter this queue.
             waiting[hostname]?.removeFirst()
@@ -74,14 +82,14 @@ final class RequestQueue {
     /// `hostname` lost its last connection: requests for it wait `grace_ms` for a
     /// while, in case it comes back.
     func deviceGone(hostname: String) {
-        let now = gateway.loop.now
+        let now = loop.now
         if gone.count > 100_000 { gone = gone.filter { now &- $0.value < RequestQueue.regraceWindowNs } }
         gone[hostname] = now
     }
 
     private func recentlyGone(_ hostname: String) -> Bool {
         guard let t = gone[hostname] else { return false }
-        if gateway.loop.now &- t < RequestQueue.regraceWindowNs { return true }
+        if loop.now &- t < RequestQueue.regraceWindowNs { return true }
         gone[hostname] = nil
         return false
     }
@@ -95,6 +103,6 @@ final class RequestQueue {
     }
 
     private func cancelTimer(_ ex: Exchange) {
-        gateway.loop.cancel(timers.removeValue(forKey: ObjectIdentifier(ex)))
+        loop.cancel(timers.removeValue(forKey: ObjectIdentifier(ex)))
     }
 }
