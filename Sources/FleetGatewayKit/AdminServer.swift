@@ -22,9 +22,9 @@ import Tunnel
 final class AdminServer {
     /// What the admin API shows: every part of the gateway it reads, and nothing it could change.
     struct Views {
-        let directory: DeviceRegistry
+        let directory: GatewayDirectory
         let health: HealthChecker
-        let queue: RequestQueue
+        let queue: GatewayQueue
         let ledger: AccessLedger
         let metrics: Metrics
     }

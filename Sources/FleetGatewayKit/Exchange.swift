@@ -43,7 +43,7 @@ extension UserSide {
     }
 }
 
-final class Exchange: DeviceStreamHandler {
+final class Exchange: DeviceStreamHandler, QueuedRequest {
     /// queued: no connection could take it yet (RequestQueue); waiting: sent, no answer yet.
     private enum Phase { case queued, waiting, streaming, done }
 
@@ -135,7 +135,7 @@ final class Exchange: DeviceStreamHandler {
             g.recorder.recordAccess(outcome, device: request.device)
             switch outcome {
             case .allow:
-                g.queue.route(self)
+                self.route()
             case .deny(let status, let why, _):
                 self.finish()
                 self.status = status
@@ -153,6 +153,26 @@ final class Exchange: DeviceStreamHandler {
         }
     }
 
+    /// Asks the queue where the request goes, and does that.
+    private func route() { carryOut(services.queue.route(self, hostname: hostname)) }
+
+    /// Carries out the queue's decision: send now, wait (queued) so long, or answer.
+    private func carryOut(_ decision: GatewayQueue.Decision) {
+        switch decision {
+        case .dispatch(let dev):
+            // Refused: the queue never answers that with another dispatch.
+            if !dispatch(to: dev) { carryOut(services.queue.streamRefused(self, hostname: hostname)) }
+        case .wait(let ms):
+            timer = services.loop.schedule(afterMilliseconds: ms) {
+                self.timer = nil
+                guard self.phase == .queued else { return }
+                self.carryOut(self.services.queue.waitEnded(self, hostname: self.hostname, waitedMs: ms))
+            }
+        case .reject(let status, let why, let retryAfter):
+            reject(status, why, retryAfter: retryAfter)
+        }
+    }
+
     /// Sends the request on `dev`; false when the connection refused the stream.
     func dispatch(to dev: DeviceConnection) -> Bool {
         guard phase == .queued else { return true }
@@ -163,6 +183,7 @@ final class Exchange: DeviceStreamHandler {
         }
         let endNow = !webSocket && (!requestHasBody || (heldEnd && held.isEmpty))
         guard let s = dev.submit(self, headers: webSocket ? webSocketHeaders() : deviceHeaders(), endStream: endNow) else { return false }
+        services.loop.cancel(timer)  // a wait in the queue is over
         device = dev
         stream = s
         phase = .waiting
@@ -187,13 +208,16 @@ final class Exchange: DeviceStreamHandler {
         return true
     }
 
-    /// The queue gave up on this request.
+    /// Answered before any device took it (the queue's decision, or no WebSocket support).
     func reject(_ status: Int, _ why: String, retryAfter: Bool) {
         guard phase == .queued else { return }
         finish()
         self.status = status
         client.respondError(status, why, retryAfter: retryAfter)
     }
+
+    /// A connection freed up while the request waited in the queue.
+    func dispatchFromQueue(to connection: DeviceConnection) -> Bool { dispatch(to: connection) }
 
     /// An HTTP/1.1 WebSocket upgrade, carried to the device as an extended CONNECT
     /// (RFC 8441) when the device accepts those.
@@ -411,9 +435,9 @@ final class Exchange: DeviceStreamHandler {
             // Not answered yet. REFUSED_STREAM means the device did not process it
             // (RFC 9113 §8.7); a lost connection leaves that unknown, so only requests
             // that are safe to repeat and sent whole in their HEADERS go again.
-            let refused = errorCode == 7
-            let repeatable = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(request.method) && !requestHasBody
-            if retries < 2 && !webSocket && (refused || (connectionLost && repeatable)) && held.isEmpty && !sentBody {
+            let refused = errorCode == RetryRule.refusedStream
+            if RetryRule.mayRetry(method: request.method, hasBody: requestHasBody, bodySent: sentBody || !held.isEmpty, webSocket: webSocket,
+                                  errorCode: errorCode, connectionLost: connectionLost, retries: retries) {
                 retries += 1
                 services.loop.cancel(timer)
                 timer = nil
@@ -422,7 +446,7 @@ final class Exchange: DeviceStreamHandler {
                 phase = .queued
                 services.logger.info("retrying " + request.method + " " + request.target + " for " + hostname
                                     + (refused ? " (refused by the device)" : " (its connection was lost)"))
-                services.queue.route(self)
+                route()
                 return
             }
             fail(502, connectionLost ? "the device's connection was lost before it answered"
@@ -450,7 +474,7 @@ final class Exchange: DeviceStreamHandler {
     private func finish() {
         let wasQueued = phase == .queued
         phase = .done
-        if wasQueued { services.queue.remove(self) }
+        if wasQueued { services.queue.remove(self, hostname: hostname) }
         settleCredit()
         services.loop.cancel(timer)
         timer = nil

@@ -15,8 +15,8 @@ final class Gateway: UserConnectionOwner {
     var config: GatewayConfig { settings.value }
     let loop: EventLoop
     let logger: Logger
-    let registry: DeviceRegistry
-    let queue: RequestQueue
+    let registry: GatewayDirectory
+    let queue: GatewayQueue
     let health: HealthChecker
     let admin: AdminServer
     let metrics: Metrics
@@ -64,7 +64,7 @@ final class Gateway: UserConnectionOwner {
         self.settings = settings
         self.loop = loop
         self.logger = logger
-        let registry = DeviceRegistry()
+        let registry = GatewayDirectory()
         self.registry = registry
         reservedNames = ReservedNames(config: config)
         fileLimit = Int(rh_raise_nofile())
@@ -80,7 +80,7 @@ final class Gateway: UserConnectionOwner {
         self.ledger = ledger
         recorder = RequestRecorder(loop: loop, logger: logger, settings: settings, directory: registry, metrics: metrics, ledger: ledger)
         let health = HealthChecker(loop: loop, logger: logger, settings: settings, directory: registry)
-        let queue = RequestQueue(loop: loop, settings: settings, directory: registry, health: health)
+        let queue = GatewayQueue(clock: loop.clock, settings: settings, directory: registry, health: health)
         // A device that comes up again may take what waits for it.
         health.onDeviceUp = { hostname in queue.deviceAvailable(hostname: hostname) }
         self.health = health

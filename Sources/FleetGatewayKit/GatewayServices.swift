@@ -41,12 +41,12 @@ final class UserServices {
     let logger: Logger
     let settings: CurrentConfig
     let access: AccessControl
-    let queue: RequestQueue
+    let queue: GatewayQueue
     let uploads: UploadBudget
     let recorder: RequestRecorder
     let owner: UserConnectionOwner
 
-    init(loop: EventLoop, logger: Logger, settings: CurrentConfig, access: AccessControl, queue: RequestQueue,
+    init(loop: EventLoop, logger: Logger, settings: CurrentConfig, access: AccessControl, queue: GatewayQueue,
          uploads: UploadBudget, recorder: RequestRecorder, owner: UserConnectionOwner) {
         self.loop = loop
         self.logger = logger
@@ -60,3 +60,7 @@ final class UserServices {
 
     var config: GatewayConfig { settings.value }
 }
+
+/// The gateway's device directory and request queue, as the gateway instantiates them.
+typealias GatewayDirectory = DeviceRegistry<DeviceConnection>
+typealias GatewayQueue = RequestQueue<Exchange, GatewayDirectory>

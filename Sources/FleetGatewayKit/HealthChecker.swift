@@ -22,18 +22,18 @@ struct DeviceHealth {
     var checking = false
 }
 
-final class HealthChecker {
+final class HealthChecker: DeviceHealthView {
     private let loop: EventLoop
     private let logger: Logger
     private let settings: CurrentConfig
-    private let directory: DeviceRegistry
+    private let directory: GatewayDirectory
     private(set) var devices: [String: DeviceHealth] = [:]
     private var timer: TimerID?
     private(set) var results: [String: Int] = ["success": 0, "failure": 0, "timeout": 0]
     /// A device's state became `up`: requests waiting for it may go (RequestQueue).
     var onDeviceUp: ((String) -> Void)?
 
-    init(loop: EventLoop, logger: Logger, settings: CurrentConfig, directory: DeviceRegistry) {
+    init(loop: EventLoop, logger: Logger, settings: CurrentConfig, directory: GatewayDirectory) {
         self.loop = loop
         self.logger = logger
         self.settings = settings

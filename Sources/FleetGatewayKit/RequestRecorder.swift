@@ -10,11 +10,11 @@ final class RequestRecorder {
     private let loop: EventLoop
     private let logger: Logger
     private let settings: CurrentConfig
-    private let directory: DeviceRegistry
+    private let directory: GatewayDirectory
     let metrics: Metrics
     let ledger: AccessLedger
 
-    init(loop: EventLoop, logger: Logger, settings: CurrentConfig, directory: DeviceRegistry,
+    init(loop: EventLoop, logger: Logger, settings: CurrentConfig, directory: GatewayDirectory,
          metrics: Metrics, ledger: AccessLedger) {
         self.loop = loop
         self.logger = logger
