@@ -133,12 +133,12 @@ final class AdminServer {
         case ("GET", 1, "devices"):
             respond(t, 200, "application/json", JSON.array(devices().map(deviceJSON)) + "\n")
         case ("GET", 2, "devices"):
-            guard let d = devices().first(where: { $0.name == parts[1] }) else {
+            guard let d = device(named: parts[1]) else {
                 return respond(t, 404, "application/json", JSON.object([("error", JSON.string("no device named " + parts[1]))]) + "\n")
             }
             respond(t, 200, "application/json", deviceJSON(d) + "\n")
         case ("POST", 3, "devices") where parts[2] == "disconnect":
-            guard let d = devices().first(where: { $0.name == parts[1] }) else {
+            guard let d = device(named: parts[1]) else {
                 return respond(t, 404, "application/json", JSON.object([("error", JSON.string("no device named " + parts[1]))]) + "\n")
             }
             logger.notice("admin: disconnecting " + d.name + " (" + String(d.connections.count) + " connections)")
@@ -188,12 +188,19 @@ final class AdminServer {
         let connections: [DeviceConnection]
     }
 
+    /// Every connected device, by hostname.
     func devices() -> [DeviceView] {
-        views.directory.hostnames.sorted().compactMap { host in
-            let conns = views.directory.connections(hostname: host)
-            guard let first = conns.first else { return nil }
-            return DeviceView(name: first.identity.name, hostname: host, health: views.health.devices[host], connections: conns)
-        }
+        views.directory.devices.sorted { ($0.hostname, $0.name) < ($1.hostname, $1.name) }.map(view)
+    }
+
+    /// The device named `name` (its certificate's CN), if it is connected.
+    private func device(named name: String) -> DeviceView? {
+        views.directory.connections(device: name).first.map { view($0.identity) }
+    }
+
+    private func view(_ d: DeviceIdentity) -> DeviceView {
+        DeviceView(name: d.name, hostname: d.hostname, health: views.health.devices[d.hostname],
+                   connections: views.directory.connections(of: d))
     }
 
     /// Monotonic nanoseconds to Unix seconds.

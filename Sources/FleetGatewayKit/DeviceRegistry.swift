@@ -1,8 +1,8 @@
-// The registry of device sessions, keyed by hostname. Today an in-memory map on
-// the gateway's loop; behind `DeviceDirectory` so that a directory shared by
-// several gateway nodes (etcd, Redis) can take its place later. Routing
-// (RequestQueue) sees a connection only as a `DeviceStreamTarget`, so the rules
-// are tested with fakes, without sockets. Routing
+// The gateway's device directory: which connections each device has, keyed by
+// the device's identity. Today an in-memory map on the gateway's loop (one
+// worker, one node); routing, health checks, the admin API and the access ledger
+// all ask it and nothing else, so that a directory over several workers or nodes
+// (etcd) can take its place behind `DeviceDirectory` later. Routing
 // (RequestQueue) sees a connection only as a `DeviceStreamTarget`, so the rules
 // are tested with fakes, without sockets.
 
@@ -36,22 +36,55 @@ extension DeviceDirectory {
     func isConnected(hostname: String) -> Bool { !connections(hostname: hostname).isEmpty }
 }
 
+/// The gateway's one device directory: every reversed connection that is ready,
+/// by the device's identity (its name and the hostname it serves), oldest first.
+/// Routing asks by hostname, the admin API and the access ledger by name.
 final class DeviceRegistry<Connection: DeviceStreamTarget>: DeviceDirectory {
-    private var byHost: [String: [Connection]] = [:]
+    private var byDevice: [DeviceIdentity: [Connection]] = [:]
+    /// Which device serves a hostname, and which device has a name (one each:
+    /// the hostname template maps names to hostnames one to one).
+    private var byHostname: [String: DeviceIdentity] = [:]
+    private var byName: [String: DeviceIdentity] = [:]
 
     func add(_ c: Connection) {
-        byHost[c.identity.hostname, default: []].append(c)
+        let id = c.identity
+        byDevice[id, default: []].append(c)
+        byHostname[id.hostname] = id
+        byName[id.name] = id
     }
 
     func remove(_ c: Connection) {
-        guard var list = byHost[c.identity.hostname] else { return }
+        let id = c.identity
+        guard var list = byDevice[id] else { return }
         list.removeAll { $0 === c }
-        byHost[c.identity.hostname] = list.isEmpty ? nil : list
+        guard list.isEmpty else {
+            byDevice[id] = list
+            return
+        }
+        byDevice[id] = nil
+        if byHostname[id.hostname] == id { byHostname[id.hostname] = nil }
+        if byName[id.name] == id { byName[id.name] = nil }
     }
 
-    func connections(hostname: String) -> [Connection] { byHost[hostname] ?? [] }
+    func connections(hostname: String) -> [Connection] { byHostname[hostname].flatMap { byDevice[$0] } ?? [] }
 
-    var hostnames: [String] { Array(byHost.keys) }
+    /// The connections of the device named `name` (its certificate's CN).
+    func connections(device name: String) -> [Connection] { byName[name].flatMap { byDevice[$0] } ?? [] }
 
-    var deviceCount: Int { byHost.count }
+    func connections(of device: DeviceIdentity) -> [Connection] { byDevice[device] ?? [] }
+
+    /// Every device with at least one connection.
+    var devices: [DeviceIdentity] { Array(byDevice.keys) }
+
+    var hostnames: [String] { Array(byHostname.keys) }
+
+    var deviceCount: Int { byDevice.count }
+
+    /// The connections of `device` beyond the newest `max`, oldest first: they go
+    /// (`max_connections_per_device`), so that a rebooted device never finds its
+    /// name taken by its own stale connections.
+    func surplus(of device: DeviceIdentity, max: Int) -> [Connection] {
+        let list = (byDevice[device] ?? []).sorted { $0.connectedAt < $1.connectedAt }
+        return list.count > max ? Array(list.prefix(list.count - max)) : []
+    }
 }

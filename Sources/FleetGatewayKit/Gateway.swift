@@ -15,6 +15,7 @@ final class Gateway: UserConnectionOwner {
     var config: GatewayConfig { settings.value }
     let loop: EventLoop
     let logger: Logger
+    /// The one device directory: which connections each device has.
     let registry: GatewayDirectory
     let queue: GatewayQueue
     let health: HealthChecker
@@ -285,7 +286,7 @@ final class Gateway: UserConnectionOwner {
             self.metrics.deviceConnectionAccepted()
             c.connection.enableLiveness(intervalMs: self.config.idlePingMs)
             self.registry.add(c)
-            self.enforceConnectionLimit(c.identity.hostname)
+            self.enforceConnectionLimit(c.identity)
             self.closeAtExpiry(c)
             self.health.deviceConnected(hostname: c.identity.hostname)
             self.queue.deviceAvailable(hostname: c.identity.hostname)
@@ -353,8 +354,8 @@ final class Gateway: UserConnectionOwner {
         // Tunnels that are up are checked against the new rules: a device revoked by
         // the new CRL, signed by a CA no longer trusted, or outside the new allow-list
         // is cut now, not at its next dial.
-        for host in registry.hostnames {
-            for c in registry.connections(hostname: host) {
+        for device in registry.devices {
+            for c in registry.connections(of: device) {
                 if templateChanged, applied.hostnameTemplate.hostname(for: c.identity.name) != c.identity.hostname {
                     // Its hostname changed: it dials again and is routed (and named to the policy) by the new one.
                     logger.notice("reload: hostname_template gives " + c.identity.name + " another hostname; closing", c.ctx)
@@ -387,10 +388,8 @@ final class Gateway: UserConnectionOwner {
 
     /// A device holds at most `max_connections_per_device`: a rebooted device must
     /// never find its name "taken" by its own stale connections, so the oldest goes.
-    private func enforceConnectionLimit(_ hostname: String) {
-        let conns = registry.connections(hostname: hostname).sorted { $0.connectedAt < $1.connectedAt }
-        guard conns.count > config.maxConnectionsPerDevice else { return }
-        for old in conns.prefix(conns.count - config.maxConnectionsPerDevice) {
+    private func enforceConnectionLimit(_ device: DeviceIdentity) {
+        for old in registry.surplus(of: device, max: config.maxConnectionsPerDevice) {
             logger.notice("closing the oldest connection: over max_connections_per_device (" + String(config.maxConnectionsPerDevice) + ")", old.ctx)
             registry.remove(old)
             // ENHANCE_YOUR_CALM tells the agent this was no restart: it backs off

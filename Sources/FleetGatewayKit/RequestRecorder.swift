@@ -29,8 +29,7 @@ final class RequestRecorder {
         let auth = outcome.principal?.method.rawValue ?? "none"
         metrics.accessDecision(result: outcome.status.map { String($0) } ?? "allowed", auth: auth)
         // Per device only for a device that is there: names strangers make up take no slot.
-        if let status = outcome.status, let host = settings.value.hostnameTemplate.hostname(for: device),
-           !directory.connections(hostname: host).isEmpty {
+        if let status = outcome.status, !directory.connections(device: device).isEmpty {
             ledger.recordAccess(device: device, user: outcome.principal?.displayName ?? "", status: status)
         }
     }
