@@ -125,7 +125,8 @@ final class HealthChecker: DeviceHealthView {
 
     func cancel(_ timer: TimerID?) { loop.cancel(timer) }
 
-    fileprivate func record(_ hostname: String, ok: Bool, timedOut: Bool, latencyMs: Int) {
+    /// One check's result for `hostname` (HealthCheck, and the tests).
+    func record(_ hostname: String, ok: Bool, timedOut: Bool, latencyMs: Int) {
         results[ok ? "success" : (timedOut ? "timeout" : "failure"), default: 0] += 1
         guard var h = devices[hostname] else { return }
         h.checking = false
