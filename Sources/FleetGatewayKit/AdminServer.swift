@@ -20,25 +20,44 @@ import HTTP1
 import Wire
 
 final class AdminServer {
-    private let gateway: Gateway
+    /// What the admin API shows: every part of the gateway it reads, and nothing it could change.
+    struct Views {
+        let directory: GatewayDirectory
+        let health: HealthChecker
+        let queue: GatewayQueue
+        let ledger: AccessLedger
+        let metrics: Metrics
+    }
+
+    private let loop: EventLoop
+    private let logger: Logger
+    private let settings: CurrentConfig
+    private let views: Views
+    /// Users' connections open now (the Gateway's ConnectionBudget).
+    var userConnections: () -> Int = { 0 }
     private var listener: Int32 = -1
     /// Listening off loopback: without a token nothing is answered, whatever a
     /// reload did to the configuration (fail closed).
     private var needsToken = false
 
-    init(gateway: Gateway) { self.gateway = gateway }
+    init(loop: EventLoop, logger: Logger, settings: CurrentConfig, views: Views) {
+        self.loop = loop
+        self.logger = logger
+        self.settings = settings
+        self.views = views
+    }
 
     var port: Int { listener >= 0 ? Socket.localPort(listener) : 0 }
 
     func start(_ endpoint: HostPort) throws(SocketError) {
         listener = try Socket.listen(endpoint, backlog: 64)
         needsToken = !Loopback.isLoopback(endpoint.host)
-        gateway.loop.register(fd: listener) { _ in self.accept() }
+        loop.register(fd: listener) { _ in self.accept() }
     }
 
     func stop() {
         guard listener >= 0 else { return }
-        gateway.loop.unregister(fd: listener)
+        loop.unregister(fd: listener)
         Socket.close(listener)
         listener = -1
     }
@@ -49,19 +68,19 @@ final class AdminServer {
             do throws(SocketError) { accepted = try Socket.accept(listener) } catch {
                 // Out of descriptors: the listener stays readable, so stop watching it for a
                 // moment instead of spinning on it (as the gateway's listeners do).
-                gateway.logger.warning("admin accept: " + error.description + "; pausing accepts for 500 ms")
+                logger.warning("admin accept: " + error.description + "; pausing accepts for 500 ms")
                 let fd = listener
-                gateway.loop.modify(fd: fd, readable: false, writable: false)
-                gateway.loop.schedule(afterMilliseconds: 500) {
-                    if self.listener == fd { self.gateway.loop.modify(fd: fd, readable: true, writable: false) }
+                loop.modify(fd: fd, readable: false, writable: false)
+                loop.schedule(afterMilliseconds: 500) {
+                    if self.listener == fd { self.loop.modify(fd: fd, readable: true, writable: false) }
                 }
                 return
             }
             guard let next = accepted else { return }
-            let t = Transport(loop: gateway.loop, fd: next.fd, peer: next.peer, tls: nil, connecting: false)
+            let t = Transport(loop: loop, fd: next.fd, peer: next.peer, tls: nil, connecting: false)
             var parser = HTTP1RequestParser(limits: HTTP1Limits(maxHeadBytes: 8192))
             var head: HTTPRequestHead?
-            let deadline = gateway.loop.schedule(afterMilliseconds: 10_000) { t.close() }
+            let deadline = loop.schedule(afterMilliseconds: 10_000) { t.close() }
             t.onData = { bytes in
                 do throws(HTTP1Error) {
                     for ev in try parser.feed(Array(bytes)) {
@@ -70,17 +89,17 @@ final class AdminServer {
                         case .body: break
                         case .end:
                             t.onData = nil
-                            self.gateway.loop.cancel(deadline)
+                            self.loop.cancel(deadline)
                             if let h = head { self.answer(h, on: t) }
                             return
                         }
                     }
                 } catch {
-                    self.gateway.loop.cancel(deadline)
+                    self.loop.cancel(deadline)
                     self.respond(t, error.status, "text/plain", error.description + "\n")
                 }
             }
-            t.onClose = { _ in self.gateway.loop.cancel(deadline) }
+            t.onClose = { _ in self.loop.cancel(deadline) }
             t.start()
         }
     }
@@ -96,11 +115,11 @@ final class AdminServer {
         if let why = refusal(req) {
             return respond(t, 403, "text/plain", why + "\n")
         }
-        if needsToken && gateway.config.adminToken == nil {
+        if needsToken && settings.value.adminToken == nil {
             return respond(t, 401, "text/plain", "this admin listener is not on loopback and admin_token is not set\n",
                            extra: [("WWW-Authenticate", "Bearer realm=\"fleet-gateway-admin\"")])
         }
-        if let token = gateway.config.adminToken, !AdminServer.authorized(req.headers, token: token) {
+        if let token = settings.value.adminToken, !AdminServer.authorized(req.headers, token: token) {
             return respond(t, 401, "text/plain", "the admin API wants Authorization: Bearer TOKEN (admin_token)\n",
                            extra: [("WWW-Authenticate", "Bearer realm=\"fleet-gateway-admin\"")])
         }
@@ -114,15 +133,15 @@ final class AdminServer {
         case ("GET", 1, "devices"):
             respond(t, 200, "application/json", JSON.array(devices().map(deviceJSON)) + "\n")
         case ("GET", 2, "devices"):
-            guard let d = devices().first(where: { $0.name == parts[1] }) else {
+            guard let d = device(named: parts[1]) else {
                 return respond(t, 404, "application/json", JSON.object([("error", JSON.string("no device named " + parts[1]))]) + "\n")
             }
             respond(t, 200, "application/json", deviceJSON(d) + "\n")
         case ("POST", 3, "devices") where parts[2] == "disconnect":
-            guard let d = devices().first(where: { $0.name == parts[1] }) else {
+            guard let d = device(named: parts[1]) else {
                 return respond(t, 404, "application/json", JSON.object([("error", JSON.string("no device named " + parts[1]))]) + "\n")
             }
-            gateway.logger.notice("admin: disconnecting " + d.name + " (" + String(d.connections.count) + " connections)")
+            logger.notice("admin: disconnecting " + d.name + " (" + String(d.connections.count) + " connections)")
             for c in d.connections { c.close() }
             respond(t, 200, "application/json", JSON.object([("disconnected", String(d.connections.count))]) + "\n")
         case (_, 1, "metrics"), (_, 1, "devices"), (_, 2, "devices"), (_, 0, _):
@@ -169,17 +188,24 @@ final class AdminServer {
         let connections: [DeviceConnection]
     }
 
+    /// Every connected device, by hostname.
     func devices() -> [DeviceView] {
-        gateway.registry.hostnames.sorted().compactMap { host in
-            let conns = gateway.registry.connections(hostname: host)
-            guard let first = conns.first else { return nil }
-            return DeviceView(name: first.identity.name, hostname: host, health: gateway.health.devices[host], connections: conns)
-        }
+        views.directory.devices.sorted { ($0.hostname, $0.name) < ($1.hostname, $1.name) }.map(view)
+    }
+
+    /// The device named `name` (its certificate's CN), if it is connected.
+    private func device(named name: String) -> DeviceView? {
+        views.directory.connections(device: name).first.map { view($0.identity) }
+    }
+
+    private func view(_ d: DeviceIdentity) -> DeviceView {
+        DeviceView(name: d.name, hostname: d.hostname, health: views.health.devices[d.hostname],
+                   connections: views.directory.connections(of: d))
     }
 
     /// Monotonic nanoseconds to Unix seconds.
     private func wallClock(_ mono: UInt64) -> Int {
-        Int(rh_wall_seconds()) - Int((gateway.loop.now &- mono) / 1_000_000_000)
+        Int(rh_wall_seconds()) - Int((loop.now &- mono) / 1_000_000_000)
     }
 
     private func deviceJSON(_ d: DeviceView) -> String {
@@ -196,17 +222,17 @@ final class AdminServer {
             ("health", JSON.string(h?.state.rawValue ?? HealthState.unknown.rawValue)),
             ("health_since", h.map { String(wallClock($0.since)) } ?? "null"),
             ("last_check_latency_ms", h?.lastLatencyMs.map { String($0) } ?? "null"),
-            ("online_since", String(wallClock(d.connections.map(\.connectedAt).min() ?? gateway.loop.now))),
-            ("queued_requests", String(gateway.queue.count(hostname: d.hostname))),
+            ("online_since", String(wallClock(d.connections.map(\.connectedAt).min() ?? loop.now))),
+            ("queued_requests", String(views.queue.count(hostname: d.hostname))),
             ("connections", JSON.array(conns)),
-            ("last_access", gateway.ledger.last(device: d.name).map { a in
+            ("last_access", views.ledger.last(device: d.name).map { a in
                 JSON.object([("user", a.user.isEmpty ? "null" : JSON.string(a.user)), ("at", String(a.at)), ("status", String(a.status))])
             } ?? "null"),
         ])
     }
 
     func metrics() -> String {
-        let m = gateway.metrics
+        let m = views.metrics
         let devs = devices()
         var p = PrometheusText()
         p.family("rhttp_devices_connected", "gauge", "Devices with at least one reversed connection.")
@@ -224,13 +250,13 @@ final class AdminServer {
         p.family("rhttp_device_connections_refused_total", "counter", "Device connections refused (TLS, identity, handshake).")
         p.sample("rhttp_device_connections_refused_total", [], Double(m.deviceConnectionsRefused))
         p.family("rhttp_user_connections", "gauge", "Users' connections open (against max_user_connections).")
-        p.sample("rhttp_user_connections", [], Double(gateway.budget.total))
+        p.sample("rhttp_user_connections", [], Double(userConnections()))
         p.family("rhttp_user_connections_refused_total", "counter", "Users' connections refused at accept (connection caps).")
         p.sample("rhttp_user_connections_refused_total", [], Double(m.userConnectionsRefused))
         p.family("rhttp_streams_in_flight", "gauge", "Requests in flight on reversed connections.")
         p.sample("rhttp_streams_in_flight", [], Double(conns.reduce(0) { $0 + $1.inFlight }))
         p.family("rhttp_requests_queued", "gauge", "Requests waiting for a device connection.")
-        p.sample("rhttp_requests_queued", [], Double(gateway.queue.count))
+        p.sample("rhttp_requests_queued", [], Double(views.queue.count))
         p.family("rhttp_requests_total", "counter", "Users' requests answered, by status class.")
         for (cls, n) in m.requestsByClass.sorted(by: { $0.key < $1.key }) { p.sample("rhttp_requests_total", [("code", cls)], Double(n)) }
         p.family("rhttp_request_duration_seconds", "histogram", "Time from a request's head to the end of its response.")
@@ -241,7 +267,7 @@ final class AdminServer {
         p.sample("rhttp_request_duration_seconds_sum", [], m.latencySum)
         p.sample("rhttp_request_duration_seconds_count", [], Double(m.latencyCount))
         p.family("rhttp_health_checks_total", "counter", "Health checks by result.")
-        for (result, n) in gateway.health.results.sorted(by: { $0.key < $1.key }) {
+        for (result, n) in views.health.results.sorted(by: { $0.key < $1.key }) {
             p.sample("rhttp_health_checks_total", [("result", result)], Double(n))
         }
         p.family("rhttp_device_bytes_total", "counter", "Bytes on reversed connections (TLS included).")

@@ -154,3 +154,8 @@ final class DeviceConnection {
         for (_, ex) in all { ex.deviceStreamClosed(errorCode: 2, connectionLost: true) }
     }
 }
+
+extension DeviceConnection: DeviceStreamTarget {
+    var canTakeStream: Bool { canTakeRequest }
+    var streamsInFlight: Int { inFlight }
+}

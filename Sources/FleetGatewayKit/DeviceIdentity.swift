@@ -4,7 +4,7 @@
 
 import FleetAccess
 import FleetPKI
-struct DeviceIdentity: Equatable {
+struct DeviceIdentity: Hashable {
     /// The certificate CN, in canonical (lower-case) form.
     let name: String
     /// The public hostname routed to this device, lower-cased.

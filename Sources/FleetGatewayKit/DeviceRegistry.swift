@@ -1,43 +1,90 @@
-// The registry of device sessions, keyed by hostname. Today an in-memory map on
-// the gateway's loop; behind `DeviceDirectory` so that a directory shared by
-// several gateway nodes (etcd, Redis) can take its place later.
+// The gateway's device directory: which connections each device has, keyed by
+// the device's identity. Today an in-memory map on the gateway's loop (one
+// worker, one node); routing, health checks, the admin API and the access ledger
+// all ask it and nothing else, so that a directory over several workers or nodes
+// (etcd) can take its place behind `DeviceDirectory` later. Routing
+// (RequestQueue) sees a connection only as a `DeviceStreamTarget`, so the rules
+// are tested with fakes, without sockets.
 
-protocol DeviceDirectory: AnyObject {
-    func add(_ c: DeviceConnection)
-    func remove(_ c: DeviceConnection)
-    /// The connection that should carry the next request for `hostname`, if any.
-    func pick(hostname: String) -> DeviceConnection?
-    func connections(hostname: String) -> [DeviceConnection]
-    var hostnames: [String] { get }
-    var deviceCount: Int { get }
+/// A device's connection as routing sees it: a DeviceConnection, or a test's fake.
+protocol DeviceStreamTarget: AnyObject {
+    var identity: DeviceIdentity { get }
+    /// When it came up (loop clock): the oldest go first over `max_connections_per_device`.
+    var connectedAt: UInt64 { get }
+    /// Ready, not going away, and below the device's MAX_CONCURRENT_STREAMS.
+    var canTakeStream: Bool { get }
+    var streamsInFlight: Int { get }
 }
 
-final class DeviceRegistry: DeviceDirectory {
-    private var byHost: [String: [DeviceConnection]] = [:]
+/// Which connections a device has.
+protocol DeviceDirectory<Connection>: AnyObject {
+    associatedtype Connection: DeviceStreamTarget
+    func connections(hostname: String) -> [Connection]
+}
 
-    func add(_ c: DeviceConnection) {
-        byHost[c.identity.hostname, default: []].append(c)
-    }
-
-    func remove(_ c: DeviceConnection) {
-        guard var list = byHost[c.identity.hostname] else { return }
-        list.removeAll { $0 === c }
-        byHost[c.identity.hostname] = list.isEmpty ? nil : list
-    }
-
-    /// Fewest streams in flight among connections that can take one more.
-    func pick(hostname: String) -> DeviceConnection? {
-        guard let list = byHost[hostname] else { return nil }
-        var best: DeviceConnection?
-        for c in list where c.canTakeRequest {
-            if best == nil || c.inFlight < best!.inFlight { best = c }
+extension DeviceDirectory {
+    /// The connection that should carry the next request for `hostname`, if any:
+    /// fewest streams in flight among those that can take one more.
+    func pick(hostname: String) -> Connection? {
+        var best: Connection?
+        for c in connections(hostname: hostname) where c.canTakeStream {
+            if best == nil || c.streamsInFlight < best!.streamsInFlight { best = c }
         }
         return best
     }
 
-    func connections(hostname: String) -> [DeviceConnection] { byHost[hostname] ?? [] }
+    func isConnected(hostname: String) -> Bool { !connections(hostname: hostname).isEmpty }
+}
 
-    var hostnames: [String] { Array(byHost.keys) }
+/// The gateway's one device directory: every reversed connection that is ready,
+/// by the device's identity (its name and the hostname it serves), oldest first.
+/// Routing asks by hostname, the admin API and the access ledger by name.
+final class DeviceRegistry<Connection: DeviceStreamTarget>: DeviceDirectory {
+    private var byDevice: [DeviceIdentity: [Connection]] = [:]
+    /// Which device serves a hostname, and which device has a name (one each:
+    /// the hostname template maps names to hostnames one to one).
+    private var byHostname: [String: DeviceIdentity] = [:]
+    private var byName: [String: DeviceIdentity] = [:]
 
-    var deviceCount: Int { byHost.count }
+    func add(_ c: Connection) {
+        let id = c.identity
+        byDevice[id, default: []].append(c)
+        byHostname[id.hostname] = id
+        byName[id.name] = id
+    }
+
+    func remove(_ c: Connection) {
+        let id = c.identity
+        guard var list = byDevice[id] else { return }
+        list.removeAll { $0 === c }
+        guard list.isEmpty else {
+            byDevice[id] = list
+            return
+        }
+        byDevice[id] = nil
+        if byHostname[id.hostname] == id { byHostname[id.hostname] = nil }
+        if byName[id.name] == id { byName[id.name] = nil }
+    }
+
+    func connections(hostname: String) -> [Connection] { byHostname[hostname].flatMap { byDevice[$0] } ?? [] }
+
+    /// The connections of the device named `name` (its certificate's CN).
+    func connections(device name: String) -> [Connection] { byName[name].flatMap { byDevice[$0] } ?? [] }
+
+    func connections(of device: DeviceIdentity) -> [Connection] { byDevice[device] ?? [] }
+
+    /// Every device with at least one connection.
+    var devices: [DeviceIdentity] { Array(byDevice.keys) }
+
+    var hostnames: [String] { Array(byHostname.keys) }
+
+    var deviceCount: Int { byDevice.count }
+
+    /// The connections of `device` beyond the newest `max`, oldest first: they go
+    /// (`max_connections_per_device`), so that a rebooted device never finds its
+    /// name taken by its own stale connections.
+    func surplus(of device: DeviceIdentity, max: Int) -> [Connection] {
+        let list = (byDevice[device] ?? []).sorted { $0.connectedAt < $1.connectedAt }
+        return list.count > max ? Array(list.prefix(list.count - max)) : []
+    }
 }

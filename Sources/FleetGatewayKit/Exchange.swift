@@ -12,7 +12,8 @@ import Wire
 /// The user's end of an Exchange: an HTTP/1.1 connection (PublicConnection) or
 /// one stream of a user's HTTP/2 connection (PublicStream).
 protocol UserSide: AnyObject {
-    var gateway: Gateway { get }
+    /// What the user's connection was given: loop, settings, logger, access control, queue.
+    var services: UserServices { get }
     var scheme: String { get }
     var peerHost: String { get }
     /// The user's TLS connection (a user certificate may say who they are); nil on plain HTTP.
@@ -42,11 +43,12 @@ extension UserSide {
     }
 }
 
-final class Exchange: DeviceStreamHandler {
+final class Exchange: DeviceStreamHandler, QueuedRequest {
     /// queued: no connection could take it yet (RequestQueue); waiting: sent, no answer yet.
     private enum Phase { case queued, waiting, streaming, done }
 
     let client: UserSide
+    private let services: UserServices
     let request: HTTPRequestHead
     /// The request's authority: the absolute-form target's, else the Host field (RFC 9112 §3.2.2).
     let authority: String
@@ -86,8 +88,10 @@ final class Exchange: DeviceStreamHandler {
         self.request = request
         self.authority = authority
         self.hostname = hostname
-        deviceKey = client.gateway.config.hostnameTemplate.deviceName(for: hostname) ?? hostname
-        startedAt = client.gateway.loop.now
+        let services = client.services
+        self.services = services
+        deviceKey = services.config.hostnameTemplate.deviceName(for: hostname) ?? hostname
+        startedAt = services.loop.now
     }
 
     var isQueued: Bool { phase == .queued }
@@ -109,8 +113,6 @@ final class Exchange: DeviceStreamHandler {
     var deviceName: String? { device?.identity.name }
     var connectionID: Int? { device?.id }
 
-    var gateway: Gateway { client.gateway }
-
     /// Routes the request to a connection of the device that serves `hostname`; when
     /// none can take it now, it waits in the gateway's RequestQueue.
     func start(requestHasBody: Bool) {
@@ -121,7 +123,7 @@ final class Exchange: DeviceStreamHandler {
     /// Access control first (AccessControl): a denied request is answered here and
     /// never reaches a device or its queue. Body bytes that arrive meanwhile are held.
     private func authorizeThenRoute() {
-        let g = gateway
+        let g = services
         // A WebSocket is a GET to the policy, whether it came as an HTTP/1.1 upgrade or an extended CONNECT.
         let request = AccessRequest(principal: nil, device: deviceKey,
                                     method: webSocket ? "GET" : self.request.method, path: self.request.target,
@@ -130,10 +132,10 @@ final class Exchange: DeviceStreamHandler {
         g.access.authorize(request, fields: self.request.headers, tls: client.tls) { outcome in
             guard self.phase == .queued else { return }
             self.access = outcome
-            g.recordAccess(outcome, device: request.device)
+            g.recorder.recordAccess(outcome, device: request.device)
             switch outcome {
             case .allow:
-                g.queue.route(self)
+                self.route()
             case .deny(let status, let why, _):
                 self.finish()
                 self.status = status
@@ -151,6 +153,26 @@ final class Exchange: DeviceStreamHandler {
         }
     }
 
+    /// Asks the queue where the request goes, and does that.
+    private func route() { carryOut(services.queue.route(self, hostname: hostname)) }
+
+    /// Carries out the queue's decision: send now, wait (queued) so long, or answer.
+    private func carryOut(_ decision: GatewayQueue.Decision) {
+        switch decision {
+        case .dispatch(let dev):
+            // Refused: the queue never answers that with another dispatch.
+            if !dispatch(to: dev) { carryOut(services.queue.streamRefused(self, hostname: hostname)) }
+        case .wait(let ms):
+            timer = services.loop.schedule(afterMilliseconds: ms) {
+                self.timer = nil
+                guard self.phase == .queued else { return }
+                self.carryOut(self.services.queue.waitEnded(self, hostname: self.hostname, waitedMs: ms))
+            }
+        case .reject(let status, let why, let retryAfter):
+            reject(status, why, retryAfter: retryAfter)
+        }
+    }
+
     /// Sends the request on `dev`; false when the connection refused the stream.
     func dispatch(to dev: DeviceConnection) -> Bool {
         guard phase == .queued else { return true }
@@ -161,6 +183,7 @@ final class Exchange: DeviceStreamHandler {
         }
         let endNow = !webSocket && (!requestHasBody || (heldEnd && held.isEmpty))
         guard let s = dev.submit(self, headers: webSocket ? webSocketHeaders() : deviceHeaders(), endStream: endNow) else { return false }
+        services.loop.cancel(timer)  // a wait in the queue is over
         device = dev
         stream = s
         phase = .waiting
@@ -178,20 +201,23 @@ final class Exchange: DeviceStreamHandler {
         if requestHasBody && !heldEnd && request.versionMinor == 1 && request.headers.containsToken("expect", "100-continue") {
             client.writeContinue()
         }
-        timer = gateway.loop.schedule(afterMilliseconds: gateway.config.responseTimeoutMs) {
+        timer = services.loop.schedule(afterMilliseconds: services.config.responseTimeoutMs) {
             self.timer = nil
             self.timedOut()
         }
         return true
     }
 
-    /// The queue gave up on this request.
+    /// Answered before any device took it (the queue's decision, or no WebSocket support).
     func reject(_ status: Int, _ why: String, retryAfter: Bool) {
         guard phase == .queued else { return }
         finish()
         self.status = status
         client.respondError(status, why, retryAfter: retryAfter)
     }
+
+    /// A connection freed up while the request waited in the queue.
+    func dispatchFromQueue(to connection: DeviceConnection) -> Bool { dispatch(to: connection) }
 
     /// An HTTP/1.1 WebSocket upgrade, carried to the device as an extended CONNECT
     /// (RFC 8441) when the device accepts those.
@@ -225,9 +251,9 @@ final class Exchange: DeviceStreamHandler {
         fields.removeHopByHop()
         for name in ["host", "expect"] { fields.remove(name) }
         // One pass: client-address fields (ForwardedFields) and access fields (AccessControl) dropped.
-        let access = gateway.access
+        let access = services.access
         var forwarded = ForwardedFields.forDevice(fields, peer: client.peerHost, scheme: client.scheme, authority: authority,
-                                                  trusted: gateway.config.trustedProxies, drop: access.dropsForDevice)
+                                                  trusted: services.config.trustedProxies, drop: access.dropsForDevice)
         if let p = self.access?.principal { forwarded.add("x-forwarded-user", p.displayName) }
         for (n, v) in forwarded { h.add(n, v) }
         return h
@@ -236,7 +262,7 @@ final class Exchange: DeviceStreamHandler {
     /// A response's (or trailers') fields as the user gets them: Set-Cookie made
     /// host-only unless `cookie_domain = keep`.
     private func userFields(_ fields: HTTPHeaders) -> HTTPHeaders {
-        gateway.config.keepCookieDomain ? fields : ForwardedFields.hostOnlyCookies(fields)
+        services.config.keepCookieDomain ? fields : ForwardedFields.hostOnlyCookies(fields)
     }
 
     // MARK: From the user
@@ -276,7 +302,7 @@ final class Exchange: DeviceStreamHandler {
         let answering = phase == .streaming
         finish()
         device?.cancel(stream: stream)
-        let why = "the request body stalled: nothing for " + String(gateway.config.requestTimeoutMs) + " ms"
+        let why = "the request body stalled: nothing for " + String(services.config.requestTimeoutMs) + " ms"
         if answering {
             client.abort(why)
         } else {
@@ -300,7 +326,7 @@ final class Exchange: DeviceStreamHandler {
         let n = credit.release(queued: client.bufferedOutput, finished: phase == .done)
         if n > 0 {
             device.consume(stream: stream, count: n)
-            lastResponseProgress = gateway.loop.now  // the device may send again: its clock starts now
+            lastResponseProgress = services.loop.now  // the device may send again: its clock starts now
         }
     }
 
@@ -322,7 +348,7 @@ final class Exchange: DeviceStreamHandler {
             fail(502, "device sent an invalid response")
             return
         }
-        gateway.loop.cancel(timer)
+        services.loop.cancel(timer)
         timer = nil
         phase = .streaming
         self.status = status
@@ -345,8 +371,8 @@ final class Exchange: DeviceStreamHandler {
         if endStream {
             responseComplete(trailers: HTTPHeaders())
         } else {
-            lastResponseProgress = gateway.loop.now
-            armResponseIdle(afterMilliseconds: gateway.config.responseTimeoutMs)
+            lastResponseProgress = services.loop.now
+            armResponseIdle(afterMilliseconds: services.config.responseTimeoutMs)
         }
     }
 
@@ -354,7 +380,7 @@ final class Exchange: DeviceStreamHandler {
     /// response_timeout_ms without a byte, counted only while its window is open:
     /// a user who does not read holds the device back (back-pressure, no limit).
     private func armResponseIdle(afterMilliseconds ms: Int) {
-        timer = gateway.loop.schedule(afterMilliseconds: ms) {
+        timer = services.loop.schedule(afterMilliseconds: ms) {
             self.timer = nil
             self.responseIdleCheck()
         }
@@ -362,19 +388,19 @@ final class Exchange: DeviceStreamHandler {
 
     private func responseIdleCheck() {
         guard phase == .streaming, !webSocket else { return }
-        let limit = UInt64(gateway.config.responseTimeoutMs) * 1_000_000
-        let idle = gateway.loop.now &- lastResponseProgress
+        let limit = UInt64(services.config.responseTimeoutMs) * 1_000_000
+        let idle = services.loop.now &- lastResponseProgress
         if credit.owed > 0 || idle < limit {
-            armResponseIdle(afterMilliseconds: credit.owed > 0 ? gateway.config.responseTimeoutMs : Int((limit - idle) / 1_000_000) + 1)
+            armResponseIdle(afterMilliseconds: credit.owed > 0 ? services.config.responseTimeoutMs : Int((limit - idle) / 1_000_000) + 1)
             return
         }
         finish()
         device?.cancel(stream: stream)
-        client.abort("device " + hostname + " sent nothing of its response body for " + String(gateway.config.responseTimeoutMs) + " ms")
+        client.abort("device " + hostname + " sent nothing of its response body for " + String(services.config.responseTimeoutMs) + " ms")
     }
 
     func deviceBody(_ bytes: [UInt8]) {
-        lastResponseProgress = gateway.loop.now
+        lastResponseProgress = services.loop.now
         credit.received(bytes.count)
         bytesOut += bytes.count
         if phase == .streaming { client.writeBody(bytes) }
@@ -409,18 +435,18 @@ final class Exchange: DeviceStreamHandler {
             // Not answered yet. REFUSED_STREAM means the device did not process it
             // (RFC 9113 §8.7); a lost connection leaves that unknown, so only requests
             // that are safe to repeat and sent whole in their HEADERS go again.
-            let refused = errorCode == 7
-            let repeatable = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(request.method) && !requestHasBody
-            if retries < 2 && !webSocket && (refused || (connectionLost && repeatable)) && held.isEmpty && !sentBody {
+            let refused = errorCode == RetryRule.refusedStream
+            if RetryRule.mayRetry(method: request.method, hasBody: requestHasBody, bodySent: sentBody || !held.isEmpty, webSocket: webSocket,
+                                  errorCode: errorCode, connectionLost: connectionLost, retries: retries) {
                 retries += 1
-                gateway.loop.cancel(timer)
+                services.loop.cancel(timer)
                 timer = nil
                 device = nil
                 heldEnd = requestEnded  // an empty body that already ended ends again on the retry
                 phase = .queued
-                gateway.logger.info("retrying " + request.method + " " + request.target + " for " + hostname
+                services.logger.info("retrying " + request.method + " " + request.target + " for " + hostname
                                     + (refused ? " (refused by the device)" : " (its connection was lost)"))
-                gateway.queue.route(self)
+                route()
                 return
             }
             fail(502, connectionLost ? "the device's connection was lost before it answered"
@@ -436,7 +462,7 @@ final class Exchange: DeviceStreamHandler {
     private func timedOut() {
         guard phase == .waiting else { return }
         device?.cancel(stream: stream)
-        fail(504, "device " + hostname + " did not answer within " + String(gateway.config.responseTimeoutMs) + " ms")
+        fail(504, "device " + hostname + " did not answer within " + String(services.config.responseTimeoutMs) + " ms")
     }
 
     private func fail(_ status: Int, _ why: String) {
@@ -448,9 +474,9 @@ final class Exchange: DeviceStreamHandler {
     private func finish() {
         let wasQueued = phase == .queued
         phase = .done
-        if wasQueued { gateway.queue.remove(self) }
+        if wasQueued { services.queue.remove(self, hostname: hostname) }
         settleCredit()
-        gateway.loop.cancel(timer)
+        services.loop.cancel(timer)
         timer = nil
     }
 }

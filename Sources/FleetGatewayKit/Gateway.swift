@@ -10,25 +10,30 @@ import TLS
 import ConfigFormat
 import Wire
 
-final class Gateway {
-    private(set) var config: GatewayConfig
+final class Gateway: UserConnectionOwner {
+    /// The settings in force (reload replaces them for every part that holds `settings`).
+    let settings: CurrentConfig
+    var config: GatewayConfig { settings.value }
     let loop: EventLoop
     let logger: Logger
-    let registry: DeviceRegistry
-    private(set) var queue: RequestQueue!
-    private(set) var health: HealthChecker!
-    private(set) var admin: AdminServer!
-    let metrics = Metrics()
+    /// The one device directory: which connections each device has.
+    let registry: GatewayDirectory
+    let queue: GatewayQueue
+    let health: HealthChecker
+    let admin: AdminServer
+    let metrics: Metrics
     /// Who may reach which device: every user request is decided here before it is routed.
     let access: AccessControl
     private var jwksFetcher: JWKSFetcher?
     private var jwksRefresh: TimerID?
     /// Who last reached each device (admin /devices/NAME "last_access").
-    let ledger = AccessLedger()
-    /// Users' HTTP/2 upload windows grown beyond UploadWindow.initial, in bytes, all connections.
-    var uploadWindowGrowth = 0
-    /// The windows of users' HTTP/2 upload streams, all connections (`upload_budget_bytes`).
-    var uploadWindows = 0
+    let ledger: AccessLedger
+    /// Users' HTTP/2 upload windows, all connections (UploadWindow).
+    let uploads = UploadBudget()
+    let recorder: RequestRecorder
+    /// What every user connection and its exchanges are given (made once, on first use).
+    private lazy var userServices = UserServices(loop: loop, logger: logger, settings: settings, access: access, queue: queue,
+                                                 uploads: uploads, recorder: recorder, owner: self)
     private var deviceTLS: TLSContext?
     /// Names no device may take (the gateway's own), from the certificates in `config`.
     private var reservedNames: ReservedNames
@@ -57,10 +62,12 @@ final class Gateway {
     private var refusalLoggedAt: UInt64?
 
     init(config: GatewayConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
-        self.config = config
+        let settings = CurrentConfig(config)
+        self.settings = settings
         self.loop = loop
         self.logger = logger
-        registry = DeviceRegistry()
+        let registry = GatewayDirectory()
+        self.registry = registry
         reservedNames = ReservedNames(config: config)
         fileLimit = Int(rh_raise_nofile())
         budget = ConnectionBudget(fileLimit: fileLimit, limit: config.maxUserConnections,
@@ -68,10 +75,21 @@ final class Gateway {
         deviceTLS = config.plaintextDevices ? nil : try TLSContext(config.deviceTLS())
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
         access = AccessControl(config: config, clock: loop.clock, logger: logger)
-        queue = RequestQueue(gateway: self)
-        health = HealthChecker(gateway: self)
-        admin = AdminServer(gateway: self)
+        let metrics = Metrics()
         metrics.perDevice = config.metricsPerDevice
+        self.metrics = metrics
+        let ledger = AccessLedger()
+        self.ledger = ledger
+        recorder = RequestRecorder(loop: loop, logger: logger, settings: settings, directory: registry, metrics: metrics, ledger: ledger)
+        let health = HealthChecker(loop: loop, logger: logger, settings: settings, directory: registry)
+        let queue = GatewayQueue(clock: loop.clock, settings: settings, directory: registry, health: health)
+        // A device that comes up again may take what waits for it.
+        health.onDeviceUp = { hostname in queue.deviceAvailable(hostname: hostname) }
+        self.health = health
+        self.queue = queue
+        admin = AdminServer(loop: loop, logger: logger, settings: settings,
+                            views: AdminServer.Views(directory: registry, health: health, queue: queue, ledger: ledger, metrics: metrics))
+        admin.userConnections = { [unowned self] in self.budget.total }
     }
 
     var devicePort: Int { Socket.localPort(deviceListener) }
@@ -163,34 +181,6 @@ final class Gateway {
     func logKeys(_ keys: JWKS, from source: String) {
         logger.notice("JWKS " + source + ": " + String(keys.keyIDs.count) + " keys")
         for why in keys.skipped { logger.warning("JWKS " + source + ": key skipped: " + why) }
-    }
-
-    /// One access decision: metrics and the device's last access (admin API).
-    func recordAccess(_ outcome: AccessControl.Outcome, device: String) {
-        let auth = outcome.principal?.method.rawValue ?? "none"
-        metrics.accessDecision(result: outcome.status.map { String($0) } ?? "allowed", auth: auth)
-        // Per device only for a device that is there: names strangers make up take no slot.
-        if let status = outcome.status, let host = config.hostnameTemplate.hostname(for: device),
-           !registry.connections(hostname: host).isEmpty {
-            ledger.recordAccess(device: device, user: outcome.principal?.displayName ?? "", status: status)
-        }
-    }
-
-    /// A user's request answered (or cut; status 0: the user left before the answer,
-    /// logged as 499, nginx's convention): the metrics, the access log line, the
-    /// device's last access and its own series with `metrics_per_device`.
-    func requestDone(_ r: AccessLog.Request, status answered: Int, bytes: Int, aborted: Bool, exchange ex: Exchange?) {
-        let status = answered == 0 ? 499 : answered
-        let seconds = Double(loop.now &- r.start) / 1e9
-        metrics.request(status: status, seconds: seconds)
-        // A denial was recorded when decided; a request no device took names no device.
-        if let ex, ex.access?.status == nil, let name = ex.deviceName {
-            ledger.recordAccess(device: name, user: ex.access?.principal?.displayName ?? "", status: status)
-            metrics.deviceRequest(device: name, status: status, bytesIn: ex.bytesIn, bytesOut: bytes)
-        }
-        guard config.accessLog else { return }
-        logger.info(AccessLog.line(r, status: status, bytes: bytes, seconds: seconds, aborted: aborted, access: ex?.access),
-                    LogContext(device: ex?.deviceName, connection: ex?.connectionID))
     }
 
     /// Accepts what is pending on `listener` (at most 64 per wake-up, so users and
@@ -297,7 +287,7 @@ final class Gateway {
             self.metrics.deviceConnectionAccepted()
             c.connection.enableLiveness(intervalMs: self.config.idlePingMs)
             self.registry.add(c)
-            self.enforceConnectionLimit(c.identity.hostname)
+            self.enforceConnectionLimit(c.identity)
             self.closeAtExpiry(c)
             self.health.deviceConnected(hostname: c.identity.hostname)
             self.queue.deviceAvailable(hostname: c.identity.hostname)
@@ -353,7 +343,7 @@ final class Gateway {
         if (newPublicTLS == nil) == (publicTLS == nil) { publicTLS = newPublicTLS }
         let jwksSourceChanged = applied.jwtJWKSURL != config.jwtJWKSURL || applied.jwtJWKSCA != config.jwtJWKSCA
         let templateChanged = applied.hostnameTemplate != config.hostnameTemplate
-        config = applied
+        settings.value = applied
         if jwksSourceChanged { startJWKSFetcher() }  // before apply, which asks the URL again
         access.apply(applied)
         if let keys = applied.jwtJWKS { logKeys(keys, from: applied.jwtJWKSFile ?? "jwt_jwks") }
@@ -365,8 +355,8 @@ final class Gateway {
         // Tunnels that are up are checked against the new rules: a device revoked by
         // the new CRL, signed by a CA no longer trusted, or outside the new allow-list
         // is cut now, not at its next dial.
-        for host in registry.hostnames {
-            for c in registry.connections(hostname: host) {
+        for device in registry.devices {
+            for c in registry.connections(of: device) {
                 if templateChanged, applied.hostnameTemplate.hostname(for: c.identity.name) != c.identity.hostname {
                     // Its hostname changed: it dials again and is routed (and named to the policy) by the new one.
                     logger.notice("reload: hostname_template gives " + c.identity.name + " another hostname; closing", c.ctx)
@@ -399,10 +389,8 @@ final class Gateway {
 
     /// A device holds at most `max_connections_per_device`: a rebooted device must
     /// never find its name "taken" by its own stale connections, so the oldest goes.
-    private func enforceConnectionLimit(_ hostname: String) {
-        let conns = registry.connections(hostname: hostname).sorted { $0.connectedAt < $1.connectedAt }
-        guard conns.count > config.maxConnectionsPerDevice else { return }
-        for old in conns.prefix(conns.count - config.maxConnectionsPerDevice) {
+    private func enforceConnectionLimit(_ device: DeviceIdentity) {
+        for old in registry.surplus(of: device, max: config.maxConnectionsPerDevice) {
             logger.notice("closing the oldest connection: over max_connections_per_device (" + String(config.maxConnectionsPerDevice) + ")", old.ctx)
             registry.remove(old)
             // ENHANCE_YOUR_CALM tells the agent this was no restart: it backs off
@@ -566,7 +554,7 @@ final class Gateway {
         pendingUsers[ObjectIdentifier(t)] = nil
         if h2 {
             do throws(HTTP2Error) {
-                let c = try PublicH2Connection(gateway: self, transport: t, scheme: scheme)
+                let c = try PublicH2Connection(services: userServices, transport: t, scheme: scheme)
                 users[ObjectIdentifier(c)] = c
                 c.start(first: first)
             } catch {
@@ -574,7 +562,7 @@ final class Gateway {
             }
             return
         }
-        let pc = PublicConnection(gateway: self, transport: t, scheme: scheme)
+        let pc = PublicConnection(services: userServices, transport: t, scheme: scheme)
         users[ObjectIdentifier(pc)] = pc
         pc.start(first: first)
     }

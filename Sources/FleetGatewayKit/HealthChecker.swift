@@ -22,15 +22,25 @@ struct DeviceHealth {
     var checking = false
 }
 
-final class HealthChecker {
-    private let gateway: Gateway
+final class HealthChecker: DeviceHealthView {
+    private let loop: EventLoop
+    private let logger: Logger
+    private let settings: CurrentConfig
+    private let directory: GatewayDirectory
     private(set) var devices: [String: DeviceHealth] = [:]
     private var timer: TimerID?
     private(set) var results: [String: Int] = ["success": 0, "failure": 0, "timeout": 0]
+    /// A device's state became `up`: requests waiting for it may go (RequestQueue).
+    var onDeviceUp: ((String) -> Void)?
 
-    init(gateway: Gateway) { self.gateway = gateway }
+    init(loop: EventLoop, logger: Logger, settings: CurrentConfig, directory: GatewayDirectory) {
+        self.loop = loop
+        self.logger = logger
+        self.settings = settings
+        self.directory = directory
+    }
 
-    var config: GatewayConfig { gateway.config }
+    var config: GatewayConfig { settings.value }
 
     func start() {
         guard config.checkIntervalMs > 0 else { return }
@@ -38,7 +48,7 @@ final class HealthChecker {
     }
 
     func stop() {
-        gateway.loop.cancel(timer)
+        loop.cancel(timer)
         timer = nil
     }
 
@@ -53,7 +63,7 @@ final class HealthChecker {
 
     private func schedule() {
         guard config.checkIntervalMs > 0 else { return }
-        timer = gateway.loop.schedule(afterMilliseconds: max(1, config.checkIntervalMs / steps)) {
+        timer = loop.schedule(afterMilliseconds: max(1, config.checkIntervalMs / steps)) {
             self.schedule()  // first: the cadence does not drift by the time a step takes
             self.step()
         }
@@ -61,7 +71,7 @@ final class HealthChecker {
 
     private func step() {
         if roundStep == 0 {
-            round = gateway.registry.hostnames
+            round = directory.hostnames
             roundNext = 0
         }
         roundStep += 1
@@ -81,7 +91,7 @@ final class HealthChecker {
 
     /// A device's first connection came up: its health is unknown until checked.
     func deviceConnected(hostname: String) {
-        if devices[hostname] == nil { devices[hostname] = DeviceHealth(since: gateway.loop.now) }
+        if devices[hostname] == nil { devices[hostname] = DeviceHealth(since: loop.now) }
     }
 
     /// A device's last connection went away.
@@ -90,11 +100,11 @@ final class HealthChecker {
     private func check(_ hostnames: ArraySlice<String>) {
         for hostname in hostnames {
             // The round's list may be up to an interval old: skip devices gone since.
-            guard !gateway.registry.connections(hostname: hostname).isEmpty else { continue }
+            guard !directory.connections(hostname: hostname).isEmpty else { continue }
             deviceConnected(hostname: hostname)
-            guard devices[hostname]?.checking == false, let dev = gateway.registry.pick(hostname: hostname) else { continue }
+            guard devices[hostname]?.checking == false, let dev = directory.pick(hostname: hostname) else { continue }
             devices[hostname]?.checking = true
-            let check = HealthCheck(checker: self, hostname: hostname, device: dev, started: gateway.loop.now)
+            let check = HealthCheck(checker: self, hostname: hostname, device: dev, started: loop.now)
             var h = HTTPHeaders()
             h.add(":method", config.checkMethod)
             h.add(":scheme", "https")
@@ -106,16 +116,17 @@ final class HealthChecker {
                 continue
             }
             check.stream = stream
-            check.timer = gateway.loop.schedule(afterMilliseconds: config.checkTimeoutMs) {
+            check.timer = loop.schedule(afterMilliseconds: config.checkTimeoutMs) {
                 check.timer = nil
                 check.finish(ok: false, timedOut: true)
             }
         }
     }
 
-    func cancel(_ timer: TimerID?) { gateway.loop.cancel(timer) }
+    func cancel(_ timer: TimerID?) { loop.cancel(timer) }
 
-    fileprivate func record(_ hostname: String, ok: Bool, timedOut: Bool, latencyMs: Int) {
+    /// One check's result for `hostname` (HealthCheck, and the tests).
+    func record(_ hostname: String, ok: Bool, timedOut: Bool, latencyMs: Int) {
         results[ok ? "success" : (timedOut ? "timeout" : "failure"), default: 0] += 1
         guard var h = devices[hostname] else { return }
         h.checking = false
@@ -133,10 +144,10 @@ final class HealthChecker {
     }
 
     private func change(_ h: inout DeviceHealth, to state: HealthState, _ hostname: String) {
-        gateway.logger.notice("health: " + hostname + " is " + state.rawValue + " (was " + h.state.rawValue + ")")
+        logger.notice("health: " + hostname + " is " + state.rawValue + " (was " + h.state.rawValue + ")")
         h.state = state
-        h.since = gateway.loop.now
-        if state == .up { gateway.queue.deviceAvailable(hostname: hostname) }
+        h.since = loop.now
+        if state == .up { onDeviceUp?(hostname) }
     }
 }
 
@@ -179,5 +190,5 @@ final class HealthCheck: DeviceStreamHandler {
 }
 
 extension HealthChecker {
-    var now: UInt64 { gateway.loop.now }
+    var now: UInt64 { loop.now }
 }

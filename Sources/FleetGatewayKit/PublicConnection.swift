@@ -15,7 +15,7 @@ import TLS
 import Wire
 
 final class PublicConnection: UserSide {
-    let gateway: Gateway
+    let services: UserServices
     let transport: Transport
     let scheme: String
     private var parser: HTTP1RequestParser
@@ -53,11 +53,11 @@ final class PublicConnection: UserSide {
     /// Since when no request has been in progress (for the gateway's descriptor budget).
     private(set) var idleSince: UInt64?
 
-    init(gateway: Gateway, transport: Transport, scheme: String) {
-        self.gateway = gateway
+    init(services: UserServices, transport: Transport, scheme: String) {
+        self.services = services
         self.transport = transport
         self.scheme = scheme
-        parser = HTTP1RequestParser(limits: HTTP1Limits(maxHeadBytes: gateway.config.maxHeadBytes))
+        parser = HTTP1RequestParser(limits: HTTP1Limits(maxHeadBytes: services.config.maxHeadBytes))
     }
 
     var peerHost: String { transport.peer.host }
@@ -83,7 +83,7 @@ final class PublicConnection: UserSide {
         transport.onDrained = { self.current?.userDrained() }
         transport.onPeerFinished = { self.peerFinished() }
         transport.onClose = { _ in self.closed() }
-        idleSince = gateway.loop.now
+        idleSince = services.loop.now
         arm(idle: false)
         if !first.isEmpty { receive(first) }
     }
@@ -172,7 +172,7 @@ final class PublicConnection: UserSide {
     }
 
     private func begin(_ received: HTTPRequestHead) {
-        gateway.loop.cancel(timer)
+        services.loop.cancel(timer)
         timer = nil
         idleSince = nil
         // One authority routes the request and names it in the log: the target's in
@@ -181,7 +181,7 @@ final class PublicConnection: UserSide {
         let authority = form?.authority ?? received.headers.first("host") ?? ""
         var head = received
         if let path = form?.path { head.target = path }
-        logged = (head.method, received.target, authority.isEmpty ? "-" : authority, gateway.loop.now)
+        logged = (head.method, received.target, authority.isEmpty ? "-" : authority, services.loop.now)
         responseStatus = 0
         responseBytes = 0
         let hasBody = ((try? HTTP1RequestParser.framing(of: head)) ?? .none) != .none
@@ -259,7 +259,7 @@ final class PublicConnection: UserSide {
         responseStatus = 101
         chunkedResponse = false
         noResponseBody = false
-        gateway.loop.cancel(timer)
+        services.loop.cancel(timer)
         timer = nil
         transport.resumeReading(.upgrading)
         let early = parser.takeUnparsed()
@@ -344,7 +344,7 @@ final class PublicConnection: UserSide {
 
     /// A complete error response with a short text body (none for HEAD).
     func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool, fields: HTTPHeaders) {
-        gateway.logger.info("answered " + String(status) + ": " + message)
+        services.logger.info("answered " + String(status) + ": " + message)
         let body = Array((message + "\n").utf8)
         var h = fields
         h.add("Content-Type", "text/plain; charset=utf-8")
@@ -365,7 +365,7 @@ final class PublicConnection: UserSide {
 
     /// Ends the connection abruptly: the user sees a broken response, never a truncated one as complete.
     func abort(_ why: String) {
-        gateway.logger.warning("aborting user connection: " + why)
+        services.logger.warning("aborting user connection: " + why)
         record(aborted: true)
         flushHead()
         closing = true
@@ -378,18 +378,18 @@ final class PublicConnection: UserSide {
     private func record(aborted: Bool) {
         guard let r = logged else { return }
         logged = nil
-        gateway.requestDone(AccessLog.Request(client: transport.peer.description, host: r.host, method: r.method, target: r.target, start: r.start),
+        services.recorder.requestDone(AccessLog.Request(client: transport.peer.description, host: r.host, method: r.method, target: r.target, start: r.start),
                             status: responseStatus, bytes: responseBytes, aborted: aborted, exchange: current)
     }
 
     // MARK: Time limits and shutdown
 
     private func arm(idle waitingForFirstByte: Bool) {
-        gateway.loop.cancel(timer)
+        services.loop.cancel(timer)
         idle = waitingForFirstByte
-        if waitingForFirstByte { idleSince = gateway.loop.now }
-        let ms = waitingForFirstByte ? gateway.userIdleTimeoutMs : gateway.config.requestTimeoutMs
-        timer = gateway.loop.schedule(afterMilliseconds: ms) {
+        if waitingForFirstByte { idleSince = services.loop.now }
+        let ms = waitingForFirstByte ? services.owner.userIdleTimeoutMs : services.config.requestTimeoutMs
+        timer = services.loop.schedule(afterMilliseconds: ms) {
             self.timer = nil
             self.timedOut()
         }
@@ -399,9 +399,9 @@ final class PublicConnection: UserSide {
     /// head or of the last piece (slowloris on bodies): a device that streams its
     /// answer while it reads would otherwise hold the stream for as long as the user likes.
     private func armBody() {
-        gateway.loop.cancel(timer)
+        services.loop.cancel(timer)
         bodyTimerArmed = true
-        timer = gateway.loop.schedule(afterMilliseconds: gateway.config.requestTimeoutMs) {
+        timer = services.loop.schedule(afterMilliseconds: services.config.requestTimeoutMs) {
             self.timer = nil
             self.bodyTimerArmed = false
             self.bodyStalled()
@@ -409,14 +409,14 @@ final class PublicConnection: UserSide {
     }
 
     private func disarmBody() {
-        gateway.loop.cancel(timer)
+        services.loop.cancel(timer)
         timer = nil
         bodyTimerArmed = false
     }
 
     private func bodyStalled() {
         guard !closing, !requestDone, let ex = current else { return }
-        let why = "the request body stalled: nothing for " + String(gateway.config.requestTimeoutMs) + " ms"
+        let why = "the request body stalled: nothing for " + String(services.config.requestTimeoutMs) + " ms"
         if responseStatus == 0 {
             ex.userGone()  // the device stops working on it
             current = nil
@@ -439,12 +439,12 @@ final class PublicConnection: UserSide {
     private func closed() {
         record(aborted: true)
         closing = true
-        gateway.loop.cancel(timer)
+        services.loop.cancel(timer)
         timer = nil
         current?.userGone()
         current = nil
         queued.removeAll()
-        gateway.userConnectionClosed(self)
+        services.owner.userConnectionClosed(self)
     }
 
     /// Graceful stop: close now when idle, else after the response in progress.

@@ -13,7 +13,7 @@ import TLS
 import Wire
 
 final class PublicH2Connection {
-    let gateway: Gateway
+    let services: UserServices
     let connection: HTTP2Connection
     let scheme: String
     private var streams: [Int32: PublicStream] = [:]
@@ -28,20 +28,20 @@ final class PublicH2Connection {
     /// The receive windows of the open streams, together (UploadWindow.connectionBudget).
     var windowSum = 0
 
-    init(gateway: Gateway, transport: Transport, scheme: String) throws(HTTP2Error) {
-        self.gateway = gateway
+    init(services: UserServices, transport: Transport, scheme: String) throws(HTTP2Error) {
+        self.services = services
         self.scheme = scheme
         var settings = HTTP2Settings()
-        settings.maxConcurrentStreams = UInt32(gateway.config.publicMaxStreams)
+        settings.maxConcurrentStreams = UInt32(services.config.publicMaxStreams)
         settings.enableConnectProtocol = true
         // A request's header block is bounded as an HTTP/1.1 head is (431 past it).
-        settings.maxHeaderListSize = UInt32(gateway.config.maxHeadBytes)
+        settings.maxHeaderListSize = UInt32(services.config.maxHeadBytes)
         settings.maxHeaderFields = 100
         settings.initialWindowSize = Int32(UploadWindow.initial)
         // Never the one that stalls: every stream stays within its own window.
-        settings.connectionWindowSize = Int32(UploadWindow.connectionBudget + gateway.config.publicMaxStreams * UploadWindow.initial)
+        settings.connectionWindowSize = Int32(UploadWindow.connectionBudget + services.config.publicMaxStreams * UploadWindow.initial)
         let session = try HTTP2Session(role: .server, preface: .standard, settings: settings)
-        connection = HTTP2Connection(transport: transport, session: session, logger: gateway.logger, context: LogContext())
+        connection = HTTP2Connection(transport: transport, session: session, logger: services.logger, context: LogContext())
     }
 
     var transport: Transport { connection.transport }
@@ -64,7 +64,7 @@ final class PublicH2Connection {
             begin(id, headers, endStream: endStream)
         case .headersTooLarge(let id, _):
             guard streams[id] == nil else { return }  // trailers: the session reset the stream
-            openStream(id).respondError(431, "request header block over " + String(gateway.config.maxHeadBytes) + " bytes or 100 fields")
+            openStream(id).respondError(431, "request header block over " + String(services.config.maxHeadBytes) + " bytes or 100 fields")
         case .data(let id, let bytes):
             if let s = streams[id] { s.userData(bytes) } else { consume(id, bytes.count) }
         case .endStream(let id):
@@ -82,7 +82,7 @@ final class PublicH2Connection {
 
     /// A new stream: the connection is busy, and the stream's window joins its budget.
     private func openStream(_ id: Int32) -> PublicStream {
-        gateway.loop.cancel(idleTimer)
+        services.loop.cancel(idleTimer)
         idleTimer = nil
         idleSince = nil
         hadStream = true
@@ -101,7 +101,7 @@ final class PublicH2Connection {
         for (n, v) in headers where !n.hasPrefix(":") && n != "host" { fields.add(n, v) }
         fields.add("host", authority)
         let path = headers.first(":path") ?? ""
-        s.logged = (method, path, authority.isEmpty ? "-" : authority, gateway.loop.now)
+        s.logged = (method, path, authority.isEmpty ? "-" : authority, services.loop.now)
         let head = HTTPRequestHead(method: method, target: path, versionMinor: 1, headers: fields)
         // :path as an HTTP/1.1 target would be (RFC 9113 §8.3.1): origin-form, or "*" for
         // OPTIONS; a CONNECT carries none unless extended (RFC 8441: origin-form).
@@ -128,11 +128,11 @@ final class PublicH2Connection {
         // An upload's window is what its user may park here: all of them together
         // stay within the gateway's budget (a WebSocket's bytes are not an upload).
         if !endStream && method != "CONNECT" {
-            guard gateway.uploadWindows + s.window <= gateway.config.uploadBudgetBytes else {
+            guard services.uploads.windows + s.window <= services.config.uploadBudgetBytes else {
                 s.respondError(503, "the gateway holds as many uploads as it may; try again", close: false, retryAfter: true)
                 return
             }
-            gateway.uploadWindows += s.window
+            services.uploads.windows += s.window
             s.countsAsUpload = true
         }
         let ex = Exchange(client: s, request: head, authority: authority, hostname: host)
@@ -161,35 +161,35 @@ final class PublicH2Connection {
     /// A stream may grow its window by `by` bytes: within this connection's budget and the gateway's.
     func mayGrowWindow(by: Int) -> Bool {
         windowSum + by <= UploadWindow.connectionBudget
-            && gateway.uploadWindowGrowth + by <= UploadWindow.globalGrowthBudget
-            && gateway.uploadWindows + by <= gateway.config.uploadBudgetBytes
+            && services.uploads.growth + by <= UploadWindow.globalGrowthBudget
+            && services.uploads.windows + by <= services.config.uploadBudgetBytes
     }
 
     func windowGrew(by: Int) {
         windowSum += by
-        gateway.uploadWindowGrowth += by
-        gateway.uploadWindows += by  // only uploads grow
+        services.uploads.growth += by
+        services.uploads.windows += by  // only uploads grow
     }
 
     /// A stream is gone: its window leaves the budgets.
     private func giveBack(_ s: PublicStream) {
         windowSum -= s.window
-        gateway.uploadWindowGrowth -= s.window - UploadWindow.initial
-        if s.countsAsUpload { gateway.uploadWindows -= s.window }
+        services.uploads.growth -= s.window - UploadWindow.initial
+        if s.countsAsUpload { services.uploads.windows -= s.window }
     }
 
     /// An upload can park no more bytes here: its window leaves the gateway's budget.
     func uploadSettled(_ s: PublicStream) {
-        gateway.uploadWindows -= s.window
+        services.uploads.windows -= s.window
     }
 
     /// Rapid reset: more than `resetsPerSecond` streams cancelled by the user in a second.
     private func countReset() {
-        let now = gateway.loop.now
+        let now = services.loop.now
         resets.append(now)
         resets.removeAll { now &- $0 > 1_000_000_000 }
         if resets.count > PublicH2Connection.resetsPerSecond {
-            gateway.logger.warning("user " + transport.peer.description + " resets streams too fast; closing")
+            services.logger.warning("user " + transport.peer.description + " resets streams too fast; closing")
             connection.session.goaway(errorCode: 11)  // ENHANCE_YOUR_CALM
             connection.flush()
             transport.closeAfterFlush()
@@ -199,10 +199,10 @@ final class PublicH2Connection {
     /// No stream open: close after `request_timeout_ms` if none ever was (a preface,
     /// SETTINGS or PINGs are nothing to wait for), else after the (pressure-adjusted) idle timeout.
     private func armIdle() {
-        gateway.loop.cancel(idleTimer)
-        idleSince = gateway.loop.now
-        let ms = hadStream ? gateway.userIdleTimeoutMs : gateway.config.requestTimeoutMs
-        idleTimer = gateway.loop.schedule(afterMilliseconds: ms) {
+        services.loop.cancel(idleTimer)
+        idleSince = services.loop.now
+        let ms = hadStream ? services.owner.userIdleTimeoutMs : services.config.requestTimeoutMs
+        idleTimer = services.loop.schedule(afterMilliseconds: ms) {
             self.idleTimer = nil
             if self.streams.isEmpty { self.goAway() }
         }
@@ -221,7 +221,7 @@ final class PublicH2Connection {
     }
 
     private func closed() {
-        gateway.loop.cancel(idleTimer)
+        services.loop.cancel(idleTimer)
         idleTimer = nil
         let all = streams
         streams.removeAll()
@@ -229,7 +229,7 @@ final class PublicH2Connection {
             s.closed(errorCode: 8)
             giveBack(s)
         }
-        gateway.userConnectionClosed(self)
+        services.owner.userConnectionClosed(self)
     }
 }
 
@@ -275,7 +275,7 @@ final class PublicStream: UserSide {
         self.id = id
     }
 
-    var gateway: Gateway { conn.gateway }
+    var services: UserServices { conn.services }
     var scheme: String { conn.scheme }
     var peerHost: String { conn.transport.peer.host }
     var tls: TLSConnection? { conn.transport.tls }
@@ -287,7 +287,7 @@ final class PublicStream: UserSide {
     func userData(_ bytes: [UInt8]) {
         owed += bytes.count
         received += bytes.count
-        lastBodyProgress = gateway.loop.now
+        lastBodyProgress = services.loop.now
         if let exchange {
             if let n = declaredLength, received >= n, !requestEnded, !isWebSocket {
                 tail += bytes
@@ -303,7 +303,7 @@ final class PublicStream: UserSide {
     /// END_STREAM (or trailers) from the user: the request is complete and valid.
     func userEnded() {
         requestEnded = true
-        gateway.loop.cancel(bodyTimer)
+        services.loop.cancel(bodyTimer)
         bodyTimer = nil
         guard let exchange else { return }
         if startsWhenEnded {
@@ -367,12 +367,12 @@ final class PublicStream: UserSide {
     func watchBody() {
         guard bodyTimer == nil else { return }
         guard !requestEnded, !isWebSocket, let exchange, exchange.isActive, exchange.requestBytesHeld == 0 else { return }
-        lastBodyProgress = gateway.loop.now
-        armBodyTimer(afterMilliseconds: gateway.config.requestTimeoutMs)
+        lastBodyProgress = services.loop.now
+        armBodyTimer(afterMilliseconds: services.config.requestTimeoutMs)
     }
 
     private func armBodyTimer(afterMilliseconds ms: Int) {
-        bodyTimer = gateway.loop.schedule(afterMilliseconds: ms) {
+        bodyTimer = services.loop.schedule(afterMilliseconds: ms) {
             self.bodyTimer = nil
             self.bodyTimerFired()
         }
@@ -381,8 +381,8 @@ final class PublicStream: UserSide {
     private func bodyTimerFired() {
         guard !requestEnded, let exchange, exchange.isActive else { return }
         if exchange.requestBytesHeld > 0 { return }  // the device's turn: release() re-arms once it took them
-        let limit = UInt64(gateway.config.requestTimeoutMs) * 1_000_000
-        let idle = gateway.loop.now &- lastBodyProgress
+        let limit = UInt64(services.config.requestTimeoutMs) * 1_000_000
+        let idle = services.loop.now &- lastBodyProgress
         if idle < limit {
             armBodyTimer(afterMilliseconds: Int((limit - idle) / 1_000_000) + 1)
             return
@@ -433,7 +433,7 @@ final class PublicStream: UserSide {
     }
 
     func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool, fields: HTTPHeaders) {
-        gateway.logger.info("answered " + String(status) + ": " + message)
+        services.logger.info("answered " + String(status) + ": " + message)
         let body = Array((message + "\n").utf8)
         var h = HTTPHeaders([(":status", String(status)), ("content-type", "text/plain; charset=utf-8"),
                              ("content-length", String(body.count))])
@@ -451,7 +451,7 @@ final class PublicStream: UserSide {
     }
 
     func abort(_ why: String) {
-        gateway.logger.warning("resetting user stream: " + why)
+        services.logger.warning("resetting user stream: " + why)
         session.resetStream(id, errorCode: 2)
         ended = true
         conn.connection.scheduleFlush()
@@ -479,7 +479,7 @@ final class PublicStream: UserSide {
     private func record(aborted: Bool) {
         guard let r = logged else { return }
         logged = nil
-        gateway.requestDone(AccessLog.Request(client: conn.transport.peer.description, host: r.host, method: r.method, target: r.target, start: r.start),
+        services.recorder.requestDone(AccessLog.Request(client: conn.transport.peer.description, host: r.host, method: r.method, target: r.target, start: r.start),
                             status: responseStatus, bytes: responseBytes, aborted: aborted, exchange: exchange)
     }
 
@@ -496,7 +496,7 @@ final class PublicStream: UserSide {
     func closed(errorCode: UInt32) {
         record(aborted: !responseComplete)
         if !responseComplete { exchange?.userGone() }
-        gateway.loop.cancel(bodyTimer)
+        services.loop.cancel(bodyTimer)
         bodyTimer = nil
         if owed > 0 { conn.consume(id, owed) }
         owed = 0
