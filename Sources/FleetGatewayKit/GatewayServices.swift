@@ -8,7 +8,6 @@
 //    shared by every user connection and its exchanges.
 import EventLoop
 import FleetAccess
-import Tunnel
 
 /// The settings in force. Gateway.reload replaces `value`; whoever holds this
 /// object reads the new settings from then on (as they did through the Gateway).

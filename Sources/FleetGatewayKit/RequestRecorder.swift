@@ -4,7 +4,6 @@
 // per device only for a device that is there) and the logger; no Gateway.
 import EventLoop
 import FleetAccess
-import Tunnel
 
 final class RequestRecorder {
     private let loop: EventLoop

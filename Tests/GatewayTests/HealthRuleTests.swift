@@ -4,7 +4,7 @@
 // are fed as HealthCheck records them; time is a ManualClock; no sockets.
 import EventLoop
 @testable import FleetGatewayKit
-import Tunnel
+import ConfigFormat
 import XCTest
 
 private final class Conn: DeviceStreamTarget {

@@ -4,7 +4,7 @@
 // health view and a ManualClock: no sockets, no event loop, no sleeping.
 import EventLoop
 @testable import FleetGatewayKit
-import Tunnel
+import ConfigFormat
 import XCTest
 
 private final class FakeConnection: DeviceStreamTarget {
