@@ -326,11 +326,9 @@ final class LocalExchange {
         if responseStarted {
             server.reset(stream: stream, errorCode: 2)
         } else {
-            let body = Array((why + "\n").utf8)
-            let h = HTTPHeaders([(":status", String(status)), ("content-type", "text/plain"),
-                                 ("content-length", String(body.count))])
-            server.respond(stream: stream, h, endStream: isHEAD)
-            if !isHEAD { server.sendBody(stream: stream, body, endStream: true) }
+            let r = ShortResponse.error(status, why)
+            server.respond(stream: stream, HTTPTranslation.http2Response(from: r.head), endStream: isHEAD)
+            if !isHEAD { server.sendBody(stream: stream, r.body, endStream: true) }
         }
         finishLocal(reusable: false)
     }

@@ -445,3 +445,8 @@ final class Exchange: DeviceStreamHandler {
         timer = nil
     }
 }
+
+extension Exchange {
+    /// The Retry-After (seconds) of an answer that asks the user to try again (503).
+    static let retryAfterSeconds = 5
+}

@@ -426,16 +426,12 @@ final class PublicStream: UserSide {
 
     func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool, fields: HTTPHeaders) {
         gateway.logger.info("answered " + String(status) + ": " + message)
-        let body = Array((message + "\n").utf8)
-        var h = HTTPHeaders([(":status", String(status)), ("content-type", "text/plain; charset=utf-8"),
-                             ("content-length", String(body.count))])
-        for (n, v) in fields { h.add(HostRouting.asciiLowercased(n), v) }
-        if retryAfter { h.add("retry-after", "5") }
+        let r = ShortResponse.error(status, message, fields: fields, retryAfter: retryAfter ? Exchange.retryAfterSeconds : nil)
         let isHEAD = exchange?.request.method == "HEAD"
         responseStatus = status
-        responseBytes = isHEAD ? 0 : body.count
-        submit(h, endStream: isHEAD)
-        if !isHEAD { session.sendData(stream: id, body, endStream: true, resetAfter: !requestEnded) }
+        responseBytes = isHEAD ? 0 : r.body.count
+        submit(HTTPTranslation.http2Response(from: r.head), endStream: isHEAD)
+        if !isHEAD { session.sendData(stream: id, r.body, endStream: true, resetAfter: !requestEnded) }
         ended = true
         responseComplete = true
         conn.connection.scheduleFlush()

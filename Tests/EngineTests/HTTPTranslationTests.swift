@@ -3,7 +3,7 @@
 // translations it replaced (Exchange's request and response, LocalExchange's
 // request and response, PublicH2Connection's both ways); where a hostile block
 // that nghttp2 refuses before any of them sees it now gets a safer result, the
-// test says so. Also HTTPMethod.
+// test says so. Also ShortResponse (the one error answer) and HTTPMethod.
 import XCTest
 import HTTPCore
 
@@ -250,7 +250,30 @@ final class HTTPTranslationTests: XCTestCase {
         XCTAssertEqual(HTTPTranslation.http2Response(from: try HTTPTranslation.http1Response(fromHTTP2: h2)), h2)
     }
 
-    // MARK: The idempotent methods
+    // MARK: The one short answer, and the idempotent methods
+
+    func testShortResponseErrorAsHTTP1AndHTTP2() {
+        let r = ShortResponse.error(503, "no device", fields: HTTPHeaders([("WWW-Authenticate", "Bearer")]), retryAfter: 5, close: true)
+        XCTAssertEqual(r.head.status, 503)
+        XCTAssertEqual(r.head.reason, "Service Unavailable")
+        XCTAssertEqual(r.body, Array("no device\n".utf8))
+        XCTAssertEqual(lines(r.head.headers), ["WWW-Authenticate: Bearer", "Content-Type: text/plain; charset=utf-8",
+                                               "Content-Length: 10", "Retry-After: 5", "Connection: close"])
+        // HTTP/2 has no Connection field: the stream ends, not the connection.
+        XCTAssertEqual(lines(HTTPTranslation.http2Response(from: r.head)),
+                       [":status: 503", "www-authenticate: Bearer", "content-type: text/plain; charset=utf-8",
+                        "content-length: 10", "retry-after: 5"])
+        let plain = ShortResponse.error(404, "not here")
+        XCTAssertEqual(lines(plain.head.headers), ["Content-Type: text/plain; charset=utf-8", "Content-Length: 9"])
+    }
+
+    func testShortResponseAnyType() {
+        let r = ShortResponse(status: 200, body: "{}\n", contentType: "application/json",
+                              fields: HTTPHeaders([("Cache-Control", "no-store")]), close: true)
+        XCTAssertEqual(lines(r.head.headers), ["Cache-Control: no-store", "Content-Type: application/json",
+                                               "Content-Length: 3", "Connection: close"])
+        XCTAssertEqual(r.body, Array("{}\n".utf8))
+    }
 
     func testIdempotentMethods() {
         for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] { XCTAssertTrue(HTTPMethod.isIdempotent(m), m) }
