@@ -1,6 +1,6 @@
 // swift-tools-version:6.0
 //
-// One package, three programs. The engine modules (EventLoop, TLS, HTTP1, HTTP2,
+// One package, three programs. The engine modules (EventLoop, TLS, HTTPCore, HTTP1, HTTP2,
 // Wire, ConfigFormat, AgentKit) compile as Embedded Swift, like the agent.
 //
 //   swift build                      ordinary Swift, every product, tests
@@ -42,8 +42,11 @@ let package = Package(
         // file descriptors); no Foundation; Embedded-compatible.
         .target(name: "EventLoop", dependencies: ["CLibc"], swiftSettings: engineSettings),
         .target(name: "TLS", dependencies: ["CLibc", "COpenSSL"], swiftSettings: engineSettings),
-        .target(name: "HTTP1", dependencies: [], swiftSettings: engineSettings),
-        .target(name: "HTTP2", dependencies: ["CLibc", "CNghttp2", "HTTP1"], swiftSettings: engineSettings),
+        // What every HTTP version shares: HTTPHeaders, the message heads, methods, the
+        // HTTP/1.1 <-> HTTP/2 translation, the short answers programs make up.
+        .target(name: "HTTPCore", dependencies: [], swiftSettings: engineSettings),
+        .target(name: "HTTP1", dependencies: ["HTTPCore"], swiftSettings: engineSettings),
+        .target(name: "HTTP2", dependencies: ["CLibc", "CNghttp2", "HTTPCore"], swiftSettings: engineSettings),
         // The connection plumbing both sides use: Transport, HTTP2Connection, Liveness, back-pressure.
         .target(name: "Wire", dependencies: ["CLibc", "EventLoop", "TLS", "HTTP1", "HTTP2"], swiftSettings: engineSettings),
         // The configuration format and command line shared by all programs, and the version.
@@ -60,14 +63,14 @@ let package = Package(
         // JWTs, the access policy. The gateway's; a library so that tests and fuzzers use it.
         .target(name: "FleetAccess", dependencies: ["TLS", "COpenSSL", "CLibc", "FleetPKI"]),
         // The gateway (full Swift): everything but main.swift, so that tests and fuzzers use it as a library.
-        .target(name: "FleetGatewayKit", dependencies: ["Wire", "ConfigFormat", "TLS", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI", "FleetAccess"]),
+        .target(name: "FleetGatewayKit", dependencies: ["Wire", "ConfigFormat", "TLS", "HTTPCore", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI", "FleetAccess"]),
         .executableTarget(name: "FleetGateway", dependencies: ["FleetGatewayKit", "CLibc"]),
 
         // The simulator (full Swift): virtual devices on the real agent engine.
         .target(name: "DeviceSimKit", dependencies: ["AgentKit", "Wire", "ConfigFormat", "TLS", "HTTP1", "EventLoop", "FleetPKI"]),
         .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "AgentKit", "ConfigFormat", "EventLoop", "CLibc"]),
 
-        .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTP1", "HTTP2", "Wire", "ConfigFormat", "AgentKit"]),
+        .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTPCore", "HTTP1", "HTTP2", "Wire", "ConfigFormat", "AgentKit"]),
         .testTarget(name: "GatewayTests", dependencies: ["FleetGatewayKit", "Wire", "ConfigFormat", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
         .testTarget(name: "AccessTests", dependencies: ["FleetAccess", "FleetPKI", "COpenSSL", "TLS", "AccessTestSupport"]),
         .target(name: "AccessTestSupport", dependencies: ["FleetAccess", "COpenSSL"], path: "Tests/AccessTestSupport"),

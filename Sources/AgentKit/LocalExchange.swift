@@ -62,28 +62,19 @@ final class LocalExchange {
     var ctx: LogContext { LogContext(device: server.device, connection: server.id, stream: stream) }
 
     func start(headers: HTTPHeaders, endStream: Bool) {
-        guard let method = headers.first(":method"), let path = headers.first(":path") else {
+        guard let request = try? HTTPTranslation.http1Request(fromHTTP2: headers) else {
             server.reset(stream: stream, errorCode: 1)
             phase = .finished
             return
         }
+        let method = request.method, path = request.target
         let proto = headers.first(":protocol")
         if method == "CONNECT" && !(proto.map(WebSocketUpgrade.isWebSocketProtocol) ?? false) {
             fail(status: 501, proto == nil ? "CONNECT is not supported" : "only the websocket protocol is supported")
             return
         }
         upgrade = proto != nil
-        var out = HTTPHeaders()
-        var cookies: [String] = []
-        let authority = headers.first(":authority") ?? headers.first("host")
-        if let authority { out.add("Host", authority) }
-        for (name, value) in headers {
-            if name.hasPrefix(":") || name == "host" { continue }
-            if name == "cookie" { cookies.append(value); continue }
-            out.add(name, value)
-        }
-        if !cookies.isEmpty { out.add("Cookie", cookies.joined(separator: "; ")) }
-        out.removeHopByHop()
+        var out = request.headers
         requestEnded = endStream
         if upgrade {
             // The HTTP/1.1 handshake: a fresh key per hop; version, subprotocols and
@@ -98,7 +89,7 @@ final class LocalExchange {
             out.add("Transfer-Encoding", "chunked")
         }
         isHEAD = method == "HEAD"
-        idempotent = !upgrade && ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(method)
+        idempotent = !upgrade && HTTPMethod.isIdempotent(method)
         parser.expectResponse(toHEAD: isHEAD, upgrade: upgrade)
         head = HTTP1Writer.requestHead(HTTPRequestHead(method: upgrade ? "GET" : method, target: path, versionMinor: 1, headers: out))
         timer = server.transport.loop.schedule(afterMilliseconds: timeoutMs) {
@@ -240,18 +231,10 @@ final class LocalExchange {
                     fail(status: 502, "the local API did not accept the WebSocket upgrade (answered " + String(h.status) + ")")
                     return
                 }
-                var headers = h.headers
                 // The framing of this head, not of whatever the parser has read since.
                 let framing = (try? HTTP1ResponseParser.framing(of: h, toHEAD: isHEAD)) ?? .untilClose
-                headers.removeHopByHop()
-                // A 204 has no content, and says no length (RFC 9110 §8.6): HTTP/2 peers
-                // treat a 204 with content-length as malformed.
-                if h.status == 204 { headers.remove("Content-Length") }
-                var out = HTTPHeaders()
-                out.add(":status", String(h.status))
-                for (n, v) in headers { out.add(n, v) }
                 headEndedStream = framing == .none
-                server.respond(stream: stream, out, endStream: headEndedStream)
+                server.respond(stream: stream, HTTPTranslation.http2Response(from: h), endStream: headEndedStream)
             case .body(let b):
                 forward(b)
             case .end(let trailers):
@@ -343,11 +326,9 @@ final class LocalExchange {
         if responseStarted {
             server.reset(stream: stream, errorCode: 2)
         } else {
-            let body = Array((why + "\n").utf8)
-            let h = HTTPHeaders([(":status", String(status)), ("content-type", "text/plain"),
-                                 ("content-length", String(body.count))])
-            server.respond(stream: stream, h, endStream: isHEAD)
-            if !isHEAD { server.sendBody(stream: stream, body, endStream: true) }
+            let r = ShortResponse.error(status, why)
+            server.respond(stream: stream, HTTPTranslation.http2Response(from: r.head), endStream: isHEAD)
+            if !isHEAD { server.sendBody(stream: stream, r.body, endStream: true) }
         }
         finishLocal(reusable: false)
     }

@@ -171,11 +171,10 @@ final class AdminServer {
     }
 
     private func respond(_ t: Transport, _ status: Int, _ type: String, _ body: String, extra: [(String, String)] = []) {
-        let bytes = Array(body.utf8)
-        let h = HTTPHeaders([("Content-Type", type), ("Content-Length", String(bytes.count)), ("Connection", "close"),
-                             ("Cache-Control", "no-store")] + extra)
-        t.write(HTTP1Writer.responseHead(HTTPResponseHead(status: status, versionMinor: 1, headers: h)))
-        t.write(bytes)
+        let r = ShortResponse(status: status, body: body, contentType: type,
+                              fields: HTTPHeaders([("Cache-Control", "no-store")] + extra), close: true)
+        t.write(HTTP1Writer.responseHead(r.head))
+        t.write(r.body)
         t.closeAfterFlush()
     }
 

@@ -237,26 +237,19 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         return h
     }
 
-    /// The request as HTTP/2 headers for the device: hop-by-hop fields removed,
-    /// Host carried as :authority, `request.target` (origin-form or "*", see
-    /// RequestTarget) as :path, and the client's address, scheme and host set by us
+    /// The request as HTTP/2 headers for the device (HTTPTranslation: `authority` as
+    /// :authority, `request.target`, origin-form or "*", as :path), without Expect (the
+    /// gateway answers it), with the client's address, scheme and host set by us
     /// (ForwardedFields). The gateway is the edge: what a user claims there is not passed on.
     private func deviceHeaders() -> HTTPHeaders {
-        var h = HTTPHeaders()
-        h.add(":method", request.method)
-        h.add(":scheme", client.scheme)
-        h.add(":authority", authority)
-        h.add(":path", request.target)
-        var fields = request.headers
-        fields.removeHopByHop()
-        for name in ["host", "expect"] { fields.remove(name) }
+        var h = HTTPTranslation.http2Request(from: request, scheme: client.scheme, authority: authority)
+        h.remove("expect")
         // One pass: client-address fields (ForwardedFields) and access fields (AccessControl) dropped.
         let access = services.access
-        var forwarded = ForwardedFields.forDevice(fields, peer: client.peerHost, scheme: client.scheme, authority: authority,
+        var forwarded = ForwardedFields.forDevice(h, peer: client.peerHost, scheme: client.scheme, authority: authority,
                                                   trusted: services.config.trustedProxies, drop: access.dropsForDevice)
         if let p = self.access?.principal { forwarded.add("x-forwarded-user", p.displayName) }
-        for (n, v) in forwarded { h.add(n, v) }
-        return h
+        return forwarded
     }
 
     /// A response's (or trailers') fields as the user gets them: Set-Cookie made
@@ -342,12 +335,13 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         case .waiting:
             break
         }
-        guard let statusText = headers.first(":status"), let status = Int(statusText), status >= 200, status <= 999 else {
-            if let s = headers.first(":status"), let v = Int(s), v >= 100, v < 200 { return }  // interim: skip
+        guard let response = try? HTTPTranslation.http1Response(fromHTTP2: headers) else {
             device?.cancel(stream: stream)
             fail(502, "device sent an invalid response")
             return
         }
+        if response.status < 200 { return }  // interim: skip
+        let status = response.status
         services.loop.cancel(timer)
         timer = nil
         phase = .streaming
@@ -363,11 +357,8 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
             if endStream { deviceEnd() }
             return
         }
-        var fields = HTTPHeaders()
-        for (n, v) in headers where !n.hasPrefix(":") { fields.add(n, v) }
-        fields.removeHopByHop()
         let noBody = isHEAD || status == 204 || status == 304
-        client.writeHead(HTTPResponseHead(status: status, versionMinor: 1, headers: userFields(fields)), noBody: noBody)
+        client.writeHead(HTTPResponseHead(status: status, versionMinor: 1, headers: userFields(response.headers)), noBody: noBody)
         if endStream {
             responseComplete(trailers: HTTPHeaders())
         } else {
@@ -479,4 +470,9 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         services.loop.cancel(timer)
         timer = nil
     }
+}
+
+extension Exchange {
+    /// The Retry-After (seconds) of an answer that asks the user to try again (503).
+    static let retryAfterSeconds = 5
 }

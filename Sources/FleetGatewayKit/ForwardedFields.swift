@@ -22,15 +22,16 @@ enum ForwardedFields {
         "x-cluster-client-ip", "x-proxyuser-ip", "x-url-scheme", "front-end-https",
     ]
 
-    /// `fields` (hop-by-hop fields, Host and Expect already removed) as the device gets them.
-    /// `drop` removes more fields (it gets the name in lower case): AccessControl's.
+    /// The request's HTTP/2 block (HTTPTranslation's, Expect removed) as the device gets
+    /// it; pseudo-headers pass unchanged. `drop` removes more fields (it gets the name
+    /// in lower case): AccessControl's.
     static func forDevice(_ fields: HTTPHeaders, peer: String, scheme: String, authority: String,
                           trusted: [CIDR], drop: (String) -> Bool = { _ in false }) -> HTTPHeaders {
         let fromProxy = trusted.contains { $0.contains(peer) }
         var out = HTTPHeaders()
         for (n, v) in fields {
             let name = HostRouting.asciiLowercased(n)
-            if name.utf8.contains(0x5F) || clientFields.contains(name) || drop(name) { continue }
+            if !name.hasPrefix(":") && (name.utf8.contains(0x5F) || clientFields.contains(name) || drop(name)) { continue }
             out.add(n, v)
         }
         let forAddr = peer.utf8.contains(0x3A) ? "\"[" + peer + "]\"" : peer

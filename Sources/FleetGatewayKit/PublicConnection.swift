@@ -236,13 +236,11 @@ final class PublicConnection: UserSide {
 
     /// A WebSocket handshake we cannot take (RFC 6455 §4.2.2): 426 with the version we speak.
     private func upgradeRequired() {
-        let body = Array("WebSocket handshake needs Sec-WebSocket-Version: 13 and a 16-byte key\n".utf8)
-        let h = HTTPHeaders([("Sec-WebSocket-Version", "13"), ("Content-Type", "text/plain"),
-                             ("Content-Length", String(body.count)), ("Connection", "close")])
+        let r = ShortResponse.error(426, "WebSocket handshake needs Sec-WebSocket-Version: 13 and a 16-byte key",
+                                    fields: HTTPHeaders([("Sec-WebSocket-Version", "13")]), close: true)
         keepAlive = false
         responseStatus = 426
-        transport.write(HTTP1Writer.responseHead(HTTPResponseHead(status: 426, versionMinor: 1, headers: h)))
-        transport.write(body)
+        transport.write(HTTP1Writer.responseHead(r.head) + r.body)
         completeResponse()
     }
 
@@ -345,19 +343,15 @@ final class PublicConnection: UserSide {
     /// A complete error response with a short text body (none for HEAD).
     func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool, fields: HTTPHeaders) {
         services.logger.info("answered " + String(status) + ": " + message)
-        let body = Array((message + "\n").utf8)
-        var h = fields
-        h.add("Content-Type", "text/plain; charset=utf-8")
-        h.add("Content-Length", String(body.count))
-        if retryAfter { h.add("Retry-After", "5") }
         if close || !requestDone { keepAlive = false }
-        if !keepAlive { h.add("Connection", "close") }
+        let r = ShortResponse.error(status, message, fields: fields, retryAfter: retryAfter ? Exchange.retryAfterSeconds : nil,
+                                    close: !keepAlive)
         flushHead()
-        var out = HTTP1Writer.responseHead(HTTPResponseHead(status: status, versionMinor: 1, headers: h))
-        if !isHEAD { out += body }
+        var out = HTTP1Writer.responseHead(r.head)
+        if !isHEAD { out += r.body }
         transport.write(out)
         responseStatus = status
-        responseBytes = isHEAD ? 0 : body.count
+        responseBytes = isHEAD ? 0 : r.body.count
         if close { queued.removeAll() }
         chunkedResponse = false
         completeResponse()

@@ -95,14 +95,11 @@ final class PublicH2Connection {
     private func begin(_ id: Int32, _ headers: HTTPHeaders, endStream: Bool) {
         let s = openStream(id)
         s.requestEnded = endStream
-        let method = headers.first(":method") ?? ""
-        let authority = headers.first(":authority") ?? headers.first("host") ?? ""
-        var fields = HTTPHeaders()
-        for (n, v) in headers where !n.hasPrefix(":") && n != "host" { fields.add(n, v) }
-        fields.add("host", authority)
-        let path = headers.first(":path") ?? ""
+        // Without :method or :path (nghttp2 resets such a stream first) the :path check below answers 400.
+        let head = (try? HTTPTranslation.http1Request(fromHTTP2: headers)) ?? HTTPRequestHead(method: "", target: "")
+        let method = head.method, path = head.target
+        let authority = head.headers.first("host") ?? ""
         s.logged = (method, path, authority.isEmpty ? "-" : authority, services.loop.now)
-        let head = HTTPRequestHead(method: method, target: path, versionMinor: 1, headers: fields)
         // :path as an HTTP/1.1 target would be (RFC 9113 §8.3.1): origin-form, or "*" for
         // OPTIONS; a CONNECT carries none unless extended (RFC 8441: origin-form).
         if method == "CONNECT" ? (headers.first(":protocol") != nil && !path.hasPrefix("/"))
@@ -397,13 +394,8 @@ final class PublicStream: UserSide {
     func writeContinue() {}  // HTTP/2 clients send the body without waiting
 
     func writeHead(_ head: HTTPResponseHead, noBody: Bool) {
-        var h = HTTPHeaders()
-        h.add(":status", String(head.status))
-        var fields = head.headers
-        fields.removeHopByHop()
-        for (n, v) in fields { h.add(n, v) }
         responseStatus = head.status
-        submit(h, endStream: noBody)
+        submit(HTTPTranslation.http2Response(from: head), endStream: noBody)
         if noBody { ended = true }
     }
 
@@ -434,16 +426,12 @@ final class PublicStream: UserSide {
 
     func respondError(_ status: Int, _ message: String, close: Bool, retryAfter: Bool, fields: HTTPHeaders) {
         services.logger.info("answered " + String(status) + ": " + message)
-        let body = Array((message + "\n").utf8)
-        var h = HTTPHeaders([(":status", String(status)), ("content-type", "text/plain; charset=utf-8"),
-                             ("content-length", String(body.count))])
-        for (n, v) in fields { h.add(HostRouting.asciiLowercased(n), v) }
-        if retryAfter { h.add("retry-after", "5") }
+        let r = ShortResponse.error(status, message, fields: fields, retryAfter: retryAfter ? Exchange.retryAfterSeconds : nil)
         let isHEAD = exchange?.request.method == "HEAD"
         responseStatus = status
-        responseBytes = isHEAD ? 0 : body.count
-        submit(h, endStream: isHEAD)
-        if !isHEAD { session.sendData(stream: id, body, endStream: true, resetAfter: !requestEnded) }
+        responseBytes = isHEAD ? 0 : r.body.count
+        submit(HTTPTranslation.http2Response(from: r.head), endStream: isHEAD)
+        if !isHEAD { session.sendData(stream: id, r.body, endStream: true, resetAfter: !requestEnded) }
         ended = true
         responseComplete = true
         conn.connection.scheduleFlush()

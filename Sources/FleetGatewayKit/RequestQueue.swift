@@ -15,6 +15,7 @@
 // injected clock (for the grace window), the settings, a DeviceDirectory and a
 // DeviceHealthView, so its rules are tested with fakes and a ManualClock.
 import EventLoop
+import HTTPCore
 
 /// What to do with a request now; Exchange carries it out.
 enum QueueDecision<Target> {
@@ -158,7 +159,7 @@ enum RetryRule {
     static func mayRetry(method: String, hasBody: Bool, bodySent: Bool, webSocket: Bool,
                          errorCode: UInt32, connectionLost: Bool, retries: Int) -> Bool {
         let refused = errorCode == refusedStream
-        let repeatable = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(method) && !hasBody
+        let repeatable = HTTPMethod.isIdempotent(method) && !hasBody
         return retries < maxRetries && !webSocket && !bodySent && (refused || (connectionLost && repeatable))
     }
 }

@@ -2,6 +2,7 @@
 // and the writer (RFC 9110 §5.6 token / field-value grammar, RFC 9112 §7.1
 // chunk lines). Everything works on UInt8 and index ranges: no allocation per
 // byte, no Foundation, Embedded-Swift clean.
+import HTTPCore
 
 enum HTTP1Bytes {
     static let cr: UInt8 = 0x0D
@@ -56,20 +57,10 @@ enum HTTP1Bytes {
     }
 
     @inline(__always)
-    static func lower(_ b: UInt8) -> UInt8 {
-        (b >= 0x41 && b <= 0x5A) ? b | 0x20 : b
-    }
+    static func lower(_ b: UInt8) -> UInt8 { HTTPFieldBytes.lower(b) }
 
     /// ASCII case-insensitive comparison of two strings (byte-wise on UTF-8).
-    static func equalsIgnoringCase(_ a: String, _ b: String) -> Bool {
-        let au = a.utf8, bu = b.utf8
-        if au.count != bu.count { return false }
-        var bi = bu.makeIterator()
-        for x in au {
-            guard let y = bi.next(), lower(x) == lower(y) else { return false }
-        }
-        return true
-    }
+    static func equalsIgnoringCase(_ a: String, _ b: String) -> Bool { HTTPFieldBytes.equalsIgnoringCase(a, b) }
 
     /// ASCII case-insensitive comparison of a byte slice with a lowercase literal.
     static func equalsIgnoringCase(_ a: ArraySlice<UInt8>, lowercase b: StaticString) -> Bool {
@@ -83,30 +74,9 @@ enum HTTP1Bytes {
         return true
     }
 
-    /// Trims SP/HTAB from both ends of `bytes[range]`.
-    static func trimOWS(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
-        var s = bytes.startIndex, e = bytes.endIndex
-        while s < e && isOWS(bytes[s]) { s += 1 }
-        while e > s && isOWS(bytes[e - 1]) { e -= 1 }
-        return bytes[s..<e]
-    }
-
     /// Splits a comma-separated list value (RFC 9110 §5.6.1) into its elements,
     /// OWS-trimmed. Empty elements are kept (callers decide what they mean).
-    static func listElements(_ value: String) -> [ArraySlice<UInt8>] {
-        let bytes = Array(value.utf8)
-        var out: [ArraySlice<UInt8>] = []
-        var start = 0
-        var i = 0
-        while i <= bytes.count {
-            if i == bytes.count || bytes[i] == comma {
-                out.append(trimOWS(bytes[start..<i]))
-                start = i + 1
-            }
-            i += 1
-        }
-        return out
-    }
+    static func listElements(_ value: String) -> [ArraySlice<UInt8>] { HTTPFieldBytes.listElements(value) }
 
     /// Parses 1*DIGIT (no sign, no whitespace) up to `maxLength`; nil if invalid.
     static func parseDecimal(_ bytes: ArraySlice<UInt8>) -> Int? {

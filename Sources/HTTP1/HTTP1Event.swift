@@ -2,6 +2,8 @@
 // speak in. A parser turns bytes into a flat stream of events per message:
 // one .head, zero or more .body pieces (streamed, never the whole body
 // buffered), one .end carrying the chunked trailers (empty otherwise).
+// HTTP1's API speaks HTTPCore's types (HTTPHeaders, the message heads): importing HTTP1 imports them.
+@_exported import HTTPCore
 
 /// One parsing event. `Head` is `HTTPRequestHead` or `HTTPResponseHead`.
 public enum HTTP1Event<Head> {

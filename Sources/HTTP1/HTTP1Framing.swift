@@ -15,6 +15,7 @@
 //               (§6.1): all 502; Content-Length must be one valid value (502);
 //               CL together with TE is rejected as well (§6.3 ¶3: "ought to be
 //               handled as an error"); otherwise until close.
+import HTTPCore
 
 enum HTTP1Framing {
     static func request(_ head: HTTPRequestHead) throws(HTTP1Error) -> BodyFraming {

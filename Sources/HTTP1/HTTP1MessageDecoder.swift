@@ -15,6 +15,7 @@
 // trailer section is being read, `pos` stays at its first byte (so an
 // incomplete head is still "unparsed") and `lineStart`/`scan` walk ahead.
 // Consumed bytes are dropped at the next `append`.
+import HTTPCore
 
 struct HTTP1MessageDecoder {
     enum Step {

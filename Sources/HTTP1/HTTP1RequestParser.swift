@@ -5,6 +5,7 @@
 // body decoding live in HTTP1MessageDecoder; this file parses the request line
 // (RFC 9112 §3) and applies the request framing rules (HTTP1Framing).
 // Any error poisons the parser: answer `error.status` and close.
+import HTTPCore
 
 public struct HTTP1RequestParser: Sendable {
     private var decoder: HTTP1MessageDecoder

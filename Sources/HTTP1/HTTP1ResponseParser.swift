@@ -22,6 +22,7 @@
 // the parser answers [] from then on and the connection is not reusable (the
 // owner closes it). The user gets the response as it was framed, never a 502
 // for what came after it.
+import HTTPCore
 
 public struct HTTP1ResponseParser: Sendable {
     private var decoder: HTTP1MessageDecoder

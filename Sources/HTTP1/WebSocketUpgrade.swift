@@ -1,5 +1,6 @@
 // The HTTP/1.1 side of a WebSocket (RFC 6455 §4) and its HTTP/2 form (RFC 8441):
 // what a request needs to be an upgrade, and the key arithmetic of the handshake.
+import HTTPCore
 
 public enum WebSocketUpgrade {
     /// The GUID RFC 6455 appends to Sec-WebSocket-Key.

@@ -1,7 +1,7 @@
 // nghttp2 C callbacks. Each is a thin thunk: it unwraps the HTTP2Session from the
 // user data and records one event or copies one body chunk.
 import CNghttp2
-import HTTP1
+import HTTPCore
 
 enum HTTP2Callbacks {
     @inline(__always)

@@ -12,7 +12,7 @@
 //   - client role: we check the peer's 24-byte magic ourselves, and drop the magic
 //     our client session emits, so it never reaches the wire.
 import CNghttp2
-import HTTP1
+import HTTPCore
 
 public enum HTTP2Role { case client, server }
 

@@ -37,7 +37,7 @@ public struct HTTPHeaders: Sequence, Equatable, Sendable {
 
     /// First value of the field named `name` (case-insensitive), or nil.
     public func first(_ name: String) -> String? {
-        for f in fields where HTTP1Bytes.equalsIgnoringCase(f.name, name) {
+        for f in fields where HTTPFieldBytes.equalsIgnoringCase(f.name, name) {
             return f.value
         }
         return nil
@@ -46,7 +46,7 @@ public struct HTTPHeaders: Sequence, Equatable, Sendable {
     /// All values of fields named `name` (case-insensitive), in order.
     public func values(_ name: String) -> [String] {
         var out: [String] = []
-        for f in fields where HTTP1Bytes.equalsIgnoringCase(f.name, name) {
+        for f in fields where HTTPFieldBytes.equalsIgnoringCase(f.name, name) {
             out.append(f.value)
         }
         return out
@@ -55,12 +55,12 @@ public struct HTTPHeaders: Sequence, Equatable, Sendable {
     /// Number of fields named `name` (case-insensitive).
     public func count(_ name: String) -> Int {
         var n = 0
-        for f in fields where HTTP1Bytes.equalsIgnoringCase(f.name, name) { n += 1 }
+        for f in fields where HTTPFieldBytes.equalsIgnoringCase(f.name, name) { n += 1 }
         return n
     }
 
     public func contains(_ name: String) -> Bool {
-        for f in fields where HTTP1Bytes.equalsIgnoringCase(f.name, name) {
+        for f in fields where HTTPFieldBytes.equalsIgnoringCase(f.name, name) {
             return true
         }
         return false
@@ -68,7 +68,7 @@ public struct HTTPHeaders: Sequence, Equatable, Sendable {
 
     /// Removes every field named `name` (case-insensitive).
     public mutating func remove(_ name: String) {
-        fields.removeAll { HTTP1Bytes.equalsIgnoringCase($0.name, name) }
+        fields.removeAll { HTTPFieldBytes.equalsIgnoringCase($0.name, name) }
     }
 
     /// Removes every field named `name`, then appends `name: value`.
@@ -81,8 +81,8 @@ public struct HTTPHeaders: Sequence, Equatable, Sendable {
     /// (case-insensitive), e.g. `containsToken("Connection", "close")`.
     public func containsToken(_ name: String, _ token: String) -> Bool {
         let want = Array(token.utf8)
-        for f in fields where HTTP1Bytes.equalsIgnoringCase(f.name, name) {
-            for element in HTTP1Bytes.listElements(f.value)
+        for f in fields where HTTPFieldBytes.equalsIgnoringCase(f.name, name) {
+            for element in HTTPFieldBytes.listElements(f.value)
             where HTTPHeaders.sameIgnoringCase(element, want) {
                 return true
             }
@@ -103,8 +103,8 @@ public struct HTTPHeaders: Sequence, Equatable, Sendable {
             Array("proxy-connection".utf8), Array("te".utf8),
             Array("transfer-encoding".utf8), Array("upgrade".utf8),
         ]
-        for f in fields where HTTP1Bytes.equalsIgnoringCase(f.name, "connection") {
-            for element in HTTP1Bytes.listElements(f.value) where !element.isEmpty {
+        for f in fields where HTTPFieldBytes.equalsIgnoringCase(f.name, "connection") {
+            for element in HTTPFieldBytes.listElements(f.value) where !element.isEmpty {
                 named.append(Array(element))
             }
         }
@@ -133,7 +133,7 @@ public struct HTTPHeaders: Sequence, Equatable, Sendable {
         if a.count != b.count { return false }
         var j = 0
         for x in a {
-            if HTTP1Bytes.lower(x) != HTTP1Bytes.lower(b[j]) { return false }
+            if HTTPFieldBytes.lower(x) != HTTPFieldBytes.lower(b[j]) { return false }
             j += 1
         }
         return true

@@ -1,0 +1,55 @@
+// HTTPFieldBytes: the byte-level helpers field names and values need in every
+// version of HTTP (RFC 9110 §5): ASCII case folding and comma-separated lists.
+// HTTP1's parser and writer use them too (HTTP1Bytes forwards here); inlinable,
+// so that the per-byte ones cost no call across the module boundary.
+
+public enum HTTPFieldBytes {
+    @inlinable @inline(__always)
+    public static func lower(_ b: UInt8) -> UInt8 {
+        (b >= 0x41 && b <= 0x5A) ? b | 0x20 : b
+    }
+
+    /// ASCII case-insensitive comparison of two strings (byte-wise on UTF-8).
+    @inlinable
+    public static func equalsIgnoringCase(_ a: String, _ b: String) -> Bool {
+        let au = a.utf8, bu = b.utf8
+        if au.count != bu.count { return false }
+        var bi = bu.makeIterator()
+        for x in au {
+            guard let y = bi.next(), lower(x) == lower(y) else { return false }
+        }
+        return true
+    }
+
+    /// `s` with ASCII A-Z lowered (HTTP/2 field names, RFC 9113 §8.2.1); `s` itself when it has none.
+    public static func lowercased(_ s: String) -> String {
+        guard s.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) else { return s }
+        return String(decoding: s.utf8.map(lower), as: UTF8.self)
+    }
+
+    /// Trims SP/HTAB from both ends.
+    @inlinable
+    public static func trimOWS(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        var s = bytes.startIndex, e = bytes.endIndex
+        while s < e && (bytes[s] == 0x20 || bytes[s] == 0x09) { s += 1 }
+        while e > s && (bytes[e - 1] == 0x20 || bytes[e - 1] == 0x09) { e -= 1 }
+        return bytes[s..<e]
+    }
+
+    /// Splits a comma-separated list value (RFC 9110 §5.6.1) into its elements,
+    /// OWS-trimmed. Empty elements are kept (callers decide what they mean).
+    public static func listElements(_ value: String) -> [ArraySlice<UInt8>] {
+        let bytes = Array(value.utf8)
+        var out: [ArraySlice<UInt8>] = []
+        var start = 0
+        var i = 0
+        while i <= bytes.count {
+            if i == bytes.count || bytes[i] == 0x2C {
+                out.append(trimOWS(bytes[start..<i]))
+                start = i + 1
+            }
+            i += 1
+        }
+        return out
+    }
+}
