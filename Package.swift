@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "EventLoop", dependencies: ["CLibc"], swiftSettings: engineSettings),
         .target(name: "TLS", dependencies: ["CLibc", "COpenSSL", "Bytes"], swiftSettings: engineSettings),
         .target(name: "HTTP1", dependencies: [], swiftSettings: engineSettings),
-        .target(name: "HTTP2", dependencies: ["CLibc", "CNghttp2", "HTTP1"], swiftSettings: engineSettings),
+        .target(name: "HTTP2", dependencies: ["Bytes", "CLibc", "CNghttp2", "HTTP1"], swiftSettings: engineSettings),
         // The connection plumbing both sides use: Transport, HTTP2Connection, Liveness, back-pressure.
         .target(name: "Wire", dependencies: ["CLibc", "Bytes", "EventLoop", "TLS", "HTTP1", "HTTP2"], swiftSettings: engineSettings),
         // The configuration format and command line shared by all programs, and the version.
