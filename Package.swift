@@ -40,15 +40,17 @@ let package = Package(
 
         // The engine: protocol engines do no I/O (only EventLoop and Wire's Transport touch
         // file descriptors); no Foundation; Embedded-compatible.
+        // Owned byte buffers (ByteQueue: output waiting for a socket, appended with memcpy).
+        .target(name: "Bytes", dependencies: ["CLibc"], swiftSettings: engineSettings),
         .target(name: "EventLoop", dependencies: ["CLibc"], swiftSettings: engineSettings),
-        .target(name: "TLS", dependencies: ["CLibc", "COpenSSL"], swiftSettings: engineSettings),
+        .target(name: "TLS", dependencies: ["CLibc", "COpenSSL", "Bytes"], swiftSettings: engineSettings),
         // What every HTTP version shares: HTTPHeaders, the message heads, methods, the
         // HTTP/1.1 <-> HTTP/2 translation, the short answers programs make up.
         .target(name: "HTTPCore", dependencies: [], swiftSettings: engineSettings),
         .target(name: "HTTP1", dependencies: ["HTTPCore"], swiftSettings: engineSettings),
-        .target(name: "HTTP2", dependencies: ["CLibc", "CNghttp2", "HTTPCore"], swiftSettings: engineSettings),
+        .target(name: "HTTP2", dependencies: ["Bytes", "CLibc", "CNghttp2", "HTTPCore"], swiftSettings: engineSettings),
         // The connection plumbing both sides use: Transport, HTTP2Connection, Liveness, back-pressure.
-        .target(name: "Wire", dependencies: ["CLibc", "EventLoop", "TLS", "HTTP1", "HTTP2"], swiftSettings: engineSettings),
+        .target(name: "Wire", dependencies: ["CLibc", "Bytes", "EventLoop", "TLS", "HTTP1", "HTTP2"], swiftSettings: engineSettings),
         // The configuration format and command line shared by all programs, and the version.
         .target(name: "ConfigFormat", dependencies: ["CLibc", "EventLoop", "TLS"], swiftSettings: engineSettings),
         // The agent engine: dialers, the reversed HTTP/2 server, the local HTTP/1.1 client.
@@ -70,7 +72,7 @@ let package = Package(
         .target(name: "DeviceSimKit", dependencies: ["AgentKit", "Wire", "ConfigFormat", "TLS", "HTTP1", "EventLoop", "FleetPKI"]),
         .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "AgentKit", "ConfigFormat", "EventLoop", "CLibc"]),
 
-        .testTarget(name: "EngineTests", dependencies: ["EventLoop", "TLS", "HTTPCore", "HTTP1", "HTTP2", "Wire", "ConfigFormat", "AgentKit"]),
+        .testTarget(name: "EngineTests", dependencies: ["Bytes", "EventLoop", "TLS", "HTTPCore", "HTTP1", "HTTP2", "Wire", "ConfigFormat", "AgentKit"]),
         .testTarget(name: "GatewayTests", dependencies: ["FleetGatewayKit", "Wire", "ConfigFormat", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
         .testTarget(name: "AccessTests", dependencies: ["FleetAccess", "FleetPKI", "COpenSSL", "TLS", "AccessTestSupport"]),
         .target(name: "AccessTestSupport", dependencies: ["FleetAccess", "COpenSSL"], path: "Tests/AccessTestSupport"),

@@ -1,5 +1,6 @@
 // nghttp2 C callbacks. Each is a thin thunk: it unwraps the HTTP2Session from the
 // user data and records one event or copies one body chunk.
+import Bytes
 import CNghttp2
 import HTTPCore
 
@@ -69,12 +70,10 @@ enum HTTP2Callbacks {
         }
         let n = min(length, body.count)
         if n > 0 {
-            // A raw copy (memmove): the typed `update(from:count:)` compiles to a
-            // byte-at-a-time loop in the Embedded build.
-            body.buffer.withUnsafeBufferPointer { src in
-                UnsafeMutableRawPointer(buf!).copyMemory(from: src.baseAddress! + body.offset, byteCount: n)
-            }
-            body.offset += n
+            // A raw copy (memcpy): typed copies compile to a byte-at-a-time loop in
+            // the Embedded build.
+            UnsafeMutableRawPointer(buf!).copyMemory(from: body.buffer.readable.baseAddress!, byteCount: n)
+            body.buffer.consume(n)
         }
         if body.count == 0 {
             if body.ended {

@@ -11,6 +11,7 @@
 //     session told not to expect a client magic from the peer;
 //   - client role: we check the peer's 24-byte magic ourselves, and drop the magic
 //     our client session emits, so it never reaches the wire.
+import Bytes
 import CNghttp2
 import HTTPCore
 
@@ -278,8 +279,16 @@ public final class HTTP2Session {
     /// Stops once `out` holds at least `limit` bytes: what is left stays queued in
     /// nghttp2 (and DATA in the streams' bodies), so memory follows the socket's pace.
     public func takeOutput(into out: inout [UInt8], limit: Int = Int.max) throws(HTTP2Error) {
+        let q = ByteQueue()
+        try takeOutput(into: q, limit: limit)
+        q.take(into: &out)
+    }
+
+    /// Appends the frames to send to `out` (memcpy) until it holds `limit` bytes or
+    /// nghttp2 has nothing more.
+    public func takeOutput(into out: ByteQueue, limit: Int = Int.max) throws(HTTP2Error) {
         if !prefaceToSend.isEmpty {
-            out += prefaceToSend
+            out.append(prefaceToSend)
             prefaceToSend = []
         }
         var guardCount = 0
@@ -289,13 +298,13 @@ public final class HTTP2Session {
             let n = nghttp2_session_mem_send(session, &p)
             if n < 0 { throw HTTP2Error.from("send", n) }
             if n == 0 { break }
-            var chunk = UnsafeBufferPointer(start: p, count: n)
+            var chunk = UnsafeRawBufferPointer(start: p, count: n)
             if ownMagicToDrop > 0 {
                 let drop = min(ownMagicToDrop, chunk.count)
                 ownMagicToDrop -= drop
-                chunk = UnsafeBufferPointer(rebasing: chunk[drop...])
+                chunk = UnsafeRawBufferPointer(rebasing: chunk[drop...])
             }
-            out.append(contentsOf: chunk)
+            out.append(chunk)
         }
     }
 
@@ -553,23 +562,14 @@ struct IncomingBlock {
 
 /// A stream's outgoing body: bytes waiting for nghttp2 to pull them.
 final class OutgoingBody {
-    var buffer: [UInt8] = []
-    var offset = 0
+    /// Body bytes not yet framed (appended and taken with memcpy).
+    let buffer = ByteQueue(retainLimit: 1 << 20)
     var ended = false
     var deferred = false
     var resetAfter = false
     var trailers: HTTPHeaders?
 
-    var count: Int { buffer.count - offset }
+    var count: Int { buffer.count }
 
-    func append(_ bytes: [UInt8]) {
-        if offset > 0 && offset == buffer.count {
-            buffer.removeAll(keepingCapacity: true)
-            offset = 0
-        } else if offset > 65536 && offset * 2 > buffer.count {
-            buffer.removeFirst(offset)
-            offset = 0
-        }
-        buffer += bytes
-    }
+    func append(_ bytes: [UInt8]) { buffer.append(bytes) }
 }

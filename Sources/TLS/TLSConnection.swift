@@ -1,6 +1,9 @@
-// TLSConnection owns one SSL over two memory BIOs: the engine feeds it the
-// ciphertext read from the socket and takes the ciphertext to write, so TLS does
-// no I/O and runs the same in memory tests and on sockets.
+// TLSConnection owns one SSL between a memory BIO, which the engine feeds with the
+// ciphertext read from the socket, and a write BIO that appends the ciphertext to
+// write straight into a ByteQueue (the transport's output queue, or its own in
+// tests): TLS does no I/O and runs the same in memory tests and on sockets, and a
+// record is copied once, from OpenSSL's buffer into the queue the socket drains.
+import Bytes
 import COpenSSL
 
 public enum TLSError: Error, CustomStringConvertible {
@@ -36,26 +39,32 @@ public final class TLSConnection {
 
     private let ssl: OpaquePointer
     private var rbio: OpaquePointer
-    private var wbio: OpaquePointer
+    /// Ciphertext waiting to be sent to the peer.
+    public let output: ByteQueue
     public let context: TLSContext
     public private(set) var isEstablished = false
 
     /// `serverName` (client role): sent as SNI unless an IP address, and checked against
     /// the server certificate's names (DNS or IP).
     /// `identity`: the certificate and key this connection presents instead of the context's.
-    public init(context: TLSContext, serverName: String? = nil, identity: TLSIdentity? = nil) throws(OpenSSLError) {
+    /// `output`: where the ciphertext to send goes (a transport passes its output queue).
+    public init(context: TLSContext, serverName: String? = nil, identity: TLSIdentity? = nil,
+                output: ByteQueue = ByteQueue()) throws(OpenSSLError) {
         self.context = context
+        self.output = output
         ERR_clear_error()
         guard let ssl = SSL_new(context.ctx) else { throw OpenSSLError.drain("SSL_new") }
-        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else {
+        guard let r = BIO_new(BIO_s_mem()), let method = queueBIOMethod, let w = BIO_new(method) else {
             SSL_free(ssl)
             throw OpenSSLError.drain("BIO_new")
         }
+        // The queue outlives the BIO: this connection holds both, and the SSL frees the BIO.
+        BIO_set_data(w, Unmanaged.passUnretained(output).toOpaque())
+        BIO_set_init(w, 1)
         rh_BIO_set_mem_eof_return(r, -1)
         SSL_set_bio(ssl, r, w)  // the SSL owns both BIOs from here on
         self.ssl = ssl
         rbio = r
-        wbio = w
         if let identity {
             guard SSL_use_certificate(ssl, identity.certificate) == 1, SSL_use_PrivateKey(ssl, identity.key) == 1 else {
                 throw OpenSSLError.drain("use the connection's certificate and key")
@@ -103,21 +112,10 @@ public final class TLSConnection {
     }
 
     /// Ciphertext waiting to be sent to the peer.
-    public var pendingOutput: Int { rh_BIO_pending(wbio) }
+    public var pendingOutput: Int { output.count }
 
-    /// Moves the ciphertext waiting to be sent into `out`.
-    public func takeOutput(into out: inout [UInt8]) {
-        var pending = rh_BIO_pending(wbio)
-        var guardCount = 0
-        while pending > 0 && guardCount < 1024 {
-            guardCount += 1
-            let start = out.count
-            out.append(contentsOf: repeatElement(0, count: pending))
-            let n = out.withUnsafeMutableBytes { BIO_read(wbio, $0.baseAddress! + start, Int32(pending)) }
-            out.removeLast(pending - Int(max(0, n)))
-            pending = rh_BIO_pending(wbio)
-        }
-    }
+    /// Moves the ciphertext waiting to be sent into `out` (memory tests).
+    public func takeOutput(into out: inout [UInt8]) { output.take(into: &out) }
 
     /// Advances the handshake with what has been fed so far.
     public func handshake() throws(TLSError) -> Progress {
@@ -165,8 +163,9 @@ public final class TLSConnection {
     }
 
     /// Gives back what an idle connection does not need: OpenSSL's record buffers
-    /// when empty, and memory BIOs that grew past `keep` bytes (a BIO keeps its
-    /// largest size) once drained: the handshake's few KB, or a burst's more.
+    /// when empty, the read BIO once drained if it grew past `keep` bytes (a BIO
+    /// keeps its largest size: the handshake's few KB, or a burst's more), and the
+    /// output queue when empty.
     public func releaseIdleBuffers(keep: Int = 512) {
         _ = SSL_free_buffers(ssl)
         if rh_BIO_pending(rbio) == 0 && rh_BIO_mem_capacity(rbio) > keep, let r = BIO_new(BIO_s_mem()) {
@@ -174,10 +173,7 @@ public final class TLSConnection {
             SSL_set0_rbio(ssl, r)  // frees the old one
             rbio = r
         }
-        if rh_BIO_pending(wbio) == 0 && rh_BIO_mem_capacity(wbio) > keep, let w = BIO_new(BIO_s_mem()) {
-            SSL_set0_wbio(ssl, w)
-            wbio = w
-        }
+        output.releaseIfEmpty()
     }
 
     /// Queues close_notify.
@@ -294,3 +290,21 @@ public final class TLSConnection {
         return String(decoding: bytes, as: UTF8.self)
     }
 }
+
+/// The write BIO's method: every write appends to the ByteQueue in the BIO's data
+/// (always all of it: a queue takes everything, like a memory BIO); a flush is a
+/// no-op. C callbacks are thunks that unwrap the queue and call one method.
+nonisolated(unsafe) private let queueBIOMethod: OpaquePointer? = {
+    guard let m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "reversehttp-queue") else { return nil }
+    _ = BIO_meth_set_write(m) { bio, data, len in
+        guard let bio, let data, len > 0, let queue = BIO_get_data(bio) else { return 0 }
+        Unmanaged<ByteQueue>.fromOpaque(queue).takeUnretainedValue()
+            .append(UnsafeRawBufferPointer(start: data, count: Int(len)))
+        return len
+    }
+    _ = BIO_meth_set_ctrl(m) { _, cmd, _, _ in
+        // SSL flushes its write BIO after each flight; nothing else is asked of it.
+        cmd == BIO_CTRL_FLUSH ? 1 : 0
+    }
+    return m
+}()

@@ -2,6 +2,7 @@
 // session, its events go to the owner, and its output is written back, batched
 // once per loop turn. Both ends of a reversed connection use it: the device's
 // ReversedServer (server role) and the gateway's DeviceConnection (client role).
+import Bytes
 import EventLoop
 import HTTP2
 
@@ -13,7 +14,8 @@ public final class HTTP2Connection {
     private var flushScheduled = false
     private var heldBack = false
     private var loggedEnd = false
-    private var out: [UInt8] = []
+    /// Frames taken from the session for one write (appended with memcpy).
+    private let out = ByteQueue()
     /// Output queued in the transport above which nghttp2 is not asked for more:
     /// DATA then stays in the streams' queues, where producers see it and pause.
     public var writeHighWater = 64 * 1024
@@ -146,9 +148,9 @@ public final class HTTP2Connection {
             return
         }
         heldBack = false
-        out.removeAll(keepingCapacity: true)
+        out.removeAll()
         do throws(HTTP2Error) {
-            try session.takeOutput(into: &out, limit: writeHighWater)
+            try session.takeOutput(into: out, limit: writeHighWater)
         } catch {
             logger.warning(error.description, context)
             transport.close()
@@ -162,7 +164,8 @@ public final class HTTP2Connection {
             // More may be waiting in nghttp2: come back once the socket has taken this
             // (set before writing: a write the kernel takes at once drains synchronously).
             if out.count >= writeHighWater { heldBack = true }
-            transport.write(out)
+            transport.write(out.readable)
+            out.removeAll()
         }
         if !session.isAlive {
             if let why = session.goawaySentReason, !loggedEnd {

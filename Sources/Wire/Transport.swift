@@ -2,6 +2,7 @@
 // written. It runs the non-blocking connect, the TLS handshake (when a
 // TLSConnection is given) and buffering of output, and hands plaintext to its
 // owner through callbacks. Owners break the callback cycle by calling close().
+import Bytes
 import CLibc
 import EventLoop
 import TLS
@@ -73,15 +74,15 @@ public final class Transport {
     public var onPeerFinished: (() -> Void)?
     private var closeDeadline: TimerID?
 
-    private var output: [UInt8] = []
-    private var outputOffset = 0
+    /// Bytes waiting for the socket: with TLS, the connection's own queue, which
+    /// its write BIO fills with ciphertext as records are made.
+    private let output: ByteQueue
     private var closeWhenFlushed = false
     private var writeShutdown = false
     /// The peer stopped reading (EPIPE): what we still write is dropped, and what it
     /// sent before closing -- an early answer, say a 413 to an upload -- is read
     /// before the connection closes.
     private var writeFailed = false
-    private var cipherOut: [UInt8] = []
 
     /// Wraps `fd`. `connecting`: a non-blocking connect is in progress.
     public init(loop: EventLoop, fd: Int32, peer: SocketAddress, tls: TLSConnection?, connecting: Bool) {
@@ -89,6 +90,7 @@ public final class Transport {
         self.fd = fd
         self.tls = tls
         self.peer = peer
+        output = tls?.output ?? ByteQueue()
         state = connecting ? .connecting : (tls == nil ? .open : .handshaking)
     }
 
@@ -107,7 +109,7 @@ public final class Transport {
         }
     }
 
-    public var bufferedOutput: Int { output.count - outputOffset }
+    public var bufferedOutput: Int { output.count }
 
     /// True when the connection is open and the peer has sent nothing we have not
     /// read: no byte waiting in the socket, no end of data, no error (a peek, not
@@ -129,11 +131,8 @@ public final class Transport {
                 finish(.tls(error))
                 return
             }
-            cipherOut.removeAll(keepingCapacity: true)
-            tls.takeOutput(into: &cipherOut)
-            cipherOut.withUnsafeBytes { enqueue($0) }
         } else {
-            enqueue(bytes)
+            output.append(bytes)
         }
         flush()
     }
@@ -150,22 +149,13 @@ public final class Transport {
     /// connections this is most of their memory.
     public func releaseIdleMemory() {
         tls?.releaseIdleBuffers()
-        if bufferedOutput == 0 && output.capacity > 0 {
-            output = []
-            outputOffset = 0
-        }
-        cipherOut = []
+        output.releaseIfEmpty()
     }
 
     /// Closes after the queued output is written.
     public func closeAfterFlush() {
         guard state != .closed else { return }
-        if let tls, state == .open {
-            tls.close()
-            cipherOut.removeAll(keepingCapacity: true)
-            tls.takeOutput(into: &cipherOut)
-            cipherOut.withUnsafeBytes { enqueue($0) }
-        }
+        if let tls, state == .open { tls.close() }  // close_notify, queued
         closeWhenFlushed = true
         // A peer that never reads must not keep the connection forever.
         if closeDeadline == nil {
@@ -217,26 +207,15 @@ public final class Transport {
 
     // MARK: Internals
 
-    private func enqueue(_ bytes: UnsafeRawBufferPointer) {
-        if outputOffset == output.count {
-            output.removeAll(keepingCapacity: output.capacity <= 256 * 1024)
-            outputOffset = 0
-        }
-        output.append(contentsOf: bytes)
-    }
-
     func flush() {
         guard !isFrozen else { return }  // kept queued until thawed
         var guardCount = 0
-        while outputOffset < output.count && guardCount < 64 {
+        while !output.isEmpty && guardCount < 64 {
             guardCount += 1
-            let result = output.withUnsafeBytes { p in
-                Socket.write(fd, UnsafeRawBufferPointer(rebasing: p[outputOffset...]))
-            }
-            switch result {
+            switch Socket.write(fd, output.readable) {
             case .success(let n):
                 if n == 0 { guardCount = 64; break }
-                outputOffset += n
+                output.consume(n)
                 bytesOut += n
             case .failure(let e):
                 if e.errno == EPIPE && state == .open && !writeFailed && !readPaused {
@@ -244,8 +223,7 @@ public final class Transport {
                     // refusing an upload answers, then closes). Read what it sent,
                     // on the next turn, then close.
                     writeFailed = true
-                    output = []
-                    outputOffset = 0
+                    output.removeAll()
                     loop.execute {
                         guard self.state != .closed else { return }
                         self.readAvailable()
@@ -257,12 +235,10 @@ public final class Transport {
                 return
             }
         }
-        let pending = outputOffset < output.count
+        let pending = !output.isEmpty
         if state == .closed { return }
         loop.modify(fd: fd, readable: state != .connecting && !readPaused, writable: pending || state == .connecting)
         if !pending {
-            output.removeAll(keepingCapacity: output.capacity <= 256 * 1024)
-            outputOffset = 0
             if closeWhenFlushed {
                 finish(.local)
                 return
@@ -334,9 +310,6 @@ public final class Transport {
         guard let tls else { return }
         do throws(TLSError) {
             let progress = try tls.handshake()
-            cipherOut.removeAll(keepingCapacity: true)
-            tls.takeOutput(into: &cipherOut)
-            cipherOut.withUnsafeBytes { enqueue($0) }
             flush()
             if progress == .established && state == .handshaking {
                 state = .open
@@ -347,11 +320,7 @@ public final class Transport {
             }
         } catch {
             // Send the alert the handshake produced before closing.
-            cipherOut.removeAll(keepingCapacity: true)
-            tls.takeOutput(into: &cipherOut)
-            if !cipherOut.isEmpty {
-                cipherOut.withUnsafeBytes { p in _ = Socket.write(fd, p) }
-            }
+            if !output.isEmpty { _ = Socket.write(fd, output.readable) }
             finish(.tls(error))
         }
     }
@@ -366,12 +335,7 @@ public final class Transport {
                     onData?(UnsafeRawBufferPointer(rebasing: loop.plaintextBuffer[0..<n]))
                 case .wantMore:
                     // Reading may have produced output (key updates, session tickets).
-                    if tls.pendingOutput > 0 {
-                        cipherOut.removeAll(keepingCapacity: true)
-                        tls.takeOutput(into: &cipherOut)
-                        cipherOut.withUnsafeBytes { enqueue($0) }
-                        flush()
-                    }
+                    if !output.isEmpty { flush() }
                     return
                 case .closed:
                     peerFinishedSending()
@@ -408,7 +372,7 @@ public final class Transport {
         onDrained = nil
         onClose = nil
         onPeerFinished = nil
-        output = []
+        output.removeAll()
         cb?(reason)
     }
 }
