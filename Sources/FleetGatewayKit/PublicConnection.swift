@@ -4,10 +4,10 @@
 // is in flight, a pipelined one waits in the parser's output and the socket is
 // not read, so a pipelining client cannot make the gateway buffer for it.
 //
-// What happens when is decided by HTTP1ServerStateMachine (PublicConnectionState.swift):
-// this class feeds it events and carries out its actions (reading paused or resumed
-// for a reason, the one timer armed on the loop, exchanges started, bytes written,
-// the connection closed).
+// What happens when is decided by HTTP1ServerStateMachine: this class feeds it
+// events and carries out its actions (reading paused or resumed for a reason, the
+// one timer armed on the loop, exchanges started, bytes written, the connection
+// closed).
 //
 // Time limits: a complete request head within `request_timeout_ms` (counted from
 // the connection's start, which includes the TLS handshake, or from the first
@@ -28,7 +28,7 @@ final class PublicConnection: UserSide {
     private var parser: HTTP1RequestParser
     private var queued: [HTTP1Event<HTTPRequestHead>] = []
     private var current: Exchange?
-    private var machine: Machine
+    private var machine = Machine()
     private var timer: TimerID?
     /// The request being answered, for the access log and the metrics.
     private var logged: (method: String, target: String, host: String, start: UInt64)?
@@ -46,7 +46,6 @@ final class PublicConnection: UserSide {
         self.transport = transport
         self.scheme = scheme
         parser = HTTP1RequestParser(limits: HTTP1Limits(maxHeadBytes: gateway.config.maxHeadBytes))
-        machine = Machine(now: gateway.loop.now)
     }
 
     var peerHost: String { transport.peer.host }
@@ -68,7 +67,7 @@ final class PublicConnection: UserSide {
         transport.onDrained = { self.current?.userDrained() }
         transport.onPeerFinished = { self.peerFinished() }
         transport.onClose = { _ in self.closed() }
-        perform(machine.start())
+        perform(machine.start(now: gateway.loop.now))
         if !first.isEmpty { receive(first) }
     }
 

@@ -23,16 +23,16 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
 
     /// A machine whose first request (`h`) has begun, its head timer gone.
     private func begun(_ h: HTTPRequestHead) -> M {
-        var m = M(now: 0)
-        _ = m.start()
+        var m = M()
+        _ = m.start(now: 0)
         _ = m.bytesReceived()
         _ = m.requestHead(h)
         return m
     }
 
     func testKeepAliveRequestThenIdleThenTheNextRequest() {
-        var m = M(now: 7)
-        XCTAssertEqual(m.start(), [.armTimer(.head)])
+        var m = M()
+        XCTAssertEqual(m.start(now: 7), [.armTimer(.head)])
         XCTAssertEqual(m.idleSince, 7, "a connection that sent nothing yet counts as idle")
         XCTAssertEqual(m.bytesReceived(), .parse([]), "the head timer counts from the connection's start")
         XCTAssertNil(m.idleSince)
@@ -77,8 +77,8 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
     }
 
     func testExpectContinue() {
-        var m = M(now: 0)
-        _ = m.start()
+        var m = M()
+        _ = m.start(now: 0)
         _ = m.bytesReceived()
         // No body timer while the user waits for our 100 Continue.
         XCTAssertEqual(m.requestHead(post([("Expect", "100-continue")])), .begin(.exchange(requestHasBody: true), [.cancelTimer]))
@@ -100,8 +100,8 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
     }
 
     func testBodyTimerWaitsWhileBackPressureHolds() {
-        var m = M(now: 0)
-        _ = m.start()
+        var m = M()
+        _ = m.start(now: 0)
         XCTAssertEqual(m.requestHead(post()), .begin(.exchange(requestHasBody: true), [.armTimer(.body)]))
         XCTAssertEqual(m.exchangePaused(), [.pauseReading(.backPressure), .cancelTimer])
         XCTAssertEqual(m.bytesReceived(), .parse([]), "bytes of a read in flight do not restart a timer that waits")
@@ -123,8 +123,8 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
     }
 
     func testWebSocketUpgradeThenTunnel() {
-        var m = M(now: 0)
-        _ = m.start()
+        var m = M()
+        _ = m.start(now: 0)
         XCTAssertEqual(m.requestHead(head("GET", "/ws", webSocketFields)), .begin(.webSocket, [.pauseReading(.upgrading), .cancelTimer]))
         XCTAssertEqual(m.requestEnd(), [], "the stream carries the WebSocket later: not ended")
         XCTAssertFalse(m.keepsAlive)
@@ -149,8 +149,8 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
         XCTAssertEqual(refused.responseHead(hasContentLength: true, noBody: false), .write(.contentLength, .close))
         XCTAssertEqual(refused.responseEnd(now: 1), [.closeAfterFlush])
         // A handshake we cannot take: 426 and close.
-        var bad = M(now: 0)
-        _ = bad.start()
+        var bad = M()
+        _ = bad.start(now: 0)
         XCTAssertEqual(bad.requestHead(head("GET", "/ws", [("Upgrade", "websocket"), ("Connection", "Upgrade"),
                                                             ("Sec-WebSocket-Version", "8"), ("Sec-WebSocket-Key", "short")])),
                        .begin(.refuseUpgrade, [.cancelTimer]))
@@ -226,8 +226,8 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
         _ = idle.requestEnd()
         _ = idle.responseEnd(now: 1)
         XCTAssertEqual(idle.shutdown(requestQueued: false), [.cancelTimer, .closeAfterFlush])
-        var fresh = M(now: 0)
-        _ = fresh.start()
+        var fresh = M()
+        _ = fresh.start(now: 0)
         XCTAssertEqual(fresh.shutdown(requestQueued: false), [.cancelTimer, .closeAfterFlush])
         // Busy: the response in progress is the last, and says so.
         var busy = begun(head())
@@ -260,8 +260,8 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
     }
 
     func testSlowHeadTimeout() {
-        var m = M(now: 0)
-        _ = m.start()
+        var m = M()
+        _ = m.start(now: 0)
         _ = m.bytesReceived()
         _ = m.bytesReceived()
         XCTAssertEqual(m.timer, .head, "slowloris: bytes of a head do not restart its timer")
@@ -273,14 +273,14 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
         XCTAssertEqual(m.bytesReceived(), .drop)
         XCTAssertEqual(m.responseEnd(now: 1), [.closeAfterFlush])
         // A TLS handshake that never finished is closed without an answer.
-        var tls = M(now: 0)
-        _ = tls.start()
+        var tls = M()
+        _ = tls.start(now: 0)
         XCTAssertEqual(tls.timerFired(.head, transportOpen: false, timeoutMs: 1), [.closeNow])
     }
 
     func testMalformedRequest() {
-        var m = M(now: 0)
-        _ = m.start()
+        var m = M()
+        _ = m.start(now: 0)
         _ = m.bytesReceived()
         XCTAssertEqual(m.malformed(.headersTooLarge), [.cancelTimer, .respond(status: 431, message: "request header fields too large")])
         XCTAssertEqual(m.responseEnd(now: 1), [.closeAfterFlush])
@@ -290,8 +290,8 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
     }
 
     func testIllegalEventsCloseWithAReason() {
-        var m = M(now: 0)
-        _ = m.start()
+        var m = M()
+        _ = m.start(now: 0)
         XCTAssertEqual(m.responseHead(hasContentLength: true, noBody: false), .abort("a response head with no request waiting for it"))
         XCTAssertEqual(m.responseBody(), .abort("response body with no request waiting for it"))
         XCTAssertEqual(m.switchedProtocols(), [.cancelTimer, .abort("101 Switching Protocols with no upgrade asked for")])
@@ -327,8 +327,8 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
         let heads = [head(), post(), post([("Expect", "100-continue")]), head("HEAD", "/"),
                      head("GET", "/ws", webSocketFields), head("GET", "/", [("Connection", "close")])]
         for _ in 0..<200 {
-            var m = M(now: 0)
-            _ = m.start()
+            var m = M()
+            _ = m.start(now: 0)
             for step in 0..<60 {
                 switch next(16) {
                 case 0: _ = m.bytesReceived()

@@ -143,16 +143,14 @@ struct HTTP1ServerStateMachine {
         case abort(String)
     }
 
-    private(set) var state: State
     /// The timer that runs (what the last timer action left).
     private(set) var timer: TimerKind?
     /// The reasons this machine paused reading for.
     private(set) var paused: ReadPause = []
     private(set) var finishing: Finish?
 
-    init(now: UInt64) {
-        state = .readingHead(idleSince: now)
-    }
+    /// Before `start`: nothing counted yet.
+    private(set) var state = State.readingHead(idleSince: nil)
 
     // MARK: Queries
 
@@ -190,7 +188,8 @@ struct HTTP1ServerStateMachine {
     // MARK: Events
 
     /// The connection starts: the head timer counts from here (TLS handshake included).
-    mutating func start() -> [Action] {
+    mutating func start(now: UInt64) -> [Action] {
+        state = .readingHead(idleSince: now)
         var actions: [Action] = []
         retime(&actions)
         return actions
