@@ -57,6 +57,36 @@ struct HTTP1ServerStateMachine {
         var persistence: Persistence
         let isHEAD: Bool
         let versionMinor: Int
+
+        /// The response head starts: its framing, and whether the connection stays.
+        mutating func startResponse(hasContentLength: Bool, noBody: Bool) -> ResponseHeadDecision {
+            guard response == .notStarted else { return .abort("a second response head for one request") }
+            var framing = ResponseFraming.contentLength
+            if noBody {
+                framing = .none
+            } else if !hasContentLength {
+                framing = versionMinor == 1 ? .chunked : .closeDelimited
+            }
+            // A response that ends before its request body was read cannot keep the
+            // connection: the rest of that body would be read as a new request.
+            if framing == .closeDelimited || body != .complete { persistence = .close }
+            response = .started(framing)
+            return .write(framing, persistence)
+        }
+
+        var bodyWrite: BodyWrite {
+            switch response {
+            case .notStarted: return .abort("response body before its head")
+            case .started(.none): return .discard
+            case .started(.chunked): return .chunked
+            case .started: return .raw
+            }
+        }
+
+        /// The connection can take the next request once this one is answered.
+        var keepsConnection: Bool {
+            persistence == .keepAlive && body == .complete && response != .started(.closeDelimited)
+        }
     }
 
     enum State: Equatable {
@@ -69,7 +99,7 @@ struct HTTP1ServerStateMachine {
         case request(Request)
         /// A WebSocket upgrade was asked for: nothing more is parsed as HTTP, nothing is
         /// read until the device answers (101, or an ordinary response that ends the connection).
-        case upgrading(Response)
+        case upgrading(Request)
         /// After 101 Switching Protocols: bytes pass both ways.
         case tunnel
         /// An error answer with no exchange behind it (408, a malformed request) is being
@@ -143,14 +173,13 @@ struct HTTP1ServerStateMachine {
         case abort(String)
     }
 
+    /// Before `start`: nothing counted yet.
+    private(set) var state = State.readingHead(idleSince: nil)
     /// The timer that runs (what the last timer action left).
     private(set) var timer: TimerKind?
     /// The reasons this machine paused reading for.
     private(set) var paused: ReadPause = []
     private(set) var finishing: Finish?
-
-    /// Before `start`: nothing counted yet.
-    private(set) var state = State.readingHead(idleSince: nil)
 
     // MARK: Queries
 
@@ -165,16 +194,18 @@ struct HTTP1ServerStateMachine {
 
     /// No request body is still to come (none, or all of it arrived).
     var requestComplete: Bool {
-        if case .request(let r) = state { return r.body == .complete }
-        return true
+        switch state {
+        case .request(let r), .upgrading(let r): return r.body == .complete
+        default: return true
+        }
     }
 
     /// The response in progress leaves the connection open for the next request.
     var keepsAlive: Bool {
         switch state {
-        case .request(let r): return r.persistence == .keepAlive
+        case .request(let r), .upgrading(let r): return r.persistence == .keepAlive
         case .readingHead, .idle: return finishing == nil
-        case .upgrading, .tunnel, .rejecting, .closing: return false
+        case .tunnel, .rejecting, .closing: return false
         }
     }
 
@@ -242,7 +273,8 @@ struct HTTP1ServerStateMachine {
             start = .refuseUpgrade
         } else if WebSocketUpgrade.isRequest(head) && !hasBody {
             // Nothing more is HTTP until the device has answered the upgrade.
-            state = .upgrading(.notStarted)
+            request.persistence = .close
+            state = .upgrading(request)
             actions += pause(.upgrading)
             start = .webSocket
         } else {
@@ -353,56 +385,27 @@ struct HTTP1ServerStateMachine {
 
     /// A response head is written: how it is framed, and whether it keeps the connection.
     mutating func responseHead(hasContentLength: Bool, noBody: Bool) -> ResponseHeadDecision {
-        var response = Response.notStarted
-        var persistence = Persistence.close
-        var versionMinor = 1
-        var body = RequestBody.complete
         switch state {
-        case .request(let r):
-            (response, persistence, versionMinor, body) = (r.response, r.persistence, r.versionMinor, r.body)
-        case .upgrading(let r):
-            response = r
+        case .request(var r):
+            defer { state = .request(r) }
+            return r.startResponse(hasContentLength: hasContentLength, noBody: noBody)
+        case .upgrading(var r):
+            defer { state = .upgrading(r) }
+            return r.startResponse(hasContentLength: hasContentLength, noBody: noBody)
         case .closing:
             return .ignore
         case .idle, .readingHead, .tunnel, .rejecting:
             return .abort("a response head with no request waiting for it")
         }
-        guard response == .notStarted else { return .abort("a second response head for one request") }
-        var framing = ResponseFraming.contentLength
-        if noBody {
-            framing = .none
-        } else if !hasContentLength {
-            framing = versionMinor == 1 ? .chunked : .closeDelimited
-        }
-        // A response that ends before its request body was read cannot keep the
-        // connection: the rest of that body would be read as a new request.
-        if framing == .closeDelimited || body != .complete { persistence = .close }
-        switch state {
-        case .request(var r):
-            r.response = .started(framing)
-            r.persistence = persistence
-            state = .request(r)
-        default:
-            state = .upgrading(.started(framing))
-        }
-        return .write(framing, persistence)
     }
 
     /// How the next piece of response body goes out.
     func responseBody() -> BodyWrite {
-        var response = Response.notStarted
         switch state {
-        case .request(let r): response = r.response
-        case .upgrading(let r): response = r
+        case .request(let r), .upgrading(let r): return r.bodyWrite
         case .tunnel: return .raw
         case .closing: return .discard
         case .idle, .readingHead, .rejecting: return .abort("response body with no request waiting for it")
-        }
-        switch response {
-        case .notStarted: return .abort("response body before its head")
-        case .started(.none): return .discard
-        case .started(.chunked): return .chunked
-        case .started: return .raw
         }
     }
 
@@ -410,12 +413,8 @@ struct HTTP1ServerStateMachine {
     /// `now`: the loop clock, for the keep-alive idle time.
     mutating func responseEnd(now: UInt64) -> [Action] {
         switch state {
-        case .request(let r):
-            var framing = ResponseFraming.contentLength
-            if case .started(let f) = r.response { framing = f }
-            guard r.persistence == .keepAlive, r.body == .complete, framing != .closeDelimited else {
-                return close(with: .closeAfterFlush)
-            }
+        case .request(let r), .upgrading(let r):
+            guard r.keepsConnection else { return close(with: .closeAfterFlush) }
             // The next request, or the end: reading resumes for every reason this request had.
             state = .idle(since: now)
             var actions: [Action] = []
@@ -423,7 +422,7 @@ struct HTTP1ServerStateMachine {
             paused = []
             retime(&actions)
             return actions + [.processQueued]
-        case .upgrading, .tunnel, .rejecting:
+        case .tunnel, .rejecting:
             return close(with: .closeAfterFlush)
         case .closing:
             return []
@@ -443,7 +442,7 @@ struct HTTP1ServerStateMachine {
     /// The device accepted the WebSocket.
     mutating func switchedProtocols() -> [Action] {
         switch state {
-        case .upgrading(.notStarted):
+        case .upgrading(let r) where r.response == .notStarted:
             state = .tunnel
             var actions: [Action] = [.writeSwitchingProtocols]
             retime(&actions)
