@@ -148,19 +148,16 @@ final class PublicConnection: UserSide {
             respondError(400, "the request names no valid device host ('" + authority + "')", close: true, retryAfter: false)
             return
         }
-        if start == .refuseUpgrade {
+        guard start != .refuseUpgrade else {
             upgradeRequired()
             return
         }
         let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
         current = ex
-        switch start {
-        case .webSocket:
-            ex.startWebSocket()
-        case .exchange(let hasBody):
+        if case .exchange(let hasBody) = start {
             ex.start(requestHasBody: hasBody)
-        case .refuseUpgrade:
-            break
+        } else {
+            ex.startWebSocket()
         }
     }
 

@@ -52,6 +52,18 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
         XCTAssertEqual(m.responseEnd(now: 60), [.armTimer(.idle), .processQueued])
     }
 
+    func testRequestAnsweredBeforeItsEndWasParsed() {
+        // A refusal given as the request began (access denied, say): the parser's
+        // `.end` for that request comes after, and changes nothing.
+        var m = begun(head())
+        XCTAssertEqual(m.responseEnd(now: 1), [.armTimer(.idle), .processQueued])
+        XCTAssertEqual(m.requestEnd(), [])
+        XCTAssertEqual(m.state, .idle(since: 1))
+        // A request answered before its body arrived cannot keep the connection.
+        var early = begun(post())
+        XCTAssertEqual(early.responseEnd(now: 1), [.cancelTimer, .closeAfterFlush])
+    }
+
     func testPipelinedRequestWaitsUntilTheResponseIsDone() {
         var m = begun(head())
         // The second head is parsed from the same read: it waits, and reading stops.
@@ -138,6 +150,13 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
         XCTAssertEqual(m.peerFinished(requestQueued: false), [.endRequestBody])
         XCTAssertEqual(m.tunnelEnded(), [.closeAfterFlush])
         XCTAssertEqual(m.bytesReceived(), .drop)
+    }
+
+    func testUpgradeRequestWithABodyIsAnOrdinaryRequest() {
+        var m = M()
+        _ = m.start(now: 0)
+        XCTAssertEqual(m.requestHead(head("GET", "/ws", webSocketFields + [("Content-Length", "3")])),
+                       .begin(.exchange(requestHasBody: true), [.armTimer(.body)]))
     }
 
     func testWebSocketRefusals() {
