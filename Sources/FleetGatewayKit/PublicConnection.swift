@@ -4,6 +4,11 @@
 // is in flight, a pipelined one waits in the parser's output and the socket is
 // not read, so a pipelining client cannot make the gateway buffer for it.
 //
+// What happens when is decided by HTTP1ServerStateMachine: this class feeds it
+// events and carries out its actions (reading paused or resumed for a reason, the
+// one timer armed on the loop, exchanges started, bytes written, the connection
+// closed).
+//
 // Time limits: a complete request head within `request_timeout_ms` (counted from
 // the connection's start, which includes the TLS handshake, or from the first
 // byte of a later request), some of the request body every `request_timeout_ms`
@@ -15,33 +20,16 @@ import TLS
 import Wire
 
 final class PublicConnection: UserSide {
+    typealias Machine = HTTP1ServerStateMachine
+
     let services: UserServices
     let transport: Transport
     let scheme: String
     private var parser: HTTP1RequestParser
     private var queued: [HTTP1Event<HTTPRequestHead>] = []
     private var current: Exchange?
-    private var requestDone = true
-    private var responseDone = true
-    private var keepAlive = true
-    private var isHEAD = false
-    private var chunkedResponse = false
-    private var closeDelimited = false
-    private var noResponseBody = false
-    private var closing = false
-    private var goingAway = false
+    private var machine = Machine()
     private var timer: TimerID?
-    /// Waiting for a request's first byte (idle) rather than for the rest of its head.
-    private var idle = false
-    /// A WebSocket upgrade was asked for: nothing more is parsed as HTTP.
-    private var upgrading = false
-    /// After 101 Switching Protocols: bytes pass through both ways.
-    private var tunnel = false
-    /// The body timer runs (a request body is arriving and must keep arriving).
-    private var bodyTimerArmed = false
-    private var bodyPaused = false
-    /// The user asked for `100 Continue` and waits for it before sending the body.
-    private var awaitingContinue = false
     /// The request being answered, for the access log and the metrics.
     private var logged: (method: String, target: String, host: String, start: UInt64)?
     private var responseStatus = 0
@@ -51,7 +39,7 @@ final class PublicConnection: UserSide {
     /// end of this loop turn at the latest.
     private var pendingHead: [UInt8] = []
     /// Since when no request has been in progress (for the gateway's descriptor budget).
-    private(set) var idleSince: UInt64?
+    var idleSince: UInt64? { machine.idleSince }
 
     init(services: UserServices, transport: Transport, scheme: String) {
         self.services = services
@@ -66,15 +54,11 @@ final class PublicConnection: UserSide {
     /// The Exchange stops taking the body (back-pressure, or queued): the user is not
     /// the one who is slow, so the body timer waits too.
     func pauseReading() {
-        transport.pauseReading(.backPressure)
-        bodyPaused = true
-        if bodyTimerArmed { disarmBody() }
+        perform(machine.exchangePaused())
     }
 
     func resumeReading() {
-        transport.resumeReading(.backPressure)
-        bodyPaused = false
-        if !requestDone && current != nil && !upgrading && !tunnel && !awaitingContinue { armBody() }
+        perform(machine.exchangeResumed())
     }
 
     /// `first`: bytes already read by the protocol sniffer, parsed before anything else.
@@ -83,98 +67,65 @@ final class PublicConnection: UserSide {
         transport.onDrained = { self.current?.userDrained() }
         transport.onPeerFinished = { self.peerFinished() }
         transport.onClose = { _ in self.closed() }
-        idleSince = services.loop.now
-        arm(idle: false)
+        perform(machine.start(now: services.loop.now))
         if !first.isEmpty { receive(first) }
     }
 
     // MARK: Requests in
 
     private func receive(_ bytes: [UInt8]) {
-        guard !closing else { return }
-        if tunnel {
+        switch machine.bytesReceived() {
+        case .drop:
+            return
+        case .tunnel:
             current?.userBody(bytes)
-            return
-        }
-        idleSince = nil
-        if idle { arm(idle: false) }  // a request has begun: its head must arrive in time
-        if bodyTimerArmed { armBody() }  // some of the body came: the user is not stalled
-        do throws(HTTP1Error) {
-            queued += try parser.feed(bytes)
-        } catch {
-            rejectMalformed(error)
-            return
-        }
-        process()
-    }
-
-    private func peerFinished() {
-        if tunnel {
-            current?.userEnd()  // the user's side of the WebSocket is done
-            return
-        }
-        // HTTP/1.1 half-close: the user sent everything; answer, then close.
-        keepAlive = false
-        goingAway = true
-        do throws(HTTP1Error) {
-            queued += try parser.feedEOF()
-        } catch {
-            abort("the request ended before it was complete")
-            return
-        }
-        if current == nil && responseDone && queued.isEmpty {
-            transport.closeAfterFlush()
-        } else {
+        case .parse(let actions):
+            perform(actions)
+            do throws(HTTP1Error) {
+                queued += try parser.feed(bytes)
+            } catch {
+                rejectMalformed(error)
+                return
+            }
             process()
         }
     }
 
+    private func peerFinished() {
+        perform(machine.peerFinished(requestQueued: !queued.isEmpty))
+    }
+
     private func rejectMalformed(_ error: HTTP1Error) {
         queued.removeAll()
-        if current == nil || responseDone {
-            requestDone = true
-            respondError(error.status, error.description, close: true, retryAfter: false)
-        } else {
-            abort("malformed request: " + error.description)
-        }
+        perform(machine.malformed(error))
     }
 
     /// Feeds queued parser events to the current exchange, starting the next one when
     /// the previous response is complete.
     private func process() {
-        while !queued.isEmpty && !closing {
+        while !queued.isEmpty && !machine.isClosing {
             switch queued[0] {
             case .head(let head):
-                if upgrading {
-                    abort("data after a WebSocket upgrade request, before the answer")
+                switch machine.requestHead(head) {
+                case .wait(let actions), .stop(let actions):
+                    perform(actions)
                     return
+                case .begin(let start, let actions):
+                    queued.removeFirst()
+                    perform(actions)
+                    begin(head, start)
                 }
-                guard current == nil && responseDone else {
-                    // Pipelined: stop reading until the current response is done.
-                    transport.pauseReading(.pipelined)
-                    return
-                }
-                queued.removeFirst()
-                begin(head)
             case .body(let bytes):
                 queued.removeFirst()
                 current?.userBody(bytes)
             case .end:
                 queued.removeFirst()
-                requestDone = true
-                if bodyTimerArmed { disarmBody() }
-                // An upgrade request's HTTP part ends here, but its stream carries the
-                // WebSocket's bytes later: do not end it.
-                if !upgrading { current?.userEnd() }
-                if responseDone { current = nil }
+                perform(machine.requestEnd())
             }
         }
     }
 
-    private func begin(_ received: HTTPRequestHead) {
-        services.loop.cancel(timer)
-        timer = nil
-        idleSince = nil
+    private func begin(_ received: HTTPRequestHead, _ start: Machine.Start) {
         // One authority routes the request and names it in the log: the target's in
         // absolute-form (the Host field is then ignored, RFC 9112 §3.2.2), else Host.
         let form = RequestTarget.classify(method: received.method, target: received.target)
@@ -184,12 +135,6 @@ final class PublicConnection: UserSide {
         logged = (head.method, received.target, authority.isEmpty ? "-" : authority, services.loop.now)
         responseStatus = 0
         responseBytes = 0
-        let hasBody = ((try? HTTP1RequestParser.framing(of: head)) ?? .none) != .none
-        requestDone = !hasBody
-        responseDone = false
-        isHEAD = head.method == "HEAD"
-        keepAlive = !goingAway && (head.versionMinor == 1 ? !head.headers.containsToken("connection", "close")
-                                                          : head.headers.containsToken("connection", "keep-alive"))
         guard let form else {
             respondError(400, "invalid request target for " + head.method + " (RFC 9112 §3.2)", close: true, retryAfter: false)
             return
@@ -203,42 +148,30 @@ final class PublicConnection: UserSide {
             respondError(400, "the request names no valid device host ('" + authority + "')", close: true, retryAfter: false)
             return
         }
-        let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
-        current = ex
-        awaitingContinue = hasBody && head.versionMinor == 1 && head.headers.containsToken("expect", "100-continue")
-        bodyPaused = false
-        if hasBody && !awaitingContinue && !WebSocketUpgrade.isRequest(head) { armBody() }
-        if WebSocketUpgrade.isRequest(head) && !WebSocketUpgrade.hasValidHandshake(head) {
-            current = nil
-            requestDone = true
+        guard start != .refuseUpgrade else {
             upgradeRequired()
             return
         }
-        if WebSocketUpgrade.isRequest(head) && !hasBody {
-            // Nothing more is HTTP until the device has answered the upgrade.
-            upgrading = true
-            keepAlive = false
-            transport.pauseReading(.upgrading)
+        let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
+        current = ex
+        if case .exchange(let hasBody) = start {
+            ex.start(requestHasBody: hasBody)
+        } else {
             ex.startWebSocket()
-            return
         }
-        ex.start(requestHasBody: hasBody)
     }
 
     // MARK: Responses out (called by Exchange)
 
     /// `100 Continue` for a user who asked for it, once a device took the request.
     func writeContinue() {
-        transport.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
-        awaitingContinue = false
-        if !requestDone && !bodyPaused { armBody() }
+        perform(machine.continueRequested())
     }
 
     /// A WebSocket handshake we cannot take (RFC 6455 §4.2.2): 426 with the version we speak.
     private func upgradeRequired() {
         let r = ShortResponse.error(426, "WebSocket handshake needs Sec-WebSocket-Version: 13 and a 16-byte key",
                                     fields: HTTPHeaders([("Sec-WebSocket-Version", "13")]), close: true)
-        keepAlive = false
         responseStatus = 426
         transport.write(HTTP1Writer.responseHead(r.head) + r.body)
         completeResponse()
@@ -246,54 +179,45 @@ final class PublicConnection: UserSide {
 
     /// The device accepted the WebSocket: 101, then bytes both ways.
     func switchProtocols(accept: String, fields: HTTPHeaders) {
+        let actions = machine.switchedProtocols()
+        guard actions.contains(.writeSwitchingProtocols) else {
+            perform(actions)
+            return
+        }
         var h = HTTPHeaders()
         h.add("Upgrade", "websocket")
         h.add("Connection", "Upgrade")
         h.add("Sec-WebSocket-Accept", accept)
         for (n, v) in fields { h.add(n, v) }
         transport.write(HTTP1Writer.responseHead(HTTPResponseHead(status: 101, versionMinor: 1, headers: h)))
-        tunnel = true
-        upgrading = false
         responseStatus = 101
-        chunkedResponse = false
-        noResponseBody = false
-        services.loop.cancel(timer)
-        timer = nil
-        transport.resumeReading(.upgrading)
+        perform(actions)
         let early = parser.takeUnparsed()
         if !early.isEmpty { current?.userBody(early) }
     }
 
     /// The device ended its side of the WebSocket.
     func tunnelEnded() {
-        closing = true
         current = nil
-        transport.closeAfterFlush()
+        perform(machine.tunnelEnded())
     }
 
     func writeHead(_ head: HTTPResponseHead, noBody: Bool) {
-        var h = head
-        noResponseBody = noBody
-        chunkedResponse = false
-        closeDelimited = false
-        if !noBody && !h.headers.contains("content-length") {
-            if current?.request.versionMinor == 1 {
-                chunkedResponse = true
-                h.headers.add("Transfer-Encoding", "chunked")
-            } else {
-                closeDelimited = true
-                keepAlive = false
-            }
+        switch machine.responseHead(hasContentLength: head.headers.contains("content-length"), noBody: noBody) {
+        case .ignore:
+            return
+        case .abort(let why):
+            abort(why)
+        case .write(let framing, let persistence):
+            var h = head
+            if framing == .chunked { h.headers.add("Transfer-Encoding", "chunked") }
+            if persistence == .close { h.headers.add("Connection", "close") }
+            h.reason = HTTP1Writer.reasonPhrase(h.status)
+            responseStatus = h.status
+            flushHead()
+            pendingHead = HTTP1Writer.responseHead(h)
+            transport.loop.execute { self.flushHead() }
         }
-        // A response that ends before its request body was read cannot keep the
-        // connection: the rest of that body would be read as a new request.
-        if !requestDone { keepAlive = false }
-        if !keepAlive { h.headers.add("Connection", "close") }
-        h.reason = HTTP1Writer.reasonPhrase(h.status)
-        responseStatus = h.status
-        flushHead()
-        pendingHead = HTTP1Writer.responseHead(h)
-        transport.loop.execute { self.flushHead() }
     }
 
     private func flushHead() {
@@ -314,9 +238,19 @@ final class PublicConnection: UserSide {
     }
 
     func writeBody(_ bytes: [UInt8]) {
-        guard !noResponseBody, !bytes.isEmpty else { return }
-        responseBytes += bytes.count
-        writeAfterHead(chunkedResponse ? HTTP1Writer.chunk(bytes) : bytes)
+        guard !bytes.isEmpty else { return }
+        switch machine.responseBody() {
+        case .discard:
+            return
+        case .abort(let why):
+            abort(why)
+        case .raw:
+            responseBytes += bytes.count
+            writeAfterHead(bytes)
+        case .chunked:
+            responseBytes += bytes.count
+            writeAfterHead(HTTP1Writer.chunk(bytes))
+        }
     }
 
     func writeEnd(trailers: HTTPHeaders) {
@@ -326,18 +260,25 @@ final class PublicConnection: UserSide {
     }
 
     private func completeResponse() {
-        responseDone = true
         record(aborted: false)
-        if !keepAlive || closeDelimited || !requestDone {
-            closing = true
-            current = nil
-            transport.closeAfterFlush()
-            return
-        }
         current = nil
-        transport.resumeReading([.backPressure, .pipelined, .peerFinished])  // the next request, or the end
-        arm(idle: true)
-        transport.loop.execute { self.process() }
+        perform(machine.responseEnd(now: services.loop.now))
+    }
+
+    // MARK: What respondError reads and sets, in the machine
+
+    private var requestDone: Bool { machine.requestComplete }
+    private var isHEAD: Bool { machine.isHEAD }
+    /// Set to false: the response in progress is the connection's last.
+    private var keepAlive: Bool {
+        get { machine.keepsAlive }
+        set { if !newValue { machine.closeAfterResponse() } }
+    }
+    /// The response in progress is chunked; an error answer (framed by its
+    /// Content-Length, written whole) sets it to false, which changes nothing here.
+    private var chunkedResponse: Bool {
+        get { machine.responseBody() == .chunked }
+        set {}
     }
 
     /// A complete error response with a short text body (none for HEAD).
@@ -362,7 +303,7 @@ final class PublicConnection: UserSide {
         services.logger.warning("aborting user connection: " + why)
         record(aborted: true)
         flushHead()
-        closing = true
+        perform(machine.closed())
         current?.userGone()
         current = nil
         transport.close()
@@ -376,63 +317,71 @@ final class PublicConnection: UserSide {
                             status: responseStatus, bytes: responseBytes, aborted: aborted, exchange: current)
     }
 
+    // MARK: Carrying out the machine's actions
+
+    private func perform(_ actions: [Machine.Action]) {
+        for action in actions {
+            switch action {
+            case .pauseReading(let why):
+                transport.pauseReading(why)
+            case .resumeReading(let why):
+                transport.resumeReading(why)
+            case .armTimer(let kind):
+                arm(kind)
+            case .cancelTimer:
+                services.loop.cancel(timer)
+                timer = nil
+            case .endRequestBody:
+                current?.userEnd()
+            case .dropExchange:
+                current?.userGone()  // the device stops working on it
+                current = nil
+            case .processQueued:
+                transport.loop.execute { self.process() }
+            case .checkEndOfInput:
+                do throws(HTTP1Error) {
+                    queued += try parser.feedEOF()
+                } catch {
+                    abort("the request ended before it was complete")
+                    return
+                }
+            case .writeContinue:
+                transport.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+            case .writeSwitchingProtocols:
+                break  // written by switchProtocols
+            case .respond(let status, let message):
+                respondError(status, message, close: true, retryAfter: false)
+            case .closeAfterFlush:
+                current = nil
+                transport.closeAfterFlush()
+            case .closeNow:
+                transport.close()
+            case .abort(let why):
+                abort(why)
+                return
+            }
+        }
+    }
+
     // MARK: Time limits and shutdown
 
-    private func arm(idle waitingForFirstByte: Bool) {
+    /// The head and idle timers, and the body timer: the user must send some of the
+    /// request body within `request_timeout_ms` of the head or of the last piece
+    /// (slowloris on bodies): a device that streams its answer while it reads would
+    /// otherwise hold the stream for as long as the user likes.
+    private func arm(_ kind: Machine.TimerKind) {
         services.loop.cancel(timer)
-        idle = waitingForFirstByte
-        if waitingForFirstByte { idleSince = services.loop.now }
-        let ms = waitingForFirstByte ? services.owner.userIdleTimeoutMs : services.config.requestTimeoutMs
+        let ms = kind == .idle ? services.owner.userIdleTimeoutMs : services.config.requestTimeoutMs
         timer = services.loop.schedule(afterMilliseconds: ms) {
             self.timer = nil
-            self.timedOut()
-        }
-    }
-
-    /// The user must send some of the request body within `request_timeout_ms` of the
-    /// head or of the last piece (slowloris on bodies): a device that streams its
-    /// answer while it reads would otherwise hold the stream for as long as the user likes.
-    private func armBody() {
-        services.loop.cancel(timer)
-        bodyTimerArmed = true
-        timer = services.loop.schedule(afterMilliseconds: services.config.requestTimeoutMs) {
-            self.timer = nil
-            self.bodyTimerArmed = false
-            self.bodyStalled()
-        }
-    }
-
-    private func disarmBody() {
-        services.loop.cancel(timer)
-        timer = nil
-        bodyTimerArmed = false
-    }
-
-    private func bodyStalled() {
-        guard !closing, !requestDone, let ex = current else { return }
-        let why = "the request body stalled: nothing for " + String(services.config.requestTimeoutMs) + " ms"
-        if responseStatus == 0 {
-            ex.userGone()  // the device stops working on it
-            current = nil
-            respondError(408, why, close: true, retryAfter: false)
-        } else {
-            abort(why)  // the answer already started: cut it, never let it look complete
-        }
-    }
-
-    private func timedOut() {
-        guard !closing, current == nil else { return }
-        if idle || transport.state != .open {
-            transport.close()  // idle keep-alive, or a TLS handshake that never finished
-        } else {
-            requestDone = true
-            respondError(408, "the request head did not arrive in time", close: true, retryAfter: false)
+            self.perform(self.machine.timerFired(kind, transportOpen: self.transport.state == .open,
+                                                 timeoutMs: self.services.config.requestTimeoutMs))
         }
     }
 
     private func closed() {
         record(aborted: true)
-        closing = true
+        perform(machine.closed())
         services.loop.cancel(timer)
         timer = nil
         current?.userGone()
@@ -443,8 +392,6 @@ final class PublicConnection: UserSide {
 
     /// Graceful stop: close now when idle, else after the response in progress.
     func goAway() {
-        goingAway = true
-        keepAlive = false
-        if current == nil && responseDone && queued.isEmpty { transport.closeAfterFlush() }
+        perform(machine.shutdown(requestQueued: !queued.isEmpty))
     }
 }
