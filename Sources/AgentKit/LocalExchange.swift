@@ -111,6 +111,7 @@ final class LocalExchange {
         settleCredit()
     }
 
+    @inline(never)  // see LocalExchangeState.receive
     private func perform(_ action: LocalExchangeState.Action) {
         switch action {
         case .armTimeout:

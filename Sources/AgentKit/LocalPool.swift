@@ -134,7 +134,7 @@ final class LocalPool {
             if case .socket(let e) = reason {
                 dial.finish(.failure(e))
             } else {
-                dial.finish(.failure(SocketError("connect " + self.endpoint.description + " (" + reason.description + ")", errno: ECONNABORTED)))
+                dial.finish(.failure(SocketError("connect " + self.endpoint.host, errno: ECONNABORTED)))
             }
         }
         t.start()

@@ -14,6 +14,7 @@
 import EventLoop
 import HTTP1
 import HTTP2
+import Wire
 
 /// An in-process local API: called once per request stream.
 public typealias LocalHandler = (LocalRequest) -> Void
