@@ -35,9 +35,9 @@ final class LocalExchange {
     private var timer: TimerID?
     /// Request bytes received but not yet acknowledged to the gateway.
     private var credit = FlowCredit()
-    /// Events that arrived while actions were carried out, handled in order.
+    /// The event being handled and those that arrived while its actions were
+    /// carried out, handled in order (never one inside another).
     private var inbox: [LocalExchangeState.Event] = []
-    private var handling = false
 
     init(stream: Int32, server: ReversedServer, pool: LocalPool, timeoutMs: Int) {
         self.stream = stream
@@ -98,16 +98,14 @@ final class LocalExchange {
     /// arrive meanwhile (from the pool, the parser, a callback) wait their turn.
     private func handle(_ event: LocalExchangeState.Event) {
         inbox.append(event)
-        guard !handling else { return }
-        handling = true
+        guard inbox.count == 1 else { return }  // handled by the loop below, further up the stack
         var index = 0
         while index < inbox.count {
             let next = inbox[index]
             index += 1
             for action in machine.receive(next) { perform(action) }
         }
-        inbox.removeAll()
-        handling = false
+        inbox.removeAll(keepingCapacity: true)
         settleCredit()
     }
 
