@@ -15,7 +15,7 @@ public final class Agent {
     public let loop: EventLoop
     public let logger: Logger
     public private(set) var dialers: [Dialer] = []
-    private var pool: LocalPool
+    private(set) var pool: LocalPool
     private var tls: TLSContext?
     private let identity: TLSIdentity?
     private let handler: LocalHandler?
@@ -127,6 +127,7 @@ public final class Agent {
         warnIfPlaintext(newConfig)
         let newPool = newConfig.local == config.local && newConfig.localMaxConnections == config.localMaxConnections
             ? pool : LocalPool(loop: loop, endpoint: newConfig.local, maxActive: newConfig.localMaxConnections)
+        if newPool === pool { pool.forgetAddress() }  // the name may point elsewhere now
         roll(slot: 0, newConfig, newTLS, newPool) { error in
             self.reloading = false
             if error == nil {

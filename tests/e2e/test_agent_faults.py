@@ -98,6 +98,22 @@ def test_local_api_down_gives_502_at_once(procs, pki):
     assert time.monotonic() - t0 < 1.0
 
 
+def test_local_api_name_that_does_not_resolve_gives_502_and_a_log_line(procs, pki):
+    """The local API's name is looked up off the event loop: a name that does not
+    resolve is a 502 saying so, logged with the stream, and the tunnel stays up."""
+    gw = lib.start_gateway(procs, pki)
+    agent = lib.start_agent(procs, gw.device_port, pki=pki, device="dev1.example", local_port=lib.closed_port(),
+                            connections=1, extra=["--local", "nosuch.invalid:8080"])
+    lib.wait_device(gw, "dev1.example")
+    for _ in range(2):  # a failed lookup is not kept: the second request looks up again
+        t0 = time.monotonic()
+        r = request(gw.public_port, "GET", "/device", "dev1.example", timeout=15)
+        assert r.status == 502 and b"resolve nosuch.invalid" in r.body, (r.status, r.text)
+        assert time.monotonic() - t0 < 12  # at most the lookup's own bound (10 s)
+    line = agent.wait_log("local API unreachable: resolve nosuch.invalid", timeout=5)
+    assert "stream=" in line, line
+
+
 def test_gateway_sigterm_sends_goaway_drains_and_the_agent_redials(procs, api, pki):
     """Gateway graceful stop: GOAWAY on every reversed connection, the request in
     flight completes, the gateway exits 0; the agent takes the GOAWAY as "dial a
