@@ -1,6 +1,7 @@
 // fleet-gateway's command line: options and the config file into a GatewayConfig,
 // the gateway run on one event loop until SIGTERM, SIGHUP as a reload, and the
 // `pki` and `token` commands. main.swift only calls gatewayMain().
+import FleetAccess
 import FleetPKI
 import CLibc
 import EventLoop
@@ -19,6 +20,9 @@ usage: fleet-gateway [options]                 run the gateway
        fleet-gateway pki issue-user DIR NAME [--force]   a user certificate (CN = NAME, OU = reversehttp-user)
                                                for HTTPS users: DIR/users/NAME.crt, NAME.key
        fleet-gateway pki revoke-user DIR NAME  revoke every certificate issued to user NAME
+       fleet-gateway pki enroll-token DIR NAME|GLOBS [--expires 24h|7d|30m]   a one-time EST enrollment
+                                               token for device NAME (or names matching GLOBS, e.g. 'dev-*'),
+                                               kept in DIR/enroll-tokens; prints its secret once
        fleet-gateway token create NAME --devices GLOBS [--expires 90d|12h|30m|never] (--tokens FILE | --config FILE)
                                                add a token (default expiry 90d); prints its secret once
        fleet-gateway token list (--tokens FILE | --config FILE)     names, devices, dates (never a secret)
@@ -210,6 +214,31 @@ func pkiMain(_ args: [String]) -> Int32 {
             Logger.writeStderr("user " + name + " revoked"
                                + (serials.isEmpty ? " already" : " (serial " + serials.joined(separator: ", ") + ")")
                                + "; CRL written to " + dir + "/crl.pem (reload the gateway: SIGHUP)\n")
+        case ("enroll-token", 3):
+            let dir = positional[1], binding = positional[2]
+            let now = Int64(time(nil))
+            let secret: String
+            let lifetime: Int64
+            do throws(TokenError) {
+                guard let l = try TokenStore.parseExpiry(settings.string("expires") ?? "24h") else {
+                    Logger.writeStderr("fleet-gateway pki enroll-token: an enrollment token must expire (--expires 24h, 7d, ...)\n")
+                    return 2
+                }
+                lifetime = l
+            } catch {
+                Logger.writeStderr("fleet-gateway pki enroll-token: " + error.description + "\n")
+                return 2
+            }
+            do throws(EnrollmentTokenError) {
+                secret = try EnrollmentTokens.create(directory: dir, binding: binding, lifetime: lifetime, now: now)
+            } catch {
+                Logger.writeStderr("fleet-gateway pki enroll-token: " + error.description + "\n")
+                return 1
+            }
+            writeStdout(secret + "\n")
+            Logger.writeStderr("enrollment token for " + binding + " added to " + EnrollmentTokens.path(directory: dir)
+                               + ", expires " + TokenStore.utcText(now + lifetime) + ", works once. The secret above is "
+                               + "shown only now: put it in the device's agent.conf as enroll_token.\n")
         case ("issue-server", 3):
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
             try PKI.issueServer(directory: positional[1], name: positional[2], extraSANs: sans, force: force)
