@@ -1,6 +1,6 @@
 // What a device needs to enroll over EST (RFC 7030), and nothing more: a fresh
 // EC P-256 key, a PKCS#10 request for CN=NAME signed with it (the proof of
-// possession), and the certificates of the certs-only PKCS#7 the server answers
+// possession); PKCS7Certificates reads the certs-only PKCS#7 the server answers
 // with. No I/O: the caller writes the key (0600) and the certificates.
 import COpenSSL
 
@@ -67,76 +67,6 @@ public final class EnrollmentKey {
         guard X509_REQ_sign(req, key, EVP_sha256()) > 0 else { throw OpenSSLError.drain("sign the certificate request") }
         keep = true
         return req
-    }
-}
-
-/// The certificates of a certs-only PKCS#7 (RFC 7030 §4.1.3, §4.2.3): what
-/// /cacerts and /simpleenroll answer.
-public enum PKCS7Certificates {
-    /// At most this many certificates are read.
-    public static let maxCertificates = 16
-
-    /// The certificates' DER, in the order the SignedData lists them. `der` must be
-    /// one SignedData with at least one certificate and nothing after it.
-    public static func decode(der: [UInt8]) throws(ESTError) -> [[UInt8]] {
-        guard der.count <= 1 << 20 else { throw .tooLarge(limit: 1 << 20) }
-        let (p7, used) = der.withUnsafeBufferPointer { b -> (UnsafeMutablePointer<PKCS7>?, Int) in
-            guard let base = b.baseAddress else { return (nil, 0) }
-            var p: UnsafePointer<UInt8>? = base
-            let r = d2i_PKCS7(nil, &p, b.count)
-            return (r, p.map { $0 - base } ?? 0)
-        }
-        ERR_clear_error()
-        guard let p7 else { throw .malformed("PKCS#7") }
-        defer { PKCS7_free(p7) }
-        guard used == der.count else { throw .trailingBytes(der.count - used) }
-        guard let certs = rh_PKCS7_signed_certs(p7) else { throw .notCertsOnly("no SignedData with certificates") }
-        let n = Int(rh_sk_X509_num(certs))
-        guard n > 0 else { throw .notCertsOnly("no certificate") }
-        guard n <= maxCertificates else { throw .tooManyCertificates(limit: maxCertificates) }
-        var out: [[UInt8]] = []
-        for i in 0..<n {
-            guard let x = rh_sk_X509_value(certs, Int32(i)) else { throw .notCertsOnly("no certificate") }
-            let len = i2d_X509(x, nil)
-            guard len > 0 else {
-                ERR_clear_error()
-                throw .malformed("certificate")
-            }
-            var one = [UInt8](repeating: 0, count: Int(len))
-            let written = one.withUnsafeMutableBufferPointer { p -> Int32 in
-                var o: UnsafeMutablePointer<UInt8>? = p.baseAddress
-                return i2d_X509(x, &o)
-            }
-            guard written == len else {
-                ERR_clear_error()
-                throw .malformed("certificate")
-            }
-            out.append(one)
-        }
-        return out
-    }
-
-    /// The certificates as one PEM bundle (leaf first when the server lists it
-    /// first, as ours does): what a certificate file holds.
-    public static func pem(der: [UInt8]) throws(ESTError) -> [UInt8] {
-        var out: [UInt8] = []
-        for cert in try decode(der: der) {
-            let x: OpaquePointer? = cert.withUnsafeBufferPointer { b in
-                var p: UnsafePointer<UInt8>? = b.baseAddress
-                return d2i_X509(nil, &p, b.count)
-            }
-            guard let x else {
-                ERR_clear_error()
-                throw .malformed("certificate")
-            }
-            defer { X509_free(x) }
-            do throws(OpenSSLError) {
-                out += try PEMBuffer.write(secure: false, "write a certificate") { PEM_write_bio_X509($0, x) }
-            } catch {
-                throw .malformed("certificate")
-            }
-        }
-        return out
     }
 }
 
