@@ -10,7 +10,9 @@ import Tunnel
 
 let usage = """
 usage: fleet-gateway [options]                 run the gateway
-       fleet-gateway pki init DIR --name NAME [--san ADDR]...   fleet CA + gateway certificate
+       fleet-gateway pki init DIR --name NAME [--san ADDR]... [--issuing-ca]   fleet CA + gateway certificate;
+                                               --issuing-ca: a root CA (root.key can leave the machine)
+                                               and an issuing CA signed by it (ca.crt is the chain)
        fleet-gateway pki issue DIR DEVICE [--force]   a device certificate (CN = DEVICE, lower-case);
                                                --force replaces it and revokes every earlier one
        fleet-gateway pki revoke DIR DEVICE     revoke every certificate issued to DEVICE: DIR/crl.pem
@@ -146,7 +148,7 @@ func pkiMain(_ args: [String]) -> Int32 {
     var settings = Settings()
     let positional: [String]
     do throws(ConfigError) {
-        positional = try parseCommandLine(args, flags: ["force"], into: &settings)
+        positional = try parseCommandLine(args, flags: ["force", "issuing_ca"], into: &settings)
     } catch {
         Logger.writeStderr("fleet-gateway pki: " + error.description + "\n")
         return 2
@@ -160,8 +162,14 @@ func pkiMain(_ args: [String]) -> Int32 {
                 return 2
             }
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
-            try PKI.initialize(directory: positional[1], gatewayName: name, extraSANs: sans, force: force)
-            Logger.writeStderr("fleet CA and gateway certificate for " + name + " written to " + positional[1] + "\n")
+            let twoTier = settings.last("issuing_ca") != nil
+            try PKI.initialize(directory: positional[1], gatewayName: name, extraSANs: sans, force: force, issuingCA: twoTier)
+            Logger.writeStderr((twoTier ? "root CA, issuing CA (ca.crt: the chain)" : "fleet CA") + " and gateway certificate for "
+                               + name + " written to " + positional[1] + "\n")
+            if twoTier {
+                Logger.writeStderr("no command needs " + positional[1] + "/root.key: move it off this machine "
+                                   + "(keep it safe: it signs the next issuing CA)\n")
+            }
         case ("issue", 3):
             let dir = positional[1], name = positional[2]
             let issued = try PKI.issue(directory: dir, name: name, force: force)
