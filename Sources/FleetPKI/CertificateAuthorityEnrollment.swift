@@ -88,13 +88,15 @@ extension CertificateAuthority {
                                            extensions: PKI.deviceExtensions(name: name))
         defer { X509_free(leaf) }
         let serial = try PKI.serialHex(leaf, what: name)
-        guard let notBefore = PKI.unixTime(X509_get0_notBefore(leaf)),
-              let notAfter = PKI.unixTime(X509_get0_notAfter(leaf)) else {
-            throw PKI.failure("read the certificate's validity")
+        let pem = try PKI.certificatePEM(leaf)
+        let info: CertificateInfo
+        do throws(OpenSSLError) {
+            info = try CertificateInfo(pem: pem)
+        } catch {
+            throw .openssl(error)
         }
-        return IssuedCertificate(serial: serial, certificateDER: try PKI.certificateDER(leaf),
-                                 certificatePEM: try PKI.certificatePEM(leaf),
-                                 notBefore: notBefore, notAfter: notAfter, revoked: revoked)
+        return IssuedCertificate(serial: serial, certificateDER: try PKI.certificateDER(leaf), certificatePEM: pem,
+                                 notBefore: info.notBefore, notAfter: info.notAfter, revoked: revoked)
     }
 
     /// The CA certificate, DER (what /cacerts lists).
@@ -112,18 +114,5 @@ extension PKI {
         }
         guard written == n else { throw failure("i2d_X509") }
         return out
-    }
-
-    /// An ASN1_TIME as Unix seconds.
-    static func unixTime(_ t: UnsafePointer<ASN1_TIME>?) -> Int64? {
-        guard let t, let epoch = ASN1_TIME_set(nil, 0) else { return nil }
-        defer { ASN1_TIME_free(epoch) }
-        var days: Int32 = 0
-        var seconds: Int32 = 0
-        guard ASN1_TIME_diff(&days, &seconds, epoch, t) == 1 else {
-            ERR_clear_error()
-            return nil
-        }
-        return Int64(days) * 86_400 + Int64(seconds)
     }
 }

@@ -92,6 +92,15 @@ final class EnrollmentKeyTests: XCTestCase {
         XCTAssertEqual(String(decoding: pem, as: UTF8.self), leaf + ca)
         // Through a base64 body as a server sends it.
         XCTAssertEqual(try PKCS7Certificates.decode(der: ESTBody.decode(ESTBody.encode(p7))).count, 2)
+        // What the agent reads to renew.
+        let info = try CertificateInfo(pem: pem)
+        XCTAssertEqual(info.commonName, "dev1.example")
+        XCTAssertEqual(info.notAfter - info.notBefore, 2 * 86_400)
+        XCTAssertLessThan(abs(info.notBefore - Int64(Date().timeIntervalSince1970)), 600)
+        XCTAssertEqual(info.renewalTime(), info.notBefore + 2 * 86_400 * 667 / 1000)
+        XCTAssertEqual(info.renewalTime(jitter: 10 * 86_400), info.notAfter, "never after the end")
+        XCTAssertThrowsError(try CertificateInfo(pem: Array("-----BEGIN CERTIFICATE-----\nAAAA\n".utf8)))
+        XCTAssertEqual(ERR_peek_error(), 0)
         // The leaf and its key make an identity.
         XCTAssertNoThrow(try TLSIdentity(certificatePEM: pem, keyPEM: Array(try Data(contentsOf: URL(fileURLWithPath: pki.key("dev1.example"))))))
         // Hostile: cut, extended, not a SignedData.
