@@ -15,6 +15,13 @@
 // holding PKI's lock (CertificateAuthority.issueDevice takes it itself, after).
 import FleetPKI
 import TLS
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 public enum EnrollmentTokenError: Error, Equatable, CustomStringConvertible {
     /// No token has this secret (or the secret is not shaped like one).
@@ -153,15 +160,32 @@ public struct EnrollmentTokens: Sendable {
         }
     }
 
-    /// In memory: what `consume` does between reading and writing the file.
-    public mutating func use(secret: String, forName name: String, now: Int64) throws(EnrollmentTokenError) -> EnrollmentBinding {
-        guard EnrollmentTokens.isWellFormedSecret(secret) else { throw .unknown }
+    /// The binding of the token with `secret` if it could be used now, without using
+    /// it: for choosing the device name (`exactName`, else the request's CN) before
+    /// `consume`. Throws as `consume` does, but never `.wrongName`.
+    public static func lookup(directory: String, secret: String, now: Int64) throws(EnrollmentTokenError) -> EnrollmentBinding {
+        guard isWellFormedSecret(secret) else { throw .unknown }
+        let path = path(directory: directory)
+        return try locked(path) { () throws(EnrollmentTokenError) -> EnrollmentBinding in
+            try load(path: path, missingIsEmpty: true).usable(secret: secret, now: now).binding
+        }
+    }
+
+    /// The entry of `secret`, if unused and unexpired at `now`.
+    func usable(secret: String, now: Int64) throws(EnrollmentTokenError) -> Entry {
         let hash = sha256(Array(secret.utf8))
         guard let i = byHash[hash], constantTimeEqual(entries[i].hash, hash) else { throw .unknown }
         let entry = entries[i]
         if let used = entry.used { throw .used(at: used.at, by: used.name) }
         guard now < entry.expires else { throw .expired(at: entry.expires) }
-        guard entry.binding.allows(name) else { throw .wrongName(name, binding: entry.binding.text) }
+        return entry
+    }
+
+    /// In memory: what `consume` does between reading and writing the file.
+    public mutating func use(secret: String, forName name: String, now: Int64) throws(EnrollmentTokenError) -> EnrollmentBinding {
+        guard EnrollmentTokens.isWellFormedSecret(secret) else { throw .unknown }
+        let entry = try usable(secret: secret, now: now)
+        guard entry.binding.allows(name), let i = byHash[entry.hash] else { throw .wrongName(name, binding: entry.binding.text) }
         entries[i].used = Used(at: now, name: name)
         return entry.binding
     }
@@ -185,7 +209,8 @@ public struct EnrollmentTokens: Sendable {
     public static func load(path: String, missingIsEmpty: Bool = false) throws(EnrollmentTokenError) -> EnrollmentTokens {
         let bytes: [UInt8]
         do throws(TokenError) {
-            if missingIsEmpty, TokenStore.stamp(path: path) == nil { return EnrollmentTokens() }
+            var st = stat()
+            if missingIsEmpty && stat(path, &st) != 0 && errno == ENOENT { return EnrollmentTokens() }
             bytes = try TokenStore.readFile(path)
         } catch {
             throw .file(error.description)

@@ -81,6 +81,22 @@ extension CertificateAuthority {
         return issued
     }
 
+    /// The checks of `issueDevice` that come before signing (name, reserved names,
+    /// earlier certificates with `.refuse`), without signing or writing anything: for
+    /// refusing an enrollment before its one-time token is used up.
+    public func checkIssuable(name: String, earlier: EarlierCertificates = .refuse) throws(PKIError) {
+        guard PKI.isValidDeviceName(name) else { throw .invalidName(name) }
+        guard PKI.isCanonicalDeviceName(name) else { throw .notCanonical(name) }
+        guard let dir = directory else { return }
+        try PKI.checkNotReserved(name, dir: dir)
+        guard earlier == .refuse else { return }
+        let lock = try PKI.lockDirectory(dir)
+        defer { close(lock) }
+        let revokedSerials = try PKI.readRevocationList(PKI.join(dir, "revoked.txt")).entries.map(\.serial)
+        let live = try PKI.issuedSerials(dir, name: name, caCert: cert).filter { !revokedSerials.contains($0) }
+        if !live.isEmpty { throw .stillIssued(name, serials: live) }
+    }
+
     private func sign(request: CertificateRequest, name: String, days: Int, revoked: [String]) throws(PKIError) -> IssuedCertificate {
         guard let publicKey = X509_REQ_get0_pubkey(request.request) else { throw PKI.failure("read the request's public key") }
         let leaf = try PKI.makeCertificate(commonName: name, subjectKey: publicKey, issuer: (cert, key),

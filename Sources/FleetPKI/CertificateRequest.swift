@@ -3,8 +3,9 @@
 // before anything else looks at it:
 //   * size capped (`maxDERBytes`), one DER structure with nothing after it,
 //     version 1 (0);
-//   * the key is one we certify: EC P-256 or P-384, Ed25519, RSA 2048...8192
-//     (checked before the signature, so a huge key costs nothing);
+//   * the key is one we certify: EC P-256 or P-384 (named curves), Ed25519,
+//     RSA 2048...8192 with an odd exponent of 3...2^32 (checked before the
+//     signature, so a huge key costs nothing);
 //   * the signature verifies with the request's own key (proof of possession),
 //     with SHA-256/384/512 (Ed25519: itself); MD5 and SHA-1 are refused;
 //   * the subject has exactly one CN, printable UTF-8.
@@ -119,6 +120,16 @@ public final class CertificateRequest {
         case EVP_PKEY_RSA:
             let bits = Int(EVP_PKEY_get_bits(key))
             guard (2048...8192).contains(bits) else { throw .unsupportedKey("RSA " + String(bits)) }
+            // e = 1 (or even) makes signatures anyone can compute: no proof of anything.
+            var e: OpaquePointer? = nil
+            guard EVP_PKEY_get_bn_param(key, "e", &e) == 1, let e else {
+                ERR_clear_error()
+                throw .unsupportedKey("RSA (unreadable exponent)")
+            }
+            defer { BN_free(e) }
+            guard BN_is_odd(e) == 1, BN_num_bits(e) >= 2, BN_num_bits(e) <= 32 else {
+                throw .unsupportedKey("RSA (public exponent must be odd, 3 to 2^32)")
+            }
             return .rsa(bits: bits)
         default:
             let sn = OBJ_nid2sn(id).map { String(cString: $0) } ?? "unknown"

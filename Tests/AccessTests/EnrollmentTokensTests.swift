@@ -69,6 +69,25 @@ final class EnrollmentTokensTests: XCTestCase {
         XCTAssertEqual(consume(dir, secret, "dev-2", now: 4_599), .failure(.used(at: 4_599, by: "x.lab.example")))
     }
 
+    func testLookupDoesNotUse() throws {
+        let dir = try tempDir()
+        let exact = try EnrollmentTokens.create(directory: dir, binding: "dev1.example", lifetime: 100, now: 1_000)
+        let glob = try EnrollmentTokens.create(directory: dir, binding: "dev-*", lifetime: 100, now: 1_000)
+        XCTAssertEqual(try EnrollmentTokens.lookup(directory: dir, secret: exact, now: 1_050).exactName, "dev1.example")
+        XCTAssertNil(try EnrollmentTokens.lookup(directory: dir, secret: glob, now: 1_050).exactName)
+        XCTAssertThrowsError(try EnrollmentTokens.lookup(directory: dir, secret: exact, now: 1_100)) { e in
+            XCTAssertEqual(e as? EnrollmentTokenError, .expired(at: 1_100))
+        }
+        XCTAssertTrue(fileText(dir).components(separatedBy: "used=-").count == 3, "still unused")
+        _ = try EnrollmentTokens.consume(directory: dir, secret: exact, forName: "dev1.example", now: 1_060)
+        XCTAssertThrowsError(try EnrollmentTokens.lookup(directory: dir, secret: exact, now: 1_070)) { e in
+            XCTAssertEqual(e as? EnrollmentTokenError, .used(at: 1_060, by: "dev1.example"))
+        }
+        XCTAssertThrowsError(try EnrollmentTokens.lookup(directory: dir, secret: "rhe_x", now: 1_070)) { e in
+            XCTAssertEqual(e as? EnrollmentTokenError, .unknown)
+        }
+    }
+
     func testBadBindingsAndLifetimes() throws {
         let dir = try tempDir()
         for bad in ["DEV1", "10.0.0.1", "a b", "", "dev-*, x", "Dev-*", "localhost\n"] {

@@ -47,6 +47,10 @@ final class EnrollmentPKITests: XCTestCase {
         XCTAssertEqual(try CertificateRequest(der: request(["ec", "-pkeyopt", "ec_paramgen_curve:P-256"], digest: "-sha512")).keyType, .ecP256)
 
         assertESTError(.unsupportedKey("RSA 1024")) { try CertificateRequest(der: request(["rsa:1024"])) }
+        XCTAssertEqual(try CertificateRequest(der: request(["rsa:2048", "-pkeyopt", "rsa_keygen_pubexp:3"])).keyType, .rsa(bits: 2048))
+        assertESTError(.unsupportedKey("RSA (public exponent must be odd, 3 to 2^32)")) {
+            try CertificateRequest(der: request(["rsa:2048", "-pkeyopt", "rsa_keygen_pubexp:4294967297"]))
+        }
         assertESTError(.unsupportedKey("EC secp256k1")) { try CertificateRequest(der: request(["ec", "-pkeyopt", "ec_paramgen_curve:secp256k1"])) }
         assertESTError(.weakSignature("sha1WithRSAEncryption")) { try CertificateRequest(der: request(["rsa:2048"], digest: "-sha1")) }
         assertESTError(.weakSignature("ecdsa-with-SHA1")) {
@@ -66,7 +70,7 @@ final class EnrollmentPKITests: XCTestCase {
         // The signature is the last bytes: any change there breaks the proof of possession.
         var badSig = der
         badSig[badSig.count - 3] ^= 0x01
-        XCTAssertTrue([.badSignature, .malformed("PKCS#10 request")].contains(try catchESTError { try CertificateRequest(der: badSig) }))
+        XCTAssertTrue([.badSignature, .malformed("PKCS#10 request")].contains(catchESTError { try CertificateRequest(der: badSig) }))
         // A changed CN (same length) keeps the DER valid but not the signature.
         var renamed = der
         let cn = Array("dev1.example".utf8)
@@ -88,7 +92,7 @@ final class EnrollmentPKITests: XCTestCase {
         assertESTError(.tooLarge(limit: 100)) { try CertificateRequest(estBody: ESTBody.encode(der), limit: 100) }
         // A certificate is not a request.
         let ca = try CertificateAuthority(ephemeralName: "x")
-        XCTAssertNotNil(try catchESTError { try CertificateRequest(der: ca.certificateDER()) })
+        XCTAssertNotNil(catchESTError { try CertificateRequest(der: ca.certificateDER()) })
         XCTAssertEqual(ERR_peek_error(), 0, "OpenSSL's error queue is left empty")
     }
 
@@ -140,6 +144,21 @@ final class EnrollmentPKITests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/crl.pem"))
         // `pki revoke NAME` knows the enrolled certificates (issued.txt).
         XCTAssertEqual(try PKI.revoke(directory: dir, name: "dev1.example"), [replaced.serial])
+    }
+
+    func testCheckIssuableRefusesBeforeSigning() throws {
+        let dir = try makeTempDir() + "/pki"
+        try PKI.initialize(directory: dir, gatewayName: "gw.example")
+        let ca = try CertificateAuthority(directory: dir)
+        XCTAssertNoThrow(try ca.checkIssuable(name: "dev1.example"))
+        XCTAssertNotNil(assertThrows("reserved") { () throws(PKIError) in try ca.checkIssuable(name: "gw.example", earlier: .keep) })
+        XCTAssertNotNil(assertThrows("canonical") { () throws(PKIError) in try ca.checkIssuable(name: "Dev1.example") })
+        try PKI.issue(directory: dir, name: "dev1.example")
+        let e = assertThrows("stillIssued") { () throws(PKIError) in try ca.checkIssuable(name: "dev1.example") }
+        guard case .stillIssued? = e else { return XCTFail("\(String(describing: e))") }
+        XCTAssertNoThrow(try ca.checkIssuable(name: "dev1.example", earlier: .keep))
+        XCTAssertNoThrow(try ca.checkIssuable(name: "dev1.example", earlier: .revoke(crlDays: 30)))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/crl.pem"), "nothing revoked by a check")
     }
 
     func testIssueRefusesNames() throws {
