@@ -14,6 +14,30 @@ public enum PKCS7Certificates {
     /// The certificates' DER, in the order the SignedData lists them. `der` must be
     /// one SignedData with at least one certificate and nothing after it.
     public static func decode(der: [UInt8]) throws(ESTError) -> [[UInt8]] {
+        try certificates(der) { x in
+            let len = i2d_X509(x, nil)
+            guard len > 0 else { return nil }
+            var one = [UInt8](repeating: 0, count: Int(len))
+            let written = one.withUnsafeMutableBufferPointer { p -> Int32 in
+                var o: UnsafeMutablePointer<UInt8>? = p.baseAddress
+                return i2d_X509(x, &o)
+            }
+            return written == len ? one : nil
+        }
+    }
+
+    /// The certificates as one PEM bundle (leaf first when the server lists it
+    /// first, as ours does): what a certificate file holds.
+    public static func pem(der: [UInt8]) throws(ESTError) -> [UInt8] {
+        var out: [UInt8] = []
+        for one in try certificates(der, { x in try? PEMBuffer.write(secure: false, "PEM_write_bio_X509") { PEM_write_bio_X509($0, x) } }) {
+            out += one
+        }
+        return out
+    }
+
+    /// `convert` applied to each certificate of the SignedData in `der` (nil: `.malformed`).
+    static func certificates(_ der: [UInt8], _ convert: (OpaquePointer) -> [UInt8]?) throws(ESTError) -> [[UInt8]] {
         guard der.count <= 1 << 20 else { throw .tooLarge(limit: 1 << 20) }
         let (p7, used) = der.withUnsafeBufferPointer { b -> (UnsafeMutablePointer<PKCS7>?, Int) in
             guard let base = b.baseAddress else { return (nil, 0) }
@@ -31,45 +55,11 @@ public enum PKCS7Certificates {
         guard n <= maxCertificates else { throw .tooManyCertificates(limit: maxCertificates) }
         var out: [[UInt8]] = []
         for i in 0..<n {
-            guard let x = rh_sk_X509_value(certs, Int32(i)) else { throw .notCertsOnly("no certificate") }
-            let len = i2d_X509(x, nil)
-            guard len > 0 else {
-                ERR_clear_error()
-                throw .malformed("certificate")
-            }
-            var one = [UInt8](repeating: 0, count: Int(len))
-            let written = one.withUnsafeMutableBufferPointer { p -> Int32 in
-                var o: UnsafeMutablePointer<UInt8>? = p.baseAddress
-                return i2d_X509(x, &o)
-            }
-            guard written == len else {
+            guard let x = rh_sk_X509_value(certs, Int32(i)), let one = convert(x) else {
                 ERR_clear_error()
                 throw .malformed("certificate")
             }
             out.append(one)
-        }
-        return out
-    }
-
-    /// The certificates as one PEM bundle (leaf first when the server lists it
-    /// first, as ours does): what a certificate file holds.
-    public static func pem(der: [UInt8]) throws(ESTError) -> [UInt8] {
-        var out: [UInt8] = []
-        for cert in try decode(der: der) {
-            let x: OpaquePointer? = cert.withUnsafeBufferPointer { b in
-                var p: UnsafePointer<UInt8>? = b.baseAddress
-                return d2i_X509(nil, &p, b.count)
-            }
-            guard let x else {
-                ERR_clear_error()
-                throw .malformed("certificate")
-            }
-            defer { X509_free(x) }
-            do throws(OpenSSLError) {
-                out += try PEMBuffer.write(secure: false, "write a certificate") { PEM_write_bio_X509($0, x) }
-            } catch {
-                throw .malformed("certificate")
-            }
         }
         return out
     }
