@@ -60,6 +60,19 @@ final class PKIIssuingCATests: XCTestCase {
         XCTAssertTrue(caText.contains("Issuer: CN = ReverseHTTP Root CA"), caText)
     }
 
+    func testCRLUpdateTimes() throws {
+        let dir = try makeTempDir() + "/pki"
+        try PKI.initialize(directory: dir, gatewayName: "gw.example", issuingCA: true)
+        try PKI.writeCRL(directory: dir, crlDays: 30)
+        let (last, next) = try PKI.crlUpdateTimes(file: dir + "/crl.pem")
+        let now = Int64(Date().timeIntervalSince1970)
+        XCTAssertLessThan(abs(last + 300 - now), 120)
+        XCTAssertLessThan(abs(next - 30 * 86_400 - now), 120)
+        XCTAssertNotNil(assertThrows("no CRL") { () throws(PKIError) in _ = try PKI.crlUpdateTimes(pem: Array("x".utf8)) })
+        XCTAssertNotNil(assertThrows("no file") { () throws(PKIError) in _ = try PKI.crlUpdateTimes(file: dir + "/none.pem") })
+        XCTAssertEqual(ERR_peek_error(), 0)
+    }
+
     func testSingleCAUnchangedAndRefusals() throws {
         let dir = try makeTempDir() + "/pki"
         try PKI.initialize(directory: dir, gatewayName: "gw.example")
