@@ -96,5 +96,6 @@ if Context.environment["RH_FUZZ"] != nil {
         .executableTarget(name: "fuzz-jwt", dependencies: ["FleetAccess", "COpenSSL"], path: "fuzz/targets/jwt"),
         .executableTarget(name: "fuzz-tokens", dependencies: ["FleetAccess", "TLS"], path: "fuzz/targets/tokens"),
         .executableTarget(name: "fuzz-policy", dependencies: ["FleetAccess"], path: "fuzz/targets/policy"),
+        .executableTarget(name: "fuzz-est", dependencies: ["FleetPKI", "TLS", "COpenSSL"], path: "fuzz/targets/est"),
     ]
 }

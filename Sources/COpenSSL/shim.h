@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/pkcs7.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -45,4 +46,23 @@ static inline const ASN1_IA5STRING *rh_GENERAL_NAMES_dns(const GENERAL_NAMES *na
     return name && name->type == GEN_DNS ? name->d.dNSName : NULL;
 }
 static inline void rh_GENERAL_NAMES_free(GENERAL_NAMES *names) { GENERAL_NAMES_free(names); }
+// PKCS#7 certs-only (RFC 7030 4.1.3, RFC 5272 degenerate SignedData): no signers,
+// encapsulated content id-data without content, as `openssl crl2pkcs7 -nocrl` makes it.
+static inline PKCS7 *rh_PKCS7_certs_only_new(void) {
+    PKCS7 *p7 = PKCS7_new();
+    if (p7 == NULL) return NULL;
+    if (!PKCS7_set_type(p7, NID_pkcs7_signed) || p7->d.sign == NULL || p7->d.sign->contents == NULL) {
+        PKCS7_free(p7);
+        return NULL;
+    }
+    p7->d.sign->contents->type = OBJ_nid2obj(NID_pkcs7_data);
+    return p7;
+}
+// The certificates of a SignedData (NULL when p7 is another type or has none).
+static inline STACK_OF(X509) *rh_PKCS7_signed_certs(PKCS7 *p7) {
+    if (p7 == NULL || p7->type == NULL || OBJ_obj2nid(p7->type) != NID_pkcs7_signed || p7->d.sign == NULL) return NULL;
+    return p7->d.sign->cert;
+}
+static inline int rh_sk_X509_num(const STACK_OF(X509) *sk) { return sk_X509_num(sk); }
+static inline X509 *rh_sk_X509_value(const STACK_OF(X509) *sk, int i) { return sk_X509_value(sk, i); }
 #endif

@@ -59,9 +59,16 @@ extension TokenStore {
         return try body()
     }
 
-    /// Writes `formatted()` to `path` atomically, mode 0600.
+    /// Writes `formatted()` to `path` atomically (`writeAtomically`).
     public func save(path: String) throws(TokenError) {
-        let bytes = Array(formatted().utf8)
+        try TokenStore.writeAtomically(path: path, Array(formatted().utf8))
+    }
+
+    /// Writes `bytes` to `path` atomically: a temporary file in the same directory,
+    /// fsync, rename, fsync of the directory. An existing file keeps its owner, group
+    /// and mode (never readable by others); a new one takes the directory's group,
+    /// mode 0640. Shared by the tokens file and the enrollment tokens file.
+    static func writeAtomically(path: String, _ bytes: [UInt8]) throws(TokenError) {
         let dir = TokenStore.directory(of: path)
         let temp = (dir == "/" ? "" : dir) + "/.tokens-" + TokenStore.hex(randomTempSuffix()) + ".tmp"
         let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
@@ -102,7 +109,7 @@ extension TokenStore {
         }
     }
 
-    private func randomTempSuffix() -> [UInt8] {
+    private static func randomTempSuffix() -> [UInt8] {
         var g = SystemRandomNumberGenerator()
         return (0..<8).map { _ in UInt8.random(in: 0...255, using: &g) }
     }

@@ -1,6 +1,7 @@
 // fleet-gateway's command line: options and the config file into a GatewayConfig,
 // the gateway run on one event loop until SIGTERM, SIGHUP as a reload, and the
 // `pki` and `token` commands. main.swift only calls gatewayMain().
+import FleetAccess
 import FleetPKI
 import CLibc
 import EventLoop
@@ -9,7 +10,9 @@ import ConfigFormat
 
 let usage = """
 usage: fleet-gateway [options]                 run the gateway
-       fleet-gateway pki init DIR --name NAME [--san ADDR]...   fleet CA + gateway certificate
+       fleet-gateway pki init DIR --name NAME [--san ADDR]... [--issuing-ca]   fleet CA + gateway certificate;
+                                               --issuing-ca: a root CA (root.key can leave the machine)
+                                               and an issuing CA signed by it (ca.crt is the chain)
        fleet-gateway pki issue DIR DEVICE [--force]   a device certificate (CN = DEVICE, lower-case);
                                                --force replaces it and revokes every earlier one
        fleet-gateway pki revoke DIR DEVICE     revoke every certificate issued to DEVICE: DIR/crl.pem
@@ -19,6 +22,9 @@ usage: fleet-gateway [options]                 run the gateway
        fleet-gateway pki issue-user DIR NAME [--force]   a user certificate (CN = NAME, OU = reversehttp-user)
                                                for HTTPS users: DIR/users/NAME.crt, NAME.key
        fleet-gateway pki revoke-user DIR NAME  revoke every certificate issued to user NAME
+       fleet-gateway pki enroll-token DIR NAME|GLOBS [--expires 24h|7d|30m]   a one-time EST enrollment
+                                               token for device NAME (or names matching GLOBS, e.g. 'dev-*'),
+                                               kept in DIR/enroll-tokens; prints its secret once
        fleet-gateway token create NAME --devices GLOBS [--expires 90d|12h|30m|never] (--tokens FILE | --config FILE)
                                                add a token (default expiry 90d); prints its secret once
        fleet-gateway token list (--tokens FILE | --config FILE)     names, devices, dates (never a secret)
@@ -142,7 +148,7 @@ func pkiMain(_ args: [String]) -> Int32 {
     var settings = Settings()
     let positional: [String]
     do throws(ConfigError) {
-        positional = try parseCommandLine(args, flags: ["force"], into: &settings)
+        positional = try parseCommandLine(args, flags: ["force", "issuing_ca"], into: &settings)
     } catch {
         Logger.writeStderr("fleet-gateway pki: " + error.description + "\n")
         return 2
@@ -156,8 +162,14 @@ func pkiMain(_ args: [String]) -> Int32 {
                 return 2
             }
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
-            try PKI.initialize(directory: positional[1], gatewayName: name, extraSANs: sans, force: force)
-            Logger.writeStderr("fleet CA and gateway certificate for " + name + " written to " + positional[1] + "\n")
+            let twoTier = settings.last("issuing_ca") != nil
+            try PKI.initialize(directory: positional[1], gatewayName: name, extraSANs: sans, force: force, issuingCA: twoTier)
+            Logger.writeStderr((twoTier ? "root CA, issuing CA (ca.crt: the chain)" : "fleet CA") + " and gateway certificate for "
+                               + name + " written to " + positional[1] + "\n")
+            if twoTier {
+                Logger.writeStderr("no command needs " + positional[1] + "/root.key: move it off this machine "
+                                   + "(keep it safe: it signs the next issuing CA)\n")
+            }
         case ("issue", 3):
             let dir = positional[1], name = positional[2]
             let issued = try PKI.issue(directory: dir, name: name, force: force)
@@ -210,6 +222,31 @@ func pkiMain(_ args: [String]) -> Int32 {
             Logger.writeStderr("user " + name + " revoked"
                                + (serials.isEmpty ? " already" : " (serial " + serials.joined(separator: ", ") + ")")
                                + "; CRL written to " + dir + "/crl.pem (reload the gateway: SIGHUP)\n")
+        case ("enroll-token", 3):
+            let dir = positional[1], binding = positional[2]
+            let now = Int64(time(nil))
+            let secret: String
+            let lifetime: Int64
+            do throws(TokenError) {
+                guard let l = try TokenStore.parseExpiry(settings.string("expires") ?? "24h") else {
+                    Logger.writeStderr("fleet-gateway pki enroll-token: an enrollment token must expire (--expires 24h, 7d, ...)\n")
+                    return 2
+                }
+                lifetime = l
+            } catch {
+                Logger.writeStderr("fleet-gateway pki enroll-token: " + error.description + "\n")
+                return 2
+            }
+            do throws(EnrollmentTokenError) {
+                secret = try EnrollmentTokens.create(directory: dir, binding: binding, lifetime: lifetime, now: now)
+            } catch {
+                Logger.writeStderr("fleet-gateway pki enroll-token: " + error.description + "\n")
+                return 1
+            }
+            writeStdout(secret + "\n")
+            Logger.writeStderr("enrollment token for " + binding + " added to " + EnrollmentTokens.path(directory: dir)
+                               + ", expires " + TokenStore.utcText(now + lifetime) + ", works once. The secret above is "
+                               + "shown only now: put it in the device's agent.conf as enroll_token.\n")
         case ("issue-server", 3):
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
             try PKI.issueServer(directory: positional[1], name: positional[2], extraSANs: sans, force: force)

@@ -92,7 +92,7 @@ private func tokensPath(_ settings: Settings) throws(ConfigError) -> String {
     return t
 }
 
-private func writeStdout(_ s: String) {
+func writeStdout(_ s: String) {
     var bytes = Array(s.utf8)
     var off = 0
     while off < bytes.count {

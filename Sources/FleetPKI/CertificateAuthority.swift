@@ -5,15 +5,19 @@
 import COpenSSL
 
 public final class CertificateAuthority {
-    private let cert: OpaquePointer
-    private let key: OpaquePointer
+    let cert: OpaquePointer
+    let key: OpaquePointer
+    /// The PKI directory this CA was read from (`init(directory:)`), where
+    /// `issueDevice(request:...)` records what it issues; nil for an ephemeral CA.
+    public let directory: String?
     /// The CA certificate, PEM: what a gateway or device trusts.
     public let certificatePEM: [UInt8]
 
     /// The CA of a fleet PKI directory (DIR/ca.crt and DIR/ca.key, from `pki init`).
     public convenience init(directory: String) throws(PKIError) {
-        let (c, k) = try PKI.loadCA(PKI.normalized(directory))
-        try self.init(taking: c, k)
+        let dir = PKI.normalized(directory)
+        let (c, k) = try PKI.loadCA(dir)
+        try self.init(taking: c, k, directory: dir)
     }
 
     /// A new CA that exists only in memory (nobody trusts it: a foreign CA).
@@ -29,11 +33,11 @@ public final class CertificateAuthority {
             EVP_PKEY_free(k)
             throw error
         }
-        try self.init(taking: c, k)
+        try self.init(taking: c, k, directory: nil)
     }
 
     /// Owns `cert` and `key` from here on (frees them if this fails).
-    private init(taking cert: OpaquePointer, _ key: OpaquePointer) throws(PKIError) {
+    private init(taking cert: OpaquePointer, _ key: OpaquePointer, directory: String?) throws(PKIError) {
         do throws(PKIError) {
             certificatePEM = try PKI.certificatePEM(cert)
         } catch {
@@ -43,6 +47,7 @@ public final class CertificateAuthority {
         }
         self.cert = cert
         self.key = key
+        self.directory = directory
     }
 
     deinit {

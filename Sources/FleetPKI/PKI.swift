@@ -24,12 +24,21 @@ public enum PKI {
 
     /// Creates DIR (0700) with a fleet CA and a gateway certificate.
     /// Files: ca.crt, ca.key, gateway.crt (just the leaf), gateway.key. Keys 0600, certs 0644.
+    /// With `issuingCA`, two tiers (PKIIssuingCA.swift): root.crt and root.key (a root CA
+    /// valid `rootDays`, needed by no command afterwards: it may leave the machine), ca.key
+    /// the issuing CA's key, ca.crt the chain (issuing CA, then root), gateway.crt the
+    /// leaf then the issuing CA.
     /// Refuses (throws `.alreadyExists`) if DIR already contains ca.key unless `force`.
     public static func initialize(directory: String, gatewayName: String, extraSANs: [String] = [],
                                   days: Int = 825, caDays: Int = 3650,
-                                  fleetName: String = "ReverseHTTP", force: Bool = false) throws(PKIError) {
+                                  fleetName: String = "ReverseHTTP", force: Bool = false,
+                                  issuingCA: Bool = false, rootDays: Int = 7300) throws(PKIError) {
         try checkDays(days, "days")
         try checkDays(caDays, "CA days")
+        if issuingCA {
+            return try initializeTwoTier(directory: directory, gatewayName: gatewayName, extraSANs: extraSANs, days: days,
+                                         caDays: caDays, rootDays: rootDays, fleetName: fleetName, force: force)
+        }
         guard isValidLabelText(fleetName) else { throw .invalidName(fleetName) }
         let sans = try subjectAltNames(primary: gatewayName, extra: extraSANs)
 
@@ -169,7 +178,7 @@ public enum PKI {
         defer { X509_free(cert) }
         var pemKey = try keyPEM(key)
         defer { wipe(&pemKey) }
-        let pemCert = try certificatePEM(cert)
+        let pemCert = try certificatePEM(cert) + chainAfterLeaf(ca.cert)
         let serial = try serialHex(cert, what: name)
 
         try makeDirectory(outDir)
