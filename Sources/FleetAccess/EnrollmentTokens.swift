@@ -222,23 +222,16 @@ public struct EnrollmentTokens: Sendable {
     public static func parse(_ text: String, file: String) throws(EnrollmentTokenError) -> EnrollmentTokens {
         guard text.utf8.count <= TokenStore.maxFileBytes else { throw .file(file + ": larger than 1 MiB") }
         var tokens = EnrollmentTokens()
-        var lineNo = 0
-        for raw in text.utf8.split(separator: 0x0A, omittingEmptySubsequences: false) {
-            lineNo += 1
-            var line = raw
-            if line.last == 0x0D { line = line.dropLast() }
-            let fields = line.split(whereSeparator: { $0 == 0x20 || $0 == 0x09 }).map { Substring($0) }
-            if fields.isEmpty || fields[0].hasPrefix("#") {
-                tokens.lines.append(.text(String(Substring(raw))))
-                continue
+        try TokenStore.forEachRecord(text, file: file) { (record) throws(EnrollmentTokenError) in
+            guard case .fields(let fields, let at) = record else {
+                if case .text(let line) = record { tokens.lines.append(.text(line)) }
+                return
             }
-            let at = file + ":" + String(lineNo) + ": "
             guard tokens.entries.count < maxTokens else { throw .file(at + "more than \(maxTokens) tokens") }
             let entry = try parseEntry(fields, at: at)
             guard tokens.byHash[entry.hash] == nil else { throw .file(at + "the same token twice") }
             tokens.append(entry)
         }
-        if case .text(let t)? = tokens.lines.last, t.isEmpty { tokens.lines.removeLast() }
         return tokens
     }
 

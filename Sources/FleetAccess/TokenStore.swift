@@ -62,20 +62,12 @@ public struct TokenStore: Sendable {
     public static func parse(_ text: String, file: String) throws(TokenError) -> TokenStore {
         guard text.utf8.count <= maxFileBytes else { throw TokenError(file + ": larger than 1 MiB") }
         var store = TokenStore()
-        var lineNo = 0
-        // Bytes, not Characters: "\r\n" is one Character, and a combining mark after a
-        // blank would make one of the blank too.
-        for raw in text.utf8.split(separator: 0x0A, omittingEmptySubsequences: false) {
-            lineNo += 1
-            var line = raw
-            if line.last == 0x0D { line = line.dropLast() }
-            let fields = line.split(whereSeparator: { $0 == 0x20 || $0 == 0x09 }).map { Substring($0) }
-            if fields.isEmpty || fields[0].hasPrefix("#") {
+        try forEachRecord(text, file: file) { (record) throws(TokenError) in
+            guard case .fields(let fields, let at) = record else {
                 // Kept as it was (a CR too), so that writing it back changes nothing.
-                store.lines.append(.text(String(Substring(raw))))
-                continue
+                if case .text(let line) = record { store.lines.append(.text(line)) }
+                return
             }
-            let at = file + ":" + String(lineNo) + ": "
             guard store.entries.count < maxTokens else { throw TokenError(at + "more than \(maxTokens) tokens") }
             let entry = try parseEntry(fields, at: at)
             guard store.byName[entry.name] == nil else {
@@ -87,9 +79,35 @@ public struct TokenStore: Sendable {
             }
             store.append(entry)
         }
-        // A final newline leaves an empty last "line": not part of the file's text.
-        if case .text(let t)? = store.lines.last, t.isEmpty { store.lines.removeLast() }
         return store
+    }
+
+    /// One line of a token file: text kept as it was (blank, comment), or the
+    /// blank-separated fields of a record and where it is ("FILE:LINE: ").
+    enum Record {
+        case text(String)
+        case fields([Substring], at: String)
+    }
+
+    /// Walks a token file's lines as bytes, not Characters: "\r\n" is one Character,
+    /// and a combining mark after a blank would make one of the blank too. A final
+    /// newline leaves no empty last line. Shared by the tokens and the enrollment
+    /// tokens files.
+    static func forEachRecord<E: Error>(_ text: String, file: String, _ body: (Record) throws(E) -> Void) throws(E) {
+        let lines = text.utf8.split(separator: 0x0A, omittingEmptySubsequences: false)
+        var lineNo = 0
+        for raw in lines {
+            lineNo += 1
+            if lineNo == lines.count && raw.isEmpty { break }
+            var line = raw
+            if line.last == 0x0D { line = line.dropLast() }
+            let fields = line.split(whereSeparator: { $0 == 0x20 || $0 == 0x09 }).map { Substring($0) }
+            if fields.isEmpty || fields[0].hasPrefix("#") {
+                try body(.text(String(Substring(raw))))
+            } else {
+                try body(.fields(fields, at: file + ":" + String(lineNo) + ": "))
+            }
+        }
     }
 
     private func lineNumber(of name: String) -> Int {

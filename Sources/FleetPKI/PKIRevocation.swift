@@ -413,7 +413,7 @@ extension PKI {
             throw .malformed(what, reason: "no PEM CRL")
         }
         defer { X509_CRL_free(crl) }
-        guard let last = asn1UnixTime(X509_CRL_get0_lastUpdate(crl)), let next = asn1UnixTime(X509_CRL_get0_nextUpdate(crl)) else {
+        guard let last = CertificateInfo.unixTime(X509_CRL_get0_lastUpdate(crl)), let next = CertificateInfo.unixTime(X509_CRL_get0_nextUpdate(crl)) else {
             ERR_clear_error()
             throw .malformed(what, reason: "the CRL has no readable lastUpdate and nextUpdate")
         }
@@ -423,15 +423,5 @@ extension PKI {
     /// `crlUpdateTimes` of the file at `path` (DIR/crl.pem).
     public static func crlUpdateTimes(file path: String) throws(PKIError) -> (lastUpdate: Int64, nextUpdate: Int64) {
         try crlUpdateTimes(pem: readFile(path), what: path)
-    }
-
-    /// An ASN1_TIME as Unix seconds.
-    static func asn1UnixTime(_ t: UnsafePointer<ASN1_TIME>?) -> Int64? {
-        guard let t, let epoch = ASN1_TIME_set(nil, 0) else { return nil }
-        defer { ASN1_TIME_free(epoch) }
-        var days: Int32 = 0
-        var seconds: Int32 = 0
-        guard ASN1_TIME_diff(&days, &seconds, epoch, t) == 1 else { return nil }
-        return Int64(days) * 86_400 + Int64(seconds)
     }
 }

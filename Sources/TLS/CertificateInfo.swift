@@ -39,7 +39,8 @@ public struct CertificateInfo: Equatable {
         return min(notAfter, notBefore + life * fraction / 1000 + jitter)
     }
 
-    static func unixTime(_ t: UnsafePointer<ASN1_TIME>?) -> Int64? {
+    /// An ASN1_TIME (a certificate's or a CRL's dates) as Unix seconds.
+    public static func unixTime(_ t: UnsafePointer<ASN1_TIME>?) -> Int64? {
         guard let t, let epoch = ASN1_TIME_set(nil, 0) else { return nil }
         defer { ASN1_TIME_free(epoch) }
         var days: Int32 = 0
