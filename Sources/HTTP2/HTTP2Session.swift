@@ -129,6 +129,9 @@ public final class HTTP2Session {
     public private(set) var receiveError: HTTP2Error?
     /// Bodies queued for sending, per stream.
     var outgoing: [Int32: OutgoingBody] = [:]
+    /// Where DATA frames go while `takeOutput` runs.
+    var output: ByteQueue?
+    var outputLimit = Int.max
     /// Reversed client: bytes of the peer's magic still to check. Reversed server: our magic to send.
     private var prefaceBytesToCheck: Int
     private var prefaceToSend: [UInt8]
@@ -291,6 +294,12 @@ public final class HTTP2Session {
             out.append(prefaceToSend)
             prefaceToSend = []
         }
+        // DATA frames are written by HTTP2Callbacks.sendData, straight from the
+        // streams' queues into `out` (NGHTTP2_DATA_FLAG_NO_COPY), in order with
+        // the frames mem_send returns.
+        output = out
+        outputLimit = limit
+        defer { output = nil }
         var guardCount = 0
         while guardCount < 100_000 && out.count < limit {
             guardCount += 1
@@ -562,8 +571,11 @@ struct IncomingBlock {
 
 /// A stream's outgoing body: bytes waiting for nghttp2 to pull them.
 final class OutgoingBody {
-    /// Body bytes not yet framed (appended and taken with memcpy).
+    /// Body bytes not yet sent (appended and taken with memcpy).
     let buffer = ByteQueue(retainLimit: 1 << 20)
+    /// Bytes at the head of `buffer` that nghttp2 has put in a DATA frame it is
+    /// about to send (NO_COPY): taken by the send-data callback.
+    var framed = 0
     var ended = false
     var deferred = false
     var resetAfter = false
