@@ -19,7 +19,7 @@ let agentLinker: [LinkerSetting] = embedded
     ? [.unsafeFlags(["-enable-experimental-feature", "Embedded",
                      "-L\(toolchain)/usr/lib/swift/embedded/x86_64-unknown-linux-gnu",
                      "-use-ld=lld", "-Xlinker", "--gc-sections", "-Xlinker", "--icf=all"]),
-       .linkedLibrary("swiftUnicodeDataTables"),
+       // No swiftUnicodeDataTables: DeviceAgent/UnicodeDataShim.swift stands in for it.
        .linkedLibrary("ssl"), .linkedLibrary("crypto"),
        .linkedLibrary("nghttp2")]
     : []

@@ -893,6 +893,12 @@ class _ApiHandler(BaseHTTPRequestHandler):
             self._digest_body()
             self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
             return self._send(200, b"after hints\n")
+        if path == "/reflect":  # X-Reflect-* request fields back as response fields, their bytes as they came
+            self._digest_body()
+            got = [(k, v) for k, v in self.headers.items() if k.lower().startswith("x-reflect-")]
+            # http.server decodes field bytes as Latin-1 and send_header encodes them so: bytes in, same bytes out.
+            doc = [[k, v.encode("latin-1").hex()] for k, v in got]
+            return self._send(200, json.dumps(doc).encode(), "application/json", extra=got)
         if path == "/hop-response":
             self._digest_body()
             return self._send(200, b"hop\n", extra=[("Connection", "X-Resp-Hop"), ("X-Resp-Hop", "secret"),

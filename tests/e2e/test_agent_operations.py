@@ -195,3 +195,27 @@ def test_sighup_with_a_certificate_the_gateway_refuses_keeps_the_old_connections
     assert "keeping the running connections" in agent.log()
     for _ in range(4):
         assert lib.request(gw.public_port, "GET", "/device", "dev1.example").status == 200
+
+
+def test_non_ascii_config_values_pass_through_byte_exact(procs, api, pki, tmp_path):
+    """The Embedded agent has no Unicode tables (DeviceAgent/UnicodeDataShim.swift):
+    config values are bytes. Two directories whose names are canonically equivalent
+    (U+00E9 and e U+0301) hold different devices' certificates: the agent must open
+    the one named, and log its non-ASCII name as written."""
+    gw = lib.start_gateway(procs, pki)
+    a = api("dev1.example")
+    named, other = tmp_path / "ger\u00e4t-cafe\u0301", tmp_path / "ger\u00e4t-caf\u00e9"
+    for d, dev in ((named, "dev1.example"), (other, "dev2.example")):
+        d.mkdir()
+        for src in (pki.device_cert(dev), pki.device_key(dev)):
+            shutil.copy(src, d / ("device" + src.suffix))
+            os.chmod(d / ("device" + src.suffix), 0o600)
+    name = "ger\u00e4t-cafe\u0301 \u2603"
+    conf = tmp_path / "agent.conf"
+    _write_conf(conf, gw, pki, a.port, connections=1, cert=named / "device.crt", key=named / "device.key")
+    conf.write_bytes(conf.read_bytes() + f"name = {name}\n".encode())
+    agent = _agent_with_config(procs, conf, name="agent-non-ascii")
+    r = lib.wait_device(gw, "dev1.example")
+    assert r.status == 200 and r.body == b"dev1.example", r
+    assert lib.request(gw.public_port, "GET", "/device", "dev2.example").status == 503
+    assert name.encode() in agent.log_path.read_bytes(), agent.tail()

@@ -284,6 +284,32 @@ def test_hop_by_hop_response_headers_not_forwarded(fleet):
     assert r.header("X-End-To-End") == "kept"
 
 
+# The Embedded agent has no Unicode tables (DeviceAgent/UnicodeDataShim.swift): whatever
+# its Strings carry must still be the bytes that came, canonically equivalent or not.
+NON_ASCII_VALUES = [
+    ("X-Reflect-Precomposed", "caf\u00e9"),       # U+00E9
+    ("X-Reflect-Decomposed", "cafe\u0301"),       # e U+0301: canonically equivalent, other bytes
+    ("X-Reflect-Hangul", "\ud55c \u1112\u1161\u11ab"),  # a syllable and its jamo
+    ("X-Reflect-Emoji", "\U0001f44d\U0001f3fd \U0001f1e9\U0001f1ea"),
+]
+
+
+def test_non_ascii_field_values_pass_through_byte_exact(fleet):
+    head = b"GET /reflect HTTP/1.1\r\nHost: dev1.example\r\n"
+    for name, value in NON_ASCII_VALUES:
+        head += name.encode() + b": " + value.encode() + b"\r\n"
+    data, _ = lib.raw_exchange(fleet.port, head + b"Connection: close\r\n\r\n")
+    status, headers, body = lib.parse_responses(data)[0][:3]
+    assert status == 200, data[:300]
+    # Request direction: what the device's API received.
+    seen = {n.lower(): bytes.fromhex(v) for n, v in json.loads(body)}
+    # Response direction: what the user received back.
+    back = {n: v.encode("latin-1") for n, v in headers.items()}
+    for name, value in NON_ASCII_VALUES:
+        assert seen.get(name.lower()) == value.encode(), (name, seen)
+        assert back.get(name.lower()) == value.encode(), (name, headers)
+
+
 # --------------------------------------------------------------------------- connections
 
 
