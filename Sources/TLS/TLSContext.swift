@@ -30,6 +30,12 @@ public struct TLSConfiguration {
     /// client that sends none is accepted; one that sends a certificate failing
     /// verification (another CA, revoked, expired) is refused.
     public var clientCertificateOptional = false
+    /// Server with a trust file: require a client certificate only of clients whose
+    /// ALPN offer selects this protocol (the device listener's reversed connections,
+    /// "h2"); ask the others (no ALPN, or another protocol: EST's "http/1.1") for one
+    /// without requiring it. Decided per connection from the ClientHello, before the
+    /// server asks for a certificate. nil: `clientCertificateOptional` decides for all.
+    public var clientCertificateRequiredOnlyFor: String?
     /// PEM CRL of the trust file's CA: peers whose certificates it lists are refused.
     public var crlFile: String?
     public var minimumVersion: TLSVersion = .tls13
@@ -108,6 +114,9 @@ public final class TLSContext {
                 }
                 SSL_CTX_set_verify(ctx, config.clientCertificateOptional ? SSL_VERIFY_PEER
                                    : SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
+                if config.clientCertificateRequiredOnlyFor != nil {
+                    SSL_CTX_set_client_hello_cb(ctx, tlsClientHello, Unmanaged.passUnretained(self).toOpaque())
+                }
             } else {
                 SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
             }
@@ -128,6 +137,22 @@ public final class TLSContext {
     }
 
     deinit { SSL_CTX_free(ctx) }
+
+    /// Whether a client whose ALPN extension (the ClientHello's, length-prefixed list)
+    /// is `offered` must present a certificate: when the protocol it would get is
+    /// `clientCertificateRequiredOnlyFor` (no ALPN extension: it would get none).
+    func requiresClientCertificate(alpnExtension offered: UnsafeBufferPointer<UInt8>?) -> Bool {
+        guard let required = configuration.clientCertificateRequiredOnlyFor else { return !configuration.clientCertificateOptional }
+        guard let offered, offered.count >= 2 else { return false }
+        let listLength = Int(offered[0]) << 8 | Int(offered[1])
+        guard listLength == offered.count - 2 else { return true }  // malformed: the strict answer
+        let list = UnsafeBufferPointer(rebasing: offered[2...])
+        guard let pick = selectALPN(offered: list) else { return true }  // refused later anyway
+        let bytes = Array(required.utf8)
+        guard pick.length == bytes.count else { return false }
+        for k in 0..<pick.length where list[pick.offset + k] != bytes[k] { return false }
+        return true
+    }
 
     /// Picks our most preferred protocol that the client offered.
     func selectALPN(offered: UnsafeBufferPointer<UInt8>) -> (offset: Int, length: Int)? {
@@ -158,6 +183,20 @@ func octal(_ v: Int32) -> String {
         n >>= 3
     }
     return digits
+}
+
+/// SSL_CTX ClientHello callback (`clientCertificateRequiredOnlyFor`): sets this
+/// connection's verify mode from its ALPN offer (TLSContext.requiresClientCertificate).
+private func tlsClientHello(_ ssl: OpaquePointer?, _ alert: UnsafeMutablePointer<Int32>?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
+    guard let ssl, let arg else { return 0 }  // SSL_CLIENT_HELLO_ERROR
+    let ctx = Unmanaged<TLSContext>.fromOpaque(arg).takeUnretainedValue()
+    var p: UnsafePointer<UInt8>?
+    var len = 0
+    let present = SSL_client_hello_get0_ext(ssl, 16, &p, &len) == 1  // TLSEXT_TYPE_application_layer_protocol_negotiation
+    let offered = present ? p.map { UnsafeBufferPointer(start: $0, count: len) } : nil
+    let required = ctx.requiresClientCertificate(alpnExtension: offered)
+    SSL_set_verify(ssl, required ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER, nil)
+    return 1  // SSL_CLIENT_HELLO_SUCCESS
 }
 
 /// SSL_CTX ALPN select callback: a thin thunk into TLSContext.selectALPN.
