@@ -203,4 +203,34 @@ final class ESTServiceTests: XCTestCase {
         XCTAssertEqual(tls.alpn, ["http/1.1", "h2"])
         XCTAssertEqual(tls.clientCertificateRequiredOnlyFor, "h2")
     }
+
+    func testCRLIsRenewedHalfwayWhenTheGatewayHoldsTheKey() throws {
+        _ = try service()
+        try PKI.writeCRL(directory: dir, crlDays: 2)
+        let first = try PKI.crlUpdateTimes(file: dir + "/crl.pem")
+        let est = try service()
+        let keeper = CRLKeeper(loop: EventLoop(), logger: Logger(program: "test", level: .error),
+                               settings: CurrentConfig(est.config), now: { [unowned self] in self.clock })
+        var renewed = 0
+        keeper.onRenewed = { renewed += 1 }
+        // Early in its life: read, not renewed.
+        clock = first.lastUpdate + 3600
+        keeper.holdsKey = { true }
+        keeper.check()
+        XCTAssertEqual(keeper.nextUpdate, first.nextUpdate)
+        XCTAssertEqual(keeper.secondsLeft, first.nextUpdate - clock)
+        // Past half its validity, without the key: only read (and warned about: under 7 days).
+        clock = first.nextUpdate - 3600
+        keeper.holdsKey = { false }
+        keeper.check()
+        XCTAssertEqual(renewed, 0)
+        XCTAssertEqual(keeper.secondsLeft, 3600)
+        // With the key: written again for 30 days, and the gateway told.
+        keeper.holdsKey = { true }
+        keeper.check()
+        XCTAssertEqual(renewed, 1)
+        let second = try PKI.crlUpdateTimes(file: dir + "/crl.pem")
+        XCTAssertGreaterThan(second.nextUpdate, first.nextUpdate + 20 * 86_400)
+        XCTAssertEqual(keeper.nextUpdate, second.nextUpdate)
+    }
 }
