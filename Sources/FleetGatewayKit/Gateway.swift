@@ -79,7 +79,7 @@ final class Gateway: UserConnectionOwner {
         fileLimit = Int(rh_raise_nofile())
         budget = ConnectionBudget(fileLimit: fileLimit, limit: config.maxUserConnections,
                                   perAddress: config.maxUserConnectionsPerAddress)
-        deviceTLS = config.plaintextDevices ? nil : try TLSContext(config.deviceTLS())
+        deviceTLS = config.plaintextDevices ? nil : try config.makeDeviceTLS()
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
         access = AccessControl(config: config, clock: loop.clock, logger: logger)
         let metrics = Metrics()
@@ -111,7 +111,7 @@ final class Gateway: UserConnectionOwner {
     /// CRL the gateway just renewed), for the connections accepted from now on.
     private func reloadTLSContexts() {
         do throws(OpenSSLError) {
-            if !config.plaintextDevices { deviceTLS = try TLSContext(config.deviceTLS()) }
+            if !config.plaintextDevices { deviceTLS = try config.makeDeviceTLS() }
             if publicTLS != nil { publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) } }
         } catch {
             logger.error("renewed CRL: the TLS contexts cannot be made again (" + error.description + "); keeping the current ones")
@@ -385,7 +385,7 @@ final class Gateway: UserConnectionOwner {
         let newDeviceTLS: TLSContext?
         let newPublicTLS: TLSContext?
         do throws(OpenSSLError) {
-            newDeviceTLS = new.plaintextDevices ? nil : try TLSContext(new.deviceTLS())
+            newDeviceTLS = new.plaintextDevices ? nil : try new.makeDeviceTLS()
             newPublicTLS = try new.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
         } catch {
             throw ConfigError(error.description)

@@ -352,9 +352,16 @@ struct GatewayConfig {
             // is an EST client and needs no certificate; the reversed connections'
             // dialers offer h2 alone, and must present one (ESTConnection).
             c.alpn = ["http/1.1", "h2"]
-            c.clientCertificateRequiredOnlyFor = "h2"
         }
         return c
+    }
+
+    /// The device listener's TLS context: with EST, a certificate is required of h2
+    /// clients only (TLSContext.requireClientCertificate(onlyForALPN:)).
+    func makeDeviceTLS() throws(OpenSSLError) -> TLSContext {
+        let ctx = try TLSContext(deviceTLS())
+        if pkiDir != nil { ctx.requireClientCertificate(onlyForALPN: "h2") }
+        return ctx
     }
 
     func publicTLS() -> TLSConfiguration? {

@@ -30,12 +30,6 @@ public struct TLSConfiguration {
     /// client that sends none is accepted; one that sends a certificate failing
     /// verification (another CA, revoked, expired) is refused.
     public var clientCertificateOptional = false
-    /// Server with a trust file: require a client certificate only of clients whose
-    /// ALPN offer selects this protocol (the device listener's reversed connections,
-    /// "h2"); ask the others (no ALPN, or another protocol: EST's "http/1.1") for one
-    /// without requiring it. Decided per connection from the ClientHello, before the
-    /// server asks for a certificate. nil: `clientCertificateOptional` decides for all.
-    public var clientCertificateRequiredOnlyFor: String?
     /// PEM CRL of the trust file's CA: peers whose certificates it lists are refused.
     public var crlFile: String?
     public var minimumVersion: TLSVersion = .tls13
@@ -50,6 +44,8 @@ public final class TLSContext {
     public let configuration: TLSConfiguration
     /// ALPN list in wire format (length-prefixed), kept alive for the server's select callback.
     let alpnWire: [UInt8]
+    /// `requireClientCertificate(onlyForALPN:)`'s protocol (empty: not set).
+    var certificateOnlyFor: [UInt8] = []
 
     public init(_ config: TLSConfiguration) throws(OpenSSLError) {
         configuration = config
@@ -114,9 +110,6 @@ public final class TLSContext {
                 }
                 SSL_CTX_set_verify(ctx, config.clientCertificateOptional ? SSL_VERIFY_PEER
                                    : SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
-                if config.clientCertificateRequiredOnlyFor != nil {
-                    SSL_CTX_set_client_hello_cb(ctx, tlsClientHello, Unmanaged.passUnretained(self).toOpaque())
-                }
             } else {
                 SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
             }
@@ -138,19 +131,28 @@ public final class TLSContext {
 
     deinit { SSL_CTX_free(ctx) }
 
+    /// Server with a trust file (client certificates required, as built): require one
+    /// only of clients whose ALPN offer selects `proto` (the device listener's reversed
+    /// connections, "h2"); ask the others (no ALPN, or another protocol: EST's
+    /// "http/1.1") for one without requiring it. Decided per connection from the
+    /// ClientHello, before the server asks for a certificate. Only the gateway calls
+    /// this (a method, not a configuration field, so that the agent does not link it).
+    public func requireClientCertificate(onlyForALPN proto: String) {
+        certificateOnlyFor = Array(proto.utf8)
+        SSL_CTX_set_client_hello_cb(ctx, tlsClientHello, Unmanaged.passUnretained(self).toOpaque())
+    }
+
     /// Whether a client whose ALPN extension (the ClientHello's, length-prefixed list)
     /// is `offered` must present a certificate: when the protocol it would get is
-    /// `clientCertificateRequiredOnlyFor` (no ALPN extension: it would get none).
+    /// `certificateOnlyFor` (no ALPN extension: it would get none).
     func requiresClientCertificate(alpnExtension offered: UnsafeBufferPointer<UInt8>?) -> Bool {
-        guard let required = configuration.clientCertificateRequiredOnlyFor else { return !configuration.clientCertificateOptional }
         guard let offered, offered.count >= 2 else { return false }
         let listLength = Int(offered[0]) << 8 | Int(offered[1])
         guard listLength == offered.count - 2 else { return true }  // malformed: the strict answer
         let list = UnsafeBufferPointer(rebasing: offered[2...])
         guard let pick = selectALPN(offered: list) else { return true }  // refused later anyway
-        let bytes = Array(required.utf8)
-        guard pick.length == bytes.count else { return false }
-        for k in 0..<pick.length where list[pick.offset + k] != bytes[k] { return false }
+        guard pick.length == certificateOnlyFor.count else { return false }
+        for k in 0..<pick.length where list[pick.offset + k] != certificateOnlyFor[k] { return false }
         return true
     }
 
@@ -185,7 +187,7 @@ func octal(_ v: Int32) -> String {
     return digits
 }
 
-/// SSL_CTX ClientHello callback (`clientCertificateRequiredOnlyFor`): sets this
+/// SSL_CTX ClientHello callback (`requireClientCertificate(onlyForALPN:)`): sets this
 /// connection's verify mode from its ALPN offer (TLSContext.requiresClientCertificate).
 private func tlsClientHello(_ ssl: OpaquePointer?, _ alert: UnsafeMutablePointer<Int32>?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
     guard let ssl, let arg else { return 0 }  // SSL_CLIENT_HELLO_ERROR
