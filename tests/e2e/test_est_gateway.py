@@ -13,6 +13,7 @@ import base64
 import http.client
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -53,12 +54,15 @@ class Client:
         work.mkdir(exist_ok=True)
         self.n = 0
 
-    def curl(self, op: str, *args, http11: bool = True) -> tuple[int, dict, bytes]:
+    def curl(self, op: str, *args, http11: bool = True, fails: bool = False) -> tuple[int, dict, bytes]:
         self.n += 1
         out, hdr = self.work / f"out{self.n}", self.work / f"hdr{self.n}"
         cmd = ["curl", "-sS", "--max-time", "20", "--cacert", self.pki.ca, "--resolve", f"gw.example:{self.g.device_port}:127.0.0.1",
                "-o", out, "-D", hdr] + (["--http1.1"] if http11 else []) + list(args) + [f"https://gw.example:{self.g.device_port}{EST}{op}"]
         r = subprocess.run([str(c) for c in cmd], capture_output=True, timeout=30, text=True)
+        if fails:
+            assert r.returncode != 0, "curl succeeded"
+            return 0, {}, r.stderr.encode()
         assert r.returncode == 0, r.stderr
         lines = hdr.read_text().splitlines()
         status = int(lines[0].split()[1])
@@ -79,8 +83,8 @@ class Client:
         b64.write_bytes(base64.encodebytes(der.read_bytes()))
         return b64, key
 
-    def post(self, op: str, body: Path, *args) -> tuple[int, dict, bytes]:
-        return self.curl(op, "--data-binary", f"@{body}", "-H", "Content-Type: application/pkcs10", *args)
+    def post(self, op: str, body: Path, *args, fails: bool = False) -> tuple[int, dict, bytes]:
+        return self.curl(op, "--data-binary", f"@{body}", "-H", "Content-Type: application/pkcs10", *args, fails=fails)
 
     def certs(self, body: bytes) -> list[str]:
         """The PEM certificates of a base64 certs-only PKCS#7."""
@@ -183,6 +187,15 @@ def test_enroll_once_reenroll_then_connect_as_device(procs, est_pki, api, tmp_pa
     assert 'rhttp_est_requests_total{op="simplereenroll",result="ok"} 1' in m
     assert 'rhttp_est_requests_total{op="simplereenroll",result="conflict"} 1' in m
     assert "rhttp_crl_expiry_seconds " in m
+
+    # Revoked (pki revoke, then SIGHUP): the certificate cannot re-enroll (the TLS
+    # handshake refuses it), and its tunnel is cut.
+    gw("pki", "revoke", est_pki.dir, "dev9.example")
+    g.proc.popen.send_signal(signal.SIGHUP)
+    g.proc.wait_log("reload done")
+    req4, _ = c.csr("dev9.example")
+    c.post("simplereenroll", req4, "--cert", cert3, "--key", key3, fails=True)
+    assert "rhttp_est_requests_total{op=\"simplereenroll\",result=\"ok\"} 1" in admin(g, "GET", "/metrics")[1].decode()
 
 
 def test_token_for_another_name_is_403_and_stays_usable(procs, est_pki, tmp_path):
