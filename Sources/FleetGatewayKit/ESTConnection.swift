@@ -26,6 +26,8 @@ final class ESTConnection {
     private var answered = 0
     private var deadline: TimerID?
     private var done = false
+    /// The last answer is written: nothing more is read or answered.
+    private var closing = false
     /// Called once, when the connection has closed.
     var onClose: (() -> Void)?
 
@@ -66,7 +68,7 @@ final class ESTConnection {
     }
 
     private func receive(_ bytes: [UInt8]) {
-        guard !done else { return }
+        guard !done, !closing else { return }
         let events: [HTTP1Event<HTTPRequestHead>]
         do throws(HTTP1Error) {
             events = try parser.feed(bytes)
@@ -74,7 +76,7 @@ final class ESTConnection {
             return answer(.error(error.status, error.description), close: true)
         }
         for ev in events {
-            guard !done, transport.state != .closed else { return }
+            guard !done, !closing, transport.state != .closed else { return }
             switch ev {
             case .head(let h):
                 head = h
@@ -111,6 +113,7 @@ final class ESTConnection {
         transport.write(HTTP1Writer.responseHead(r.head))
         transport.write(r.body)
         if last {
+            closing = true
             transport.onData = nil
             transport.loop.cancel(deadline)
             deadline = nil
