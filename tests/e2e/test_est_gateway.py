@@ -259,7 +259,7 @@ def test_without_the_ca_key_enroll_is_503_and_cacerts_works(procs, est_pki, tmp_
 
 
 def test_a_connection_without_certificate_reaches_only_est(procs, est_pki):
-    g = start(procs, est_pki)
+    g = start(procs, est_pki, "--request-timeout-ms", "1000")
     ctx = ssl.create_default_context(cafile=str(est_pki.ca))
     # Offering h2 (a reversed connection's ALPN) without a certificate: the handshake fails.
     ctx.set_alpn_protocols(["h2"])
@@ -286,6 +286,11 @@ def test_a_connection_without_certificate_reaches_only_est(procs, est_pki):
             s.sendall(b"POST " + EST.encode() + b"simpleenroll HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
             data, _ = lib.read_until_close(s, 10)
             assert data.startswith(b"HTTP/1.1 413"), data[:100]
+    # A client that sends nothing is closed after request_timeout_ms.
+    with socket.create_connection(("127.0.0.1", g.device_port), timeout=10) as raw:
+        with ctx2.wrap_socket(raw, server_hostname="gw.example") as s:
+            data, closed = lib.read_until_close(s, 8)
+            assert data == b"" and closed
     # At most a few requests a connection.
     with socket.create_connection(("127.0.0.1", g.device_port), timeout=10) as raw:
         with ctx2.wrap_socket(raw, server_hostname="gw.example") as s:
