@@ -4,6 +4,8 @@
 //                                  and since when, last check latency, connections
 //   GET  /devices/NAME             one device
 //   POST /devices/NAME/disconnect  close its connections (it will re-dial)
+//   GET  /enrollments              EST enrollments waiting for approval or decided
+//   POST /enrollments/NAME/approve|deny   (enroll_approval = manual)
 //   GET  /metrics                  Prometheus text format
 //   GET  /                         a small HTML status page
 // One request per connection: answers carry Connection: close. Web pages are kept
@@ -35,6 +37,10 @@ final class AdminServer {
     private let views: Views
     /// Users' connections open now (the Gateway's ConnectionBudget).
     var userConnections: () -> Int = { 0 }
+    /// EST (`pki_dir`): its counters and the enrollments waiting for approval; nil without.
+    var est: () -> ESTService? = { nil }
+    /// Seconds until the CRL in use expires (nil without a CRL).
+    var crlExpirySeconds: () -> Int64? = { nil }
     private var listener: Int32 = -1
     /// Listening off loopback: without a token nothing is answered, whatever a
     /// reload did to the configuration (fail closed).
@@ -144,7 +150,14 @@ final class AdminServer {
             logger.notice("admin: disconnecting " + d.name + " (" + String(d.connections.count) + " connections)")
             for c in d.connections { c.close() }
             respond(t, 200, "application/json", JSON.object([("disconnected", String(d.connections.count))]) + "\n")
-        case (_, 1, "metrics"), (_, 1, "devices"), (_, 2, "devices"), (_, 0, _):
+        case ("GET", 1, "enrollments"):
+            guard let est = est() else { return respond(t, 404, "text/plain", "EST is off (pki_dir)\n") }
+            respond(t, 200, "application/json", est.approvals.json() + "\n")
+        case ("POST", 3, "enrollments") where parts[2] == "approve" || parts[2] == "deny":
+            guard let est = est() else { return respond(t, 404, "text/plain", "EST is off (pki_dir)\n") }
+            let (status, text) = parts[2] == "approve" ? est.approve(parts[1]) : est.deny(parts[1])
+            respond(t, status, "application/json", JSON.object([(status == 200 ? "result" : "error", JSON.string(text))]) + "\n")
+        case (_, 1, "metrics"), (_, 1, "devices"), (_, 2, "devices"), (_, 0, _), (_, 1, "enrollments"), (_, 3, "enrollments"):
             respond(t, 405, "text/plain", "method not allowed\n")
         default:
             respond(t, 404, "text/plain", "not found\n")
@@ -273,6 +286,11 @@ final class AdminServer {
         p.sample("rhttp_device_bytes_total", [("direction", "in")], Double(m.closedBytesIn + conns.reduce(0) { $0 + $1.transport.bytesIn }))
         p.sample("rhttp_device_bytes_total", [("direction", "out")], Double(m.closedBytesOut + conns.reduce(0) { $0 + $1.transport.bytesOut }))
         m.exportAccess(&p)
+        est()?.export(&p)
+        if let left = crlExpirySeconds() {
+            p.family("rhttp_crl_expiry_seconds", "gauge", "Seconds until the CRL in use (crl) passes its nextUpdate.")
+            p.sample("rhttp_crl_expiry_seconds", [], Double(left))
+        }
         return p.text
     }
 

@@ -55,6 +55,13 @@ final class Gateway: UserConnectionOwner {
     /// Users' connections not yet handed to a protocol (TLS handshake, sniffing), since when.
     private var pendingUsers: [ObjectIdentifier: (transport: Transport, since: UInt64)] = [:]
     private var onDrained: (() -> Void)?
+    /// EST on the device listener (`pki_dir`), nil without it.
+    private(set) var est: ESTService?
+    /// Connections to the device listener that are EST clients, by connection id.
+    private var estConnections: [Int: ESTConnection] = [:]
+    static let maxESTConnections = 1_024
+    /// The CRL in use: its expiry, and its renewal when the gateway holds the CA key.
+    private(set) var crl: CRLKeeper!
     /// Users' connections counted against the descriptors (devices are not counted).
     private(set) var budget: ConnectionBudget
     /// User connections refused since the last log line about it (one line per burst).
@@ -72,7 +79,7 @@ final class Gateway: UserConnectionOwner {
         fileLimit = Int(rh_raise_nofile())
         budget = ConnectionBudget(fileLimit: fileLimit, limit: config.maxUserConnections,
                                   perAddress: config.maxUserConnectionsPerAddress)
-        deviceTLS = config.plaintextDevices ? nil : try TLSContext(config.deviceTLS())
+        deviceTLS = config.plaintextDevices ? nil : try config.makeDeviceTLS()
         publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
         access = AccessControl(config: config, clock: loop.clock, logger: logger)
         let metrics = Metrics()
@@ -90,6 +97,25 @@ final class Gateway: UserConnectionOwner {
         admin = AdminServer(loop: loop, logger: logger, settings: settings,
                             views: AdminServer.Views(directory: registry, health: health, queue: queue, ledger: ledger, metrics: metrics))
         admin.userConnections = { [unowned self] in self.budget.total }
+        if config.pkiDir != nil {
+            est = ESTService(settings: settings, logger: logger, reserved: reservedNames, now: { Int64(rh_wall_seconds()) })
+        }
+        crl = CRLKeeper(loop: loop, logger: logger, settings: settings, now: { Int64(rh_wall_seconds()) })
+        crl.holdsKey = { [unowned self] in self.est?.ca != nil }
+        crl.onRenewed = { [unowned self] in self.reloadTLSContexts() }
+        admin.est = { [unowned self] in self.est }
+        admin.crlExpirySeconds = { [unowned self] in self.crl.secondsLeft }
+    }
+
+    /// The device and public TLS contexts made again from the settings in force (the
+    /// CRL the gateway just renewed), for the connections accepted from now on.
+    private func reloadTLSContexts() {
+        do throws(OpenSSLError) {
+            if !config.plaintextDevices { deviceTLS = try config.makeDeviceTLS() }
+            if publicTLS != nil { publicTLS = try config.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) } }
+        } catch {
+            logger.error("renewed CRL: the TLS contexts cannot be made again (" + error.description + "); keeping the current ones")
+        }
     }
 
     var devicePort: Int { Socket.localPort(deviceListener) }
@@ -108,7 +134,13 @@ final class Gateway: UserConnectionOwner {
             logger.notice("admin on " + a.host + ":" + String(admin.port))
         }
         health.start()
+        crl.start()
         startAccessControl()
+        if let est {
+            logger.notice("EST on the device listener: " + (config.pkiDir ?? "") + (est.ca == nil ? " (cacerts only: no CA key)" : "")
+                          + ", certificates for " + String(config.deviceCertDays) + " days, approval "
+                          + (config.enrollApprovalManual ? "manual" : "auto"))
+        }
         if config.plaintextDevices {
             logger.warning("INSECURE: --plaintext-devices: devices are not authenticated; every device connection is '" + config.plaintextDeviceName + "'")
         }
@@ -247,10 +279,24 @@ final class Gateway: UserConnectionOwner {
         }
     }
 
-    /// TLS is up: take the identity from the certificate and reverse the connection.
+    /// TLS is up: an EST client (http/1.1 or no ALPN, with `pki_dir`), or a device:
+    /// take the identity from the certificate and reverse the connection.
     private func deviceOpened(_ t: Transport, id: Int) {
+        if let est, let tls = t.tls, tls.alpnProtocol != "h2" {
+            return startEST(t, id: id, service: est)
+        }
         let identity: DeviceIdentity
         if let tls = t.tls {
+            // With EST a certificate is optional at the TLS layer for non-h2 clients only;
+            // a resumed session of one must not make a reversed connection either.
+            if est != nil && !tls.peerCertificateVerified {
+                logger.warning("device connection from " + t.peer.description + " asked for h2 without a verified client certificate; closing",
+                               LogContext(connection: id))
+                metrics.deviceConnectionRefused()
+                t.onClose = nil
+                t.close()
+                return
+            }
             switch DeviceIdentity.admit(commonName: tls.peerCommonName, isUserCertificate: tls.peerHasOrganizationalUnit(PKI.userMarker),
                                         config: config, reserved: reservedNames) {
             case .success(let admitted):
@@ -310,6 +356,21 @@ final class Gateway: UserConnectionOwner {
         dc.start()
     }
 
+    /// An EST client: one ESTConnection (at most `maxESTConnections` at once).
+    private func startEST(_ t: Transport, id: Int, service: ESTService) {
+        guard estConnections.count < Gateway.maxESTConnections else {
+            logger.warning("EST connection from " + t.peer.description + " refused: " + String(Gateway.maxESTConnections)
+                           + " EST connections open", LogContext(connection: id))
+            t.onClose = nil
+            t.close()
+            return
+        }
+        let c = ESTConnection(id: id, transport: t, service: service, timeoutMs: config.requestTimeoutMs)
+        estConnections[id] = c
+        c.onClose = { self.estConnections[id] = nil }
+        c.start()
+    }
+
     /// SIGHUP: new settings, CA, CRL and certificates for the connections accepted
     /// from now on; the tunnels that are up stay up (but a device that the new
     /// allow-list excludes is closed). Listen addresses change only on restart.
@@ -324,7 +385,7 @@ final class Gateway: UserConnectionOwner {
         let newDeviceTLS: TLSContext?
         let newPublicTLS: TLSContext?
         do throws(OpenSSLError) {
-            newDeviceTLS = new.plaintextDevices ? nil : try TLSContext(new.deviceTLS())
+            newDeviceTLS = new.plaintextDevices ? nil : try new.makeDeviceTLS()
             newPublicTLS = try new.publicTLS().map { c throws(OpenSSLError) in try TLSContext(c) }
         } catch {
             throw ConfigError(error.description)
@@ -352,6 +413,15 @@ final class Gateway: UserConnectionOwner {
         metrics.perDevice = applied.metricsPerDevice
         reservedNames = ReservedNames(config: applied)
         logger.level = applied.logLevel
+        if applied.pkiDir == nil {
+            est = nil
+        } else if let est {
+            est.reserved = reservedNames
+            est.reload()
+        } else {
+            est = ESTService(settings: settings, logger: logger, reserved: reservedNames, now: { Int64(rh_wall_seconds()) })
+        }
+        crl.check()
         // Tunnels that are up are checked against the new rules: a device revoked by
         // the new CRL, signed by a CA no longer trusted, or outside the new allow-list
         // is cut now, not at its next dial.
@@ -427,6 +497,8 @@ final class Gateway: UserConnectionOwner {
         publicListener = -1
         onDrained = done
         for (_, dc) in devices { dc.goAway() }
+        for (_, c) in estConnections { c.transport.close() }
+        crl.stop()
         for (_, uc) in users { uc.goAway() }
         checkDrained()
     }
@@ -476,7 +548,7 @@ final class Gateway: UserConnectionOwner {
     /// are up are never closed for it, and there is no per-address share: many devices
     /// dial from one address behind CGNAT.
     private func makeRoomForDeviceHandshake() -> Bool {
-        let inUse = ConnectionBudget.baseDescriptors + budget.total + devices.count + pendingDevices.count
+        let inUse = ConnectionBudget.baseDescriptors + budget.total + devices.count + pendingDevices.count + estConnections.count
         guard fileLimit - inUse < ConnectionBudget.adminMargin else { return true }
         guard let oldest = pendingDevices.min(by: { $0.value.since < $1.value.since }) else { return true }
         pendingDevices[oldest.key] = nil

@@ -96,6 +96,15 @@ struct GatewayConfig {
     var adminToken: String?
     /// One set of request and byte counters per device in /metrics.
     var metricsPerDevice = false
+    /// The fleet PKI directory (`pki init`): EST on the device listener (/cacerts from
+    /// DIR/ca.crt; /simpleenroll and /simplereenroll sign with DIR/ca.key, record in
+    /// DIR/issued.txt, take tokens from DIR/enroll-tokens) and the CRL's renewal. nil:
+    /// no EST, the device listener requires a certificate of every client as before.
+    var pkiDir: String?
+    /// Lifetime of the certificates EST issues.
+    var deviceCertDays = 30
+    /// `manual`: a /simpleenroll waits (202) until an operator approves it on the admin API.
+    var enrollApprovalManual = false
 
     static let keys = ["config", "listen_devices", "listen_public", "listen_admin", "access_log", "crl", "allow_devices",
                        "max_connections_per_device", "public_max_streams", "ca", "cert", "key", "public_cert", "public_key",
@@ -107,6 +116,7 @@ struct GatewayConfig {
                        "max_user_connections", "max_user_connections_per_address", "upload_budget_bytes",
                        "access_policy", "public_access", "tokens", "jwt_jwks", "jwt_jwks_url", "jwt_jwks_ca", "jwt_issuer",
                        "jwt_audience", "jwt_header", "jwt_groups_claim", "jwt_leeway_s", "admin_token", "metrics_per_device",
+                       "pki_dir", "device_cert_days", "enroll_approval",
                        "check_config", "help", "version"]
     static let flags = ["plaintext_devices", "check_config", "help", "version"]
 
@@ -182,6 +192,7 @@ struct GatewayConfig {
             adminToken = v.value
         }
         if s.last("metrics_per_device") != nil { metricsPerDevice = try s.bool("metrics_per_device") }
+        try readEnrollment(s)
         if let a = listenAdmin, adminToken == nil, !Loopback.isLoopback(a.host) {
             throw ConfigError((s.last("listen_admin")?.origin ?? "command line") + ": listen_admin " + a.description
                               + " is not a loopback address: set admin_token (at least 16 characters) so that only operators reach it")
@@ -217,6 +228,34 @@ struct GatewayConfig {
         if (publicCertFile == nil) != (publicKeyFile == nil) {
             throw ConfigError("--public-cert and --public-key go together")
         }
+    }
+
+    /// The EST keys. With `pki_dir`, `ca` defaults to DIR/ca.crt, and `crl` to
+    /// DIR/crl.pem when that exists (so that the CRL the gateway renews is the one it uses).
+    private mutating func readEnrollment(_ s: Settings) throws(ConfigError) {
+        if let v = s.last("pki_dir") {
+            guard !v.value.isEmpty else { throw ConfigError(v.origin + ": pki_dir must name the fleet PKI directory (pki init DIR)") }
+            guard !plaintextDevices else { throw ConfigError(v.origin + ": pki_dir (EST) needs TLS on the device listener, not --plaintext-devices") }
+            var dir = v.value
+            while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
+            pkiDir = dir
+            if caFile == nil { caFile = dir + "/ca.crt" }
+            if crlFile == nil, (try? PKI.readFile(dir + "/crl.pem")) != nil { crlFile = dir + "/crl.pem" }
+        }
+        deviceCertDays = try s.int("device_cert_days", default: 30, min: 1, max: 3650)
+        if let v = s.last("enroll_approval") {
+            guard v.value == "auto" || v.value == "manual" else { throw ConfigError(v.origin + ": enroll_approval must be auto or manual") }
+            enrollApprovalManual = v.value == "manual"
+        }
+        if pkiDir == nil, let stray = ["device_cert_days", "enroll_approval"].compactMap({ s.last($0) }).first {
+            throw ConfigError(stray.origin + ": " + stray.key + " needs pki_dir (EST)")
+        }
+    }
+
+    /// The CRL file the gateway renews itself: DIR/crl.pem when it is the `crl` in use.
+    var renewableCRL: String? {
+        guard let dir = pkiDir, let crl = crlFile, crl == dir + "/crl.pem" else { return nil }
+        return crl
     }
 
     /// The access control keys; the policy, tokens and JWKS files are read here, so that
@@ -306,8 +345,23 @@ struct GatewayConfig {
         c.trustFile = caFile
         c.crlFile = crlFile
         c.minimumVersion = tlsMinimum
-        c.alpn = ["h2"]
+        if pkiDir == nil {
+            c.alpn = ["h2"]
+        } else {
+            // EST (issue 17) on the same port: a client offering http/1.1 (or no ALPN)
+            // is an EST client and needs no certificate; the reversed connections'
+            // dialers offer h2 alone, and must present one (ESTConnection).
+            c.alpn = ["http/1.1", "h2"]
+        }
         return c
+    }
+
+    /// The device listener's TLS context: with EST, a certificate is required of h2
+    /// clients only (TLSContext.requireClientCertificate(onlyForALPN:)).
+    func makeDeviceTLS() throws(OpenSSLError) -> TLSContext {
+        let ctx = try TLSContext(deviceTLS())
+        if pkiDir != nil { ctx.requireClientCertificate(onlyForALPN: "h2") }
+        return ctx
     }
 
     func publicTLS() -> TLSConfiguration? {

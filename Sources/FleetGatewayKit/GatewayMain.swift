@@ -45,6 +45,14 @@ options (also `key = value` lines in --config FILE):
   --grace-ms MS             ... for a device that just lost its connection to come back (5000)
   --ca FILE                 fleet CA: device certificates must chain to it
   --crl FILE                the fleet CA's CRL: revoked devices are refused
+  --pki-dir DIR             the fleet PKI (pki init DIR): EST on the device listener (RFC 7030:
+                            /.well-known/est/cacerts, simpleenroll with a `pki enroll-token`,
+                            simplereenroll with the current certificate); signs with DIR/ca.key
+                            (without it: cacerts only, enrollment 503) and renews DIR/crl.pem;
+                            ca defaults to DIR/ca.crt, crl to DIR/crl.pem
+  --device-cert-days N      lifetime of the certificates EST issues (default 30)
+  --enroll-approval auto|manual   manual: an enrollment waits (202) until approved on the admin
+                            API (POST /enrollments/NAME/approve or deny; GET /enrollments)
   --allow-devices GLOBS     only these certificate names may connect (e.g. dev-*,*.lab.example.com)
   --max-connections-per-device N   a newer connection closes the oldest beyond N (default 8)
   --cert FILE --key FILE    the gateway's certificate for the device listener

@@ -228,6 +228,22 @@ public final class TLSConnection {
         return SSL_get_verify_result(ssl) == Int(X509_V_OK)
     }
 
+    /// The verified peer certificate, DER (nil without one): what EST's
+    /// /simplereenroll compares the request with.
+    public var peerCertificateDER: [UInt8]? {
+        guard let cert = SSL_get1_peer_certificate(ssl) else { return nil }
+        defer { X509_free(cert) }
+        guard SSL_get_verify_result(ssl) == Int(X509_V_OK) else { return nil }
+        let n = i2d_X509(cert, nil)
+        guard n > 0 else { return nil }
+        var out = [UInt8](repeating: 0, count: Int(n))
+        let written = out.withUnsafeMutableBufferPointer { b -> Int32 in
+            var o: UnsafeMutablePointer<UInt8>? = b.baseAddress
+            return i2d_X509(cert, &o)
+        }
+        return written == n ? out : nil
+    }
+
     /// Whether the verified peer certificate's subject has an OU (organizational unit)
     /// equal to `unit`, e.g. "reversehttp-user" (PKI.userMarker). False without a verified certificate.
     public func peerHasOrganizationalUnit(_ unit: String) -> Bool {

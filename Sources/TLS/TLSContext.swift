@@ -44,6 +44,8 @@ public final class TLSContext {
     public let configuration: TLSConfiguration
     /// ALPN list in wire format (length-prefixed), kept alive for the server's select callback.
     let alpnWire: [UInt8]
+    /// `requireClientCertificate(onlyForALPN:)`'s protocol (empty: not set).
+    var certificateOnlyFor: [UInt8] = []
 
     public init(_ config: TLSConfiguration) throws(OpenSSLError) {
         configuration = config
@@ -129,6 +131,31 @@ public final class TLSContext {
 
     deinit { SSL_CTX_free(ctx) }
 
+    /// Server with a trust file (client certificates required, as built): require one
+    /// only of clients whose ALPN offer selects `proto` (the device listener's reversed
+    /// connections, "h2"); ask the others (no ALPN, or another protocol: EST's
+    /// "http/1.1") for one without requiring it. Decided per connection from the
+    /// ClientHello, before the server asks for a certificate. Only the gateway calls
+    /// this (a method, not a configuration field, so that the agent does not link it).
+    public func requireClientCertificate(onlyForALPN proto: String) {
+        certificateOnlyFor = Array(proto.utf8)
+        SSL_CTX_set_client_hello_cb(ctx, tlsClientHello, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// Whether a client whose ALPN extension (the ClientHello's, length-prefixed list)
+    /// is `offered` must present a certificate: when the protocol it would get is
+    /// `certificateOnlyFor` (no ALPN extension: it would get none).
+    func requiresClientCertificate(alpnExtension offered: UnsafeBufferPointer<UInt8>?) -> Bool {
+        guard let offered, offered.count >= 2 else { return false }
+        let listLength = Int(offered[0]) << 8 | Int(offered[1])
+        guard listLength == offered.count - 2 else { return true }  // malformed: the strict answer
+        let list = UnsafeBufferPointer(rebasing: offered[2...])
+        guard let pick = selectALPN(offered: list) else { return true }  // refused later anyway
+        guard pick.length == certificateOnlyFor.count else { return false }
+        for k in 0..<pick.length where list[pick.offset + k] != certificateOnlyFor[k] { return false }
+        return true
+    }
+
     /// Picks our most preferred protocol that the client offered.
     func selectALPN(offered: UnsafeBufferPointer<UInt8>) -> (offset: Int, length: Int)? {
         for ours in configuration.alpn {
@@ -158,6 +185,20 @@ func octal(_ v: Int32) -> String {
         n >>= 3
     }
     return digits
+}
+
+/// SSL_CTX ClientHello callback (`requireClientCertificate(onlyForALPN:)`): sets this
+/// connection's verify mode from its ALPN offer (TLSContext.requiresClientCertificate).
+private func tlsClientHello(_ ssl: OpaquePointer?, _ alert: UnsafeMutablePointer<Int32>?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
+    guard let ssl, let arg else { return 0 }  // SSL_CLIENT_HELLO_ERROR
+    let ctx = Unmanaged<TLSContext>.fromOpaque(arg).takeUnretainedValue()
+    var p: UnsafePointer<UInt8>?
+    var len = 0
+    let present = SSL_client_hello_get0_ext(ssl, 16, &p, &len) == 1  // TLSEXT_TYPE_application_layer_protocol_negotiation
+    let offered = present ? p.map { UnsafeBufferPointer(start: $0, count: len) } : nil
+    let required = ctx.requiresClientCertificate(alpnExtension: offered)
+    SSL_set_verify(ssl, required ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER, nil)
+    return 1  // SSL_CLIENT_HELLO_SUCCESS
 }
 
 /// SSL_CTX ALPN select callback: a thin thunk into TLSContext.selectALPN.

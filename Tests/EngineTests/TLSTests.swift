@@ -107,4 +107,54 @@ final class TLSTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("/nonexistent/gw.crt"), "\(e)")
         }
     }
+
+    /// The device listener with EST (issue 17): a certificate is required of clients
+    /// that get h2 (reversed connections) and optional for the others (EST).
+    func testCertificateRequiredOnlyForH2WithEST() throws {
+        var c = TLSConfiguration(role: .server)
+        c.certificateFile = Self.pki.cert("gw.example")
+        c.keyFile = Self.pki.key("gw.example")
+        c.trustFile = Self.pki.caCert
+        c.alpn = ["http/1.1", "h2"]
+        let gateway = try TLSContext(c)
+        gateway.requireClientCertificate(onlyForALPN: "h2")
+        func client(alpn: [String], certificate: Bool) throws -> TLSConnection {
+            var cc = TLSConfiguration(role: .client)
+            if certificate {
+                cc.certificateFile = Self.pki.cert("dev1.example")
+                cc.keyFile = Self.pki.key("dev1.example")
+            }
+            cc.trustFile = Self.pki.caCert
+            cc.alpn = alpn
+            return try TLSConnection(context: TLSContext(cc), serverName: "gw.example")
+        }
+        // h2 without a certificate: refused at the handshake.
+        var server = try TLSConnection(context: gateway)
+        var (_, se) = handshake(try client(alpn: ["h2"], certificate: false), server, chunk: 4096)
+        XCTAssertNotNil(se)
+        // h2 with one: the device.
+        server = try TLSConnection(context: gateway)
+        (_, se) = handshake(try client(alpn: ["h2"], certificate: true), server, chunk: 4096)
+        XCTAssertNil(se)
+        XCTAssertEqual(server.alpnProtocol, "h2")
+        XCTAssertEqual(server.peerCommonName, "dev1.example")
+        XCTAssertNotNil(server.peerCertificateDER)
+        // http/1.1 (also when h2 is offered too), or no ALPN: no certificate needed.
+        for alpn in [["http/1.1"], ["h2", "http/1.1"], []] {
+            server = try TLSConnection(context: gateway)
+            (_, se) = handshake(try client(alpn: alpn, certificate: false), server, chunk: 4096)
+            XCTAssertNil(se, "\(alpn)")
+            XCTAssertEqual(server.alpnProtocol, alpn.isEmpty ? nil : "http/1.1")
+            XCTAssertNil(server.peerCertificateDER)
+        }
+        // A foreign certificate is refused there too.
+        var fc = TLSConfiguration(role: .client)
+        fc.certificateFile = Self.foreign.cert("dev1.example")
+        fc.keyFile = Self.foreign.key("dev1.example")
+        fc.trustFile = Self.pki.caCert
+        fc.alpn = ["http/1.1"]
+        server = try TLSConnection(context: gateway)
+        (_, se) = handshake(try TLSConnection(context: TLSContext(fc), serverName: "gw.example"), server, chunk: 4096)
+        XCTAssertNotNil(se)
+    }
 }

@@ -1,0 +1,369 @@
+// ESTService: the gateway's EST server (RFC 7030, issue 17) without sockets: a
+// parsed request and who sent it (ESTClient) in, a complete answer out. The
+// device listener's ESTConnection feeds it; the tests call it directly.
+//
+//   GET  /.well-known/est/cacerts          the chain (DIR/ca.crt), certs-only PKCS#7, base64
+//   POST /.well-known/est/simpleenroll     PKCS#10 (base64) + a one-time enrollment token as
+//                                          Basic auth's password (the user is not used: the
+//                                          token alone says which names it allows)
+//   POST /.well-known/est/simplereenroll   PKCS#10 (base64), authenticated by the current
+//                                          device certificate (TLS): same subject, new key
+//
+// The certificate's CN is the request's CN in canonical form, which the token's
+// binding (its one name, or its globs) must allow, and which the gateway must
+// admit as a device (allow_devices, reserved names, hostname_template): the same
+// rules as a connecting device. Order of an enrollment: token well-formed (401),
+// request parsed and its signature checked (400), token usable (401), name allowed
+// (403), no live certificate of that name (409), then the token is used
+// (EnrollmentTokens.consume, outside PKI's lock) and the certificate signed.
+// With `enroll_approval = manual` the request waits in EnrollmentApprovals (202 +
+// Retry-After) until the admin API approves it; the same request sent again with
+// the same token then gets the certificate.
+import FleetAccess
+import FleetPKI
+import EventLoop
+import HTTP1
+import TLS
+
+/// One EST request as the handler sees it (the connection has bounded its size).
+struct ESTRequest {
+    var method: String
+    /// The request target without its query.
+    var path: String
+    var contentType: String?
+    /// Every Authorization field.
+    var authorization: [String] = []
+    var body: [UInt8] = []
+}
+
+/// Who sent it: the TLS connection's peer.
+struct ESTClient {
+    var address: String
+    /// The verified client certificate (DER), nil without one.
+    var certificateDER: [UInt8]?
+    var commonName: String?
+    var isUserCertificate = false
+}
+
+final class ESTService {
+    enum Operation: String, CaseIterable { case cacerts, simpleenroll, simplereenroll }
+
+    static let prefix = "/.well-known/est/"
+    static let pkcs10 = "application/pkcs10"
+    /// Seconds a client waiting for approval is told to wait (Retry-After).
+    static let retryAfterSeconds = 60
+
+    private let settings: CurrentConfig
+    private let logger: Logger
+    /// Unix seconds now (injected: the tests' clock).
+    private let now: () -> Int64
+    /// The gateway's own names, which no device may take (Gateway keeps it current).
+    var reserved: ReservedNames
+    /// The CA that signs, nil when DIR/ca.key is not readable (enrollment answers 503).
+    private(set) var ca: CertificateAuthority?
+    /// Why `ca` is nil (logged at load, said in the 503).
+    private(set) var caUnavailable: String?
+    /// The /cacerts body (base64 of the certs-only PKCS#7 of DIR/ca.crt), nil when unreadable.
+    private var cacertsBody: String?
+    let approvals = EnrollmentApprovals()
+    /// Answers by operation and result (rhttp_est_requests_total).
+    private(set) var counts: [String: Int] = [:]
+
+    init(settings: CurrentConfig, logger: Logger, reserved: ReservedNames, now: @escaping () -> Int64) {
+        self.settings = settings
+        self.logger = logger
+        self.reserved = reserved
+        self.now = now
+        reload()
+    }
+
+    var config: GatewayConfig { settings.value }
+    var directory: String { config.pkiDir ?? "." }
+
+    /// Reads DIR/ca.crt (for /cacerts) and the CA's key (at start and on SIGHUP).
+    func reload() {
+        guard let dir = config.pkiDir else { return }
+        do throws(PKIError) {
+            let p7 = try PKCS7CertsOnly.encode(certificatesPEM: PKI.readFile(dir + "/ca.crt"))
+            cacertsBody = String(decoding: ESTBody.encode(p7), as: UTF8.self)
+        } catch {
+            cacertsBody = nil
+            logger.error("EST: cannot read the CA chain " + dir + "/ca.crt: " + error.description + "; /cacerts answers 503")
+        }
+        do throws(PKIError) {
+            ca = try CertificateAuthority(directory: dir)
+            caUnavailable = nil
+        } catch {
+            ca = nil
+            caUnavailable = "this gateway does not hold the CA key (pki_dir " + dir + ": " + error.description
+                + "): it serves /cacerts only"
+            logger.warning("EST: " + caUnavailable!)
+        }
+    }
+
+    // MARK: - The one entry
+
+    func handle(_ req: ESTRequest, client: ESTClient) -> ShortResponse {
+        guard req.path.hasPrefix(ESTService.prefix),
+              let op = Operation(rawValue: String(req.path.dropFirst(ESTService.prefix.count))) else {
+            return .error(404, "not found: this port serves EST (" + ESTService.prefix + "cacerts, simpleenroll, simplereenroll)")
+        }
+        let r: ShortResponse
+        switch op {
+        case .cacerts:
+            r = req.method == "GET" ? cacerts() : methodNotAllowed("GET")
+        case .simpleenroll:
+            r = req.method == "POST" ? enroll(req, client) : methodNotAllowed("POST")
+        case .simplereenroll:
+            r = req.method == "POST" ? reenroll(req, client) : methodNotAllowed("POST")
+        }
+        count(op, status: r.head.status)
+        return r
+    }
+
+    private func methodNotAllowed(_ allow: String) -> ShortResponse {
+        .error(405, "method not allowed", fields: HTTPHeaders([("Allow", allow)]))
+    }
+
+    /// A result word per status, for the metric.
+    static func result(_ status: Int) -> String {
+        switch status {
+        case 200: return "ok"
+        case 202: return "pending"
+        case 400, 415: return "bad_request"
+        case 401: return "unauthorized"
+        case 403: return "refused"
+        case 409: return "conflict"
+        case 413: return "too_large"
+        case 503: return "unavailable"
+        case 404, 405: return "not_found"
+        default: return "error"
+        }
+    }
+
+    /// A body over the limit, refused by the connection before it reached `handle`.
+    func countTooLarge(path: String) {
+        let p = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
+        guard p.hasPrefix(ESTService.prefix), let op = Operation(rawValue: String(p.dropFirst(ESTService.prefix.count))) else { return }
+        count(op, status: 413)
+    }
+
+    func count(_ op: Operation, status: Int) {
+        counts[op.rawValue + " " + ESTService.result(status), default: 0] += 1
+    }
+
+    // MARK: - /cacerts
+
+    private func cacerts() -> ShortResponse {
+        guard let body = cacertsBody else { return .error(503, "the CA chain cannot be read (see the gateway's log)") }
+        return ESTService.certificates(body, contentType: "application/pkcs7-mime")
+    }
+
+    static func certificates(_ base64: String, contentType: String) -> ShortResponse {
+        ShortResponse(status: 200, body: base64, contentType: contentType,
+                      fields: HTTPHeaders([("Content-Transfer-Encoding", "base64"), ("Cache-Control", "no-store")]))
+    }
+
+    static func issuedResponse(_ issued: IssuedCertificate) -> ShortResponse {
+        // RFC 7030 §4.2.3: only the certificate that was issued (the chain is /cacerts').
+        do throws(PKIError) {
+            let body = try PKCS7CertsOnly.estBody(certificatesDER: [issued.certificateDER])
+            return certificates(String(decoding: body, as: UTF8.self), contentType: PKCS7CertsOnly.contentType)
+        } catch {
+            return .error(500, "cannot encode the certificate")
+        }
+    }
+
+    // MARK: - /simpleenroll
+
+    private static let challenge = HTTPHeaders([("WWW-Authenticate", "Basic realm=\"EST enrollment\", charset=\"UTF-8\"")])
+
+    private func unauthorized(_ why: String, _ client: ESTClient) -> ShortResponse {
+        logger.notice("EST simpleenroll from " + client.address + " refused: " + why)
+        return .error(401, why + " (send the enrollment token as Basic auth's password)", fields: ESTService.challenge)
+    }
+
+    private func refused(_ status: Int, _ op: Operation, _ why: String, _ client: ESTClient) -> ShortResponse {
+        logger.notice("EST " + op.rawValue + " from " + client.address + " refused: " + why)
+        return .error(status, why)
+    }
+
+    /// The token: Basic auth's password (one Authorization field).
+    private func tokenSecret(_ req: ESTRequest) -> String? {
+        guard req.authorization.count == 1, case .basic(_, let password)? = Credentials.parse(authorization: req.authorization[0]),
+              EnrollmentTokens.isWellFormedSecret(password) else { return nil }
+        return password
+    }
+
+    /// The PKCS#10 request of the body, or the answer refusing it.
+    private enum Parsed {
+        case request(CertificateRequest)
+        case refused(ShortResponse)
+    }
+
+    private func parseRequest(_ req: ESTRequest, _ op: Operation, _ client: ESTClient) -> Parsed {
+        let type = req.contentType.map { PKI.asciiLowercased(String($0.split(separator: ";").first ?? "")).filter { $0 != " " } }
+        guard type == ESTService.pkcs10 else {
+            return .refused(refused(415, op, "the body must be Content-Type: application/pkcs10 (base64 DER)", client))
+        }
+        do throws(ESTError) {
+            return .request(try CertificateRequest(estBody: req.body))
+        } catch {
+            if case .tooLarge = error { return .refused(refused(413, op, error.description, client)) }
+            return .refused(refused(400, op, error.description, client))
+        }
+    }
+
+    private func enroll(_ req: ESTRequest, _ client: ESTClient) -> ShortResponse {
+        guard let ca else { return .error(503, caUnavailable ?? "EST is off") }
+        guard let secret = tokenSecret(req) else {
+            return unauthorized(req.authorization.isEmpty ? "no enrollment token" : "not an enrollment token", client)
+        }
+        let request: CertificateRequest
+        switch parseRequest(req, .simpleenroll, client) {
+        case .request(let r): request = r
+        case .refused(let answer): return answer
+        }
+        guard let name = PKI.canonicalDeviceName(request.commonName) else {
+            return refused(400, .simpleenroll, "the request's CN is not a device name (a hostname)", client)
+        }
+        let tokenHash = sha256(Array(secret.utf8))
+        if config.enrollApprovalManual, let answer = approvals.answer(name: name, fingerprint: request.publicKeyFingerprint,
+                                                                      tokenHash: tokenHash, now: now()) {
+            return answer
+        }
+        let binding: EnrollmentBinding
+        do throws(EnrollmentTokenError) {
+            binding = try EnrollmentTokens.lookup(directory: directory, secret: secret, now: now())
+        } catch {
+            return tokenRefusal(error, client)
+        }
+        guard binding.allows(name) else {
+            return refused(403, .simpleenroll, "the enrollment token is for " + binding.text + ", not " + name, client)
+        }
+        if case .failure(let refusal) = DeviceIdentity.admit(commonName: name, config: config, reserved: reserved) {
+            return refused(403, .simpleenroll, refusal.description, client)
+        }
+        do throws(PKIError) {
+            try ca.checkIssuable(name: name)
+        } catch {
+            return pkiRefusal(error, .simpleenroll, name, client)
+        }
+        if config.enrollApprovalManual {
+            guard approvals.hasRoom(for: request, now: now()) else {
+                return .error(503, "too many enrollments wait for approval", retryAfter: ESTService.retryAfterSeconds)
+            }
+        }
+        do throws(EnrollmentTokenError) {
+            _ = try EnrollmentTokens.consume(directory: directory, secret: secret, forName: name, now: now())
+        } catch {
+            return tokenRefusal(error, client)
+        }
+        if config.enrollApprovalManual {
+            approvals.add(EnrollmentApprovals.Entry(name: name, request: request, tokenHash: tokenHash, binding: binding.text,
+                                                    address: client.address, requestedAt: now()))
+            logger.notice("EST simpleenroll: " + name + " from " + client.address + " waits for approval (key "
+                          + request.keyType.description + ", SHA-256 " + request.publicKeyFingerprintHex + ")")
+            return .error(202, "enrollment of " + name + " waits for an operator's approval; send the same request again",
+                          retryAfter: ESTService.retryAfterSeconds)
+        }
+        return issue(request, name: name, earlier: .refuse, op: .simpleenroll, client: client)
+    }
+
+    private func tokenRefusal(_ error: EnrollmentTokenError, _ client: ESTClient) -> ShortResponse {
+        switch error {
+        case .unknown, .used, .expired:
+            return unauthorized(error.description, client)
+        case .wrongName:
+            return refused(403, .simpleenroll, error.description, client)
+        case .invalid, .file:
+            logger.error("EST: enrollment tokens: " + error.description)
+            return .error(500, "the enrollment tokens cannot be read (see the gateway's log)")
+        }
+    }
+
+    private func pkiRefusal(_ error: PKIError, _ op: Operation, _ name: String, _ client: ESTClient) -> ShortResponse {
+        switch error {
+        case .stillIssued:
+            return refused(409, op, name + " has a certificate that is still valid: re-enroll with it (simplereenroll), "
+                           + "or revoke it first (fleet-gateway pki revoke DIR " + name + ")", client)
+        case .invalidName, .notCanonical, .reservedName:
+            return refused(403, op, error.description, client)
+        default:
+            logger.error("EST " + op.rawValue + " for " + name + ": " + error.description)
+            return .error(500, "the certificate cannot be issued (see the gateway's log)")
+        }
+    }
+
+    /// Signs and answers; logs the serial.
+    func issue(_ request: CertificateRequest, name: String, earlier: EarlierCertificates, op: Operation,
+               client: ESTClient) -> ShortResponse {
+        guard let ca else { return .error(503, caUnavailable ?? "EST is off") }
+        do throws(PKIError) {
+            let issued = try ca.issueDevice(request: request, name: name, days: config.deviceCertDays, earlier: earlier)
+            logger.notice("EST " + op.rawValue + ": issued " + name + " serial " + issued.serial + " to " + client.address
+                          + ", valid " + String(config.deviceCertDays) + " days")
+            return ESTService.issuedResponse(issued)
+        } catch {
+            return pkiRefusal(error, op, name, client)
+        }
+    }
+
+    // MARK: - /simplereenroll
+
+    private func reenroll(_ req: ESTRequest, _ client: ESTClient) -> ShortResponse {
+        guard ca != nil else { return .error(503, caUnavailable ?? "EST is off") }
+        guard let current = client.certificateDER else {
+            return refused(403, .simplereenroll, "simplereenroll needs the current device certificate as the TLS client certificate", client)
+        }
+        let name: String
+        switch DeviceIdentity.admit(commonName: client.commonName, isUserCertificate: client.isUserCertificate,
+                                    config: config, reserved: reserved) {
+        case .success(let identity): name = identity.name
+        case .failure(let refusal): return refused(403, .simplereenroll, refusal.description, client)
+        }
+        let request: CertificateRequest
+        switch parseRequest(req, .simplereenroll, client) {
+        case .request(let r): request = r
+        case .refused(let answer): return answer
+        }
+        do throws(ESTError) {
+            try request.checkReenrollment(currentCertificateDER: current)
+        } catch {
+            return refused(error == .keyReused ? 409 : 403, .simplereenroll, name + ": " + error.description, client)
+        }
+        return issue(request, name: name, earlier: .keep, op: .simplereenroll, client: client)
+    }
+
+    // MARK: - The admin API's decisions
+
+    /// Approves the waiting enrollment of `name`: the certificate is signed now and
+    /// handed out when the device asks again. The status and text for the operator.
+    func approve(_ name: String) -> (Int, String) {
+        guard let entry = approvals.pending(name) else { return (404, "no enrollment of " + name + " waits for approval") }
+        let client = ESTClient(address: entry.address)
+        let answer = issue(entry.request, name: name, earlier: .refuse, op: .simpleenroll, client: client)
+        guard answer.head.status == 200 else {
+            return (answer.head.status == 500 ? 500 : 409, String(decoding: answer.body, as: UTF8.self))
+        }
+        approvals.decide(name, answer: answer, now: now())
+        logger.notice("admin: approved the enrollment of " + name)
+        return (200, "approved")
+    }
+
+    func deny(_ name: String) -> (Int, String) {
+        guard approvals.pending(name) != nil else { return (404, "no enrollment of " + name + " waits for approval") }
+        approvals.decide(name, answer: .error(403, "the enrollment of " + name + " was denied"), now: now())
+        logger.notice("admin: denied the enrollment of " + name)
+        return (200, "denied")
+    }
+
+    /// The counters as Prometheus text.
+    func export(_ p: inout PrometheusText) {
+        p.family("rhttp_est_requests_total", "counter", "EST requests (cacerts, enrollments, renewals) by result.")
+        for (key, n) in counts.sorted(by: { $0.key < $1.key }) {
+            let parts = key.split(separator: " ")
+            p.sample("rhttp_est_requests_total", [("op", String(parts[0])), ("result", String(parts[1]))], Double(n))
+        }
+    }
+}
