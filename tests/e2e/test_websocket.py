@@ -90,6 +90,26 @@ def test_refused_upgrade_is_passed_on(procs, api, pki):
     assert status.startswith(b"HTTP/1.1 502"), status
 
 
+def test_refused_upgrade_answer_ends_as_a_response_not_an_abort(procs, api, pki):
+    """The local API's refusal of an upgrade (an ordinary 403 with a body) is a whole
+    response: the user gets all of it and the gateway closes after flushing it. It is
+    not a WebSocket that ended (which never began), so no abort: an abort drops the
+    output the kernel has not taken yet, and logs the request as aborted."""
+    gw, _ = _fleet(procs, api, pki)
+    s, f, _, status, headers = _handshake(gw.public_port, path="/status/403")
+    try:
+        assert status.startswith(b"HTTP/1.1 403"), status
+        body = f.read()  # until the gateway closes
+    finally:
+        s.close()
+    assert body == b"status 403\n", body
+    lib.wait_until(lambda: "path=/status/403" in gw.log(), 10, "the access log line")
+    log = gw.log()
+    assert "a WebSocket ended that never began" not in log, log[-3000:]
+    line = [l for l in log.splitlines() if "path=/status/403" in l][-1]
+    assert not line.rstrip().endswith("aborted") and " aborted" not in line, line
+
+
 def test_websocket_to_a_device_that_is_not_connected_gets_503(procs, api, pki):
     gw = lib.start_gateway(procs, pki)
     s, f, _, status, _ = _handshake(gw.public_port, host="nobody.example")
