@@ -91,7 +91,7 @@ if Context.environment["RH_FUZZ"] != nil {
         .executableTarget(name: "fuzz-http1", dependencies: ["HTTP1"], path: "fuzz/targets/http1"),
         .executableTarget(name: "fuzz-http2", dependencies: ["HTTP2", "HTTP1"], path: "fuzz/targets/http2"),
         .executableTarget(name: "fuzz-host-mapping", dependencies: ["FleetGatewayKit", "FleetPKI", "FleetAccess"], path: "fuzz/targets/host-mapping"),
-        .executableTarget(name: "fuzz-config", dependencies: ["FleetGatewayKit", "ConfigFormat", "Wire", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
+        .executableTarget(name: "fuzz-config", dependencies: ["FleetGatewayKit", "AgentKit", "ConfigFormat", "Wire", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
                           path: "fuzz/targets/config"),
         .executableTarget(name: "fuzz-jwt", dependencies: ["FleetAccess", "COpenSSL"], path: "fuzz/targets/jwt"),
         .executableTarget(name: "fuzz-tokens", dependencies: ["FleetAccess", "TLS"], path: "fuzz/targets/tokens"),

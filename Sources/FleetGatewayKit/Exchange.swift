@@ -400,7 +400,9 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
 
     func deviceEnd() {
         guard phase == .streaming else { return }
-        if webSocket && !requestEnded {
+        // Only a 200 opened the tunnel (switchProtocols); a refusal of the upgrade is an
+        // ordinary response, complete here (the user's side stays open: not an end of it).
+        if webSocket && status == 200 && !requestEnded {
             finish()
             device?.cancel(stream: stream, errorCode: 0)
             client.tunnelEnded()

@@ -447,7 +447,12 @@ struct HTTP1ServerStateMachine {
             var actions: [Action] = [.writeSwitchingProtocols]
             retime(&actions)
             paused.remove(.upgrading)
-            return actions + [.resumeReading(.upgrading)]
+            actions.append(.resumeReading(.upgrading))
+            // The user's end of data came before the 101 (read while a pipelined
+            // upgrade waited): Transport reads no more, so say it now, or the tunnel's
+            // user side would stay open for ever.
+            if finishing == .peerFinished { actions.append(.endRequestBody) }
+            return actions
         case .closing:
             return []
         default:

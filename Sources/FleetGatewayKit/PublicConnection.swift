@@ -191,9 +191,10 @@ final class PublicConnection: UserSide {
         for (n, v) in fields { h.add(n, v) }
         transport.write(HTTP1Writer.responseHead(HTTPResponseHead(status: 101, versionMinor: 1, headers: h)))
         responseStatus = 101
-        perform(actions)
+        // Bytes that came with the upgrade request first: the actions may end the user's side.
         let early = parser.takeUnparsed()
         if !early.isEmpty { current?.userBody(early) }
+        perform(actions)
     }
 
     /// The device ended its side of the WebSocket.

@@ -16,6 +16,8 @@ public final class HTTP2Connection {
     private var loggedEnd = false
     /// Frames taken from the session for one write (appended with memcpy).
     private let out = ByteQueue()
+    /// Storage the frame buffer holds now (tests).
+    var frameBufferCapacity: Int { out.capacity }
     /// Output queued in the transport above which nghttp2 is not asked for more:
     /// DATA then stays in the streams' queues, where producers see it and pause.
     public var writeHighWater = 64 * 1024
@@ -53,7 +55,10 @@ public final class HTTP2Connection {
         switch action {
         case .none:
             // Quiet since the last tick: give back what an idle connection does not need.
-            if transport.bytesIn == bytesInAtLastTick && transport.bufferedOutput == 0 { transport.releaseIdleMemory() }
+            if transport.bytesIn == bytesInAtLastTick && transport.bufferedOutput == 0 {
+                transport.releaseIdleMemory()
+                out.releaseIfEmpty()  // the frame buffer too (a used ByteQueue keeps 4 KiB or more)
+            }
         case .sendPing:
             session.ping()
             flush()

@@ -5,7 +5,7 @@ import EventLoop
 import HTTP1
 import HTTP2
 @testable import AgentKit
-import Wire
+@testable import Wire
 import XCTest
 
 final class AgentLoopTests: XCTestCase {
@@ -94,6 +94,34 @@ final class AgentLoopTests: XCTestCase {
         var done = false
         agent.stop { done = true }
         XCTAssertTrue(done)
+    }
+
+    /// An idle connection gives back the storage its HTTP/2 output took (the
+    /// ByteQueue keeps at least 4 KiB once used): per idle device connection this is
+    /// memory the gateway holds thousands of times.
+    func testIdleConnectionGivesBackItsFrameBuffer() throws {
+        let gw = FakeGateway(loop: loop, listener: try Socket.listen(HostPort(host: "127.0.0.1", port: 0)))
+        defer { gw.close() }
+        let agent = try makeAgent(gatewayPort: gw.port, idlePingMs: 60_000)
+        agent.start()
+        spin("the first connection") { agent.connectedCount == 1 }
+        let c = gw.connections[0]
+        c.enableLiveness(intervalMs: 4000)
+        c.session.ping()
+        c.flush()
+        XCTAssertGreaterThan(c.frameBufferCapacity, 0, "the PING went through the frame buffer")
+        spin("the PING's answer") { c.liveness?.awaitingAck == false && c.transport.bytesIn > 0 }
+        // Quiet ticks (a quarter interval each): the idle release runs.
+        for _ in 0..<3 {
+            clock.advance(milliseconds: 1000)
+            loop.fireDueTimers()
+            loop.runOnce(maxWaitMilliseconds: 1)
+        }
+        XCTAssertEqual(c.transport.bufferedOutput, 0)
+        XCTAssertEqual(c.frameBufferCapacity, 0, "an idle connection keeps no frame buffer")
+        var stopped = false
+        agent.stop { stopped = true }
+        spin("the agent to stop") { stopped }
     }
 
     func testPingTimeoutClosesAndRedials() throws {

@@ -152,6 +152,19 @@ final class HTTP1ServerStateMachineTests: XCTestCase {
         XCTAssertEqual(m.bytesReceived(), .drop)
     }
 
+    /// The user's end of data before the device's 101: once the tunnel opens, its
+    /// user side is ended at once (Transport paused reading for `.peerFinished` for
+    /// good, so no later event would say it), never left half-open for ever.
+    func testUserEndBeforeTheUpgradeIsAnsweredEndsTheTunnel() {
+        var m = M()
+        _ = m.start(now: 0)
+        _ = m.requestHead(head("GET", "/ws", webSocketFields))
+        XCTAssertEqual(m.peerFinished(requestQueued: false), [.checkEndOfInput])
+        XCTAssertEqual(m.switchedProtocols(), [.writeSwitchingProtocols, .resumeReading(.upgrading), .endRequestBody])
+        XCTAssertEqual(m.state, .tunnel)
+        XCTAssertEqual(m.tunnelEnded(), [.closeAfterFlush])
+    }
+
     func testUpgradeRequestWithABodyIsAnOrdinaryRequest() {
         var m = M()
         _ = m.start(now: 0)
