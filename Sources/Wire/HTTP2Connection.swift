@@ -58,7 +58,10 @@ public final class HTTP2Connection {
         switch action {
         case .none:
             // Quiet since the last tick: give back what an idle connection does not need.
-            if transport.bytesIn == bytesInAtLastTick && transport.bufferedOutput == 0 { transport.releaseIdleMemory() }
+            if transport.bytesIn == bytesInAtLastTick && transport.bufferedOutput == 0 {
+                transport.releaseIdleMemory()
+                session.releaseIdleMemory()
+            }
         case .sendPing:
             session.ping()
             flush()
