@@ -59,6 +59,7 @@ def main() -> int:
     ap.add_argument("--trim", action="store_true")
     ap.add_argument("--malloc-stats", action="store_true")
     ap.add_argument("--wrap", default="")
+    ap.add_argument("--log-level", default="warning", help="the gateway's (notice shows its heap trims)")
     ap.add_argument("--hold", type=float, default=0, help="seconds to keep running at the end (for a profiler)")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -76,7 +77,7 @@ def main() -> int:
                 "--listen-public", f"127.0.0.1:{pport}", "--listen-admin", f"127.0.0.1:{aport}",
                 "--ca", pki / "ca.crt", "--cert", pki / "gateway.crt", "--key", pki / "gateway.key",
                 "--hostname-template", "{cn}." + fleet_lib.DOMAIN, "--check-interval-ms", str(a.check_interval_ms),
-                "--log-level", "warning"]
+                "--log-level", a.log_level]
             gw = pm.start("gateway", args)
             lib.wait_until(lambda: (not gw.alive()) or lib.port_open(pport), 120, "the gateway to listen")
             assert gw.alive(), gw.tail()
@@ -118,6 +119,9 @@ def main() -> int:
                 time.sleep(a.hold)
         finally:
             pm.stop_all(grace=30)
+            for line in gw.log_path.read_text(errors="replace").splitlines():
+                if "free heap" in line:
+                    print("gateway:", line)
             if a.malloc_stats:
                 lines = gw.log_path.read_text(errors="replace").splitlines()
                 print("\n".join(l for l in lines if "Arena" in l or "bytes" in l or "mmap" in l))

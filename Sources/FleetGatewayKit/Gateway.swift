@@ -31,6 +31,8 @@ final class Gateway: UserConnectionOwner {
     /// Users' HTTP/2 upload windows, all connections (UploadWindow).
     let uploads = UploadBudget()
     let recorder: RequestRecorder
+    /// Free heap goes back to the kernel after a storm of device connections.
+    let heapTrim: HeapTrim
     /// What every user connection and its exchanges are given (made once, on first use).
     private lazy var userServices = UserServices(loop: loop, logger: logger, settings: settings, access: access, queue: queue,
                                                  uploads: uploads, recorder: recorder, owner: self)
@@ -66,6 +68,7 @@ final class Gateway: UserConnectionOwner {
         self.settings = settings
         self.loop = loop
         self.logger = logger
+        heapTrim = HeapTrim(loop: loop, logger: logger)
         let registry = GatewayDirectory()
         self.registry = registry
         reservedNames = ReservedNames(config: config)
@@ -108,6 +111,7 @@ final class Gateway: UserConnectionOwner {
             logger.notice("admin on " + a.host + ":" + String(admin.port))
         }
         health.start()
+        heapTrim.start()
         startAccessControl()
         if config.plaintextDevices {
             logger.warning("INSECURE: --plaintext-devices: devices are not authenticated; every device connection is '" + config.plaintextDeviceName + "'")
@@ -222,6 +226,7 @@ final class Gateway: UserConnectionOwner {
     private func acceptDevices() {
         acceptPending(deviceListener, tls: deviceTLS, admit: { _ in self.makeRoomForDeviceHandshake() }) { t in
             connectionCounter += 1
+            heapTrim.connectionChanged()
             let id = connectionCounter
             pendingDevices[id] = (t, loop.now)
             // TLS and the device's SETTINGS within the handshake timeout, or out.
@@ -304,6 +309,7 @@ final class Gateway: UserConnectionOwner {
                 self.queue.deviceGone(hostname: c.identity.hostname)
             }
             self.devices[c.id] = nil
+            self.heapTrim.connectionChanged()
             self.checkDrained()
         }
         devices[id] = dc
@@ -418,6 +424,7 @@ final class Gateway: UserConnectionOwner {
     /// agent dials again (elsewhere) at once; `done` once they have all closed.
     func shutdown(done: @escaping () -> Void) {
         health.stop()
+        heapTrim.stop()
         admin.stop()
         for fd in [deviceListener, publicListener] where fd >= 0 {
             loop.unregister(fd: fd)
