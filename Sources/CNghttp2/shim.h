@@ -22,24 +22,8 @@ typedef struct {
     size_t mapped;
 } rh_ng_header;
 
-// One session's allocator (rh_ng_session_memory_new): the functions below, plus
-// a note of the session's frame buffer, so that an idle connection can give that
-// buffer's pages back (rh_ng_release_frame_pages). The frame buffer is the block of
-// exactly RH_NG_FRAMEBUF bytes nghttp2 allocates while creating a session (checked
-// for nghttp2 1.52; with another size nothing is noted and nothing released). Its
-// bytes are dead between two nghttp2_session_mem_send calls: a frame is
-// serialized afresh each time and never read back once returned. Given back with
-// MADV_DONTNEED, the pages are zero-filled when next written; the block's size and
-// origin are kept here, since its rh_ng_header is among the pages given back.
-#define RH_NG_FRAMEBUF (9 + 1 + 16384)  // frame header, pad length, largest payload
-
-typedef struct {
-    nghttp2_mem mem;
-    void *frame;
-    size_t creating;
-} rh_ng_session_memory;
-
 static void *rh_ng_malloc(size_t size, void *user_data) {
+    (void)user_data;
     if (size > SIZE_MAX - sizeof(rh_ng_header)) return NULL;
     size_t total = size + sizeof(rh_ng_header);
     rh_ng_header *h = NULL;
@@ -57,20 +41,13 @@ static void *rh_ng_malloc(size_t size, void *user_data) {
     }
     h->size = size;
     h->mapped = mapped;
-    rh_ng_session_memory *m = (rh_ng_session_memory *)user_data;
-    if (m != NULL && m->creating && m->frame == NULL && mapped && size == RH_NG_FRAMEBUF) m->frame = h + 1;
     return h + 1;
 }
 
 static void rh_ng_free(void *ptr, void *user_data) {
+    (void)user_data;
     if (ptr == NULL) return;
     rh_ng_header *h = (rh_ng_header *)ptr - 1;
-    rh_ng_session_memory *m = (rh_ng_session_memory *)user_data;
-    if (m != NULL && ptr == m->frame) {  // its header may have been given back
-        m->frame = NULL;
-        munmap(h, RH_NG_FRAMEBUF + sizeof(rh_ng_header));
-        return;
-    }
     if (h->mapped) {
         munmap(h, h->size + sizeof(rh_ng_header));
     } else {
@@ -89,11 +66,6 @@ static void *rh_ng_calloc(size_t n, size_t size, void *user_data) {
 static void *rh_ng_realloc(void *ptr, size_t size, void *user_data) {
     if (ptr == NULL) return rh_ng_malloc(size, user_data);
     rh_ng_header *h = (rh_ng_header *)ptr - 1;
-    rh_ng_session_memory *m = (rh_ng_session_memory *)user_data;
-    if (m != NULL && ptr == m->frame) {
-        h->size = RH_NG_FRAMEBUF;  // rewritten: the page may have been given back
-        h->mapped = 1;
-    }
     if (!h->mapped && size < RH_NG_MAP_MIN) {
         rh_ng_header *n = (rh_ng_header *)realloc(h, size + sizeof(rh_ng_header));
         if (n == NULL) return NULL;
@@ -107,22 +79,8 @@ static void *rh_ng_realloc(void *ptr, size_t size, void *user_data) {
     return p;
 }
 
-static inline rh_ng_session_memory *rh_ng_session_memory_new(void) {
-    rh_ng_session_memory *m = (rh_ng_session_memory *)calloc(1, sizeof(rh_ng_session_memory));
-    if (m == NULL) return NULL;
-    m->mem.mem_user_data = m;
-    m->mem.malloc = rh_ng_malloc;
-    m->mem.free = rh_ng_free;
-    m->mem.calloc = rh_ng_calloc;
-    m->mem.realloc = rh_ng_realloc;
-    m->creating = 1;
-    return m;
+static inline nghttp2_mem *rh_nghttp2_mem(void) {
+    static nghttp2_mem mem = {NULL, rh_ng_malloc, rh_ng_free, rh_ng_calloc, rh_ng_realloc};
+    return &mem;
 }
-// The session is created: no later block is its frame buffer.
-static inline void rh_ng_session_memory_created(rh_ng_session_memory *m) { m->creating = 0; }
-// Gives the frame buffer's pages back. Call only between nghttp2 calls.
-static inline void rh_ng_release_frame_pages(rh_ng_session_memory *m) {
-    if (m->frame != NULL) madvise((rh_ng_header *)m->frame - 1, RH_NG_FRAMEBUF + sizeof(rh_ng_header), MADV_DONTNEED);
-}
-
 #endif

@@ -102,8 +102,6 @@ public final class HTTP2Session {
     public let role: HTTP2Role
     public let preface: Preface
     var session: OpaquePointer!
-    /// This session's allocator: its frame buffer's pages go back while idle.
-    private let memory: UnsafeMutablePointer<rh_ng_session_memory>
     var events: [HTTP2Event] = []
     /// Why we ended the connection, when nghttp2 sent a GOAWAY with an error
     /// ("PROTOCOL_ERROR: ..."): a peer that broke the protocol.
@@ -145,7 +143,6 @@ public final class HTTP2Session {
     public init(role: HTTP2Role, preface: Preface, settings: HTTP2Settings = HTTP2Settings()) throws(HTTP2Error) {
         self.role = role
         self.preface = preface
-        memory = rh_ng_session_memory_new()!  // 40 bytes: out of memory is fatal anyway
         maxHeaderListSize = Int(settings.maxHeaderListSize)
         maxHeaderFields = max(1, settings.maxHeaderFields)
         heldHeaderBudget = max(settings.maxHeldHeaderBytes, 2 * Int(settings.maxHeaderListSize))
@@ -166,11 +163,9 @@ public final class HTTP2Session {
 
         var s: OpaquePointer?
         let me = Unmanaged.passUnretained(self).toOpaque()
-        let mem = UnsafeMutableRawPointer(memory).assumingMemoryBound(to: nghttp2_mem.self)
         let rc = role == .client
-            ? nghttp2_session_client_new3(&s, cbs, me, opt, mem)
-            : nghttp2_session_server_new3(&s, cbs, me, opt, mem)
-        rh_ng_session_memory_created(memory)
+            ? nghttp2_session_client_new3(&s, cbs, me, opt, rh_nghttp2_mem())
+            : nghttp2_session_server_new3(&s, cbs, me, opt, rh_nghttp2_mem())
         guard rc == 0, let s else { throw HTTP2Error.from("session_new", Int(rc)) }
         session = s
 
@@ -196,17 +191,7 @@ public final class HTTP2Session {
         }
     }
 
-    deinit {
-        nghttp2_session_del(session)  // nil when creating it failed
-        free(memory)
-    }
-
-    /// Gives back what an idle session does not need: the pages of nghttp2's 16 KiB
-    /// frame buffer (its first page is otherwise resident for the session's life).
-    /// Call between two uses of the session, never from one of its callbacks.
-    public func releaseIdleMemory() {
-        rh_ng_release_frame_pages(memory)
-    }
+    deinit { nghttp2_session_del(session) }
 
     // MARK: Bytes in, bytes and events out
 

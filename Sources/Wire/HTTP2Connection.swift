@@ -58,10 +58,7 @@ public final class HTTP2Connection {
         switch action {
         case .none:
             // Quiet since the last tick: give back what an idle connection does not need.
-            if transport.bytesIn == bytesInAtLastTick && transport.bufferedOutput == 0 {
-                transport.releaseIdleMemory()
-                session.releaseIdleMemory()
-            }
+            if transport.bytesIn == bytesInAtLastTick && transport.bufferedOutput == 0 { transport.releaseIdleMemory() }
         case .sendPing:
             session.ping()
             flush()
