@@ -12,8 +12,19 @@ public final class ByteQueue {
     private var tail = 0
     /// Storage larger than this is given back once the queue is empty.
     public let retainLimit: Int
+    /// Storage of at most this many bytes is given back each time the queue
+    /// empties (0: never). A small block is cheap to get again -- malloc hands the
+    /// same chunk from one write to the next -- while one kept by each of
+    /// thousands of quiet connections is memory held, and once freed later, a
+    /// hole in the heap that the kernel does not get back.
+    public var transientLimit = 0
 
     public init(retainLimit: Int = 256 * 1024) { self.retainLimit = retainLimit }
+
+    /// A `transientLimit` for output queues: storage below malloc's mmap threshold
+    /// (16 KiB, rh_tune_malloc) is cheap to allocate again; a larger block is a
+    /// mapping and page faults each time, so a bulk transfer keeps its storage.
+    public static let smallStorage = 8 * 1024
 
     deinit { free(storage) }
 
@@ -42,7 +53,7 @@ public final class ByteQueue {
         if head == tail {
             head = 0
             tail = 0
-            if capacity > retainLimit { release() }
+            if capacity > retainLimit || capacity <= transientLimit { release() }
         }
     }
 
@@ -57,7 +68,7 @@ public final class ByteQueue {
     public func removeAll() {
         head = 0
         tail = 0
-        if capacity > retainLimit { release() }
+        if capacity > retainLimit || capacity <= transientLimit { release() }
     }
 
     /// Gives the storage back when nothing is queued (an idle connection).

@@ -31,6 +31,8 @@ final class Gateway: UserConnectionOwner {
     /// Users' HTTP/2 upload windows, all connections (UploadWindow).
     let uploads = UploadBudget()
     let recorder: RequestRecorder
+    /// Free heap goes back to the kernel after a storm of device connections.
+    let heapTrim: HeapTrim
     /// What every user connection and its exchanges are given (made once, on first use).
     private lazy var userServices = UserServices(loop: loop, logger: logger, settings: settings, access: access, queue: queue,
                                                  uploads: uploads, recorder: recorder, owner: self)
@@ -73,6 +75,7 @@ final class Gateway: UserConnectionOwner {
         self.settings = settings
         self.loop = loop
         self.logger = logger
+        heapTrim = HeapTrim(loop: loop, logger: logger)
         let registry = GatewayDirectory()
         self.registry = registry
         reservedNames = ReservedNames(config: config)
@@ -135,6 +138,7 @@ final class Gateway: UserConnectionOwner {
         }
         health.start()
         crl.start()
+        heapTrim.start()
         startAccessControl()
         if let est {
             logger.notice("EST on the device listener: " + (config.pkiDir ?? "") + (est.ca == nil ? " (cacerts only: no CA key)" : "")
@@ -254,6 +258,7 @@ final class Gateway: UserConnectionOwner {
     private func acceptDevices() {
         acceptPending(deviceListener, tls: deviceTLS, admit: { _ in self.makeRoomForDeviceHandshake() }) { t in
             connectionCounter += 1
+            heapTrim.connectionChanged()
             let id = connectionCounter
             pendingDevices[id] = (t, loop.now)
             // TLS and the device's SETTINGS within the handshake timeout, or out.
@@ -350,6 +355,7 @@ final class Gateway: UserConnectionOwner {
                 self.queue.deviceGone(hostname: c.identity.hostname)
             }
             self.devices[c.id] = nil
+            self.heapTrim.connectionChanged()
             self.checkDrained()
         }
         devices[id] = dc
@@ -488,6 +494,7 @@ final class Gateway: UserConnectionOwner {
     /// agent dials again (elsewhere) at once; `done` once they have all closed.
     func shutdown(done: @escaping () -> Void) {
         health.stop()
+        heapTrim.stop()
         admin.stop()
         for fd in [deviceListener, publicListener] where fd >= 0 {
             loop.unregister(fd: fd)

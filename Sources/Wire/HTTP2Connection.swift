@@ -14,8 +14,13 @@ public final class HTTP2Connection {
     private var flushScheduled = false
     private var heldBack = false
     private var loggedEnd = false
-    /// Frames taken from the session for one write (appended with memcpy).
-    private let out = ByteQueue()
+    /// Frames taken from the session for one write (appended with memcpy); small
+    /// storage is given back after each write, so a quiet connection holds none.
+    private let out: ByteQueue = {
+        let q = ByteQueue()
+        q.transientLimit = ByteQueue.smallStorage
+        return q
+    }()
     /// Storage the frame buffer holds now (tests).
     var frameBufferCapacity: Int { out.capacity }
     /// Output queued in the transport above which nghttp2 is not asked for more:

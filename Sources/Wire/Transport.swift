@@ -91,6 +91,8 @@ public final class Transport {
         self.tls = tls
         self.peer = peer
         output = tls?.output ?? ByteQueue()
+        // Thousands of quiet connections must not each keep a 4 KiB block between writes.
+        output.transientLimit = ByteQueue.smallStorage
         state = connecting ? .connecting : (tls == nil ? .open : .handshaking)
     }
 

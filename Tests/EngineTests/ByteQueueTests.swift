@@ -37,6 +37,28 @@ final class ByteQueueTests: XCTestCase {
         XCTAssertTrue(q.readable.isEmpty)
     }
 
+    func testTransientLimitGivesSmallStorageBackWhenEmptyAndKeepsMidSizedStorage() {
+        let q = ByteQueue(retainLimit: 256 * 1024)
+        q.transientLimit = ByteQueue.smallStorage
+        q.append([UInt8](repeating: 1, count: 100))
+        XCTAssertGreaterThan(q.capacity, 0)
+        q.consume(50)
+        XCTAssertGreaterThan(q.capacity, 0, "not empty yet: kept")
+        q.consume(50)
+        XCTAssertEqual(q.capacity, 0, "small storage: freed once empty")
+        q.append([1, 2])
+        q.removeAll()
+        XCTAssertEqual(q.capacity, 0, "removeAll frees small storage too")
+        // A bulk transfer's storage (above malloc's mmap threshold) stays for the next write.
+        q.append([UInt8](repeating: 2, count: 40_000))
+        q.consume(40_000)
+        XCTAssertGreaterThanOrEqual(q.capacity, 40_000)
+        q.releaseIfEmpty()
+        XCTAssertEqual(q.capacity, 0)
+        q.append([3, 4, 5])
+        XCTAssertEqual(bytes(q), [3, 4, 5])
+    }
+
     func testTakeMovesEverything() {
         let q = ByteQueue()
         q.append([1, 2, 3, 4])
