@@ -63,7 +63,7 @@ let package = Package(
         .target(name: "FleetPKI", dependencies: ["TLS", "COpenSSL"]),
         // Who may reach which device (full Swift, no I/O of its own): principals, tokens,
         // JWTs, the access policy. The gateway's; a library so that tests and fuzzers use it.
-        .target(name: "FleetAccess", dependencies: ["TLS", "COpenSSL", "CLibc", "FleetPKI"]),
+        .target(name: "FleetAccess", dependencies: ["Bytes", "TLS", "COpenSSL", "CLibc", "FleetPKI"]),
         // The gateway (full Swift): everything but main.swift, so that tests and fuzzers use it as a library.
         .target(name: "FleetGatewayKit", dependencies: ["Wire", "ConfigFormat", "TLS", "HTTPCore", "HTTP1", "HTTP2", "EventLoop", "COpenSSL", "FleetPKI", "FleetAccess"]),
         .executableTarget(name: "FleetGateway", dependencies: ["FleetGatewayKit", "CLibc"]),
@@ -73,9 +73,9 @@ let package = Package(
         .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "AgentKit", "ConfigFormat", "EventLoop", "CLibc"]),
 
         .testTarget(name: "EngineTests", dependencies: ["Bytes", "EventLoop", "TLS", "HTTPCore", "HTTP1", "HTTP2", "Wire", "ConfigFormat", "AgentKit"]),
-        .testTarget(name: "GatewayTests", dependencies: ["FleetGatewayKit", "Wire", "ConfigFormat", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
-        .testTarget(name: "AccessTests", dependencies: ["FleetAccess", "FleetPKI", "COpenSSL", "TLS", "AccessTestSupport"]),
-        .target(name: "AccessTestSupport", dependencies: ["FleetAccess", "COpenSSL"], path: "Tests/AccessTestSupport"),
+        .testTarget(name: "GatewayTests", dependencies: ["Bytes", "FleetGatewayKit", "Wire", "ConfigFormat", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
+        .testTarget(name: "AccessTests", dependencies: ["Bytes", "FleetAccess", "FleetPKI", "COpenSSL", "TLS", "AccessTestSupport"]),
+        .target(name: "AccessTestSupport", dependencies: ["Bytes", "FleetAccess", "COpenSSL"], path: "Tests/AccessTestSupport"),
         .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGatewayKit", "FleetPKI", "AgentKit", "Wire", "ConfigFormat", "HTTP1", "EventLoop"]),
     ]
 )
@@ -94,8 +94,8 @@ if Context.environment["RH_FUZZ"] != nil {
         .executableTarget(name: "fuzz-config", dependencies: ["FleetGatewayKit", "AgentKit", "ConfigFormat", "Wire", "FleetPKI", "FleetAccess", "TLS", "EventLoop"],
                           path: "fuzz/targets/config"),
         .executableTarget(name: "fuzz-jwt", dependencies: ["FleetAccess", "COpenSSL"], path: "fuzz/targets/jwt"),
-        .executableTarget(name: "fuzz-tokens", dependencies: ["FleetAccess", "TLS"], path: "fuzz/targets/tokens"),
+        .executableTarget(name: "fuzz-tokens", dependencies: ["Bytes", "FleetAccess", "TLS"], path: "fuzz/targets/tokens"),
         .executableTarget(name: "fuzz-policy", dependencies: ["FleetAccess"], path: "fuzz/targets/policy"),
-        .executableTarget(name: "fuzz-est", dependencies: ["FleetPKI", "TLS", "COpenSSL"], path: "fuzz/targets/est"),
+        .executableTarget(name: "fuzz-est", dependencies: ["Bytes", "FleetPKI", "TLS", "COpenSSL"], path: "fuzz/targets/est"),
     ]
 }

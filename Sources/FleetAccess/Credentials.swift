@@ -1,6 +1,7 @@
 // The credentials a user's request carries in its Authorization field: a Bearer
 // token (RFC 6750) or Basic auth (RFC 7617). Parsing only: what they are worth is
 // for TokenStore and JWTVerifier to say.
+import Bytes
 
 public enum Credentials: Equatable, Sendable {
     case bearer(String)

@@ -13,6 +13,7 @@
 // TokenStore's: an exclusive flock on the file's directory, which is the PKI
 // directory, the same lock as PKI's own commands: never call `consume` while
 // holding PKI's lock (CertificateAuthority.issueDevice takes it itself, after).
+import Bytes
 import FleetPKI
 import TLS
 #if canImport(Glibc)

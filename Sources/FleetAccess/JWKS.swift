@@ -9,6 +9,7 @@
 // SubjectPublicKeyInfo built here and read by d2i_PUBKEY, which checks it (an
 // EC point must be on the curve). The EVP_PKEY lives in `PublicKey`, freed in
 // its deinit; nothing else of OpenSSL leaves this file and JWTVerifier.
+import Bytes
 import COpenSSL
 import TLS
 

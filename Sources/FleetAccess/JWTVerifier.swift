@@ -11,6 +11,7 @@
 //     wrong `iss` or `aud` when configured, no `sub`; `sub`, `email` and groups
 //     with control characters (they reach X-Forwarded-User and the access log).
 // The signature is checked before the claims are read.
+import Bytes
 
 public enum JWTError: Error, Equatable, CustomStringConvertible {
     case malformed(String)

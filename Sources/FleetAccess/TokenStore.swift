@@ -8,6 +8,7 @@
 // UTF-8 ("rht_" + 43 base64url characters of 32 random bytes), 64 hex digits;
 // GLOBS the devices the token may reach at most (NamePattern). Fields after the
 // hash are key=value in any order, each once.
+import Bytes
 import FleetPKI
 import TLS
 

@@ -7,6 +7,7 @@
 // ESTError is the one error type of whatever a peer sends over EST (the body, a
 // PKCS#10 request, a PKCS#7 reply): each case renders as one line, and the gateway
 // answers every one with 400.
+import Bytes
 
 public enum ESTError: Error, Equatable, CustomStringConvertible {
     /// The body (or DER) is larger than the limit (bytes).
@@ -81,7 +82,7 @@ public enum ESTBody {
                 offset += 1
                 continue
             }
-            guard pad == 0, let v = value(c) else { throw .notBase64(offset: offset) }
+            guard pad == 0, let v = Base64.value(c, urlSafe: false) else { throw .notBase64(offset: offset) }
             acc = acc << 6 | UInt32(v)
             bits += 6
             letters += 1
@@ -105,42 +106,17 @@ public enum ESTBody {
 
     /// `der` as base64 in lines of 64 characters, each ended by CR LF.
     public static func encode(_ der: [UInt8]) -> [UInt8] {
-        let table: StaticString = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        let text = Array(Base64.encode(der, urlSafe: false).utf8)
         var out: [UInt8] = []
-        out.reserveCapacity((der.count + 2) / 3 * 4 + (der.count / 48 + 1) * 2)
-        table.withUTF8Buffer { t in
-            var i = 0
-            var column = 0
-            while i < der.count {
-                let left = der.count - i
-                let b0 = UInt32(der[i])
-                let b1 = left > 1 ? UInt32(der[i + 1]) : 0
-                let b2 = left > 2 ? UInt32(der[i + 2]) : 0
-                let n = b0 << 16 | b1 << 8 | b2
-                out.append(t[Int(n >> 18)])
-                out.append(t[Int(n >> 12 & 63)])
-                out.append(left > 1 ? t[Int(n >> 6 & 63)] : UInt8(ascii: "="))
-                out.append(left > 2 ? t[Int(n & 63)] : UInt8(ascii: "="))
-                i += 3
-                column += 4
-                if column == 64 || i >= der.count {
-                    out.append(0x0D)
-                    out.append(0x0A)
-                    column = 0
-                }
-            }
+        out.reserveCapacity(text.count + (text.count / 64 + 1) * 2)
+        var i = 0
+        while i < text.count {
+            let end = min(i + 64, text.count)
+            out.append(contentsOf: text[i..<end])
+            out.append(0x0D)
+            out.append(0x0A)
+            i = end
         }
         return out
-    }
-
-    static func value(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "A")...UInt8(ascii: "Z"): return c - UInt8(ascii: "A")
-        case UInt8(ascii: "a")...UInt8(ascii: "z"): return c - UInt8(ascii: "a") + 26
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0") + 52
-        case UInt8(ascii: "+"): return 62
-        case UInt8(ascii: "/"): return 63
-        default: return nil
-        }
     }
 }

@@ -1,5 +1,6 @@
 // Keys and tokens for the JWT tests (AccessTests, GatewayTests), made with OpenSSL
 // here: the library only verifies. A library target of the tests, not a test itself.
+import Bytes
 import COpenSSL
 import FleetAccess
 

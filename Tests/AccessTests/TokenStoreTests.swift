@@ -1,3 +1,4 @@
+import Bytes
 import FleetAccess
 import TLS
 import XCTest

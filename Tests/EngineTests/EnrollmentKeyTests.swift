@@ -1,6 +1,7 @@
 // The agent's side of EST (TLS module): base64 bodies, a new key and its
 // PKCS#10 request, certificates out of a certs-only PKCS#7 (made here with the
 // openssl command line, an independent implementation).
+import Bytes
 import COpenSSL
 import Foundation
 @testable import TLS

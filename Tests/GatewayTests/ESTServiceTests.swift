@@ -1,5 +1,6 @@
 // ESTService without sockets (issue 17): a parsed request and the client's TLS
 // identity in, the answer out, against a real PKI directory and token file.
+import Bytes
 import ConfigFormat
 import EventLoop
 import FleetAccess

@@ -1,6 +1,7 @@
 // EST building blocks of FleetPKI (issue 17): PKCS#10 requests checked before use,
 // device certificates issued for them, certs-only PKCS#7, the re-enrollment rule.
 // Requests of other key types come from the openssl command line, an independent client.
+import Bytes
 import COpenSSL
 import Foundation
 @testable import FleetPKI

@@ -13,6 +13,7 @@
 // bytes, fingerprint = SHA-256(publicKeyDER), and parses again from its own DER
 // to the same fields; decoded certificates are 1...16, each one DER certificate
 // with nothing after it, and PKCS7CertsOnly.encode of them decodes to the same list.
+import Bytes
 import COpenSSL
 import FleetPKI
 import TLS

@@ -14,6 +14,7 @@
 //     answer with it upper-cased); Basic's user has no colon and no control
 //     character, and "Basic " + base64(user:password) parses back to the same;
 //     Bearer's value is token68; base64 decode-encode-decode is stable.
+import Bytes
 import FleetAccess
 import TLS
 

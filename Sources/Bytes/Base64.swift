@@ -1,11 +1,11 @@
-// Base64 (RFC 4648 §4, Basic auth) and base64url (§5, token secrets, JWS and JWK),
-// one implementation. Strict: only the alphabet's letters and no leftover bits set,
+// Base64 (RFC 4648 §4: Basic auth, EST bodies) and base64url (§5: token secrets,
+// JWS and JWK), one implementation for the gateway and the agent. Strict: only the alphabet's letters and no leftover bits set,
 // so every byte string has exactly one encoding.
 
 /// Base64 (RFC 4648 §4) and base64url (§5).
 public enum Base64 {
-    static let standard = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-    static let url = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+    public static let standard = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    public static let url = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
     /// `bytes` encoded; base64url without padding when `urlSafe`, else padded base64.
     public static func encode(_ bytes: [UInt8], urlSafe: Bool) -> String {
@@ -54,7 +54,8 @@ public enum Base64 {
         return acc == 0 ? out : nil
     }
 
-    static func value(_ c: UInt8, urlSafe: Bool) -> UInt8? {
+    /// The 6-bit value of one letter of the alphabet, nil for anything else.
+    public static func value(_ c: UInt8, urlSafe: Bool) -> UInt8? {
         switch c {
         case UInt8(ascii: "A")...UInt8(ascii: "Z"): return c - UInt8(ascii: "A")
         case UInt8(ascii: "a")...UInt8(ascii: "z"): return c - UInt8(ascii: "a") + 26
