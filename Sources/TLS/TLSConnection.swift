@@ -111,9 +111,6 @@ public final class TLSConnection {
         bytes.withUnsafeBytes { feed($0) }
     }
 
-    /// Ciphertext waiting to be sent to the peer.
-    public var pendingOutput: Int { output.count }
-
     /// Moves the ciphertext waiting to be sent into `out` (memory tests).
     public func takeOutput(into out: inout [UInt8]) { output.take(into: &out) }
 
