@@ -86,8 +86,9 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, interval: 
 
 
 def free_port() -> int:
+    # Free on every address, not only loopback: some tests listen on 0.0.0.0.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return s.getsockname()[1]
 
 
