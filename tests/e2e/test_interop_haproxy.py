@@ -2,7 +2,8 @@
 
   A. HAProxy is the gateway (gw-mtls-name.cfg), our device-agent dials it.
   B. HAProxy is the dialer (dialer-mtls.cfg), our fleet-gateway accepts it.
-  plus the plain-TCP variants of both (gw-plain.cfg, dialer-plain.cfg).
+  plus the plain-TCP variants of both (gw-plain.cfg, dialer-plain.cfg); the mTLS ones
+  run with a single CA and with a two-tier PKI (root + issuing CA, `pki init --issuing-ca`).
 
 Needs $HAPROXY -> an HAProxy >= 3.2 binary, and the shared configurations in
 $RH_SHARED/interop/haproxy (default <repo>/../shared). Skipped otherwise, or
@@ -76,9 +77,26 @@ def configs() -> Path:
     return _configs_or_skip()
 
 
-@pytest.fixture
-def lab(tmp_path, pki) -> Path:
-    """LAB folder: pki/ (ca.crt, gw.pem = cert + key, <device>.pem) and run/."""
+@pytest.fixture(scope="module")
+def two_tier_pki(tmp_path_factory) -> lib.PKI:
+    """`pki init --issuing-ca`: a root whose key has left the machine and an issuing CA
+    that signs everything; ca.crt is the chain (issue 17: chains work with HAProxy too)."""
+    d = tmp_path_factory.mktemp("pki2") / "pki"
+    lib.run_pki(["init", d, "--name", "gw.example", "--san", "127.0.0.1", "--issuing-ca"])
+    for dev in ("dev1.example", "dev2.example"):
+        lib.run_pki(["issue", d, dev])
+    os.remove(d / "root.key")
+    assert (d / "ca.crt").read_text().count("BEGIN CERTIFICATE") == 2
+    return lib.PKI(dir=d, foreign_dir=d)
+
+
+@pytest.fixture(params=["one-tier", "two-tier"])
+def tiers(request, pki, two_tier_pki) -> lib.PKI:
+    """The PKI of an mTLS test: a single CA, or a root + issuing CA."""
+    return pki if request.param == "one-tier" else two_tier_pki
+
+
+def _make_lab(tmp_path: Path, pki: lib.PKI) -> Path:
     lab = tmp_path / "lab"
     (lab / "pki").mkdir(parents=True)
     (lab / "run").mkdir()
@@ -87,6 +105,17 @@ def lab(tmp_path, pki) -> Path:
     for dev in ("dev1.example", "dev2.example"):
         (lab / "pki" / f"{dev}.pem").write_bytes(pki.device_pem(dev).read_bytes())
     return lab
+
+
+@pytest.fixture
+def tiered_lab(tmp_path, tiers) -> Path:
+    return _make_lab(tmp_path, tiers)
+
+
+@pytest.fixture
+def lab(tmp_path, pki) -> Path:
+    """LAB folder: pki/ (ca.crt, gw.pem = cert + key, <device>.pem) and run/."""
+    return _make_lab(tmp_path, pki)
 
 
 def _haproxy_env(lab: Path, **kw) -> dict:
@@ -177,11 +206,11 @@ def _exercise(port: int, host: str = "dev1.example", device: str = "dev1.example
 # --------------------------------------------------------------------------- A: HAProxy gateway
 
 
-def test_A_our_agent_against_haproxy_gateway_mtls(haproxy, configs, lab, procs, api, pki):
-    hap = _start_haproxy(procs, haproxy, configs / "gw-mtls-name.cfg", _haproxy_env(lab), "haproxy-gw-mtls",
+def test_A_our_agent_against_haproxy_gateway_mtls(haproxy, configs, tiered_lab, procs, api, tiers):
+    hap = _start_haproxy(procs, haproxy, configs / "gw-mtls-name.cfg", _haproxy_env(tiered_lab), "haproxy-gw-mtls",
                          wait_ports=(19000, 19443))
     a = api("dev1.example")
-    agent = lib.start_agent(procs, 19443, pki=pki, device="dev1.example", local_port=a.port,
+    agent = lib.start_agent(procs, 19443, pki=tiers, device="dev1.example", local_port=a.port,
                             server_name="gw.example")
     agent.wait_log("connected to", timeout=15)
     r = _wait_through(19000, "dev1.example", "dev1.example through the HAProxy gateway", hap)
@@ -232,10 +261,10 @@ def test_A_perdev_health_checks_and_idle_ping(haproxy, configs, lab, procs, api,
 # --------------------------------------------------------------------------- B: HAProxy dialer
 
 
-def test_B_haproxy_dialer_against_our_gateway_mtls(haproxy, configs, lab, procs, api, pki):
-    gw = lib.start_gateway(procs, pki)
+def test_B_haproxy_dialer_against_our_gateway_mtls(haproxy, configs, tiered_lab, procs, api, tiers):
+    gw = lib.start_gateway(procs, tiers)
     a = api("dev1.example")
-    env = _haproxy_env(lab, DEV="dev1.example", DIALER_CERT="dev1.example", NBCONN=2, APP_PORT=a.port,
+    env = _haproxy_env(tiered_lab, DEV="dev1.example", DIALER_CERT="dev1.example", NBCONN=2, APP_PORT=a.port,
                        GW_PRIV_PORT=gw.device_port, DIALER_IDLE_PING="1s")
     hap = _start_haproxy(procs, haproxy, configs / "dialer-mtls.cfg", env, "haproxy-dialer-mtls")
     r = _wait_through(gw.public_port, "dev1.example", "the HAProxy dialer through our gateway", hap)
