@@ -366,7 +366,7 @@ final class AccessControl {
     /// X-Forwarded-User set to the principal.
     func forDevice(_ fields: HTTPHeaders, principal: Principal?) -> HTTPHeaders {
         var out = HTTPHeaders()
-        for (n, v) in fields where !dropsForDevice(HostRouting.asciiLowercased(n)) { out.add(n, v) }
+        for (n, v) in fields where !dropsForDevice(HTTPFieldBytes.lowercased(n)) { out.add(n, v) }
         if let principal { out.add("x-forwarded-user", principal.displayName) }
         return out
     }

@@ -4,6 +4,7 @@
 
 import FleetAccess
 import FleetPKI
+import HTTPCore
 struct DeviceIdentity: Hashable {
     /// The certificate CN, in canonical (lower-case) form.
     let name: String
@@ -61,17 +62,28 @@ enum HostRouting {
     /// The routing key of a Host header or URI authority: port stripped, lower-cased,
     /// trailing dot removed. nil when it is not a hostname (IP literals, garbage).
     static func routingKey(_ host: String) -> String? {
-        var h = Substring(host)
-        if h.hasPrefix("[") { return nil }
-        if let colon = h.lastIndex(of: ":") {
-            let port = h[h.index(after: colon)...]
-            guard !port.isEmpty, port.count <= 5, port.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
-            h = h[..<colon]
+        // Every request routes: bytes, one pass, one String made (the key).
+        var host = host
+        return host.withUTF8 { b -> String? in
+            var end = b.count
+            if end == 0 || b[0] == 0x5B { return nil }  // "[" an IPv6 literal
+            var colon = end
+            while colon > 0 && b[colon - 1] != 0x3A { colon -= 1 }
+            if colon > 0 {
+                let digits = end - colon
+                guard digits >= 1 && digits <= 5 else { return nil }
+                for i in colon..<end where !(b[i] >= 0x30 && b[i] <= 0x39) { return nil }
+                end = colon - 1
+            }
+            if end > 0 && b[end - 1] == 0x2E { end -= 1 }  // trailing dot
+            let name = UnsafeBufferPointer(rebasing: b[0..<end])
+            // Validated before lower-casing: "dev1.\u{212A}" (KELVIN SIGN) is not "dev1.k".
+            guard PKI.isValidDeviceName(name) else { return nil }
+            return String(unsafeUninitializedCapacity: end) { out in
+                for i in 0..<end { out[i] = HTTPFieldBytes.lower(name[i]) }
+                return end
+            }
         }
-        if h.hasSuffix(".") { h = h.dropLast() }
-        let key = String(h)
-        // Validated before lower-casing: "dev1.\u{212A}" (KELVIN SIGN) is not "dev1.k".
-        return PKI.isValidDeviceName(key) ? asciiLowercased(key) : nil
     }
 
     /// A-Z to a-z, nothing else (Unicode lower-casing maps some non-ASCII to ASCII).

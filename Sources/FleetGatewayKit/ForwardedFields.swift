@@ -10,6 +10,7 @@
 //   device under {cn}.devices.example.com cannot set cookies for its neighbours.
 import FleetAccess
 import HTTP1
+import HTTPCore
 
 enum ForwardedFields {
     /// Fields that claim the client's address, scheme, port or host, or override the
@@ -30,8 +31,10 @@ enum ForwardedFields {
         let fromProxy = trusted.contains { $0.contains(peer) }
         var out = HTTPHeaders()
         for (n, v) in fields {
-            let name = HostRouting.asciiLowercased(n)
-            if !name.hasPrefix(":") && (name.utf8.contains(0x5F) || clientFields.contains(name) || drop(name)) { continue }
+            if n.utf8.first != 0x3A {  // pseudo-headers pass
+                let name = HTTPFieldBytes.lowercased(n)  // (HTTP/2 names are lower case already: no copy)
+                if name.utf8.contains(0x5F) || clientFields.contains(name) || drop(name) { continue }
+            }
             out.add(n, v)
         }
         let forAddr = peer.utf8.contains(0x3A) ? "\"[" + peer + "]\"" : peer
@@ -72,7 +75,7 @@ enum ForwardedFields {
         guard fields.contains("set-cookie") else { return fields }
         var out = HTTPHeaders()
         for (n, v) in fields {
-            out.add(n, HostRouting.asciiLowercased(n) == "set-cookie" ? withoutDomain(v) : v)
+            out.add(n, HTTPFieldBytes.equalsIgnoringCase(n, "set-cookie") ? withoutDomain(v) : v)
         }
         return out
     }

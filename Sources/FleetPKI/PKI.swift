@@ -111,21 +111,39 @@ public enum PKI {
     /// not numeric. A device named like an address would take the requests users
     /// send to the gateway by its address.
     public static func isValidDeviceName(_ s: String) -> Bool {
-        guard isValidHostname(s) else { return false }
-        let last = s.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false).last ?? []
-        return !last.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        var s = s
+        return s.withUTF8 { isValidDeviceName($0) }
+    }
+
+    /// `isValidDeviceName` on UTF-8 bytes (the gateway routes every request by one).
+    public static func isValidDeviceName(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard isValidHostname(bytes) else { return false }
+        var i = bytes.count  // the last label is not all digits (not an IPv4 address)
+        while i > 0 && bytes[i - 1] != UInt8(ascii: ".") {
+            if !(bytes[i - 1] >= UInt8(ascii: "0") && bytes[i - 1] <= UInt8(ascii: "9")) { return true }
+            i -= 1
+        }
+        return false
     }
 
     /// A DNS hostname: dot-separated labels of 1...63 characters from [A-Za-z0-9-],
     /// not starting or ending with '-', at most 253 characters, no trailing dot, no wildcard.
     public static func isValidHostname(_ s: String) -> Bool {
-        let bytes = Array(s.utf8)
+        var s = s
+        return s.withUTF8 { isValidHostname($0) }
+    }
+
+    public static func isValidHostname(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         guard !bytes.isEmpty, bytes.count <= 253 else { return false }
-        for label in bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
-            guard (1...63).contains(label.count),
-                  label.first != UInt8(ascii: "-"), label.last != UInt8(ascii: "-") else { return false }
-            for c in label {
-                switch c {
+        var start = 0
+        while start <= bytes.count {
+            var end = start
+            while end < bytes.count && bytes[end] != UInt8(ascii: ".") { end += 1 }
+            let count = end - start
+            guard count >= 1 && count <= 63,
+                  bytes[start] != UInt8(ascii: "-"), bytes[end - 1] != UInt8(ascii: "-") else { return false }
+            for i in start..<end {
+                switch bytes[i] {
                 case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
                      UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"):
                     continue
@@ -133,6 +151,7 @@ public enum PKI {
                     return false
                 }
             }
+            start = end + 1
         }
         return true
     }

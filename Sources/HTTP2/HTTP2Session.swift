@@ -535,25 +535,43 @@ public final class HTTP2Session {
 /// Calls `body` with `headers` as nghttp2 name/value pairs, names lower-cased. The
 /// pointers are valid only during the call; nghttp2 copies them when submitting.
 func withNameValues<R>(_ headers: HTTPHeaders, _ body: (UnsafePointer<nghttp2_nv>?, Int) -> R) -> R {
-    var storage: [UInt8] = []
-    var spans: [(Int, Int, Int, Int)] = []
-    for (name, value) in headers {
-        let n0 = storage.count
-        for b in name.utf8 { storage.append(b >= 65 && b <= 90 ? b + 32 : b) }
-        let v0 = storage.count
-        storage.append(contentsOf: value.utf8)
-        spans.append((n0, v0 - n0, v0, storage.count - v0))
-    }
-    storage.append(0)
-    return storage.withUnsafeMutableBufferPointer { buf in
-        var nva: [nghttp2_nv] = []
-        nva.reserveCapacity(spans.count)
-        for s in spans {
-            nva.append(nghttp2_nv(name: buf.baseAddress! + s.0, value: buf.baseAddress! + s.2,
-                                  namelen: s.1, valuelen: s.3, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+    var total = 0
+    for (name, value) in headers { total += name.utf8.count + value.utf8.count }
+    // One buffer for every name and value (names lowered), one array of pairs: no
+    // growth, no allocation on the heap for a usual block.
+    return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: total + 1) { buf in
+        withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: headers.count + 1) { nva in
+            let base = buf.baseAddress!
+            var at = 0, i = 0
+            for (name, value) in headers {
+                let n0 = at
+                at = copyField(name, to: buf, at: at, lowering: true)
+                let v0 = at
+                at = copyField(value, to: buf, at: at, lowering: false)
+                (nva.baseAddress! + i).initialize(to: nghttp2_nv(
+                    name: base + n0, value: base + v0, namelen: v0 - n0, valuelen: at - v0,
+                    flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                i += 1
+            }
+            return body(UnsafePointer(nva.baseAddress), i)
         }
-        return nva.withUnsafeBufferPointer { body($0.baseAddress, $0.count) }
     }
+}
+
+/// Copies the UTF-8 of `s` into `buf` at `at` (A-Z lowered when asked); the new end.
+private func copyField(_ s: String, to buf: UnsafeMutableBufferPointer<UInt8>, at: Int, lowering: Bool) -> Int {
+    if !lowering, let end = s.utf8.withContiguousStorageIfAvailable({ src -> Int in
+        if let from = src.baseAddress { (buf.baseAddress! + at).initialize(from: from, count: src.count) }
+        return at + src.count
+    }) {
+        return end
+    }
+    var i = at
+    for b in s.utf8 {
+        buf[i] = lowering && b >= 65 && b <= 90 ? b + 32 : b
+        i += 1
+    }
+    return i
 }
 
 /// The header block being received and what it has cost so far.

@@ -9,14 +9,33 @@ public enum HTTPFieldBytes {
         (b >= 0x41 && b <= 0x5A) ? b | 0x20 : b
     }
 
-    /// ASCII case-insensitive comparison of two strings (byte-wise on UTF-8).
+    /// ASCII case-insensitive comparison of two strings (byte-wise on UTF-8). Field
+    /// names are compared many times per message: native strings are compared in
+    /// place, without an iterator per byte.
     @inlinable
     public static func equalsIgnoringCase(_ a: String, _ b: String) -> Bool {
         let au = a.utf8, bu = b.utf8
         if au.count != bu.count { return false }
+        let fast = au.withContiguousStorageIfAvailable { ab in
+            bu.withContiguousStorageIfAvailable { bb in equalsIgnoringCase(ab, bb) }
+        }
+        if let fast, let result = fast { return result }
         var bi = bu.makeIterator()
         for x in au {
             guard let y = bi.next(), lower(x) == lower(y) else { return false }
+        }
+        return true
+    }
+
+    /// ASCII case-insensitive comparison of two byte runs of the same length.
+    @inlinable
+    public static func equalsIgnoringCase(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
+        if a.count != b.count { return false }
+        var i = 0
+        while i < a.count {
+            let x = a[i], y = b[i]
+            if x != y && lower(x) != lower(y) { return false }
+            i += 1
         }
         return true
     }

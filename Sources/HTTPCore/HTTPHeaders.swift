@@ -96,24 +96,40 @@ public struct HTTPHeaders: Sequence, Equatable, Sendable {
 
     /// Removes the hop-by-hop fields (RFC 9110 §7.6.1): Connection, Keep-Alive,
     /// Proxy-Connection, TE, Transfer-Encoding, Upgrade, and every field named
-    /// by a token of any Connection field.
+    /// by a token of any Connection field. Runs for every message that changes
+    /// version: a block without any of them is left untouched (no copy, no allocation).
     public mutating func removeHopByHop() {
-        var named: [[UInt8]] = [
-            Array("connection".utf8), Array("keep-alive".utf8),
-            Array("proxy-connection".utf8), Array("te".utf8),
-            Array("transfer-encoding".utf8), Array("upgrade".utf8),
-        ]
-        for f in fields where HTTPFieldBytes.equalsIgnoringCase(f.name, "connection") {
-            for element in HTTPFieldBytes.listElements(f.value) where !element.isEmpty {
-                named.append(Array(element))
+        var connection: [[UInt8]] = []
+        var found = false
+        for f in fields {
+            if HTTPFieldBytes.equalsIgnoringCase(f.name, "connection") {
+                for element in HTTPFieldBytes.listElements(f.value) where !element.isEmpty {
+                    connection.append(Array(element))
+                }
             }
+            if !found && HTTPHeaders.isHopByHop(f.name) { found = true }
         }
+        guard found else { return }
         fields.removeAll { field in
+            if HTTPHeaders.isHopByHop(field.name) { return true }
+            if connection.isEmpty { return false }
             let name = Array(field.name.utf8)
-            for n in named where HTTPHeaders.sameIgnoringCase(name[...], n) {
+            for n in connection where HTTPHeaders.sameIgnoringCase(name[...], n) {
                 return true
             }
             return false
+        }
+    }
+
+    /// One of the fields that are hop-by-hop by name.
+    static func isHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: return HTTPFieldBytes.equalsIgnoringCase(name, "te")
+        case 7: return HTTPFieldBytes.equalsIgnoringCase(name, "upgrade")
+        case 10: return HTTPFieldBytes.equalsIgnoringCase(name, "connection") || HTTPFieldBytes.equalsIgnoringCase(name, "keep-alive")
+        case 16: return HTTPFieldBytes.equalsIgnoringCase(name, "proxy-connection")
+        case 17: return HTTPFieldBytes.equalsIgnoringCase(name, "transfer-encoding")
+        default: return false
         }
     }
 

@@ -64,7 +64,7 @@ public enum HTTPTranslation {
             throw .missingPseudoHeader(":path")
         }
         var regular = HTTPHeaders()
-        for (n, v) in block where !n.hasPrefix(":") { regular.add(n, v) }
+        for (n, v) in block where !HTTPTranslation.isPseudo(n) { regular.add(n, v) }
         regular.removeHopByHop()
         var fields = HTTPHeaders()
         if let authority { fields.add("Host", authority) }
@@ -95,10 +95,14 @@ public enum HTTPTranslation {
         guard let value = block.first(":status") else { throw .missingPseudoHeader(":status") }
         guard let status = statusCode(value) else { throw .invalidStatus(value) }
         var fields = HTTPHeaders()
-        for (n, v) in block where !n.hasPrefix(":") { fields.add(n, v) }
+        for (n, v) in block where !HTTPTranslation.isPseudo(n) { fields.add(n, v) }
         fields.removeHopByHop()
         return HTTPResponseHead(status: status, versionMinor: 1, headers: fields)
     }
+
+    /// A pseudo-header's name (":method", ":status", ...).
+    @inline(__always)
+    static func isPseudo(_ name: String) -> Bool { name.utf8.first == 0x3A }
 
     /// Three ASCII digits, 100...999.
     static func statusCode(_ value: String) -> Int? {
@@ -112,7 +116,7 @@ public enum HTTPTranslation {
     private static func appendFields(_ fields: HTTPHeaders, to out: inout HTTPHeaders, droppingHost: Bool, droppingLength: Bool) {
         var kept = fields
         kept.removeHopByHop()
-        for (n, v) in kept where !n.hasPrefix(":") {
+        for (n, v) in kept where !HTTPTranslation.isPseudo(n) {
             if droppingHost && HTTPFieldBytes.equalsIgnoringCase(n, "host") { continue }
             if droppingLength && HTTPFieldBytes.equalsIgnoringCase(n, "content-length") { continue }
             out.add(HTTPFieldBytes.lowercased(n), v)
