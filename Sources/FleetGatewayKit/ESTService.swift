@@ -5,7 +5,11 @@
 //   GET  /.well-known/est/cacerts          the chain (DIR/ca.crt), certs-only PKCS#7, base64
 //   POST /.well-known/est/simpleenroll     PKCS#10 (base64) + a one-time enrollment token as
 //                                          Basic auth's password (the user is not used: the
-//                                          token alone says which names it allows)
+//                                          token alone says which names it allows), or,
+//                                          without Authorization, a claim certificate as the
+//                                          TLS client certificate (DIR/claims.txt says which
+//                                          names it allows; not used up; refused once expired
+//                                          or in revoked.txt)
 //   POST /.well-known/est/simplereenroll   PKCS#10 (base64), authenticated by the current
 //                                          device certificate (TLS): same subject, new key
 //
@@ -43,6 +47,8 @@ struct ESTClient {
     var certificateDER: [UInt8]?
     var commonName: String?
     var isUserCertificate = false
+    /// The certificate's subject has OU=reversehttp-claim (PKIClaims.swift).
+    var isClaimCertificate = false
 }
 
 final class ESTService {
@@ -214,10 +220,60 @@ final class ESTService {
         }
     }
 
+    /// What authorizes an enrollment: a one-time token, or a claim certificate.
+    private enum Authority {
+        case token(String)
+        case claim(ClaimRecord)
+    }
+
+    private enum ClaimCheck {
+        case claim(ClaimRecord)
+        case refused(ShortResponse)
+    }
+
+    /// The claim record of a claim certificate the client presented, or the answer
+    /// refusing it (403: not a known claim, expired, revoked).
+    private func claimRecord(_ cert: PresentedCertificate, _ client: ESTClient) -> ClaimCheck {
+        guard let claimName = cert.claimName else {
+            return .refused(refused(403, .simpleenroll, "the client certificate is not a claim (CN claim:NAME)", client))
+        }
+        let record: ClaimRecord?
+        let revoked: Bool
+        do throws(PKIError) {
+            record = try PKI.claim(directory: directory, serial: cert.serial)
+            revoked = try PKI.isRevoked(directory: directory, serial: cert.serial)
+        } catch {
+            logger.error("EST: claims: " + error.description)
+            return .refused(.error(500, "the claims cannot be read (see the gateway's log)"))
+        }
+        guard let record, record.name == claimName else {
+            return .refused(refused(403, .simpleenroll, "claim " + claimName + " (serial " + cert.serial
+                                               + ") is not in " + PKI.claimsFile, client))
+        }
+        if revoked {
+            return .refused(refused(403, .simpleenroll, "claim " + claimName + " (serial " + cert.serial + ") is revoked", client))
+        }
+        if now() >= min(record.notAfter, cert.notAfter) {
+            return .refused(refused(403, .simpleenroll, "claim " + claimName + " expired "
+                                               + TokenStore.utcText(min(record.notAfter, cert.notAfter)), client))
+        }
+        return .claim(record)
+    }
+
     private func enroll(_ req: ESTRequest, _ client: ESTClient) -> ShortResponse {
         guard let ca else { return .error(503, caUnavailable ?? "EST is off") }
-        guard let secret = tokenSecret(req) else {
-            return unauthorized(req.authorization.isEmpty ? "no enrollment token" : "not an enrollment token", client)
+        let authority: Authority
+        if req.authorization.isEmpty, let der = client.certificateDER, let cert = PresentedCertificate(der: der),
+           cert.isClaim || client.isClaimCertificate {
+            switch claimRecord(cert, client) {
+            case .claim(let record): authority = .claim(record)
+            case .refused(let answer): return answer
+            }
+        } else {
+            guard let secret = tokenSecret(req) else {
+                return unauthorized(req.authorization.isEmpty ? "no enrollment token" : "not an enrollment token", client)
+            }
+            authority = .token(secret)
         }
         let request: CertificateRequest
         switch parseRequest(req, .simpleenroll, client) {
@@ -227,19 +283,38 @@ final class ESTService {
         guard let name = PKI.canonicalDeviceName(request.commonName) else {
             return refused(400, .simpleenroll, "the request's CN is not a device name (a hostname)", client)
         }
-        let tokenHash = sha256(Array(secret.utf8))
+        // What must come back with the request while it waits for approval: the same
+        // token, or the same claim certificate.
+        let tokenHash: [UInt8]
+        switch authority {
+        case .token(let secret): tokenHash = sha256(Array(secret.utf8))
+        case .claim(let record): tokenHash = sha256(Array(("claim " + record.serial).utf8))
+        }
         if config.enrollApprovalManual, let answer = approvals.answer(name: name, fingerprint: request.publicKeyFingerprint,
                                                                       tokenHash: tokenHash, now: now()) {
             return answer
         }
         let binding: EnrollmentBinding
-        do throws(EnrollmentTokenError) {
-            binding = try EnrollmentTokens.lookup(directory: directory, secret: secret, now: now())
-        } catch {
-            return tokenRefusal(error, client)
+        let what: String
+        switch authority {
+        case .token(let secret):
+            do throws(EnrollmentTokenError) {
+                binding = try EnrollmentTokens.lookup(directory: directory, secret: secret, now: now())
+            } catch {
+                return tokenRefusal(error, client)
+            }
+            what = "the enrollment token"
+        case .claim(let record):
+            do throws(EnrollmentTokenError) {
+                binding = try EnrollmentBinding(record.devices)
+            } catch {
+                logger.error("EST: " + PKI.claimsFile + ": claim " + record.name + ": " + error.description)
+                return .error(500, "the claim's device names cannot be read (see the gateway's log)")
+            }
+            what = "claim " + record.name
         }
         guard binding.allows(name) else {
-            return refused(403, .simpleenroll, "the enrollment token is for " + binding.text + ", not " + name, client)
+            return refused(403, .simpleenroll, what + " is for " + binding.text + ", not " + name, client)
         }
         if case .failure(let refusal) = DeviceIdentity.admit(commonName: name, config: config, reserved: reserved) {
             return refused(403, .simpleenroll, refusal.description, client)
@@ -254,13 +329,17 @@ final class ESTService {
                 return .error(503, "too many enrollments wait for approval", retryAfter: ESTService.retryAfterSeconds)
             }
         }
-        do throws(EnrollmentTokenError) {
-            _ = try EnrollmentTokens.consume(directory: directory, secret: secret, forName: name, now: now())
-        } catch {
-            return tokenRefusal(error, client)
+        if case .token(let secret) = authority {
+            do throws(EnrollmentTokenError) {
+                _ = try EnrollmentTokens.consume(directory: directory, secret: secret, forName: name, now: now())
+            } catch {
+                return tokenRefusal(error, client)
+            }
         }
         if config.enrollApprovalManual {
-            approvals.add(EnrollmentApprovals.Entry(name: name, request: request, tokenHash: tokenHash, binding: binding.text,
+            let shown: String
+            if case .claim(let record) = authority { shown = "claim " + record.name + ": " + binding.text } else { shown = binding.text }
+            approvals.add(EnrollmentApprovals.Entry(name: name, request: request, tokenHash: tokenHash, binding: shown,
                                                     address: client.address, requestedAt: now()))
             logger.notice("EST simpleenroll: " + name + " from " + client.address + " waits for approval (key "
                           + request.keyType.description + ", SHA-256 " + request.publicKeyFingerprintHex + ")")
@@ -318,9 +397,22 @@ final class ESTService {
         }
         let name: String
         switch DeviceIdentity.admit(commonName: client.commonName, isUserCertificate: client.isUserCertificate,
-                                    config: config, reserved: reserved) {
+                                    isClaimCertificate: client.isClaimCertificate, config: config, reserved: reserved) {
         case .success(let identity): name = identity.name
         case .failure(let refusal): return refused(403, .simplereenroll, refusal.description, client)
+        }
+        // The CRL refuses a revoked certificate at the handshake once the gateway reloaded
+        // it; revoked.txt is read here so that `pki revoke` stops renewals at once.
+        guard let presented = PresentedCertificate(der: current), !presented.isClaim else {
+            return refused(403, .simplereenroll, "the client certificate cannot be read as a device's", client)
+        }
+        do throws(PKIError) {
+            if try PKI.isRevoked(directory: directory, serial: presented.serial) {
+                return refused(403, .simplereenroll, name + ": the certificate (serial " + presented.serial + ") is revoked", client)
+            }
+        } catch {
+            logger.error("EST: revoked.txt: " + error.description)
+            return .error(500, "the revocation list cannot be read (see the gateway's log)")
         }
         let request: CertificateRequest
         switch parseRequest(req, .simplereenroll, client) {

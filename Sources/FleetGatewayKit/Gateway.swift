@@ -303,6 +303,7 @@ final class Gateway: UserConnectionOwner {
                 return
             }
             switch DeviceIdentity.admit(commonName: tls.peerCommonName, isUserCertificate: tls.peerHasOrganizationalUnit(PKI.userMarker),
+                                        isClaimCertificate: tls.peerHasOrganizationalUnit(PKI.claimMarker),
                                         config: config, reserved: reservedNames) {
             case .success(let admitted):
                 identity = admitted

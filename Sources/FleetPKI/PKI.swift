@@ -263,7 +263,7 @@ public enum PKI {
     /// authorityKeyIdentifier). The caller frees the result with X509_free.
     static func makeCertificate(commonName: String, organizationalUnit: String? = nil, subjectKey: OpaquePointer,
                                 issuer: (cert: OpaquePointer, key: OpaquePointer)?,
-                                days: Int, notBeforeOffsetDays: Int,
+                                days: Int, notBeforeOffsetDays: Int, validitySeconds: Int? = nil,
                                 extensions: [(Int32, String)]) throws(PKIError) -> OpaquePointer {
         guard let x = X509_new() else { throw failure("X509_new") }
         var keep = false
@@ -274,7 +274,7 @@ public enum PKI {
 
         let start = notBeforeOffsetDays * 86_400
         guard X509_gmtime_adj(X509_getm_notBefore(x), start - 300) != nil,
-              X509_gmtime_adj(X509_getm_notAfter(x), start + days * 86_400) != nil else {
+              X509_gmtime_adj(X509_getm_notAfter(x), start + (validitySeconds ?? days * 86_400)) != nil else {
             throw failure("set certificate validity")
         }
 
