@@ -131,6 +131,10 @@ final class ESTService {
         .error(405, "method not allowed", fields: HTTPHeaders([("Allow", allow)]))
     }
 
+    /// Every result word `result(_:)` gives: the metric's fixed label set.
+    static let results = ["ok", "pending", "bad_request", "unauthorized", "refused", "conflict", "too_large",
+                          "unavailable", "not_found", "error"]
+
     /// A result word per status, for the metric.
     static func result(_ status: Int) -> String {
         switch status {
@@ -452,10 +456,15 @@ final class ESTService {
 
     /// The counters as Prometheus text.
     func export(_ p: inout PrometheusText) {
-        p.family("rhttp_est_requests_total", "counter", "EST requests (cacerts, enrollments, renewals) by result.")
-        for (key, n) in counts.sorted(by: { $0.key < $1.key }) {
-            let parts = key.split(separator: " ")
-            p.sample("rhttp_est_requests_total", [("op", String(parts[0])), ("result", String(parts[1]))], Double(n))
+        p.family("rhttp_est_requests_total", "counter",
+                 "EST requests by op (cacerts; simpleenroll: enrollments; simplereenroll: renewals) and result.")
+        // Enrollments and renewals: every result, zeros included (rates from the first scrape).
+        for op in Operation.allCases {
+            for result in ESTService.results {
+                let n = counts[op.rawValue + " " + result] ?? 0
+                guard op != .cacerts || n > 0 else { continue }
+                p.sample("rhttp_est_requests_total", [("op", op.rawValue), ("result", result)], Double(n))
+            }
         }
     }
 }

@@ -359,6 +359,7 @@ final class Gateway: UserConnectionOwner {
             self.heapTrim.connectionChanged()
             self.checkDrained()
         }
+        if let der = t.tls?.peerCertificateDER { dc.certificate = PresentedCertificate(der: der) }
         devices[id] = dc
         dc.start()
     }

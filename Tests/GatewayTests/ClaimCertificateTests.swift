@@ -149,3 +149,57 @@ final class ClaimCertificateTests: XCTestCase {
         XCTAssertTrue(body(again).contains("revoked"), body(again))
     }
 }
+
+/// The admin API's and /metrics' view of device certificates (CertificateExpiry).
+final class CertificateExpiryTests: XCTestCase {
+    func testNewestCertificateAndJSON() throws {
+        let dir = try makeTempDir()
+        try PKI.initialize(directory: dir, gatewayName: "gw.example")
+        let ca = try CertificateAuthority(directory: dir)
+        let old = try XCTUnwrap(PresentedCertificate(der: try PKI.certificatesDER(pem: ca.issueDevice(name: "d1", days: 10).certificatePEM)[0]))
+        let new = try XCTUnwrap(PresentedCertificate(der: try PKI.certificatesDER(pem: ca.issueDevice(name: "d1", days: 30).certificatePEM)[0]))
+        XCTAssertFalse(new.isClaim)
+        XCTAssertEqual(CertificateExpiry.newest([old, new]), new)
+        XCTAssertNil(CertificateExpiry.newest([]))
+        let now = new.notBefore + 600  // notBefore is backdated 5 minutes: 29.99 days left
+        let fields = Dictionary(uniqueKeysWithValues: CertificateExpiry.json(new, now: now))
+        XCTAssertEqual(fields["certificate_serial"], "\"" + new.serial + "\"")
+        XCTAssertEqual(fields["certificate_not_after"], String(new.notAfter))
+        XCTAssertEqual(fields["certificate_expires_in_days"], "29")
+        XCTAssertEqual(fields["last_renewal"], String(new.notBefore))
+        XCTAssertEqual(Dictionary(uniqueKeysWithValues: CertificateExpiry.json(nil, now: now))["last_renewal"], "null")
+    }
+
+    func testMetrics() {
+        let now: Int64 = 1_800_000_000
+        var p = PrometheusText()
+        CertificateExpiry.export(&p, notAfters: [], now: now)
+        XCTAssertEqual(p.text, "")
+        CertificateExpiry.export(&p, notAfters: [now + 2 * 86_400, now + 20 * 86_400, now + 400 * 86_400], now: now)
+        XCTAssertTrue(p.text.contains("rhttp_device_cert_expiry_days_min 2\n"), p.text)
+        XCTAssertTrue(p.text.contains("rhttp_device_cert_expiry_days_bucket{le=\"1\"} 0\n"), p.text)
+        XCTAssertTrue(p.text.contains("rhttp_device_cert_expiry_days_bucket{le=\"3\"} 1\n"), p.text)
+        XCTAssertTrue(p.text.contains("rhttp_device_cert_expiry_days_bucket{le=\"21\"} 2\n"), p.text)
+        XCTAssertTrue(p.text.contains("rhttp_device_cert_expiry_days_bucket{le=\"365\"} 2\n"), p.text)
+        XCTAssertTrue(p.text.contains("rhttp_device_cert_expiry_days_bucket{le=\"+Inf\"} 3\n"), p.text)
+        XCTAssertTrue(p.text.contains("rhttp_device_cert_expiry_days_count 3\n"), p.text)
+    }
+
+    func testESTCountersAreAFixedSet() throws {
+        XCTAssertEqual(Set((100...599).map(ESTService.result)), Set(ESTService.results))
+        var p = PrometheusText()
+        let dir = try makeTempDir()
+        try PKI.initialize(directory: dir, gatewayName: "gw.example")
+        var s = Settings()
+        try ConfigFile.parse(Array(("pki_dir = " + dir + "\ncert = " + dir + "/gateway.crt\nkey = " + dir + "/gateway.key\n").utf8),
+                             name: "gw.conf", into: &s)
+        let config = try GatewayConfig(s)
+        let est = ESTService(settings: CurrentConfig(config), logger: Logger(program: "test", level: .error),
+                             reserved: ReservedNames(config: config), now: { 0 })
+        est.count(.simplereenroll, status: 200)
+        est.export(&p)
+        XCTAssertTrue(p.text.contains("rhttp_est_requests_total{op=\"simplereenroll\",result=\"ok\"} 1\n"), p.text)
+        XCTAssertTrue(p.text.contains("rhttp_est_requests_total{op=\"simpleenroll\",result=\"ok\"} 0\n"), p.text)
+        XCTAssertFalse(p.text.contains("op=\"cacerts\""), p.text)
+    }
+}
