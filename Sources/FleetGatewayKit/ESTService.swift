@@ -71,7 +71,8 @@ final class ESTService {
     private(set) var caUnavailable: String?
     /// The /cacerts body (base64 of the certs-only PKCS#7 of DIR/ca.crt), nil when unreadable.
     private var cacertsBody: String?
-    let approvals = EnrollmentApprovals()
+    /// Enrollments on hold (`enroll_approval = manual`), kept in DIR/enroll-approvals.
+    let approvals: EnrollmentApprovals
     /// Answers by operation and result (rhttp_est_requests_total).
     private(set) var counts: [String: Int] = [:]
 
@@ -80,6 +81,9 @@ final class ESTService {
         self.logger = logger
         self.reserved = reserved
         self.now = now
+        approvals = EnrollmentApprovals(path: settings.value.pkiDir.map { $0 + "/" + EnrollmentApprovals.fileName })
+        approvals.onError = { [logger] text in logger.error("EST: " + text) }
+        approvals.load(now: now())
         reload()
     }
 

@@ -446,7 +446,8 @@ public enum PKI {
         if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .io(path, errno: errno) }
     }
 
-    public static func readFile(_ path: String) throws(PKIError) -> [UInt8] {
+    /// The file's bytes, at most `limit` (`.io(path, EFBIG)` beyond).
+    public static func readFile(_ path: String, limit: Int = 1 << 20) throws(PKIError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .io(path, errno: errno) }
         defer { close(fd) }
@@ -460,10 +461,16 @@ public enum PKI {
             }
             if n == 0 { break }
             out.append(contentsOf: chunk[0..<n])
-            guard out.count <= 1 << 20 else { throw .io(path, errno: EFBIG) }
+            guard out.count <= limit else { throw .io(path, errno: EFBIG) }
         }
         wipe(&chunk)
         return out
+    }
+
+    /// Replaces `path` with `bytes` atomically (a temporary file, fsync, rename), `mode`:
+    /// for the gateway's own state files in the PKI directory.
+    public static func replaceFile(_ path: String, _ bytes: [UInt8], mode: mode_t) throws(PKIError) {
+        try writeFile(path, bytes, mode: mode, replace: true)
     }
 
     /// Writes `bytes` to `path` atomically with `mode`. With `replace` false, an

@@ -132,6 +132,48 @@ final class ClaimCertificateTests: XCTestCase {
         XCTAssertEqual(try enroll(est, "lab-1", client: client, key: key).head.status, 200)
     }
 
+    func testPendingApprovalsSurviveARestart() throws {
+        let est = try service("enroll_approval = manual\n")
+        let secret = try EnrollmentTokens.create(directory: dir, binding: "dev1.example", lifetime: 3600, now: clock)
+        let (_, claimClient) = try claim("factory-a", devices: "lab-*")
+        let k1 = try EnrollmentKey(), k2 = try EnrollmentKey(), k3 = try EnrollmentKey()
+        func withToken(_ e: ESTService) throws -> ShortResponse {
+            e.handle(ESTRequest(method: "POST", path: ESTService.prefix + "simpleenroll", contentType: "application/pkcs10",
+                                authorization: ["Basic " + Base64.encode(Array(("dev:" + secret).utf8), urlSafe: false)],
+                                body: ESTBody.encode(try k1.certificateRequest(commonName: "dev1.example"))), client: ESTClient(address: "x"))
+        }
+        XCTAssertEqual(try withToken(est).head.status, 202)
+        XCTAssertEqual(try enroll(est, "lab-1", client: claimClient, key: k2).head.status, 202)
+        XCTAssertEqual(try enroll(est, "lab-2", client: claimClient, key: k3).head.status, 202)
+        XCTAssertEqual(est.deny("lab-2").0, 200)
+        var st = stat()
+        XCTAssertEqual(stat(dir + "/" + EnrollmentApprovals.fileName, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+
+        // A restart: the used token's request still waits, the decision is kept.
+        let second = try service("enroll_approval = manual\n")
+        XCTAssertEqual(second.approvals.entries.count, 3)
+        XCTAssertEqual(try withToken(second).head.status, 202)
+        XCTAssertEqual(second.approve("dev1.example").0, 200)
+        XCTAssertEqual(try enroll(second, "lab-2", client: claimClient, key: k3).head.status, 403)
+
+        // Another restart after the approval: the certificate is handed out, once.
+        let third = try service("enroll_approval = manual\n")
+        let r = try withToken(third)
+        XCTAssertEqual(r.head.status, 200, body(r))
+        XCTAssertEqual(try PKCS7CertsOnly.decode(estBody: r.body).count, 1)
+        XCTAssertEqual(try withToken(try service("enroll_approval = manual\n")).head.status, 401)  // token used, entry gone
+        XCTAssertEqual(third.approve("lab-1").0, 200)
+
+        // An unreadable file is logged and ignored (rewritten at the next change).
+        try PKI.writeFile(dir + "/" + EnrollmentApprovals.fileName, Array("garbage\n".utf8), mode: 0o600, replace: true)
+        XCTAssertEqual(try service("enroll_approval = manual\n").approvals.entries.count, 0)
+        // Bounded and expiring as in memory: a request waiting over a week is gone after a restart.
+        XCTAssertEqual(try enroll(third, "lab-3", client: claimClient).head.status, 202)
+        clock += EnrollmentApprovals.pendingSeconds + 1
+        XCTAssertNil(try service("enroll_approval = manual\n").approvals.entries["lab-3"])
+    }
+
     func testRevokedDeviceCannotReenroll() throws {
         let est = try service()
         let secret = try EnrollmentTokens.create(directory: dir, binding: "dev1.example", lifetime: 3600, now: clock)
