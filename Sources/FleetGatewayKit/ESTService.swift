@@ -470,5 +470,7 @@ final class ESTService {
                 p.sample("rhttp_est_requests_total", [("op", op.rawValue), ("result", result)], Double(n))
             }
         }
+        p.family("rhttp_est_enrollments_pending", "gauge", "Enrollments waiting for an operator's approval (enroll_approval = manual).")
+        p.sample("rhttp_est_enrollments_pending", [], Double(approvals.entries.values.filter { $0.state == .pending }.count))
     }
 }

@@ -243,5 +243,6 @@ final class CertificateExpiryTests: XCTestCase {
         XCTAssertTrue(p.text.contains("rhttp_est_requests_total{op=\"simplereenroll\",result=\"ok\"} 1\n"), p.text)
         XCTAssertTrue(p.text.contains("rhttp_est_requests_total{op=\"simpleenroll\",result=\"ok\"} 0\n"), p.text)
         XCTAssertFalse(p.text.contains("op=\"cacerts\""), p.text)
+        XCTAssertTrue(p.text.contains("rhttp_est_enrollments_pending 0\n"), p.text)
     }
 }

@@ -64,7 +64,8 @@ def test_claim_enrolls_its_glob_then_the_device_connects(procs, est_pki, api, tm
     assert d["certificate_expires_in_days"] in (29, 30) and abs(d["last_renewal"] - (time.time() - 300)) < 120, d
     assert d["certificate_serial"] and d["certificate_serial"] in (est_pki.dir / "issued.txt").read_text()
     m = admin(g, "GET", "/metrics")[1].decode()
-    assert "rhttp_device_cert_expiry_days_min 29.9" in m, m
+    days_min = float(m.split("\nrhttp_device_cert_expiry_days_min ")[1].split()[0])
+    assert 29.9 < days_min <= 30, m
     assert 'rhttp_device_cert_expiry_days_bucket{le="30"} 1' in m and 'rhttp_device_cert_expiry_days_bucket{le="21"} 0' in m
     assert 'rhttp_est_requests_total{op="simpleenroll",result="ok"} 2' in m
     assert 'rhttp_est_requests_total{op="simpleenroll",result="refused"} 1' in m
@@ -133,6 +134,7 @@ def test_pending_enrollment_survives_a_restart(procs, est_pki, tmp_path):
     entries = json.loads(admin(g2, "GET", "/enrollments")[1])
     assert [(e["name"], e["state"]) for e in entries] == [("dev20.example", "pending")]
     assert c2.post("simpleenroll", req, "-u", "x:" + token)[0] == 202
+    assert "rhttp_est_enrollments_pending 1" in admin(g2, "GET", "/metrics")[1].decode()
     assert admin(g2, "POST", "/enrollments/dev20.example/approve")[0] == 200
     g2.proc.stop()
 
@@ -143,3 +145,29 @@ def test_pending_enrollment_survives_a_restart(procs, est_pki, tmp_path):
     assert "CN = dev20.example" in subprocess.run(["openssl", "x509", "-noout", "-subject", "-in", str(c3.save(c3.certs(body)[0], "d.crt"))],
                                                    capture_output=True, text=True, check=True).stdout
     assert json.loads(admin(g3, "GET", "/enrollments")[1]) == []
+
+
+def test_expired_token_is_401_and_a_csr_with_another_cn_is_403(procs, est_pki, tmp_path):
+    import re
+    g = start(procs, est_pki)
+    c = Client(g, est_pki, tmp_path / "w")
+    token = gw("pki", "enroll-token", est_pki.dir, "dev30.example")
+    # Expired: the file says so (the shortest --expires is a minute; the gateway reads the file each time).
+    f = est_pki.dir / "enroll-tokens"
+    f.write_text(re.sub(r"expires=\d+", f"expires={int(time.time()) - 10}", f.read_text()))
+    req, _ = c.csr("dev30.example")
+    status, _, body = c.post("simpleenroll", req, "-u", "x:" + token)
+    assert status == 401 and b"expired" in body, body
+    # A CSR whose CN is not the token's name: 403, and the token stays usable for its name.
+    token = gw("pki", "enroll-token", est_pki.dir, "dev31.example")
+    other, _ = c.csr("dev32.example")
+    status, _, body = c.post("simpleenroll", other, "-u", "x:" + token)
+    assert status == 403 and b"dev31.example" in body
+    req, key = c.csr("dev31.example")
+    status, _, body = c.post("simpleenroll", req, "-u", "x:" + token)
+    assert status == 200, body
+    cert = c.save(c.certs(body)[0], "dev31.crt")
+    # A renewal must keep the subject: another CN is 403.
+    other, _ = c.csr("dev33.example")
+    status, _, body = c.post("simplereenroll", other, "--cert", cert, "--key", key)
+    assert status == 403, body
