@@ -22,7 +22,9 @@
 // (EnrollmentTokens.consume, outside PKI's lock) and the certificate signed.
 // With `enroll_approval = manual` the request waits in EnrollmentApprovals (202 +
 // Retry-After) until the admin API approves it; the same request sent again with
-// the same token then gets the certificate.
+// the same token (or claim) then gets the certificate. A claim is checked by
+// ClaimAuthority and is not used up; ESTServiceAdmin.swift holds approve/deny and
+// the counters.
 import FleetAccess
 import FleetPKI
 import EventLoop
@@ -60,9 +62,9 @@ final class ESTService {
     static let retryAfterSeconds = 60
 
     private let settings: CurrentConfig
-    private let logger: Logger
+    let logger: Logger
     /// Unix seconds now (injected: the tests' clock).
-    private let now: () -> Int64
+    let now: () -> Int64
     /// The gateway's own names, which no device may take (Gateway keeps it current).
     var reserved: ReservedNames
     /// The CA that signs, nil when DIR/ca.key is not readable (enrollment answers 503).
@@ -231,41 +233,7 @@ final class ESTService {
     /// What authorizes an enrollment: a one-time token, or a claim certificate.
     private enum Authority {
         case token(String)
-        case claim(ClaimRecord)
-    }
-
-    private enum ClaimCheck {
-        case claim(ClaimRecord)
-        case refused(ShortResponse)
-    }
-
-    /// The claim record of a claim certificate the client presented, or the answer
-    /// refusing it (403: not a known claim, expired, revoked).
-    private func claimRecord(_ cert: PresentedCertificate, _ client: ESTClient) -> ClaimCheck {
-        guard let claimName = cert.claimName else {
-            return .refused(refused(403, .simpleenroll, "the client certificate is not a claim (CN claim:NAME)", client))
-        }
-        let record: ClaimRecord?
-        let revoked: Bool
-        do throws(PKIError) {
-            record = try PKI.claim(directory: directory, serial: cert.serial)
-            revoked = try PKI.isRevoked(directory: directory, serial: cert.serial)
-        } catch {
-            logger.error("EST: claims: " + error.description)
-            return .refused(.error(500, "the claims cannot be read (see the gateway's log)"))
-        }
-        guard let record, record.name == claimName else {
-            return .refused(refused(403, .simpleenroll, "claim " + claimName + " (serial " + cert.serial
-                                               + ") is not in " + PKI.claimsFile, client))
-        }
-        if revoked {
-            return .refused(refused(403, .simpleenroll, "claim " + claimName + " (serial " + cert.serial + ") is revoked", client))
-        }
-        if now() >= min(record.notAfter, cert.notAfter) {
-            return .refused(refused(403, .simpleenroll, "claim " + claimName + " expired "
-                                               + TokenStore.utcText(min(record.notAfter, cert.notAfter)), client))
-        }
-        return .claim(record)
+        case claim(ClaimRecord, EnrollmentBinding)
     }
 
     private func enroll(_ req: ESTRequest, _ client: ESTClient) -> ShortResponse {
@@ -273,9 +241,15 @@ final class ESTService {
         let authority: Authority
         if req.authorization.isEmpty, let der = client.certificateDER, let cert = PresentedCertificate(der: der),
            cert.isClaim || client.isClaimCertificate {
-            switch claimRecord(cert, client) {
-            case .claim(let record): authority = .claim(record)
-            case .refused(let answer): return answer
+            do throws(ClaimRefusal) {
+                let (record, binding) = try ClaimAuthority.check(cert, directory: directory, now: now())
+                authority = .claim(record, binding)
+            } catch {
+                if error.status == 500 {
+                    logger.error("EST: " + error.description)
+                    return .error(500, "the claims cannot be read (see the gateway's log)")
+                }
+                return refused(error.status, .simpleenroll, error.description, client)
             }
         } else {
             guard let secret = tokenSecret(req) else {
@@ -296,7 +270,7 @@ final class ESTService {
         let tokenHash: [UInt8]
         switch authority {
         case .token(let secret): tokenHash = sha256(Array(secret.utf8))
-        case .claim(let record): tokenHash = sha256(Array(("claim " + record.serial).utf8))
+        case .claim(let record, _): tokenHash = sha256(Array(("claim " + record.serial).utf8))
         }
         if config.enrollApprovalManual, let answer = approvals.answer(name: name, fingerprint: request.publicKeyFingerprint,
                                                                       tokenHash: tokenHash, now: now()) {
@@ -312,13 +286,8 @@ final class ESTService {
                 return tokenRefusal(error, client)
             }
             what = "the enrollment token"
-        case .claim(let record):
-            do throws(EnrollmentTokenError) {
-                binding = try EnrollmentBinding(record.devices)
-            } catch {
-                logger.error("EST: " + PKI.claimsFile + ": claim " + record.name + ": " + error.description)
-                return .error(500, "the claim's device names cannot be read (see the gateway's log)")
-            }
+        case .claim(let record, let names):
+            binding = names
             what = "claim " + record.name
         }
         guard binding.allows(name) else {
@@ -346,7 +315,7 @@ final class ESTService {
         }
         if config.enrollApprovalManual {
             let shown: String
-            if case .claim(let record) = authority { shown = "claim " + record.name + ": " + binding.text } else { shown = binding.text }
+            if case .claim(let record, _) = authority { shown = "claim " + record.name + ": " + binding.text } else { shown = binding.text }
             approvals.add(EnrollmentApprovals.Entry(name: name, request: request, tokenHash: tokenHash, binding: shown,
                                                     address: client.address, requestedAt: now()))
             logger.notice("EST simpleenroll: " + name + " from " + client.address + " waits for approval (key "
@@ -433,44 +402,5 @@ final class ESTService {
             return refused(error == .keyReused ? 409 : 403, .simplereenroll, name + ": " + error.description, client)
         }
         return issue(request, name: name, earlier: .keep, op: .simplereenroll, client: client)
-    }
-
-    // MARK: - The admin API's decisions
-
-    /// Approves the waiting enrollment of `name`: the certificate is signed now and
-    /// handed out when the device asks again. The status and text for the operator.
-    func approve(_ name: String) -> (Int, String) {
-        guard let entry = approvals.pending(name) else { return (404, "no enrollment of " + name + " waits for approval") }
-        let client = ESTClient(address: entry.address)
-        let answer = issue(entry.request, name: name, earlier: .refuse, op: .simpleenroll, client: client)
-        guard answer.head.status == 200 else {
-            return (answer.head.status == 500 ? 500 : 409, String(decoding: answer.body, as: UTF8.self))
-        }
-        approvals.decide(name, answer: answer, now: now())
-        logger.notice("admin: approved the enrollment of " + name)
-        return (200, "approved")
-    }
-
-    func deny(_ name: String) -> (Int, String) {
-        guard approvals.pending(name) != nil else { return (404, "no enrollment of " + name + " waits for approval") }
-        approvals.decide(name, answer: .error(403, "the enrollment of " + name + " was denied"), now: now())
-        logger.notice("admin: denied the enrollment of " + name)
-        return (200, "denied")
-    }
-
-    /// The counters as Prometheus text.
-    func export(_ p: inout PrometheusText) {
-        p.family("rhttp_est_requests_total", "counter",
-                 "EST requests by op (cacerts; simpleenroll: enrollments; simplereenroll: renewals) and result.")
-        // Enrollments and renewals: every result, zeros included (rates from the first scrape).
-        for op in Operation.allCases {
-            for result in ESTService.results {
-                let n = counts[op.rawValue + " " + result] ?? 0
-                guard op != .cacerts || n > 0 else { continue }
-                p.sample("rhttp_est_requests_total", [("op", op.rawValue), ("result", result)], Double(n))
-            }
-        }
-        p.family("rhttp_est_enrollments_pending", "gauge", "Enrollments waiting for an operator's approval (enroll_approval = manual).")
-        p.sample("rhttp_est_enrollments_pending", [], Double(approvals.entries.values.filter { $0.state == .pending }.count))
     }
 }

@@ -108,7 +108,7 @@ extension PKI {
     public static let claimPrefix = "claim:"
     public static let claimsFile = "claims.txt"
     /// Most claims DIR/claims.txt may hold (a claim serves many boards: a few per factory).
-    public static let maxClaims = 10_000
+    public static let maxClaims = 1_000
 
     /// A claim's name: as a user name ([A-Za-z0-9._@-]{1,64}), also a file name.
     public static func isValidClaimName(_ s: String) -> Bool { isValidUserName(s) }
@@ -222,7 +222,7 @@ extension PKI {
         let path = join(dir, claimsFile)
         let bytes: [UInt8]
         do throws(PKIError) {
-            bytes = try readFile(path)
+            bytes = try readFile(path, limit: 4 << 20)
         } catch {
             if case .io(_, let code) = error, code == ENOENT { return [] }
             throw error
