@@ -9,6 +9,7 @@ import TLS
 /// the user marker OU; nil otherwise (no certificate, a device's certificate).
 public func userPrincipal(from tls: TLSConnection) -> Principal? {
     guard tls.peerCertificateVerified, tls.peerHasOrganizationalUnit(PKI.userMarker),
+          !tls.peerHasOrganizationalUnit(PKI.claimMarker),  // a claim (CN claim:NAME) is never a user
           let cn = tls.peerCommonName, PKI.isValidUserName(cn) else { return nil }
     return Principal(method: .certificate, name: cn, expires: tls.peerCertificateNotAfter)
 }

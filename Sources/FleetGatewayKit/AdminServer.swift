@@ -2,7 +2,8 @@
 // never the public one):
 //   GET  /devices                  every connected device: name, hostname, health
 //                                  and since when, last check latency, connections
-//   GET  /devices/NAME             one device
+//   GET  /devices/NAME             one device (also its certificate: serial, notAfter,
+//                                  days left, last renewal: CertificateExpiry)
 //   POST /devices/NAME/disconnect  close its connections (it will re-dial)
 //   GET  /enrollments              EST enrollments waiting for approval or decided
 //   POST /enrollments/NAME/approve|deny   (enroll_approval = manual)
@@ -229,6 +230,7 @@ final class AdminServer {
                          ("bytes_in", String(c.transport.bytesIn)), ("bytes_out", String(c.transport.bytesOut))])
         }
         let h = d.health
+        let cert = CertificateExpiry.json(CertificateExpiry.newest(d.connections.compactMap(\.certificate)), now: Int64(rh_wall_seconds()))
         return JSON.object([
             ("name", JSON.string(d.name)), ("hostname", JSON.string(d.hostname)),
             ("health", JSON.string(h?.state.rawValue ?? HealthState.unknown.rawValue)),
@@ -240,7 +242,7 @@ final class AdminServer {
             ("last_access", views.ledger.last(device: d.name).map { a in
                 JSON.object([("user", a.user.isEmpty ? "null" : JSON.string(a.user)), ("at", String(a.at)), ("status", String(a.status))])
             } ?? "null"),
-        ])
+        ] + cert)
     }
 
     func metrics() -> String {
@@ -286,6 +288,8 @@ final class AdminServer {
         p.sample("rhttp_device_bytes_total", [("direction", "in")], Double(m.closedBytesIn + conns.reduce(0) { $0 + $1.transport.bytesIn }))
         p.sample("rhttp_device_bytes_total", [("direction", "out")], Double(m.closedBytesOut + conns.reduce(0) { $0 + $1.transport.bytesOut }))
         m.exportAccess(&p)
+        CertificateExpiry.export(&p, notAfters: devs.compactMap { CertificateExpiry.newest($0.connections.compactMap(\.certificate))?.notAfter },
+                                 now: Int64(rh_wall_seconds()))
         est()?.export(&p)
         if let left = crlExpirySeconds() {
             p.family("rhttp_crl_expiry_seconds", "gauge", "Seconds until the CRL in use (crl) passes its nextUpdate.")

@@ -9,10 +9,13 @@ extension DeviceIdentity {
     /// (nil: none, or several), or why it is refused. Checked in this order: a
     /// canonical device name, in allow_devices, a hostname the template can make, and
     /// neither the name nor the hostname reserved (the gateway's own names).
-    static func admit(commonName: String?, isUserCertificate: Bool = false, config: GatewayConfig,
-                      reserved: ReservedNames) -> Result<DeviceIdentity, DeviceRefusal> {
+    static func admit(commonName: String?, isUserCertificate: Bool = false, isClaimCertificate: Bool = false,
+                      config: GatewayConfig, reserved: ReservedNames) -> Result<DeviceIdentity, DeviceRefusal> {
         // A user's certificate (same CA, OU=reversehttp-user) never stands for a device.
         if isUserCertificate { return .failure(.userCertificate(commonName ?? "")) }
+        // Nor does a claim (OU=reversehttp-claim, CN claim:NAME, which is no hostname
+        // either: PKIClaims.swift): it only enrolls, on EST.
+        if isClaimCertificate { return .failure(.claimCertificate(commonName ?? "")) }
         guard let cn = commonName, PKI.isValidDeviceName(cn) else { return .failure(.noValidName) }
         guard let name = name(commonName: cn) else { return .failure(.notCanonical(cn)) }
         if let allow = config.allowDevices, !allow.matches(name) { return .failure(.notAllowed(name)) }
@@ -27,6 +30,8 @@ enum DeviceRefusal: Error, Equatable, CustomStringConvertible {
     case noValidName
     /// A user's certificate (OU=reversehttp-user) presented on the device listener: its CN.
     case userCertificate(String)
+    /// A claim certificate (OU=reversehttp-claim) presented as a device's: its CN.
+    case claimCertificate(String)
     case notCanonical(String)
     case notAllowed(String)
     case noHostname(String)
@@ -44,6 +49,9 @@ enum DeviceRefusal: Error, Equatable, CustomStringConvertible {
         case .userCertificate(let cn):
             return "certificate" + from + " is a user's (OU=" + PKI.userMarker + ", CN \"" + cn
                 + "\"), not a device's: refused on the device listener (users connect to the public listener)"
+        case .claimCertificate(let cn):
+            return "certificate" + from + " is a claim (OU=" + PKI.claimMarker + ", CN \"" + cn
+                + "\"): it authorizes EST enrollment only, never a device's connection"
         case .notCanonical(let cn):
             return "device certificate" + from + " has CN \"" + cn + "\", not in canonical form (names are case-insensitive; "
                 + "`pki issue` writes \"" + PKI.asciiLowercased(cn) + "\"): refused, it would stand for another certificate's device"

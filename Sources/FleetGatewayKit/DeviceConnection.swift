@@ -3,6 +3,7 @@
 // act as the HTTP/2 *client*, opening odd streams to send users' requests. The
 // role reversal itself lives in HTTP2Session (Preface.reversed).
 import EventLoop
+import FleetPKI
 import HTTP1
 import HTTP2
 import Wire
@@ -27,6 +28,9 @@ final class DeviceConnection {
     private(set) var isReady = false
     private var exchanges: [Int32: DeviceStreamHandler] = [:]
     let connectedAt: UInt64
+    /// The verified certificate the device presented (nil on a plaintext listener):
+    /// its expiry and last renewal for the admin API and metrics (CertificateExpiry).
+    var certificate: PresentedCertificate?
     /// Closes the connection when the device's certificate expires.
     var expiryTimer: TimerID?
     /// A stream ended: the device can take one more request.

@@ -39,7 +39,8 @@ final class ESTConnection {
         let tls = transport.tls
         client = ESTClient(address: transport.peer.description, certificateDER: tls?.peerCertificateDER,
                            commonName: tls?.peerCommonName,
-                           isUserCertificate: tls?.peerHasOrganizationalUnit(PKI.userMarker) ?? false)
+                           isUserCertificate: tls?.peerHasOrganizationalUnit(PKI.userMarker) ?? false,
+                           isClaimCertificate: tls?.peerHasOrganizationalUnit(PKI.claimMarker) ?? false)
     }
 
     func start() {

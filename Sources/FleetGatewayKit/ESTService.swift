@@ -5,7 +5,11 @@
 //   GET  /.well-known/est/cacerts          the chain (DIR/ca.crt), certs-only PKCS#7, base64
 //   POST /.well-known/est/simpleenroll     PKCS#10 (base64) + a one-time enrollment token as
 //                                          Basic auth's password (the user is not used: the
-//                                          token alone says which names it allows)
+//                                          token alone says which names it allows), or,
+//                                          without Authorization, a claim certificate as the
+//                                          TLS client certificate (DIR/claims.txt says which
+//                                          names it allows; not used up; refused once expired
+//                                          or in revoked.txt)
 //   POST /.well-known/est/simplereenroll   PKCS#10 (base64), authenticated by the current
 //                                          device certificate (TLS): same subject, new key
 //
@@ -18,7 +22,9 @@
 // (EnrollmentTokens.consume, outside PKI's lock) and the certificate signed.
 // With `enroll_approval = manual` the request waits in EnrollmentApprovals (202 +
 // Retry-After) until the admin API approves it; the same request sent again with
-// the same token then gets the certificate.
+// the same token (or claim) then gets the certificate. A claim is checked by
+// ClaimAuthority and is not used up; ESTServiceAdmin.swift holds approve/deny and
+// the counters.
 import FleetAccess
 import FleetPKI
 import EventLoop
@@ -43,6 +49,8 @@ struct ESTClient {
     var certificateDER: [UInt8]?
     var commonName: String?
     var isUserCertificate = false
+    /// The certificate's subject has OU=reversehttp-claim (PKIClaims.swift).
+    var isClaimCertificate = false
 }
 
 final class ESTService {
@@ -54,9 +62,9 @@ final class ESTService {
     static let retryAfterSeconds = 60
 
     private let settings: CurrentConfig
-    private let logger: Logger
+    let logger: Logger
     /// Unix seconds now (injected: the tests' clock).
-    private let now: () -> Int64
+    let now: () -> Int64
     /// The gateway's own names, which no device may take (Gateway keeps it current).
     var reserved: ReservedNames
     /// The CA that signs, nil when DIR/ca.key is not readable (enrollment answers 503).
@@ -65,7 +73,8 @@ final class ESTService {
     private(set) var caUnavailable: String?
     /// The /cacerts body (base64 of the certs-only PKCS#7 of DIR/ca.crt), nil when unreadable.
     private var cacertsBody: String?
-    let approvals = EnrollmentApprovals()
+    /// Enrollments on hold (`enroll_approval = manual`), kept in DIR/enroll-approvals.
+    let approvals: EnrollmentApprovals
     /// Answers by operation and result (rhttp_est_requests_total).
     private(set) var counts: [String: Int] = [:]
 
@@ -74,6 +83,9 @@ final class ESTService {
         self.logger = logger
         self.reserved = reserved
         self.now = now
+        approvals = EnrollmentApprovals(path: settings.value.pkiDir.map { $0 + "/" + EnrollmentApprovals.fileName })
+        approvals.onError = { [logger] text in logger.error("EST: " + text) }
+        approvals.load(now: now())
         reload()
     }
 
@@ -124,6 +136,10 @@ final class ESTService {
     private func methodNotAllowed(_ allow: String) -> ShortResponse {
         .error(405, "method not allowed", fields: HTTPHeaders([("Allow", allow)]))
     }
+
+    /// Every result word `result(_:)` gives: the metric's fixed label set.
+    static let results = ["ok", "pending", "bad_request", "unauthorized", "refused", "conflict", "too_large",
+                          "unavailable", "not_found", "error"]
 
     /// A result word per status, for the metric.
     static func result(_ status: Int) -> String {
@@ -214,10 +230,32 @@ final class ESTService {
         }
     }
 
+    /// What authorizes an enrollment: a one-time token, or a claim certificate.
+    private enum Authority {
+        case token(String)
+        case claim(ClaimRecord, EnrollmentBinding)
+    }
+
     private func enroll(_ req: ESTRequest, _ client: ESTClient) -> ShortResponse {
         guard let ca else { return .error(503, caUnavailable ?? "EST is off") }
-        guard let secret = tokenSecret(req) else {
-            return unauthorized(req.authorization.isEmpty ? "no enrollment token" : "not an enrollment token", client)
+        let authority: Authority
+        if req.authorization.isEmpty, let der = client.certificateDER, let cert = PresentedCertificate(der: der),
+           cert.isClaim || client.isClaimCertificate {
+            do throws(ClaimRefusal) {
+                let (record, binding) = try ClaimAuthority.check(cert, directory: directory, now: now())
+                authority = .claim(record, binding)
+            } catch {
+                if error.status == 500 {
+                    logger.error("EST: " + error.description)
+                    return .error(500, "the claims cannot be read (see the gateway's log)")
+                }
+                return refused(error.status, .simpleenroll, error.description, client)
+            }
+        } else {
+            guard let secret = tokenSecret(req) else {
+                return unauthorized(req.authorization.isEmpty ? "no enrollment token" : "not an enrollment token", client)
+            }
+            authority = .token(secret)
         }
         let request: CertificateRequest
         switch parseRequest(req, .simpleenroll, client) {
@@ -227,19 +265,33 @@ final class ESTService {
         guard let name = PKI.canonicalDeviceName(request.commonName) else {
             return refused(400, .simpleenroll, "the request's CN is not a device name (a hostname)", client)
         }
-        let tokenHash = sha256(Array(secret.utf8))
+        // What must come back with the request while it waits for approval: the same
+        // token, or the same claim certificate.
+        let tokenHash: [UInt8]
+        switch authority {
+        case .token(let secret): tokenHash = sha256(Array(secret.utf8))
+        case .claim(let record, _): tokenHash = sha256(Array(("claim " + record.serial).utf8))
+        }
         if config.enrollApprovalManual, let answer = approvals.answer(name: name, fingerprint: request.publicKeyFingerprint,
                                                                       tokenHash: tokenHash, now: now()) {
             return answer
         }
         let binding: EnrollmentBinding
-        do throws(EnrollmentTokenError) {
-            binding = try EnrollmentTokens.lookup(directory: directory, secret: secret, now: now())
-        } catch {
-            return tokenRefusal(error, client)
+        let what: String
+        switch authority {
+        case .token(let secret):
+            do throws(EnrollmentTokenError) {
+                binding = try EnrollmentTokens.lookup(directory: directory, secret: secret, now: now())
+            } catch {
+                return tokenRefusal(error, client)
+            }
+            what = "the enrollment token"
+        case .claim(let record, let names):
+            binding = names
+            what = "claim " + record.name
         }
         guard binding.allows(name) else {
-            return refused(403, .simpleenroll, "the enrollment token is for " + binding.text + ", not " + name, client)
+            return refused(403, .simpleenroll, what + " is for " + binding.text + ", not " + name, client)
         }
         if case .failure(let refusal) = DeviceIdentity.admit(commonName: name, config: config, reserved: reserved) {
             return refused(403, .simpleenroll, refusal.description, client)
@@ -254,13 +306,17 @@ final class ESTService {
                 return .error(503, "too many enrollments wait for approval", retryAfter: ESTService.retryAfterSeconds)
             }
         }
-        do throws(EnrollmentTokenError) {
-            _ = try EnrollmentTokens.consume(directory: directory, secret: secret, forName: name, now: now())
-        } catch {
-            return tokenRefusal(error, client)
+        if case .token(let secret) = authority {
+            do throws(EnrollmentTokenError) {
+                _ = try EnrollmentTokens.consume(directory: directory, secret: secret, forName: name, now: now())
+            } catch {
+                return tokenRefusal(error, client)
+            }
         }
         if config.enrollApprovalManual {
-            approvals.add(EnrollmentApprovals.Entry(name: name, request: request, tokenHash: tokenHash, binding: binding.text,
+            let shown: String
+            if case .claim(let record, _) = authority { shown = "claim " + record.name + ": " + binding.text } else { shown = binding.text }
+            approvals.add(EnrollmentApprovals.Entry(name: name, request: request, tokenHash: tokenHash, binding: shown,
                                                     address: client.address, requestedAt: now()))
             logger.notice("EST simpleenroll: " + name + " from " + client.address + " waits for approval (key "
                           + request.keyType.description + ", SHA-256 " + request.publicKeyFingerprintHex + ")")
@@ -318,9 +374,22 @@ final class ESTService {
         }
         let name: String
         switch DeviceIdentity.admit(commonName: client.commonName, isUserCertificate: client.isUserCertificate,
-                                    config: config, reserved: reserved) {
+                                    isClaimCertificate: client.isClaimCertificate, config: config, reserved: reserved) {
         case .success(let identity): name = identity.name
         case .failure(let refusal): return refused(403, .simplereenroll, refusal.description, client)
+        }
+        // The CRL refuses a revoked certificate at the handshake once the gateway reloaded
+        // it; revoked.txt is read here so that `pki revoke` stops renewals at once.
+        guard let presented = PresentedCertificate(der: current), !presented.isClaim else {
+            return refused(403, .simplereenroll, "the client certificate cannot be read as a device's", client)
+        }
+        do throws(PKIError) {
+            if try PKI.isRevoked(directory: directory, serial: presented.serial) {
+                return refused(403, .simplereenroll, name + ": the certificate (serial " + presented.serial + ") is revoked", client)
+            }
+        } catch {
+            logger.error("EST: revoked.txt: " + error.description)
+            return .error(500, "the revocation list cannot be read (see the gateway's log)")
         }
         let request: CertificateRequest
         switch parseRequest(req, .simplereenroll, client) {
@@ -333,37 +402,5 @@ final class ESTService {
             return refused(error == .keyReused ? 409 : 403, .simplereenroll, name + ": " + error.description, client)
         }
         return issue(request, name: name, earlier: .keep, op: .simplereenroll, client: client)
-    }
-
-    // MARK: - The admin API's decisions
-
-    /// Approves the waiting enrollment of `name`: the certificate is signed now and
-    /// handed out when the device asks again. The status and text for the operator.
-    func approve(_ name: String) -> (Int, String) {
-        guard let entry = approvals.pending(name) else { return (404, "no enrollment of " + name + " waits for approval") }
-        let client = ESTClient(address: entry.address)
-        let answer = issue(entry.request, name: name, earlier: .refuse, op: .simpleenroll, client: client)
-        guard answer.head.status == 200 else {
-            return (answer.head.status == 500 ? 500 : 409, String(decoding: answer.body, as: UTF8.self))
-        }
-        approvals.decide(name, answer: answer, now: now())
-        logger.notice("admin: approved the enrollment of " + name)
-        return (200, "approved")
-    }
-
-    func deny(_ name: String) -> (Int, String) {
-        guard approvals.pending(name) != nil else { return (404, "no enrollment of " + name + " waits for approval") }
-        approvals.decide(name, answer: .error(403, "the enrollment of " + name + " was denied"), now: now())
-        logger.notice("admin: denied the enrollment of " + name)
-        return (200, "denied")
-    }
-
-    /// The counters as Prometheus text.
-    func export(_ p: inout PrometheusText) {
-        p.family("rhttp_est_requests_total", "counter", "EST requests (cacerts, enrollments, renewals) by result.")
-        for (key, n) in counts.sorted(by: { $0.key < $1.key }) {
-            let parts = key.split(separator: " ")
-            p.sample("rhttp_est_requests_total", [("op", String(parts[0])), ("result", String(parts[1]))], Double(n))
-        }
     }
 }

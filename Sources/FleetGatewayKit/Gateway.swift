@@ -303,6 +303,7 @@ final class Gateway: UserConnectionOwner {
                 return
             }
             switch DeviceIdentity.admit(commonName: tls.peerCommonName, isUserCertificate: tls.peerHasOrganizationalUnit(PKI.userMarker),
+                                        isClaimCertificate: tls.peerHasOrganizationalUnit(PKI.claimMarker),
                                         config: config, reserved: reservedNames) {
             case .success(let admitted):
                 identity = admitted
@@ -358,6 +359,7 @@ final class Gateway: UserConnectionOwner {
             self.heapTrim.connectionChanged()
             self.checkDrained()
         }
+        if let der = t.tls?.peerCertificateDER { dc.certificate = PresentedCertificate(der: der) }
         devices[id] = dc
         dc.start()
     }

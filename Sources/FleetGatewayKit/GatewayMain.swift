@@ -25,6 +25,10 @@ usage: fleet-gateway [options]                 run the gateway
        fleet-gateway pki enroll-token DIR NAME|GLOBS [--expires 24h|7d|30m]   a one-time EST enrollment
                                                token for device NAME (or names matching GLOBS, e.g. 'dev-*'),
                                                kept in DIR/enroll-tokens; prints its secret once
+       fleet-gateway pki claim DIR NAME --devices GLOBS [--expires 30d] [--out DIR] [--force]   a claim
+                                               certificate + key (NAME.crt, NAME.key) for many boards: EST
+                                               simpleenroll of any device name matching GLOBS, nothing else
+       fleet-gateway pki revoke-claim DIR NAME  revoke claim NAME (DIR/claims.txt)
        fleet-gateway token create NAME --devices GLOBS [--expires 90d|12h|30m|never] (--tokens FILE | --config FILE)
                                                add a token (default expiry 90d); prints its secret once
        fleet-gateway token list (--tokens FILE | --config FILE)     names, devices, dates (never a secret)
@@ -255,6 +259,43 @@ func pkiMain(_ args: [String]) -> Int32 {
             Logger.writeStderr("enrollment token for " + binding + " added to " + EnrollmentTokens.path(directory: dir)
                                + ", expires " + TokenStore.utcText(now + lifetime) + ", works once. The secret above is "
                                + "shown only now: put it in the device's agent.conf as enroll_token.\n")
+        case ("claim", 3):
+            let dir = positional[1], name = positional[2]
+            guard let devices = settings.string("devices") else {
+                Logger.writeStderr("fleet-gateway pki claim: --devices GLOB (the device names the claim may enroll) is required\n")
+                return 2
+            }
+            do throws(EnrollmentTokenError) {
+                _ = try EnrollmentBinding(devices)
+            } catch {
+                Logger.writeStderr("fleet-gateway pki claim: --devices: " + error.description + "\n")
+                return 2
+            }
+            let lifetime: Int64
+            do throws(TokenError) {
+                guard let l = try TokenStore.parseExpiry(settings.string("expires") ?? "30d") else {
+                    Logger.writeStderr("fleet-gateway pki claim: a claim must expire (--expires 30d, 365d, ...)\n")
+                    return 2
+                }
+                lifetime = l
+            } catch {
+                Logger.writeStderr("fleet-gateway pki claim: " + error.description + "\n")
+                return 2
+            }
+            let out = settings.string("out") ?? "."
+            let record = try PKI.issueClaim(directory: dir, name: name, devices: devices, lifetimeSeconds: lifetime,
+                                            outDirectory: out, force: force)
+            Logger.writeStderr("claim " + name + " (serial " + record.serial + ") for devices " + devices + ", expires "
+                               + TokenStore.utcText(record.notAfter) + ": " + out + "/" + name + ".crt and " + out + "/" + name
+                               + ".key (0600). It enrolls (EST simpleenroll) any device name matching " + devices
+                               + " and does nothing else; recorded in " + dir + "/" + PKI.claimsFile
+                               + "; revoke it with: fleet-gateway pki revoke-claim " + dir + " " + name + "\n")
+        case ("revoke-claim", 3):
+            let dir = positional[1], name = positional[2]
+            let serials = try PKI.revokeClaim(directory: dir, name: name)
+            Logger.writeStderr("claim " + name + " revoked"
+                               + (serials.isEmpty ? " already" : " (serial " + serials.joined(separator: ", ") + ")")
+                               + "; CRL written to " + dir + "/crl.pem (reload the gateway: SIGHUP)\n")
         case ("issue-server", 3):
             let sans = settings.items.filter { $0.key == "san" }.map(\.value)
             try PKI.issueServer(directory: positional[1], name: positional[2], extraSANs: sans, force: force)

@@ -282,7 +282,7 @@ public enum PKI {
     /// authorityKeyIdentifier). The caller frees the result with X509_free.
     static func makeCertificate(commonName: String, organizationalUnit: String? = nil, subjectKey: OpaquePointer,
                                 issuer: (cert: OpaquePointer, key: OpaquePointer)?,
-                                days: Int, notBeforeOffsetDays: Int,
+                                days: Int, notBeforeOffsetDays: Int, validitySeconds: Int? = nil,
                                 extensions: [(Int32, String)]) throws(PKIError) -> OpaquePointer {
         guard let x = X509_new() else { throw failure("X509_new") }
         var keep = false
@@ -293,7 +293,7 @@ public enum PKI {
 
         let start = notBeforeOffsetDays * 86_400
         guard X509_gmtime_adj(X509_getm_notBefore(x), start - 300) != nil,
-              X509_gmtime_adj(X509_getm_notAfter(x), start + days * 86_400) != nil else {
+              X509_gmtime_adj(X509_getm_notAfter(x), start + (validitySeconds ?? days * 86_400)) != nil else {
             throw failure("set certificate validity")
         }
 
@@ -465,7 +465,8 @@ public enum PKI {
         if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .io(path, errno: errno) }
     }
 
-    public static func readFile(_ path: String) throws(PKIError) -> [UInt8] {
+    /// The file's bytes, at most `limit` (`.io(path, EFBIG)` beyond).
+    public static func readFile(_ path: String, limit: Int = 1 << 20) throws(PKIError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .io(path, errno: errno) }
         defer { close(fd) }
@@ -479,10 +480,16 @@ public enum PKI {
             }
             if n == 0 { break }
             out.append(contentsOf: chunk[0..<n])
-            guard out.count <= 1 << 20 else { throw .io(path, errno: EFBIG) }
+            guard out.count <= limit else { throw .io(path, errno: EFBIG) }
         }
         wipe(&chunk)
         return out
+    }
+
+    /// Replaces `path` with `bytes` atomically (a temporary file, fsync, rename), `mode`:
+    /// for the gateway's own state files in the PKI directory.
+    public static func replaceFile(_ path: String, _ bytes: [UInt8], mode: mode_t) throws(PKIError) {
+        try writeFile(path, bytes, mode: mode, replace: true)
     }
 
     /// Writes `bytes` to `path` atomically with `mode`. With `replace` false, an
