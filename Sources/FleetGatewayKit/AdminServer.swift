@@ -286,6 +286,7 @@ final class AdminServer {
         p.sample("rhttp_device_bytes_total", [("direction", "in")], Double(m.closedBytesIn + conns.reduce(0) { $0 + $1.transport.bytesIn }))
         p.sample("rhttp_device_bytes_total", [("direction", "out")], Double(m.closedBytesOut + conns.reduce(0) { $0 + $1.transport.bytesOut }))
         m.exportAccess(&p)
+        m.exportTunnels(&p)
         est()?.export(&p)
         if let left = crlExpirySeconds() {
             p.family("rhttp_crl_expiry_seconds", "gauge", "Seconds until the CRL in use (crl) passes its nextUpdate.")
