@@ -461,12 +461,16 @@ struct HTTP1ServerStateMachine {
     }
 
     /// The device accepted the WebSocket.
-    mutating func switchedProtocols() -> [Action] { openTunnel(.writeSwitchingProtocols) }
+    mutating func switchedProtocols() -> [Action] {
+        openTunnel(.writeSwitchingProtocols, else: "101 Switching Protocols with no upgrade asked for")
+    }
 
     /// The device accepted the CONNECT (its local port answered).
-    mutating func connectEstablished() -> [Action] { openTunnel(.writeConnectEstablished) }
+    mutating func connectEstablished() -> [Action] {
+        openTunnel(.writeConnectEstablished, else: "a CONNECT answered that was never asked for")
+    }
 
-    private mutating func openTunnel(_ write: Action) -> [Action] {
+    private mutating func openTunnel(_ write: Action, else unexpected: String) -> [Action] {
         switch state {
         case .upgrading(let r) where r.response == .notStarted:
             state = .tunnel
@@ -482,7 +486,7 @@ struct HTTP1ServerStateMachine {
         case .closing:
             return []
         default:
-            return close(with: .abort("a tunnel opened with no upgrade or CONNECT asked for"))
+            return close(with: .abort(unexpected))
         }
     }
 
