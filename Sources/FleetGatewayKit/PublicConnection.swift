@@ -172,7 +172,8 @@ final class PublicConnection: UserSide {
             respondError(400, "CONNECT needs a device host and a port 1-65535 ('" + authority + "')", close: true, retryAfter: false)
             return
         }
-        guard ((try? HTTP1RequestParser.framing(of: head)) ?? .none) == .none else {
+        let framing: BodyFraming? = try? HTTP1RequestParser.framing(of: head)
+        guard framing == BodyFraming.none else {
             respondError(400, "a CONNECT request has no body", close: true, retryAfter: false)
             return
         }
