@@ -381,6 +381,10 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         case .done, .queued:
             return
         case .streaming:
+            if tunnelOpen {  // a tunnel has no trailers: only their END_STREAM counts
+                if endStream { deviceEnd() }
+                return
+            }
             responseComplete(trailers: headers)  // trailers end the stream
             return
         case .waiting:

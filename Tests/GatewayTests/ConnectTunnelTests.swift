@@ -103,6 +103,16 @@ final class ConnectTunnelTests: XCTestCase {
         XCTAssertEqual(twice.connectEstablished(), [.abort("a CONNECT answered that was never asked for")])
     }
 
+    func testTheParserKeepsWhatFollowsACONNECTForTheTunnel() throws {
+        var p = HTTP1RequestParser()
+        let events = try p.feed(Array("CONNECT dev1:22 HTTP/1.1\r\nHost: dev1:22\r\n\r\nSSH-2.0-x\r\nGET / HTTP/1.1\r\n".utf8))
+        XCTAssertEqual(events.count, 2, "the CONNECT's head and end, nothing parsed from the tunnel's bytes")
+        XCTAssertTrue(p.holdsTunnelBytes)
+        XCTAssertEqual(try p.feed(Array("more".utf8)).count, 0)
+        XCTAssertEqual(try p.feedEOF().count, 0)
+        XCTAssertEqual(p.takeUnparsed(), Array("SSH-2.0-x\r\nGET / HTTP/1.1\r\nmore".utf8))
+    }
+
     // MARK: The authority
 
     func testConnectTargetNeedsADeviceHostAndAPort() {

@@ -137,6 +137,21 @@ def test_connect_echo_and_the_stream_the_device_gets(env):
     assert "rhttp_tunnels_open 0" in text and 'rhttp_tunnels_total{result="closed"}' in text, text[-3000:]
 
 
+def test_bytes_sent_with_the_connect_reach_the_device(env):
+    """A client that does not wait for the 200: its first bytes come in the same
+    segment as the CONNECT, are held (never parsed as HTTP) and sent once open."""
+    u = env.user()
+    try:
+        u.sendall(b"CONNECT dev1.example:22 HTTP/1.1\r\nHost: dev1.example:22\r\nAuthorization: Bearer " + OPS.encode()
+                  + b"\r\n\r\nSSH-2.0-early\r\nGET / HTTP/1.1\r\n\r\n")
+        status, head, rest = cl.read_head(u)
+        assert status == 200, head
+        u.close_notify()
+        assert cl.read_all(u, rest, timeout=15) == b"SSH-2.0-early\r\nGET / HTTP/1.1\r\n\r\n"
+    finally:
+        u.close()
+
+
 def test_ten_mib_each_way(env):
     payload = os.urandom(10 << 20)
     u, status, head, rest = env.connect()
