@@ -254,6 +254,21 @@ def test_tunnel_outlives_idle_timeout(env):
         u.close()
 
 
+def test_user_reset_resets_the_device_stream(env):
+    """A user connection that fails (RST, not FIN) ends the tunnel with
+    RST_STREAM(CONNECT_ERROR) to the device (RFC 9113 §8.5)."""
+    u, status, head, _ = env.connect()
+    assert status == 200, head
+    s = env.dev.last()
+    u.sendall(b"x")
+    lib.wait_until(lambda: len(s.received) == 1, 10, "the byte at the device")
+    u.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    u.close()
+    lib.wait_until(lambda: s.reset is not None, 10, "RST_STREAM at the device")
+    assert s.reset == cl.CONNECT_ERROR and not s.ended
+    lib.wait_until(lambda: "result=user_reset" in env.gw.log(), 10, "the tunnel's log line")
+
+
 # --------------------------------------------------------------------------- HTTP/2 CONNECT (h2c, frames by hand)
 
 
@@ -300,6 +315,35 @@ def test_h2_connect(env):
             if fr[0] == HEADERS and fr[2] == 3:
                 assert dict(peer.headers_of(fr[1], fr[3]))[":status"] == "400"
                 break
+    finally:
+        s.close()
+
+
+def test_h2_connect_device_ends_first(env):
+    if env.gw.https:
+        pytest.skip("h2c only")
+    s = socket.create_connection(("127.0.0.1", env.gw.public_port), timeout=10)
+    peer = cl.H2Peer(s)
+    try:
+        peer.send(hl.MAGIC + hl.settings())
+        peer.send(hl.headers(1, [(":method", "CONNECT"), (":authority", "dev1.example:23"),
+                                 ("authorization", "Bearer " + OPS)]))
+        got, ended, status = bytearray(), False, None
+        for _ in range(1000):
+            fr = peer.next_frame(10)
+            assert fr is not None, "no answer"
+            if fr[0] == HEADERS and fr[2] == 1:
+                status = dict(peer.headers_of(fr[1], fr[3]))[":status"]
+            if fr[0] == DATA and fr[2] == 1:
+                got += fr[3]
+                if fr[1] & END_STREAM:
+                    break
+        assert status == "200" and bytes(got) == b"bye\n"
+        dev = env.dev.last()
+        peer.queue(1, b"h2 still talking", end=True)
+        peer.flush()
+        lib.wait_until(lambda: dev.ended, 10, "the user's END_STREAM at the device")
+        assert bytes(dev.received) == b"h2 still talking" and dev.reset is None
     finally:
         s.close()
 
