@@ -24,6 +24,25 @@ enum AccessLog {
             + " decision=" + decision + (aborted ? " aborted" : "")
     }
 
+    /// A CONNECT tunnel: who asked for which device and port, the bytes each way
+    /// (up: user to device), how long it was open and how it ended.
+    struct Tunnel {
+        let client: String
+        let device: String
+        let port: Int
+        let bytesUp: Int
+        let bytesDown: Int
+        let start: UInt64
+    }
+
+    static func tunnelLine(_ t: Tunnel, result: String, seconds: Double, access: AccessControl.Outcome?) -> String {
+        let principal = access?.principal
+        return "tunnel client=" + t.client + " device=" + safe(t.device) + " port=" + String(t.port)
+            + " bytes_up=" + String(t.bytesUp) + " bytes_down=" + String(t.bytesDown)
+            + " duration_ms=" + String(Int(seconds * 1000)) + " result=" + safe(result)
+            + " user=" + safe(principal?.displayName ?? "-") + " auth=" + (principal?.method.rawValue ?? "none")
+    }
+
     /// Spaces, quotes, percent, controls and non-ASCII as %XX.
     static func safe(_ s: String) -> String {
         var out = ""

@@ -290,6 +290,7 @@ final class AdminServer {
         m.exportAccess(&p)
         CertificateExpiry.export(&p, notAfters: devs.compactMap { CertificateExpiry.newest($0.connections.compactMap(\.certificate))?.notAfter },
                                  now: Int64(rh_wall_seconds()))
+        m.exportTunnels(&p)
         est()?.export(&p)
         if let left = crlExpirySeconds() {
             p.family("rhttp_crl_expiry_seconds", "gauge", "Seconds until the CRL in use (crl) passes its nextUpdate.")

@@ -86,6 +86,18 @@ enum HostRouting {
         }
     }
 
+    /// A CONNECT's authority (`dev1.devices.example.com:22`): the device's routing key
+    /// and the TCP port, which is required and 1-65535. nil for anything else, IP
+    /// literals included (an IPv6 literal `[::1]:22` names no device: 400).
+    static func connectTarget(_ authority: String) -> (host: String, port: Int)? {
+        let u = Array(authority.utf8)
+        guard let colon = u.lastIndex(of: 0x3A), colon + 1 < u.count, u.count - colon - 1 <= 5,
+              u[(colon + 1)...].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+        let port = u[(colon + 1)...].reduce(0) { $0 * 10 + Int($1 - 0x30) }
+        guard port >= 1 && port <= 65535, let host = routingKey(authority) else { return nil }
+        return (host, port)
+    }
+
     /// A-Z to a-z, nothing else (Unicode lower-casing maps some non-ASCII to ASCII).
     static func asciiLowercased(_ s: String) -> String {
         String(decoding: s.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }, as: UTF8.self)

@@ -3,6 +3,13 @@
 // response timeout and the error answer (503 no device, 502 bad or broken
 // response, 504 no response in time), and the back-pressure between the two
 // sides (see Wire/BackPressure.swift).
+//
+// A CONNECT (issue 14) is an Exchange too: authorized with its port, carried to the
+// device as `CONNECT 127.0.0.1:PORT`, and once the device answers 200 a tunnel on
+// the WebSocket's path (same back-pressure, no response timeouts). Each side ends
+// on its own: the user's end goes to the device as END_STREAM, the device's
+// END_STREAM half-closes the user's connection (`tunnelOutputFinished`); the tunnel
+// is over when both have ended, or at a reset either way.
 import EventLoop
 import FleetAccess
 import HTTP1
@@ -31,6 +38,10 @@ protocol UserSide: AnyObject {
     func abort(_ why: String)
     func switchProtocols(accept: String, fields: HTTPHeaders)
     func tunnelEnded()
+    /// The device accepted the CONNECT: 200 to the user, then bytes both ways.
+    func connectEstablished()
+    /// The device ended its side of a CONNECT tunnel: half-close towards the user.
+    func tunnelOutputFinished()
 }
 
 extension UserSide {
@@ -82,6 +93,15 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
     let deviceKey: String
     /// Request body bytes from the user.
     private(set) var bytesIn = 0
+    /// A CONNECT to this TCP port of the device (RFC 9113 §8.5); nil for HTTP and WebSockets.
+    private(set) var connectPort: Int?
+    /// The device answered the CONNECT with 200: bytes flow.
+    private var tunnelOpen = false
+    /// The device sent END_STREAM on the tunnel.
+    private var deviceEnded = false
+    /// How an open tunnel ended (metrics, log); nil: both sides ended, or never opened.
+    private var tunnelResult: String?
+    private var tunnelRecorded = false
 
     init(client: UserSide, request: HTTPRequestHead, authority: String, hostname: String) {
         self.client = client
@@ -124,11 +144,14 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
     /// never reaches a device or its queue. Body bytes that arrive meanwhile are held.
     private func authorizeThenRoute() {
         let g = services
-        // A WebSocket is a GET to the policy, whether it came as an HTTP/1.1 upgrade or an extended CONNECT.
+        // A WebSocket is a GET to the policy, whether it came as an HTTP/1.1 upgrade or an extended
+        // CONNECT; a CONNECT to a TCP port is a CONNECT with no path and its port (ports= rules).
         let request = AccessRequest(principal: nil, device: deviceKey,
-                                    method: webSocket ? "GET" : self.request.method, path: self.request.target,
+                                    method: connectPort != nil ? "CONNECT" : webSocket ? "GET" : self.request.method,
+                                    path: connectPort != nil ? "" : self.request.target,
                                     source: ForwardedFields.clientAddress(self.request.headers, peer: client.peerHost,
-                                                                          trusted: g.config.trustedProxies))
+                                                                          trusted: g.config.trustedProxies),
+                                    port: connectPort)
         g.access.authorize(request, fields: self.request.headers, tls: client.tls) { outcome in
             guard self.phase == .queued else { return }
             self.access = outcome
@@ -181,8 +204,10 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
                    retryAfter: false)
             return true
         }
-        let endNow = !webSocket && (!requestHasBody || (heldEnd && held.isEmpty))
-        guard let s = dev.submit(self, headers: webSocket ? webSocketHeaders() : deviceHeaders(), endStream: endNow) else { return false }
+        let tunnel = webSocket || connectPort != nil
+        let endNow = !tunnel && (!requestHasBody || (heldEnd && held.isEmpty))
+        let headers = connectPort.map(connectHeaders) ?? (webSocket ? webSocketHeaders() : deviceHeaders())
+        guard let s = dev.submit(self, headers: headers, endStream: endNow) else { return false }
         services.loop.cancel(timer)  // a wait in the queue is over
         device = dev
         stream = s
@@ -201,7 +226,7 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         if requestHasBody && !heldEnd && request.versionMinor == 1 && request.headers.containsToken("expect", "100-continue") {
             client.writeContinue()
         }
-        timer = services.loop.schedule(afterMilliseconds: services.config.responseTimeoutMs) {
+        timer = services.loop.schedule(afterMilliseconds: answerTimeoutMs) {
             self.timer = nil
             self.timedOut()
         }
@@ -225,6 +250,29 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         webSocket = true
         requestHasBody = true  // the stream carries the WebSocket's bytes
         authorizeThenRoute()
+    }
+
+    /// A CONNECT to `port` of the device (issue 14): the user's bytes go there once it answers 200.
+    func startConnect(port: Int) {
+        connectPort = port
+        requestHasBody = true  // the stream carries the tunnel's bytes
+        authorizeThenRoute()
+    }
+
+    /// How long the device has to answer: a CONNECT within request_timeout_ms (its
+    /// agent answers once its local port did), anything else within response_timeout_ms.
+    private var answerTimeoutMs: Int { connectPort == nil ? services.config.responseTimeoutMs : services.config.requestTimeoutMs }
+
+    /// The CONNECT for the device: its own loopback and the port (RFC 9113 §8.5: no
+    /// :scheme, no :path), with the client's address and the user the gateway found.
+    private func connectHeaders(port: Int) -> HTTPHeaders {
+        var h = HTTPHeaders()
+        h.add(":method", "CONNECT")
+        h.add(":authority", "127.0.0.1:" + String(port))
+        h.add("x-forwarded-for", ForwardedFields.clientAddress(request.headers, peer: client.peerHost,
+                                                               trusted: services.config.trustedProxies))
+        if let p = access?.principal { h.add("x-forwarded-user", p.displayName) }
+        return h
     }
 
     /// The extended CONNECT (RFC 8441) for a WebSocket: the request's fields
@@ -285,6 +333,7 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         }
         requestEnded = true
         device.sendBody(stream: stream, [], endStream: true)
+        if deviceEnded { endTunnel() }  // both sides of the CONNECT tunnel are done
     }
 
     /// The user's body made no progress for request_timeout_ms while the gateway was
@@ -307,8 +356,10 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
     /// The user went away: stop the device's work on this request.
     func userGone() {
         guard phase != .done else { return }
+        if tunnelOpen { tunnelResult = "user_reset" }
         finish()
-        device?.cancel(stream: stream)
+        // A tunnel's user connection failed: CONNECT_ERROR (RFC 9113 §8.5).
+        device?.cancel(stream: stream, errorCode: tunnelOpen ? 0xa : 8)
     }
 
     /// The user's socket queue shrank: give the device its window back.
@@ -330,6 +381,10 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         case .done, .queued:
             return
         case .streaming:
+            if tunnelOpen {  // a tunnel has no trailers: only their END_STREAM counts
+                if endStream { deviceEnd() }
+                return
+            }
             responseComplete(trailers: headers)  // trailers end the stream
             return
         case .waiting:
@@ -344,6 +399,10 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         let status = response.status
         services.loop.cancel(timer)
         timer = nil
+        if let port = connectPort {
+            connectAnswered(status, port: port, endStream: endStream)
+            return
+        }
         phase = .streaming
         self.status = status
         if webSocket && status == 200 {
@@ -365,6 +424,25 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
             lastResponseProgress = services.loop.now
             armResponseIdle(afterMilliseconds: services.config.responseTimeoutMs)
         }
+    }
+
+    /// The device's answer to a CONNECT: a 2xx opens the tunnel (200 to the user); a
+    /// refusal is passed on as 403 (not in its tcp_ports), 502 (its port refused or
+    /// failed), 503 or 504; anything else is the device's failure: 502.
+    private func connectAnswered(_ status: Int, port: Int, endStream: Bool) {
+        if status < 300 {
+            phase = .streaming
+            self.status = 200
+            tunnelOpen = true
+            services.recorder.metrics.tunnelOpened()
+            client.connectEstablished()
+            if endStream { deviceEnd() }
+            return
+        }
+        if !endStream { device?.cancel(stream: stream) }
+        let passed = [403, 502, 503, 504].contains(status) ? status : 502
+        let what = "device " + deviceKey + (status == 403 ? " refuses connections to its port " : " could not connect to its port ")
+        fail(passed, what + String(port) + " (it answered " + String(status) + ")")
     }
 
     /// A device that stops in the middle of a response body is cut after
@@ -400,6 +478,15 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
 
     func deviceEnd() {
         guard phase == .streaming else { return }
+        if tunnelOpen {
+            deviceEnded = true
+            if requestEnded {
+                endTunnel()
+            } else {
+                client.tunnelOutputFinished()  // the user's side goes on
+            }
+            return
+        }
         // Only a 200 opened the tunnel (switchProtocols); a refusal of the upgrade is an
         // ordinary response, complete here (the user's side stays open: not an end of it).
         if webSocket && status == 200 && !requestEnded {
@@ -429,7 +516,8 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
             // (RFC 9113 §8.7); a lost connection leaves that unknown, so only requests
             // that are safe to repeat and sent whole in their HEADERS go again.
             let refused = errorCode == RetryRule.refusedStream
-            if RetryRule.mayRetry(method: request.method, hasBody: requestHasBody, bodySent: sentBody || !held.isEmpty, webSocket: webSocket,
+            if RetryRule.mayRetry(method: request.method, hasBody: requestHasBody, bodySent: sentBody || !held.isEmpty,
+                                  webSocket: webSocket || connectPort != nil,
                                   errorCode: errorCode, connectionLost: connectionLost, retries: retries) {
                 retries += 1
                 services.loop.cancel(timer)
@@ -447,6 +535,7 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
                  : "device closed the stream without answering (error " + String(errorCode) + ")")
         case .streaming:
             // Too late for a status: the user must see a broken response, not a short one.
+            if tunnelOpen { tunnelResult = connectionLost ? "device_lost" : "device_reset" }
             finish()
             client.abort("device reset the response (error " + String(errorCode) + ")")
         }
@@ -455,7 +544,7 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
     private func timedOut() {
         guard phase == .waiting else { return }
         device?.cancel(stream: stream)
-        fail(504, "device " + hostname + " did not answer within " + String(services.config.responseTimeoutMs) + " ms")
+        fail(504, "device " + hostname + " did not answer within " + String(answerTimeoutMs) + " ms")
     }
 
     private func fail(_ status: Int, _ why: String) {
@@ -471,6 +560,25 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         settleCredit()
         services.loop.cancel(timer)
         timer = nil
+        // The status of a refusal is set right after: the tunnel is recorded on the next turn.
+        if connectPort != nil && !tunnelRecorded {
+            tunnelRecorded = true
+            services.loop.execute { self.recordTunnel() }
+        }
+    }
+
+    /// Both sides of the tunnel ended: it is over, and so is the user's connection (or stream).
+    private func endTunnel() {
+        finish()
+        client.tunnelEnded()
+    }
+
+    private func recordTunnel() {
+        guard let port = connectPort else { return }
+        let result = tunnelResult ?? (tunnelOpen ? "closed" : status == 0 ? "499" : String(status))
+        let t = AccessLog.Tunnel(client: client.peerHost, device: deviceName ?? deviceKey, port: port,
+                                 bytesUp: bytesIn, bytesDown: bytesOut, start: startedAt)
+        services.recorder.tunnelDone(t, result: result, wasOpen: tunnelOpen, exchange: self)
     }
 }
 

@@ -8,9 +8,15 @@
 //
 //   readingHead ─head─▶ request ─response end─▶ idle ─first byte─▶ readingHead
 //     │    ▲              │  │  └─(Connection: close, body unread)──▶ closing
-//     │    └─(pipelined)──┘  └─WebSocket─▶ upgrading ─101─▶ tunnel ─end─▶ closing
+//     │    └─(pipelined)──┘  └─WebSocket, CONNECT─▶ upgrading ─101, 200─▶ tunnel ─end─▶ closing
 //     └─head timeout, malformed, body stalled─▶ rejecting ─answered─▶ closing
 //
+// A CONNECT (a TCP tunnel to a device's port) takes the WebSocket's path: nothing
+// is parsed or read while the device decides; its 200 opens the tunnel, any other
+// answer ends the connection. In the tunnel each side ends on its own (half-close):
+// the user's end of data ends the device stream's request side, the device's end
+// shuts our write side (`finishWriting`: FIN, on TLS close_notify first) while the
+// user's bytes still flow; the Exchange ends the tunnel once both have ended.
 // One timer, chosen by the state: `head` (a request head within request_timeout_ms
 // of the connection's start or of the request's first byte), `idle` (keep-alive),
 // `body` (some request body every request_timeout_ms while it arrives and the
@@ -97,10 +103,11 @@ struct HTTP1ServerStateMachine {
         case idle(since: UInt64)
         /// A request is being answered.
         case request(Request)
-        /// A WebSocket upgrade was asked for: nothing more is parsed as HTTP, nothing is
-        /// read until the device answers (101, or an ordinary response that ends the connection).
+        /// A WebSocket upgrade or a CONNECT was asked for: nothing more is parsed as HTTP,
+        /// nothing is read until the device answers (101 or 200, or an ordinary response
+        /// that ends the connection).
         case upgrading(Request)
-        /// After 101 Switching Protocols: bytes pass both ways.
+        /// After 101 Switching Protocols (or a CONNECT's 200): bytes pass both ways.
         case tunnel
         /// An error answer with no exchange behind it (408, a malformed request) is being
         /// written; the connection closes after it.
@@ -116,6 +123,8 @@ struct HTTP1ServerStateMachine {
     enum Start: Equatable {
         case exchange(requestHasBody: Bool)
         case webSocket
+        /// A CONNECT: a TCP tunnel to the device's port.
+        case connect
         /// A WebSocket handshake we cannot take: 426 (RFC 6455 §4.2.2).
         case refuseUpgrade
     }
@@ -137,6 +146,10 @@ struct HTTP1ServerStateMachine {
         case writeContinue
         /// The caller writes the 101 it was about to.
         case writeSwitchingProtocols
+        /// The caller writes the CONNECT's 200 it was about to.
+        case writeConnectEstablished
+        /// Half-close towards the user: the device sent all it will (FIN; on TLS close_notify first).
+        case finishWriting
         /// Answer `status` with `message` and close (an answer no exchange gives).
         case respond(status: Int, message: String)
         case closeAfterFlush
@@ -180,6 +193,8 @@ struct HTTP1ServerStateMachine {
     /// The reasons this machine paused reading for.
     private(set) var paused: ReadPause = []
     private(set) var finishing: Finish?
+    /// The tunnel's write side towards the user is shut (the device ended its side).
+    private(set) var tunnelOutputEnded = false
 
     // MARK: Queries
 
@@ -266,7 +281,13 @@ struct HTTP1ServerStateMachine {
                               isHEAD: head.method == "HEAD", versionMinor: head.versionMinor)
         var actions: [Action] = []
         let start: Start
-        if WebSocketUpgrade.isRequest(head) && !WebSocketUpgrade.hasValidHandshake(head) {
+        if head.method == "CONNECT" {
+            // No more HTTP on this connection: a tunnel, or an answer and the close.
+            request.persistence = .close
+            state = .upgrading(request)
+            actions += pause(.upgrading)
+            start = .connect
+        } else if WebSocketUpgrade.isRequest(head) && !WebSocketUpgrade.hasValidHandshake(head) {
             request.body = .complete
             request.persistence = .close
             state = .request(request)
@@ -441,10 +462,19 @@ struct HTTP1ServerStateMachine {
 
     /// The device accepted the WebSocket.
     mutating func switchedProtocols() -> [Action] {
+        openTunnel(.writeSwitchingProtocols, else: "101 Switching Protocols with no upgrade asked for")
+    }
+
+    /// The device accepted the CONNECT (its local port answered).
+    mutating func connectEstablished() -> [Action] {
+        openTunnel(.writeConnectEstablished, else: "a CONNECT answered that was never asked for")
+    }
+
+    private mutating func openTunnel(_ write: Action, else unexpected: String) -> [Action] {
         switch state {
         case .upgrading(let r) where r.response == .notStarted:
             state = .tunnel
-            var actions: [Action] = [.writeSwitchingProtocols]
+            var actions: [Action] = [write]
             retime(&actions)
             paused.remove(.upgrading)
             actions.append(.resumeReading(.upgrading))
@@ -456,7 +486,19 @@ struct HTTP1ServerStateMachine {
         case .closing:
             return []
         default:
-            return close(with: .abort("101 Switching Protocols with no upgrade asked for"))
+            return close(with: .abort(unexpected))
+        }
+    }
+
+    /// The device ended its side of a CONNECT tunnel; the user's may go on.
+    mutating func tunnelOutputFinished() -> [Action] {
+        switch state {
+        case .tunnel:
+            guard !tunnelOutputEnded else { return [] }
+            tunnelOutputEnded = true
+            return [.finishWriting]
+        case .closing: return []
+        default: return close(with: .abort("a tunnel half-closed that never began"))
         }
     }
 

@@ -76,6 +76,29 @@ final class Metrics {
 
     static let classNames = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
 
+    /// CONNECT tunnels (issue 14): open now, and every CONNECT by how it ended:
+    /// "closed" (both sides ended), "user_reset", "device_reset" once open; the status
+    /// that refused it ("403", "502", "503", "504", ...) otherwise.
+    private(set) var tunnelsOpen = 0
+    private(set) var tunnelsByResult: [String: Int] = [:]
+
+    func tunnelOpened() { tunnelsOpen += 1 }
+
+    func tunnelDone(result: String, wasOpen: Bool) {
+        if wasOpen { tunnelsOpen -= 1 }
+        tunnelsByResult[result, default: 0] += 1
+    }
+
+    func exportTunnels(_ p: inout PrometheusText) {
+        p.family("rhttp_tunnels_open", "gauge", "CONNECT tunnels to devices' TCP ports open now.")
+        p.sample("rhttp_tunnels_open", [], Double(tunnelsOpen))
+        p.family("rhttp_tunnels_total", "counter",
+                 "CONNECT requests by how they ended: closed, user_reset, device_reset once open, else the refusing status.")
+        for (r, n) in tunnelsByResult.sorted(by: { $0.key < $1.key }) {
+            p.sample("rhttp_tunnels_total", [("result", r)], Double(n))
+        }
+    }
+
     func deviceConnectionAccepted() { deviceConnectionsAccepted += 1 }
     func deviceConnectionRefused() { deviceConnectionsRefused += 1 }
     func userConnectionRefused() { userConnectionsRefused += 1 }

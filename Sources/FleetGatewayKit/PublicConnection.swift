@@ -13,7 +13,12 @@
 // the connection's start, which includes the TLS handshake, or from the first
 // byte of a later request), some of the request body every `request_timeout_ms`
 // while it arrives (unless the gateway itself paused reading it), and at most
-// `idle_timeout_ms` of keep-alive idleness.
+// `idle_timeout_ms` of keep-alive idleness. A tunnel (WebSocket, CONNECT) has none:
+// once open it lasts until either side ends it or the connection fails.
+//
+// CONNECT host:port (issue 14): the device named as by Host, the port required
+// (an IPv6 or IPv4 literal names no device: 400); `200 Connection established`
+// once the device's port answered, then raw bytes both ways.
 import EventLoop
 import HTTP1
 import TLS
@@ -140,7 +145,7 @@ final class PublicConnection: UserSide {
             return
         }
         if head.method == "CONNECT" {
-            respondError(405, "CONNECT is not supported", close: true, retryAfter: false)
+            beginConnect(head, authority: authority)
             return
         }
         if case .absolute = form { head.headers.replace("Host", authority) }
@@ -159,6 +164,22 @@ final class PublicConnection: UserSide {
         } else {
             ex.startWebSocket()
         }
+    }
+
+    /// CONNECT dev1.devices.example.com:22: a tunnel to that port of the device.
+    private func beginConnect(_ head: HTTPRequestHead, authority: String) {
+        guard let (host, port) = HostRouting.connectTarget(authority) else {
+            respondError(400, "CONNECT needs a device host and a port 1-65535 ('" + authority + "')", close: true, retryAfter: false)
+            return
+        }
+        let framing: BodyFraming? = try? HTTP1RequestParser.framing(of: head)
+        guard framing == BodyFraming.none else {
+            respondError(400, "a CONNECT request has no body", close: true, retryAfter: false)
+            return
+        }
+        let ex = Exchange(client: self, request: head, authority: authority, hostname: host)
+        current = ex
+        ex.startConnect(port: port)
     }
 
     // MARK: Responses out (called by Exchange)
@@ -197,7 +218,28 @@ final class PublicConnection: UserSide {
         perform(actions)
     }
 
-    /// The device ended its side of the WebSocket.
+    /// The device's port answered the CONNECT: 200, then bytes both ways. The access
+    /// line is the CONNECT's answer; the tunnel gets its own line when it ends (Exchange).
+    func connectEstablished() {
+        let actions = machine.connectEstablished()
+        guard actions.contains(.writeConnectEstablished) else {
+            perform(actions)
+            return
+        }
+        transport.write(Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8))
+        responseStatus = 200
+        record(aborted: false)
+        let early = parser.takeUnparsed()
+        if !early.isEmpty { current?.userBody(early) }
+        perform(actions)
+    }
+
+    /// The device ended its side of the CONNECT tunnel: FIN (close_notify) to the user, who may go on sending.
+    func tunnelOutputFinished() {
+        perform(machine.tunnelOutputFinished())
+    }
+
+    /// The device ended its side of the WebSocket (or both sides of a CONNECT tunnel ended).
     func tunnelEnded() {
         current = nil
         perform(machine.tunnelEnded())
@@ -348,8 +390,10 @@ final class PublicConnection: UserSide {
                 }
             case .writeContinue:
                 transport.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
-            case .writeSwitchingProtocols:
-                break  // written by switchProtocols
+            case .writeSwitchingProtocols, .writeConnectEstablished:
+                break  // written by switchProtocols, connectEstablished
+            case .finishWriting:
+                transport.finishWriting()
             case .respond(let status, let message):
                 respondError(status, message, close: true, retryAfter: false)
             case .closeAfterFlush:

@@ -2,7 +2,8 @@
 // prior-knowledge h2c on the plain one). Each stream is a PublicStream, the
 // user side of one Exchange, exactly as an HTTP/1.1 connection is for its
 // requests. WebSockets arrive as extended CONNECT (RFC 8441) and go to the
-// device the same way. Limits: at most `public_max_streams` concurrent streams, and a user
+// device the same way; a CONNECT without :protocol (RFC 9113 §8.5, issue 14) is
+// a TCP tunnel to the port its :authority names, on the same path. Limits: at most `public_max_streams` concurrent streams, and a user
 // who resets streams faster than `resetsPerSecond` (rapid reset, CVE-2023-44487)
 // gets GOAWAY(ENHANCE_YOUR_CALM) and is closed. Request bodies: see UploadWindow
 // (memory) and PublicStream (timeouts, content-length).
@@ -118,8 +119,20 @@ final class PublicH2Connection {
             return
         }
         let proto = headers.first(":protocol")
-        if method == "CONNECT" && (proto.map(WebSocketUpgrade.isWebSocketProtocol) ?? false) == false {
-            s.respondError(405, proto == nil ? "CONNECT is not supported" : "only the websocket protocol is supported")
+        if method == "CONNECT" && proto != nil && !WebSocketUpgrade.isWebSocketProtocol(proto!) {
+            s.respondError(405, "only the websocket protocol is supported")
+            return
+        }
+        if method == "CONNECT" && proto == nil {
+            guard let target = HostRouting.connectTarget(authority) else {
+                s.respondError(400, "CONNECT needs a device host and a port 1-65535 ('" + authority + "')")
+                return
+            }
+            let ex = Exchange(client: s, request: head, authority: authority, hostname: target.host)
+            s.exchange = ex
+            s.isWebSocket = true  // a tunnel: its DATA are the TCP bytes, untimed
+            s.isConnect = true
+            ex.startConnect(port: target.port)
             return
         }
         // An upload's window is what its user may park here: all of them together
@@ -243,8 +256,10 @@ final class PublicStream: UserSide {
     var exchange: Exchange?
     private var ended = false
     private(set) var responseComplete = false
-    /// An extended CONNECT: after 200, the stream's DATA is the WebSocket's bytes.
+    /// An extended CONNECT (or a CONNECT): after 200, the stream's DATA is the tunnel's bytes.
     var isWebSocket = false
+    /// A CONNECT to a TCP port: its resets are CONNECT_ERROR (RFC 9113 §8.5).
+    var isConnect = false
     /// The receive window this stream has (UploadWindow.initial, doubled as the device keeps up).
     private(set) var window = UploadWindow.initial
     /// A request with a body, admitted within `upload_budget_bytes`.
@@ -440,7 +455,7 @@ final class PublicStream: UserSide {
 
     func abort(_ why: String) {
         services.logger.warning("resetting user stream: " + why)
-        session.resetStream(id, errorCode: 2)
+        session.resetStream(id, errorCode: isConnect ? 0xa : 2)
         ended = true
         conn.connection.scheduleFlush()
         settleUpload()
@@ -454,7 +469,26 @@ final class PublicStream: UserSide {
         submit(h, endStream: false)
     }
 
-    /// The device ended its side of the WebSocket: end ours.
+    /// The device's port answered the CONNECT: 200 (no END_STREAM), then DATA both ways.
+    /// The access line is the CONNECT's answer; the tunnel gets its own when it ends.
+    func connectEstablished() {
+        var h = HTTPHeaders()
+        h.add(":status", "200")
+        submit(h, endStream: false)
+        responseStatus = 200
+        record(aborted: false)
+    }
+
+    /// The device ended its side of the CONNECT tunnel: END_STREAM to the user, whose
+    /// DATA still flow (the stream is half-closed; the exchange is not over).
+    func tunnelOutputFinished() {
+        guard !ended else { return }
+        ended = true
+        session.sendData(stream: id, [], endStream: true)
+        conn.connection.scheduleFlush()
+    }
+
+    /// The device ended its side of the WebSocket (or both sides of a CONNECT tunnel ended): end ours.
     func tunnelEnded() {
         responseComplete = true
         guard !ended else { return }

@@ -49,4 +49,14 @@ final class RequestRecorder {
         logger.info(AccessLog.line(r, status: status, bytes: bytes, seconds: seconds, aborted: aborted, access: ex?.access),
                     LogContext(device: ex?.deviceName, connection: ex?.connectionID))
     }
+
+    /// A CONNECT is over (refused, or its tunnel ended): the tunnel metrics and one
+    /// `tunnel` access log line (device, port, bytes each way, duration, result).
+    func tunnelDone(_ t: AccessLog.Tunnel, result: String, wasOpen: Bool, exchange ex: Exchange) {
+        metrics.tunnelDone(result: result, wasOpen: wasOpen)
+        guard settings.value.accessLog else { return }
+        let seconds = Double(loop.now &- t.start) / 1e9
+        logger.info(AccessLog.tunnelLine(t, result: result, seconds: seconds, access: ex.access),
+                    LogContext(device: ex.deviceName, connection: ex.connectionID))
+    }
 }

@@ -16,6 +16,10 @@ public struct HTTP1RequestParser: Sendable {
     public private(set) var framing: BodyFraming = .none
     /// True between a .head and its .end.
     public private(set) var inMessage = false
+    /// A CONNECT request ended: what follows is not HTTP (a tunnel's bytes, taken
+    /// with `takeUnparsed`, or nothing), so it is kept, never parsed.
+    public private(set) var holdsTunnelBytes = false
+    private var inCONNECT = false
 
     public init(limits: HTTP1Limits = HTTP1Limits()) {
         decoder = HTTP1MessageDecoder(isRequest: true, limits: limits)
@@ -26,6 +30,7 @@ public struct HTTP1RequestParser: Sendable {
     public mutating func feed(_ bytes: [UInt8]) throws(HTTP1Error) -> [HTTP1Event<HTTPRequestHead>] {
         if let failure { throw failure }
         decoder.append(bytes)
+        if holdsTunnelBytes { return [] }
         do throws(HTTP1Error) {
             return try drain()
         } catch {
@@ -38,6 +43,7 @@ public struct HTTP1RequestParser: Sendable {
     /// progress; throws .badRequest("truncated") if one is incomplete.
     public mutating func feedEOF() throws(HTTP1Error) -> [HTTP1Event<HTTPRequestHead>] {
         if let failure { throw failure }
+        if holdsTunnelBytes { return [] }
         if inMessage || decoder.headInProgress {
             failure = .badRequest("truncated")
             throw .badRequest("truncated")
@@ -76,12 +82,17 @@ public struct HTTP1RequestParser: Sendable {
                 framing = f
                 inMessage = true
                 decoder.beginBody(f)
+                inCONNECT = line.method == "CONNECT"
                 events.append(.head(head))
             case .body(let bytes):
                 events.append(.body(bytes))
             case .end(let trailers):
                 inMessage = false
                 events.append(.end(trailers: trailers))
+                if inCONNECT {
+                    holdsTunnelBytes = true
+                    return events
+                }
             }
         }
     }

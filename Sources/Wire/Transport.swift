@@ -125,7 +125,7 @@ public final class Transport {
 
     /// Queues plaintext for the peer and writes what the kernel takes now.
     public func write(_ bytes: UnsafeRawBufferPointer) {
-        guard state == .open || state == .handshaking, bytes.count > 0, !writeFailed else { return }
+        guard state == .open || state == .handshaking, bytes.count > 0, !writeFailed, !writeShutdown else { return }
         if let tls {
             do throws(TLSError) {
                 try tls.write(bytes)
@@ -176,11 +176,17 @@ public final class Transport {
     public func close() { finish(.local) }
 
     /// Half-closes: once the queued output is written, tells the peer we are done
-    /// sending (FIN), while still reading what it sends.
+    /// sending (FIN; with TLS close_notify first), while still reading what it sends
+    /// (OpenSSL reads on after sending close_notify).
     public func finishWriting() {
         guard state == .open, !writeShutdown else { return }
         writeShutdown = true
-        if bufferedOutput == 0 { _ = shutdown(fd, Int32(SHUT_WR)) }
+        if let tls {
+            tls.close()  // close_notify, queued
+            flush()
+        } else if bufferedOutput == 0 {
+            _ = shutdown(fd, Int32(SHUT_WR))
+        }
     }
 
     /// Closes now, for `reason`.
