@@ -277,47 +277,61 @@ class TLSUser:
         self.inc, self.outg = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self.inc, self.outg, server_hostname=server_name)
         self.eof = False
+        # A test may send from one thread while it reads in another: the SSL object
+        # and the order of records on the socket are guarded by one lock (an SSL
+        # object used by two threads at once corrupts the records it writes).
+        self.lock = threading.Lock()
         for _ in range(100):
             try:
-                self.obj.do_handshake()
+                with self.lock:
+                    self.obj.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 self._pump()
-        self._push()
+        with self.lock:
+            self._push()
 
     def _push(self):
+        """Sends what the SSL object wrote (called with the lock held)."""
         data = self.outg.read()
         if data:
             self.sock.sendall(data)
 
     def _pump(self, timeout: float = 10.0) -> bool:
-        self._push()
+        with self.lock:
+            self._push()
         self.sock.settimeout(timeout)
         try:
             chunk = self.sock.recv(65536)
         except (socket.timeout, TimeoutError):
             return True
-        if not chunk:
-            self.inc.write_eof()
-            return False
-        self.inc.write(chunk)
+        with self.lock:
+            if not chunk:
+                self.inc.write_eof()
+                return False
+            self.inc.write(chunk)
         return True
 
     def sendall(self, data: bytes):
         for i in range(0, len(data), 65536):
-            self.obj.write(data[i:i + 65536])
-            self._push()
+            with self.lock:
+                self.obj.write(data[i:i + 65536])
+                self._push()
+
+    def _read(self) -> bytes:
+        with self.lock:
+            return self.obj.read(65536)
 
     def recv(self, timeout: float = 10.0) -> bytes:
         """Some plaintext, or b"" at close_notify / EOF."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                return self.obj.read(65536)
+                return self._read()
             except ssl.SSLWantReadError:
                 if not self._pump(max(0.01, deadline - time.monotonic())):
                     try:
-                        return self.obj.read(65536)
+                        return self._read()
                     except (ssl.SSLWantReadError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
                         return b""
             except ssl.SSLZeroReturnError:
@@ -325,12 +339,15 @@ class TLSUser:
         raise TimeoutError("no TLS data in time")
 
     def close_notify(self):
-        """Our half-close: close_notify sent, reading goes on."""
-        try:
-            self.obj.unwrap()
-        except (ssl.SSLWantReadError, ssl.SSLError):
-            pass
-        self._push()
+        """Our half-close: close_notify sent, reading goes on. Python's unwrap() calls
+        SSL_shutdown twice, and the second call reads (and spoils) records already
+        received: call it when nothing of the peer's is in flight (tests order it so)."""
+        with self.lock:
+            try:
+                self.obj.unwrap()
+            except (ssl.SSLWantReadError, ssl.SSLError):
+                pass
+            self._push()
 
     def close(self):
         self.sock.close()

@@ -157,24 +157,36 @@ def test_ten_mib_each_way(env):
     u, status, head, rest = env.connect()
     assert status == 200, head
     err = []
+    echoed = threading.Event()
 
     def send():
         try:
             for i in range(0, len(payload), 256 << 10):
                 u.sendall(payload[i:i + (256 << 10)])
+            # The half-close once every echoed byte is in (TLSUser.close_notify).
+            if not echoed.wait(120):
+                raise AssertionError("the echo did not come back")
             u.close_notify()
         except Exception as e:  # noqa: BLE001 -- reported below
             err.append(e)
 
     t = threading.Thread(target=send, daemon=True)
     t.start()
+    got = bytearray(rest)
     try:
-        got = cl.read_all(u, rest, timeout=120, limit=len(payload) + 1)
+        deadline = time.monotonic() + 120
+        while len(got) < len(payload) and time.monotonic() < deadline:
+            chunk = u.recv(max(0.01, deadline - time.monotonic()))
+            if not chunk:
+                break
+            got += chunk
+        echoed.set()
+        tail = cl.read_all(u, timeout=60, limit=1)  # then the device's end
     finally:
         t.join(60)
         u.close()
     assert not err, err
-    assert len(got) == len(payload)
+    assert len(got) == len(payload) and tail == b""
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
 
 
