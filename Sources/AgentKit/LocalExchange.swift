@@ -319,11 +319,18 @@ final class LocalExchange {
     /// Answers the gateway with an error status (the machine resets a stream whose answer started).
     private func fail(status: Int, _ why: String) {
         server.logger.warning(why, ctx)
+        if isTCP {
+            // A refused CONNECT: the status alone (the gateway words its own answer) and
+            // END_STREAM, then RST_STREAM(NO_ERROR): nothing more is wanted (RFC 9113
+            // §8.1). The END_STREAM rides an empty DATA frame: nghttp2 drops HEADERS
+            // that a reset overtakes, and queues `resetAfter` behind the last DATA.
+            server.respond(stream: stream, HTTPHeaders([(":status", String(status))]), endStream: false)
+            server.sendBody(stream: stream, [], endStream: true, resetAfter: true)
+            return
+        }
         let r = ShortResponse.error(status, why)
-        // A refused CONNECT is HEADERS with END_STREAM alone (the gateway words its own answer).
-        let bare = isHEAD || isTCP
-        server.respond(stream: stream, HTTPTranslation.http2Response(from: r.head), endStream: bare)
-        if !bare { server.sendBody(stream: stream, r.body, endStream: true) }
+        server.respond(stream: stream, HTTPTranslation.http2Response(from: r.head), endStream: isHEAD)
+        if !isHEAD { server.sendBody(stream: stream, r.body, endStream: true) }
     }
 
     /// The stream ended on the gateway's side (done, or reset).
