@@ -156,6 +156,7 @@ final class LocalExchange {
                 case .success(let t):
                     self.attach(t)
                     t.onPeerFinished = { self.handle(.localFinished) }  // a half-close, not the end
+                    self.server.logger.debug("CONNECT: tunnel to " + t.peer.description + " open", self.ctx)
                     self.handle(.localConnected(reused: false))
                 }
             }

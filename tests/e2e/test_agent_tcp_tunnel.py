@@ -13,6 +13,7 @@ Every socket read has a deadline; every loop is bounded.
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import struct
 import threading
@@ -43,8 +44,8 @@ class FakeGateway:
     DATA frame is acknowledged at once (WINDOW_UPDATE). Sending: waits for the
     agent's windows, which it opens only as the local socket takes the bytes."""
 
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, listener=None):
+        self.listener = listener or socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sock = None
         self.cond = threading.Condition()
@@ -375,6 +376,41 @@ def test_service_reset_is_connect_error(env):
         assert gw.streams[sid].reset == CONNECT_ERROR
     finally:
         svc["echo"].handler = echo
+
+
+def test_sighup_changes_the_ports_for_new_streams_only(procs, tmp_path):
+    """A reload rolls a new connection in with the new tcp_ports; the tunnel on the
+    old, draining connection keeps working, then the old connection closes."""
+    a, b = TCPService(echo), TCPService(echo)
+    gw = FakeGateway()
+    conf = tmp_path / "agent.conf"
+    conf.write_text(f"tcp_ports = {a.port}\n")
+    agent = lib.start_agent(procs, gw.port, plaintext=True, local_port=lib.closed_port(), connections=1,
+                            extra=["--config", str(conf)])
+    new = None
+    try:
+        gw.accept()
+        old_sid = gw.connect(f"127.0.0.1:{a.port}")
+        assert gw.status(old_sid) == 200
+        conf.write_text(f"tcp_ports = {b.port}\n")
+        agent.popen.send_signal(signal.SIGHUP)
+        new = FakeGateway(listener=gw.listener)
+        new.accept()
+        assert new.status(new.connect(f"127.0.0.1:{a.port}")) == 403, "the new list"
+        assert new.status(new.connect(f"127.0.0.1:{b.port}")) == 200
+        s = gw.streams[old_sid]
+        gw.send(old_sid, b"through the old connection")
+        gw.wait(lambda: bytes(s.data) == b"through the old connection", "the old tunnel's echo")
+        gw.send(old_sid, b"", end=True)
+        gw.wait(lambda: s.ended, "the old tunnel's END_STREAM")
+        gw.wait(lambda: gw.closed, "the drained old connection to close")
+        assert agent.alive()
+    finally:
+        if new:
+            new.sock.close()
+        gw.close()
+        a.close()
+        b.close()
 
 
 def test_idle_tunnel_outlives_request_timeout_and_pings(env):
