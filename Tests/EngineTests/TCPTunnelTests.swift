@@ -3,7 +3,8 @@
 // the local TCP service (a listener it reads and writes by hand). 200 once the
 // port accepted; bytes both ways; a half-close each way; HTTP/2 flow control
 // bounds what the agent reads from the port; 403 / 400 / 502 refusals; resets
-// either way; a reload changes tcp_ports for new streams only.
+// either way; no timeout on an idle tunnel; a reload changes tcp_ports for
+// new streams only.
 import CLibc
 import EventLoop
 import HTTP1
@@ -216,6 +217,21 @@ final class TCPTunnelTests: XCTestCase {
         }
         XCTAssertTrue(gatewayBytes(s) == sent, "the same bytes in the same order")
         spin("the clean close") { closedCode(s) == 0 }
+    }
+
+    /// Minutes without a byte: neither local_timeout_ms nor connect_timeout_ms ends
+    /// the tunnel, and the idle PINGs (answered) keep the connection.
+    func testIdleTunnelIsNotTimedOut() throws {
+        let s = try openTunnel()
+        let limit = max(agent.config.localTimeoutMs, agent.config.connectTimeoutMs)
+        for _ in 0..<(3 * limit / 2_000) {
+            clock.advance(milliseconds: 2_000)
+            for _ in 0..<4 { loop.runOnce(maxWaitMilliseconds: 1) }
+        }
+        XCTAssertNil(closedCode(s))
+        XCTAssertEqual(agent.connectedCount, 1)
+        serviceWrite(Array("awake".utf8))
+        spin("bytes after the idle time") { gatewayBytes(s) == Array("awake".utf8) }
     }
 
     func testRefusals() throws {
