@@ -28,10 +28,12 @@ public struct AgentConfig {
     public var idlePingMs = 4_000
     /// TCP connect plus TLS handshake plus the gateway's SETTINGS must take no longer.
     public var connectTimeoutMs = 10_000
+    /// Local TCP ports the gateway may CONNECT to (SSH, VNC, ...); none by default.
+    public var tcpPorts: [Int] = []
 
     public static let keys = ["config", "gateway", "server_name", "ca", "cert", "key", "local", "connections",
                               "plaintext", "tls_min", "log_level", "local_timeout_ms", "name",
-                              "max_concurrent_streams", "local_max_connections", "drain_timeout_ms", "idle_ping_ms", "connect_timeout_ms", "check_config", "help", "version"]
+                              "max_concurrent_streams", "local_max_connections", "drain_timeout_ms", "idle_ping_ms", "connect_timeout_ms", "tcp_ports", "check_config", "help", "version"]
     public static let flags = ["plaintext", "check_config", "help", "version"]
 
     public init() {}
@@ -53,6 +55,7 @@ public struct AgentConfig {
         drainTimeoutMs = try s.int("drain_timeout_ms", default: 10_000, min: 0, max: 3_600_000)
         idlePingMs = try s.int("idle_ping_ms", default: 4_000, min: 0, max: 3_600_000)
         connectTimeoutMs = try s.int("connect_timeout_ms", default: 10_000, min: 100, max: 600_000)
+        if let p = s.last("tcp_ports") { tcpPorts = try AgentConfig.ports(p) }
         if let n = s.string("name") { name = n }
         tlsMinimum = try s.tlsVersion("tls_min", default: .tls13)
         logLevel = try s.logLevel("log_level", default: .info)
@@ -60,6 +63,34 @@ public struct AgentConfig {
             guard caFile != nil else { throw ConfigError("TLS needs --ca FILE (the fleet CA that signed the gateway certificate), or --plaintext") }
             guard certFile != nil, keyFile != nil else { throw ConfigError("TLS needs --cert FILE and --key FILE (this device's certificate and key), or --plaintext") }
         }
+    }
+
+    /// "22, 5900": ports 1-65535 separated by commas, spaces around them allowed;
+    /// an empty value: none.
+    static func ports(_ s: Setting) throws(ConfigError) -> [Int] {
+        let bad = ConfigError(s.origin + ": tcp_ports must be port numbers from 1 to 65535 separated by commas (22,5900), not '"
+                              + s.value + "'")
+        var out: [Int] = []
+        var field: [UInt8] = []
+        let text = Array(s.value.utf8)
+        if text.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { return [] }
+        for b in text + [0x2C] {
+            guard b == 0x2C else {
+                if b != 0x20 && b != 0x09 { field.append(b) } else if !field.isEmpty { field.append(0x20) }  // "2 2" stays bad
+                continue
+            }
+            while field.last == 0x20 { field.removeLast() }
+            var value = 0
+            guard !field.isEmpty, field.count <= 5 else { throw bad }
+            for d in field {
+                guard d >= 0x30 && d <= 0x39 else { throw bad }
+                value = value * 10 + Int(d - 0x30)
+            }
+            guard value >= 1 && value <= 65535 else { throw bad }
+            if !out.contains(value) { out.append(value) }
+            field = []
+        }
+        return out
     }
 
     public func tlsConfiguration() -> TLSConfiguration {

@@ -137,7 +137,8 @@ public final class Dialer {
         let s: ReversedServer
         do throws(HTTP2Error) {
             s = try ReversedServer(id: id, transport: t, local: pool, handler: handler, settings: settings, device: config.name,
-                                   responseTimeoutMs: config.localTimeoutMs, logger: logger)
+                                   responseTimeoutMs: config.localTimeoutMs, tcpPorts: config.tcpPorts,
+                                   connectTimeoutMs: config.connectTimeoutMs, logger: logger)
         } catch {
             t.close()
             return

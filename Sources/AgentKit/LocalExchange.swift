@@ -16,6 +16,12 @@
 // HTTP/1.1 `Upgrade: websocket` request; when the local API answers 101, the
 // gateway gets 200 and from then on the stream's DATA and the local socket's
 // bytes are passed through unchanged, both ways, until either side ends.
+//
+// TCP: a CONNECT without `:protocol` (RFC 9113 §8.5) to `127.0.0.1:PORT` or
+// `localhost:PORT`, PORT in tcp_ports, opens a connection to that port (no pool
+// place, connect_timeout_ms) and passes bytes through the same tunnel state,
+// with a half-close carried each way; 400 for another authority, 403 for a port
+// not listed, 502 when the port does not accept.
 import EventLoop
 import TLS
 import HTTP1
@@ -27,6 +33,9 @@ final class LocalExchange {
     let server: ReversedServer
     let pool: LocalPool
     let timeoutMs: Int
+    /// A CONNECT to a local TCP port: its port once allowed (0 before, or refused).
+    private var tcpPort = 0
+    private var isTCP = false
     private var machine = LocalExchangeState()
     private var conn: Transport?
     /// A new connection being made for this request (resolving, connecting).
@@ -51,6 +60,10 @@ final class LocalExchange {
     private var upgrade: Bool { machine.request.kind == .webSocket }
 
     func start(headers: HTTPHeaders, endStream: Bool) {
+        if headers.first(":method") == "CONNECT" && headers.first(":protocol") == nil {
+            startTCP(headers, endStream: endStream)
+            return
+        }
         guard let request = try? HTTPTranslation.http1Request(fromHTTP2: headers) else {
             handle(.requestMalformed)
             return
@@ -83,6 +96,23 @@ final class LocalExchange {
         handle(.requestHead(LocalExchangeState.Request(kind: kind, chunked: chunked, head: head), endStream: endStream))
     }
 
+    /// A CONNECT to `127.0.0.1:PORT` or `localhost:PORT` (localhost is 127.0.0.1),
+    /// PORT in `tcp_ports`; nothing else is ever connected to.
+    private func startTCP(_ headers: HTTPHeaders, endStream: Bool) {
+        isTCP = true
+        let authority = headers.first(":authority") ?? ""
+        guard let target = HostPort(parsing: authority), target.host == "127.0.0.1" || target.host == "localhost" else {
+            handle(.requestRefused(status: 400, why: "CONNECT must name 127.0.0.1:PORT or localhost:PORT, not '" + authority + "'"))
+            return
+        }
+        guard server.tcpPorts.contains(target.port) else {
+            handle(.requestRefused(status: 403, why: "CONNECT to port " + String(target.port) + ": not in tcp_ports"))
+            return
+        }
+        tcpPort = target.port
+        handle(.requestHead(LocalExchangeState.Request(kind: .tcp, chunked: false, head: []), endStream: endStream))
+    }
+
     // MARK: Events in, actions out
 
     /// Feeds `event` to the machine and carries out its actions; events that
@@ -104,7 +134,7 @@ final class LocalExchange {
     private func perform(_ action: LocalExchangeState.Action) {
         switch action {
         case .armTimeout:
-            timer = server.transport.loop.schedule(afterMilliseconds: timeoutMs) {
+            timer = server.transport.loop.schedule(afterMilliseconds: isTCP ? server.connectTimeoutMs : timeoutMs) {
                 self.timer = nil
                 self.handle(.timedOut)
             }
@@ -117,6 +147,19 @@ final class LocalExchange {
             pool.release()
         case .openLocal(let reuse):
             open(allowReuse: reuse)
+        case .connectTCP:
+            dial = pool.connect(localPort: tcpPort) { result in
+                self.dial = nil
+                switch result {
+                case .failure(let e):
+                    self.handle(.localFailed(e.description))
+                case .success(let t):
+                    self.attach(t)
+                    t.onPeerFinished = { self.handle(.localFinished) }  // a half-close, not the end
+                    self.server.logger.debug("CONNECT: tunnel to " + t.peer.description + " open", self.ctx)
+                    self.handle(.localConnected(reused: false))
+                }
+            }
         case .writeLocal(let bytes):
             conn?.write(bytes)
         case .finishWritingLocal:
@@ -142,6 +185,11 @@ final class LocalExchange {
             if let t = conn {
                 conn = nil
                 pool.release(t)
+            }
+        case .closeLocalAfterFlush:
+            if let t = conn {
+                conn = nil
+                t.closeAfterFlush()
             }
         case .closeLocal:
             dial?.cancel()
@@ -272,6 +320,15 @@ final class LocalExchange {
     /// Answers the gateway with an error status (the machine resets a stream whose answer started).
     private func fail(status: Int, _ why: String) {
         server.logger.warning(why, ctx)
+        if isTCP {
+            // A refused CONNECT: the status alone (the gateway words its own answer) and
+            // END_STREAM, then RST_STREAM(NO_ERROR): nothing more is wanted (RFC 9113
+            // §8.1). The END_STREAM rides an empty DATA frame: nghttp2 drops HEADERS
+            // that a reset overtakes, and queues `resetAfter` behind the last DATA.
+            server.respond(stream: stream, HTTPHeaders([(":status", String(status))]), endStream: false)
+            server.sendBody(stream: stream, [], endStream: true, resetAfter: true)
+            return
+        }
         let r = ShortResponse.error(status, why)
         server.respond(stream: stream, HTTPTranslation.http2Response(from: r.head), endStream: isHEAD)
         if !isHEAD { server.sendBody(stream: stream, r.body, endStream: true) }

@@ -13,6 +13,14 @@
 //          tunnel ◀── 101 to a WebSocket upgrade ────────────────────┘
 //   any ─▶ finished (response ended, error answered, stream closed)
 //
+// A CONNECT to a local TCP port (RFC 9113 §8.5, kind `.tcp`) takes no place at
+// the pool and writes no HTTP: idle ─▶ connecting ─▶ tunnel (200 once the port
+// accepted; 502 when it refused or connect_timeout_ms passed). Its tunnel ends
+// one direction at a time: the gateway's END_STREAM half-closes the socket, the
+// socket's FIN becomes END_STREAM; when both are done and the stream closed, the
+// socket is closed after its last bytes. A socket error resets the stream with
+// CONNECT_ERROR; a reset by the gateway closes the socket.
+//
 // Rules, as before the machine existed:
 //  - before the response started a failure is an answer with a status (502
 //    unreachable or broken, 504 no head in time); after it, RST_STREAM;
@@ -37,6 +45,8 @@ struct LocalExchangeState {
         case nonIdempotent
         /// An extended CONNECT for a WebSocket (RFC 8441), sent as an HTTP/1.1 upgrade.
         case webSocket
+        /// A CONNECT to a local TCP port (RFC 9113 §8.5): bytes only, outside the pool.
+        case tcp
 
         var mayRepeat: Bool { self == .idempotent || self == .head }
     }
@@ -79,6 +89,8 @@ struct LocalExchangeState {
         /// The gateway's side ended; the local socket was half-closed.
         var gatewayEnded: Bool
         var paused: ReadPause = []
+        /// TCP: the local socket's FIN arrived and went on as END_STREAM.
+        var localEnded = false
     }
 
     enum State: Equatable {
@@ -118,6 +130,8 @@ struct LocalExchangeState {
         case localFailed(String)
         /// Bytes read from the local socket.
         case localData([UInt8])
+        /// TCP tunnel: the local socket's end of data (FIN); it still takes bytes.
+        case localFinished
         case responseHead(HTTPResponseHead)
         case responseBody([UInt8])
         /// `reusable`: the parser's verdict, and nothing of the request left unwritten.
@@ -144,6 +158,8 @@ struct LocalExchangeState {
         /// Take a kept-alive connection (`reuse`) or open a new one, with a fresh
         /// response parser; answered by `.localConnected` or `.localFailed`.
         case openLocal(reuse: Bool)
+        /// Connect to the CONNECT's local TCP port; answered like `.openLocal`.
+        case connectTCP
         case writeLocal([UInt8])
         /// Half-close toward the local API (FIN after the queued bytes).
         case finishWritingLocal
@@ -158,6 +174,8 @@ struct LocalExchangeState {
         case releaseLocal
         /// Close the local connection (or stop the one being opened).
         case closeLocal
+        /// Close the local connection once its queued bytes are written (TCP tunnel done).
+        case closeLocalAfterFlush
         /// HEADERS to the gateway, translated from the local API's head.
         case respond(HTTPResponseHead, endStream: Bool)
         /// HEADERS 200 for the accepted WebSocket (RFC 8441); then the parser's
@@ -202,6 +220,10 @@ struct LocalExchangeState {
         case .requestHead(let r, let endStream):
             guard isIdle else { return unexpected(event) }
             request = r
+            if r.kind == .tcp {
+                state = .connecting(Held(requestEnded: endStream))
+                return [.armTimeout, .connectTCP]
+            }
             state = .waitingForPlace(Held(requestEnded: endStream))
             return [.armTimeout, .acquireLease]
         case .requestMalformed:
@@ -224,6 +246,8 @@ struct LocalExchangeState {
             return [.openLocal(reuse: true)]
         case .localConnected(let reused):
             switch state {
+            case .connecting(let held) where request.kind == .tcp:
+                return openTCP(held)
             case .connecting(let held), .retrying(let held):
                 let sent = Sent(connection: reused ? .keptAlive : .fresh, bodyBytes: held.body.count)
                 state = held.requestEnded ? .awaitingResponse(sent) : .sendingRequest(sent)
@@ -237,7 +261,7 @@ struct LocalExchangeState {
             }
         case .localFailed(let why):
             switch state {
-            case .connecting, .retrying: return fail(502, "local API unreachable: " + why)
+            case .connecting, .retrying: return fail(502, (request.kind == .tcp ? "local port unreachable: " : "local API unreachable: ") + why)
             case .finished: return []
             default: return unexpected(event)
             }
@@ -245,6 +269,16 @@ struct LocalExchangeState {
             switch state {
             case .sendingRequest, .awaitingResponse, .streamingResponse: return [.parse(bytes)]
             case .tunnel: return bytes.isEmpty ? [] : [.forward(bytes)]
+            case .finished: return []
+            default: return unexpected(event)
+            }
+        case .localFinished:
+            switch state {
+            case .tunnel(var t) where request.kind == .tcp:
+                guard !t.localEnded else { return [] }
+                t.localEnded = true
+                state = .tunnel(t)
+                return [.endResponse(resetAfter: false)]  // the gateway's bytes keep flowing
             case .finished: return []
             default: return unexpected(event)
             }
@@ -269,6 +303,8 @@ struct LocalExchangeState {
             return localClosed(why, event)
         case .timedOut:
             switch state {
+            case .connecting where request.kind == .tcp:
+                return fail(502, "local port did not accept the connection in time")
             case .waitingForPlace, .connecting, .retrying, .sendingRequest, .awaitingResponse:
                 return fail(504, "local API did not answer in time")
             default:
@@ -279,8 +315,21 @@ struct LocalExchangeState {
         case .gatewayCaughtUp:
             return setPaused(false)
         case .streamClosed:
+            if case .tunnel(let t) = state, t.gatewayEnded && t.localEnded {
+                state = .finished  // both directions ended cleanly: the gateway's last bytes still go out
+                return [.closeLocalAfterFlush]
+            }
             return finish(release: false)
         }
+    }
+
+    /// The local TCP port accepted: 200, then what the gateway sent meanwhile.
+    private mutating func openTCP(_ held: Held) -> [Action] {
+        state = .tunnel(Tunnel(gatewayEnded: held.requestEnded))
+        var out: [Action] = [.cancelTimeout, .respond(HTTPResponseHead(status: 200, reason: ""), endStream: false)]
+        if !held.body.isEmpty { out.append(.writeLocal(held.body)) }
+        if held.requestEnded { out.append(.finishWritingLocal) }
+        return out
     }
 
     // MARK: Request from the gateway
@@ -426,6 +475,10 @@ struct LocalExchangeState {
             return [.parseEOF(why: why)]
         case .streamingResponse:
             return [.parseEOF(why: why)]
+        case .tunnel(let t) where request.kind == .tcp:
+            if t.localEnded && t.gatewayEnded { return finish(release: false) }  // both ways done
+            // Reset, or an error: the bytes in between are lost, and the gateway must know.
+            return fail(502, "local TCP connection failed: " + why)
         case .tunnel:
             // The local side of the WebSocket is gone: end the stream cleanly.
             return [.endResponse(resetAfter: false)] + finish(release: false)
@@ -466,7 +519,8 @@ struct LocalExchangeState {
             state = .finished
             return [.warn(why), .resetStream(errorCode: 2)]
         case .streamingResponse, .tunnel:
-            return [.warn(why), .resetStream(errorCode: 2)] + finish(release: false)
+            // CONNECT_ERROR for a TCP tunnel (RFC 9113 §8.5), INTERNAL_ERROR otherwise.
+            return [.warn(why), .resetStream(errorCode: request.kind == .tcp ? 0xa : 2)] + finish(release: false)
         default:
             return [.fail(status: status, why: why)] + finish(release: false)
         }
@@ -480,15 +534,16 @@ struct LocalExchangeState {
     /// as far as the current state holds them.
     private mutating func finish(release: Bool) -> [Action] {
         var out: [Action] = []
+        let lease: [Action] = request.kind == .tcp ? [] : [.releaseLease]  // a TCP tunnel holds no place
         switch state {
         case .idle, .finished:
             break
         case .waitingForPlace:
             out = [.cancelTimeout]  // the place, granted later, is handed back then
         case .connecting, .retrying, .sendingRequest, .awaitingResponse:
-            out = [.cancelTimeout, release ? .releaseLocal : .closeLocal, .releaseLease]
+            out = [.cancelTimeout, release ? .releaseLocal : .closeLocal] + lease
         case .streamingResponse, .tunnel:
-            out = [release ? .releaseLocal : .closeLocal, .releaseLease]
+            out = [release ? .releaseLocal : .closeLocal] + lease
         }
         state = .finished
         return out
@@ -519,6 +574,7 @@ struct LocalExchangeState {
         case .localConnected: return "local connection"
         case .localFailed: return "local connection failure"
         case .localData: return "local bytes"
+        case .localFinished: return "local end of data"
         case .responseHead: return "response head"
         case .responseBody: return "response body"
         case .responseEnd: return "response end"

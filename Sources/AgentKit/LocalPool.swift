@@ -87,6 +87,22 @@ final class LocalPool {
         return dial
     }
 
+    /// Opens a connection to 127.0.0.1:`port` (a CONNECT tunnel): like `connect`,
+    /// without the local API's address and outside the places.
+    func connect(localPort port: Int, _ done: @escaping (Result<Transport, SocketError>) -> Void) -> LocalDial {
+        let dial = LocalDial(done)
+        do throws(SocketError) {
+            // A numeric host: getaddrinfo does no lookup.
+            guard let addr = try Socket.resolve(HostPort(host: "127.0.0.1", port: port)).first else {
+                throw SocketError("resolve 127.0.0.1", errno: EHOSTUNREACH)
+            }
+            start(dial, addr, pooled: false)
+        } catch {
+            loop.execute { dial.finish(.failure(error)) }
+        }
+        return dial
+    }
+
     /// Resolves the address again before the next new connection (after a reload).
     func forgetAddress() { address = nil }
 
@@ -111,11 +127,11 @@ final class LocalPool {
         }
     }
 
-    private func start(_ dial: LocalDial, _ addr: SocketAddress) {
+    private func start(_ dial: LocalDial, _ addr: SocketAddress, pooled: Bool = true) {
         guard dial.isWaiting else { return }  // cancelled meanwhile
         let fd: Int32
         do throws(SocketError) { fd = try Socket.startConnect(addr) } catch {
-            address = nil
+            if pooled { address = nil }
             loop.execute { dial.finish(.failure(error)) }
             return
         }
@@ -130,11 +146,11 @@ final class LocalPool {
         }
         t.onClose = { reason in
             dial.transport = nil
-            self.address = nil  // perhaps it moved: resolve again next time
+            if pooled { self.address = nil }  // perhaps it moved: resolve again next time
             if case .socket(let e) = reason {
                 dial.finish(.failure(e))
             } else {
-                dial.finish(.failure(SocketError("connect " + self.endpoint.host, errno: ECONNABORTED)))
+                dial.finish(.failure(SocketError("connect " + addr.description, errno: ECONNABORTED)))
             }
         }
         t.start()

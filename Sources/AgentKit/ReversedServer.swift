@@ -18,6 +18,9 @@ public final class ReversedServer {
     let device: String
     let responseTimeoutMs: Int
     let handler: LocalHandler?
+    /// Local TCP ports a CONNECT may reach (`tcp_ports`), and how long connecting may take.
+    let tcpPorts: [Int]
+    let connectTimeoutMs: Int
     private var exchanges: [Int32: StreamHandler] = [:]
     public private(set) var isReversed = false
     /// Called once when the connection ends, with the reason.
@@ -28,13 +31,16 @@ public final class ReversedServer {
     var onGoaway: ((UInt32) -> Void)?
 
     init(id: Int, transport: Transport, local: LocalPool, handler: LocalHandler? = nil, settings: HTTP2Settings,
-         device: String, responseTimeoutMs: Int, logger: Logger) throws(HTTP2Error) {
+         device: String, responseTimeoutMs: Int, tcpPorts: [Int] = [], connectTimeoutMs: Int = 10_000,
+         logger: Logger) throws(HTTP2Error) {
         self.id = id
         self.local = local
         self.handler = handler
         self.logger = logger
         self.device = device
         self.responseTimeoutMs = responseTimeoutMs
+        self.tcpPorts = tcpPorts
+        self.connectTimeoutMs = connectTimeoutMs
         let session = try HTTP2Session(role: .server, preface: .reversed, settings: settings)
         connection = HTTP2Connection(transport: transport, session: session, logger: logger,
                                      context: LogContext(device: device, connection: id))

@@ -26,6 +26,7 @@ usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [option
   --drain-timeout-ms MS     on SIGTERM, time requests in flight get to finish (default 10000)
   --idle-ping-ms MS         PING the gateway after this much silence, drop it after as much again (default 4000, 0 off)
   --connect-timeout-ms MS   limit for TCP connect + TLS handshake + SETTINGS (default 10000)
+  --tcp-ports PORT,...      local TCP ports a CONNECT may reach, e.g. 22,5900 (default none)
   --name NAME               device name for log lines
   --log-level LEVEL         debug, info, notice, warning, error (default info)
   --config FILE             read the same keys from FILE (key = value lines); without it,

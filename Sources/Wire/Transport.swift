@@ -79,6 +79,8 @@ public final class Transport {
     private let output: ByteQueue
     private var closeWhenFlushed = false
     private var writeShutdown = false
+    /// Unwatched after a clean hang-up while paused (see `handle`).
+    private var hungUpWhilePaused = false
     /// The peer stopped reading (EPIPE): what we still write is dropped, and what it
     /// sent before closing -- an early answer, say a 413 to an upload -- is read
     /// before the connection closes.
@@ -208,7 +210,12 @@ public final class Transport {
         guard readPaused, state != .closed else { return }
         readPause.subtract(why)
         guard !readPaused else { return }
-        loop.modify(fd: fd, readable: state != .connecting, writable: bufferedOutput > 0 || state == .connecting)
+        if hungUpWhilePaused {
+            hungUpWhilePaused = false
+            loop.register(fd: fd, readable: true, writable: false) { ev in self.handle(ev) }
+        } else {
+            loop.modify(fd: fd, readable: state != .connecting, writable: bufferedOutput > 0 || state == .connecting)
+        }
         // Plaintext already decrypted inside OpenSSL gets no new readiness event.
         if let tls, state == .open { loop.execute { if !self.readPaused { self.drainTLS(tls) } } }
     }
@@ -277,6 +284,14 @@ public final class Transport {
             // Not reading, but the socket is dead (reset, or closed both ways): epoll
             // reports that on every turn until we act, so act now.
             let err = Socket.connectResult(fd)
+            if err == 0 && writeShutdown && !readPause.contains(.peerFinished) {
+                // Closed both ways cleanly (their FIN, our SHUT_WR) while paused for
+                // back-pressure: what they sent before their FIN still waits in the
+                // kernel. Unwatched until reading resumes, then read to the end.
+                loop.unregister(fd: fd)
+                hungUpWhilePaused = true
+                return
+            }
             finish(err == 0 ? .peerClosed : .socket(SocketError("socket", errno: err)))
         }
     }

@@ -102,6 +102,27 @@ final class EventLoopTests: XCTestCase {
         XCTAssertThrowsError(try AgentConfig(t), "TLS without --ca is refused, not silently plaintext")
     }
 
+    func testTCPPortsList() throws {
+        func ports(_ value: String) throws -> [Int] {
+            var s = Settings()
+            _ = try parseCommandLine(["--gateway", "127.0.0.1:9", "--plaintext", "--tcp-ports", value], flags: AgentConfig.flags, into: &s)
+            return try AgentConfig(s).tcpPorts
+        }
+        var none = Settings()
+        _ = try parseCommandLine(["--gateway", "127.0.0.1:9", "--plaintext"], flags: AgentConfig.flags, into: &none)
+        XCTAssertEqual(try AgentConfig(none).tcpPorts, [], "none by default: every CONNECT refused")
+        XCTAssertEqual(try ports("22,5900"), [22, 5900])
+        XCTAssertEqual(try ports(" 22 , 5900 ,22"), [22, 5900])
+        XCTAssertEqual(try ports("1,65535"), [1, 65535])
+        XCTAssertEqual(try ports(""), [])
+        for bad in ["0", "65536", "22,", ",22", "22,,80", "2 2", "ssh", "-22", "100000", "22;80"] {
+            XCTAssertThrowsError(try ports(bad), bad) {
+                XCTAssertEqual(($0 as? ConfigError)?.message,
+                               "option --tcp-ports: tcp_ports must be port numbers from 1 to 65535 separated by commas (22,5900), not '" + bad + "'")
+            }
+        }
+    }
+
     func testHostPortParsing() {
         XCTAssertEqual(HostPort(parsing: "gw.example:8443"), HostPort(host: "gw.example", port: 8443))
         XCTAssertEqual(HostPort(parsing: "[::1]:80"), HostPort(host: "::1", port: 80))

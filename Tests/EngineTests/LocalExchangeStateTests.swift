@@ -311,6 +311,7 @@ final class LocalExchangeStateTests: XCTestCase {
             .localData([1]), .responseHead(h200), .responseHead(head(101)), .responseHead(head(204, [])), .responseBody([2]),
             .responseEnd(trailers: HTTPHeaders(), reusable: true), .responseEnd(trailers: HTTPHeaders([("a", "b")]), reusable: false),
             .responseBroken("bad"), .localClosed("eof"), .timedOut, .gatewayBacklogged, .gatewayCaughtUp, .streamClosed,
+            .requestHead(M.Request(kind: .tcp, chunked: false, head: []), endStream: false), .localFinished,
         ]
         for round in 0..<3000 {
             var m = M()
@@ -329,8 +330,8 @@ final class LocalExchangeStateTests: XCTestCase {
                     switch a {
                     case .acquireLease: leasesAsked += 1
                     case .releaseLease: places -= 1
-                    case .openLocal: opens += 1
-                    case .releaseLocal, .closeLocal: connections = 0
+                    case .openLocal, .connectTCP: opens += 1
+                    case .releaseLocal, .closeLocal, .closeLocalAfterFlush: connections = 0
                     case .fail, .respond, .openTunnel: answers += 1
                     default: break
                     }

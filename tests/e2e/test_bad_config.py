@@ -101,6 +101,10 @@ AGENT_ARGS = [
     (["--gateway", "127.0.0.1:1", "--connections", "65"], "connections"),
     (["--gateway", "127.0.0.1:1", "--local", "localhost"], "local"),
     (["--gateway", "127.0.0.1:1", "--idle-ping-ms", "1e3"], "idle_ping_ms"),
+    (["--gateway", "127.0.0.1:1", "--tcp-ports", "22,0"], "tcp_ports"),
+    (["--gateway", "127.0.0.1:1", "--tcp-ports", "65536"], "tcp_ports"),
+    (["--gateway", "127.0.0.1:1", "--tcp-ports", "22,,80"], "tcp_ports"),
+    (["--gateway", "127.0.0.1:1", "--tcp-ports", "ssh"], "tcp_ports"),
 ]
 
 
