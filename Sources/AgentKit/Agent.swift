@@ -96,20 +96,24 @@ public final class Agent {
 
     private func startRenewal(_ e: Enrollment) {
         let r = CertificateRenewal(loop: loop, logger: logger, device: config.name, seed: seed(slot: 65), wallClock: { rh_wall_seconds() },
-                                   certificate: {
-            guard let path = self.config.certFile, let pem = AtomicFile.read(path) else { return nil }
-            return try? CertificateInfo(pem: pem)
-        }, attempt: { done in
-            guard let path = self.config.certFile, let pem = AtomicFile.read(path),
-                  let info = try? CertificateInfo(pem: pem) else {
-                done("cannot read the certificate")
-                return
-            }
-            e.config = self.config
-            e.renew(commonName: info.commonName, done: done)
-        }, renewed: { self.rollToRenewedCertificate() })
+                                   certificate: { self.currentCertificate() }, attempt: { self.renewOnce(e, $0) },
+                                   renewed: { self.rollToRenewedCertificate() })
         renewal = r
         r.start()
+    }
+
+    private func currentCertificate() -> CertificateInfo? {
+        guard let path = config.certFile, let pem = AtomicFile.read(path) else { return nil }
+        return try? CertificateInfo(pem: pem)
+    }
+
+    private func renewOnce(_ e: Enrollment, _ done: @escaping (String?) -> Void) {
+        guard let info = currentCertificate() else {
+            done("cannot read the certificate")
+            return
+        }
+        e.config = config
+        e.renew(commonName: info.commonName, done: done)
     }
 
     /// The renewed key and certificate are on disk: roll the connections onto them.

@@ -129,7 +129,7 @@ public final class CertificateRenewal {
             logger.warning(p + " (retrying with backoff)", ctx)
             lastProblem = p
         } else {
-            logger.debug(p, ctx)
+            logger.debug("again: " + p, ctx)
         }
     }
 }

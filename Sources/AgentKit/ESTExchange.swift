@@ -65,7 +65,7 @@ final class ESTExchange {
         var opened = false
         t.onOpen = {
             opened = true
-            t.write(self.client.request())
+            t.write(self.client.request)
         }
         t.onData = { bytes in
             if let o = self.client.receive(Array(bytes)) { self.finish(o) }

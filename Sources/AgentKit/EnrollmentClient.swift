@@ -13,23 +13,6 @@ import HTTP1
 import TLS
 
 public struct EnrollmentClient {
-    public enum Operation: Equatable {
-        /// GET /cacerts: the CA chain.
-        case cacerts
-        /// POST /simpleenroll with a PKCS#10 (DER), authorized by Basic NAME:TOKEN.
-        case simpleenroll(request: [UInt8], user: String, token: String)
-        /// POST /simplereenroll with a PKCS#10 (DER); the TLS client certificate authorizes it.
-        case simplereenroll(request: [UInt8])
-
-        var path: String {
-            switch self {
-            case .cacerts: return "cacerts"
-            case .simpleenroll: return "simpleenroll"
-            case .simplereenroll: return "simplereenroll"
-            }
-        }
-    }
-
     public enum Outcome: Equatable {
         case certificates([[UInt8]])
         /// 202: ask again after this many seconds (already bounded).
@@ -45,8 +28,8 @@ public struct EnrollmentClient {
     /// Retry-After is kept within these bounds (seconds).
     public static let retryBounds = 10...3600
 
-    public let operation: Operation
-    let authority: String
+    /// The request, complete.
+    public let request: [UInt8]
     private var parser = HTTP1ResponseParser()
     private var status = 0
     private var retryAfter: String?
@@ -54,31 +37,32 @@ public struct EnrollmentClient {
     private var received = 0
     private var outcome: Outcome?
 
-    /// `authority`: the Host field (host or host:port).
-    public init(_ operation: Operation, authority: String) {
-        self.operation = operation
-        self.authority = authority
-        parser.expectResponse(toHEAD: false)
+    /// GET /cacerts: the CA chain. `authority`: the Host field (host or host:port).
+    public static func cacerts(authority: String) -> EnrollmentClient {
+        EnrollmentClient(head: "GET /.well-known/est/cacerts", authority: authority, fields: "", body: nil)
     }
 
-    /// The request, complete.
-    public func request() -> [UInt8] {
-        var head = (operation == .cacerts ? "GET" : "POST") + " /.well-known/est/" + operation.path + " HTTP/1.1\r\nHost: "
-            + authority + "\r\nUser-Agent: device-agent\r\nConnection: close\r\n"
+    /// POST /simpleenroll with a PKCS#10 (DER), authorized by Basic USER:TOKEN.
+    public static func simpleenroll(request csr: [UInt8], user: String, token: String, authority: String) -> EnrollmentClient {
+        EnrollmentClient(head: "POST /.well-known/est/simpleenroll", authority: authority,
+                         fields: "Authorization: Basic " + String(decoding: base64Line(Array((user + ":" + token).utf8)), as: UTF8.self) + "\r\n",
+                         body: csr)
+    }
+
+    /// POST /simplereenroll with a PKCS#10 (DER); the TLS client certificate authorizes it.
+    public static func simplereenroll(request csr: [UInt8], authority: String) -> EnrollmentClient {
+        EnrollmentClient(head: "POST /.well-known/est/simplereenroll", authority: authority, fields: "", body: csr)
+    }
+
+    init(head: String, authority: String, fields: String, body csr: [UInt8]?) {
+        var text = head + " HTTP/1.1\r\nHost: " + authority + "\r\nUser-Agent: device-agent\r\nConnection: close\r\n" + fields
         var body: [UInt8] = []
-        switch operation {
-        case .cacerts:
-            break
-        case .simpleenroll(let request, let user, let token):
-            head += "Authorization: Basic " + String(decoding: EnrollmentClient.base64Line(Array((user + ":" + token).utf8)), as: UTF8.self) + "\r\n"
-            body = ESTBody.encode(request)
-        case .simplereenroll(let request):
-            body = ESTBody.encode(request)
+        if let csr {
+            body = ESTBody.encode(csr)
+            text += "Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\nContent-Length: " + String(body.count) + "\r\n"
         }
-        if operation != .cacerts {
-            head += "Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\nContent-Length: " + String(body.count) + "\r\n"
-        }
-        return Array((head + "\r\n").utf8) + body
+        request = Array((text + "\r\n").utf8) + body
+        parser.expectResponse(toHEAD: false)
     }
 
     /// Bytes from the server; an Outcome once the answer is complete (or wrong).

@@ -29,12 +29,12 @@ final class EnrollmentClientTests: XCTestCase {
     }
 
     func testRequests() {
-        let get = String(decoding: EnrollmentClient(.cacerts, authority: "gw.example:8443").request(), as: UTF8.self)
+        let get = String(decoding: EnrollmentClient.cacerts(authority: "gw.example:8443").request, as: UTF8.self)
         XCTAssertTrue(get.hasPrefix("GET /.well-known/est/cacerts HTTP/1.1\r\nHost: gw.example:8443\r\n"), get)
         XCTAssertTrue(get.hasSuffix("\r\n\r\n"))
         XCTAssertFalse(get.contains("Content-Length"))
         let csr: [UInt8] = Array(0..<200)
-        let post = EnrollmentClient(.simpleenroll(request: csr, user: "dev1.example", token: "rhe_secret"), authority: "gw").request()
+        let post = EnrollmentClient.simpleenroll(request: csr, user: "dev1.example", token: "rhe_secret", authority: "gw").request
         let text = String(decoding: post, as: UTF8.self)
         XCTAssertTrue(text.hasPrefix("POST /.well-known/est/simpleenroll HTTP/1.1\r\n"))
         let basic = Data("dev1.example:rhe_secret".utf8).base64EncodedString()
@@ -44,7 +44,7 @@ final class EnrollmentClientTests: XCTestCase {
         XCTAssertEqual(parts.count, 2)
         XCTAssertTrue(parts[0].contains("Content-Length: " + String(parts[1].utf8.count)))
         XCTAssertEqual(try ESTBody.decode(Array(parts[1].utf8)), csr)
-        let re = String(decoding: EnrollmentClient(.simplereenroll(request: csr), authority: "gw").request(), as: UTF8.self)
+        let re = String(decoding: EnrollmentClient.simplereenroll(request: csr, authority: "gw").request, as: UTF8.self)
         XCTAssertTrue(re.hasPrefix("POST /.well-known/est/simplereenroll HTTP/1.1\r\n"))
         XCTAssertFalse(re.contains("Authorization"))
     }
@@ -53,7 +53,7 @@ final class EnrollmentClientTests: XCTestCase {
         let (_, der) = try chainPKCS7()
         let bytes = answer("200 OK", ["Content-Type: application/pkcs7-mime; smime-type=certs-only", "Content-Transfer-Encoding: base64"],
                            body: ESTBody.encode(der))
-        var c = EnrollmentClient(.cacerts, authority: "gw")
+        var c = EnrollmentClient.cacerts(authority: "gw")
         var outcome: EnrollmentClient.Outcome?
         for b in bytes where outcome == nil { outcome = c.receive([b]) }
         guard case .certificates(let certs)? = outcome else { return XCTFail(String(describing: outcome)) }
@@ -64,34 +64,34 @@ final class EnrollmentClientTests: XCTestCase {
     func test202RetryAfterIsBounded() {
         for (field, want) in [("Retry-After: 60", 60), ("Retry-After: 1", 10), ("Retry-After: 999999", 3600),
                               ("Retry-After: Wed, 21 Oct 2015 07:28:00 GMT", 60)] {
-            var c = EnrollmentClient(.simpleenroll(request: [1], user: "a", token: "b"), authority: "gw")
+            var c = EnrollmentClient.simpleenroll(request: [1], user: "a", token: "b", authority: "gw")
             XCTAssertEqual(c.receive(answer("202 Accepted", [field])), .retry(afterSeconds: want), field)
         }
-        var c = EnrollmentClient(.cacerts, authority: "gw")
+        var c = EnrollmentClient.cacerts(authority: "gw")
         XCTAssertEqual(c.receive(answer("202 Accepted")), .retry(afterSeconds: 60))
     }
 
     func testRefusals() {
-        var c = EnrollmentClient(.simpleenroll(request: [1], user: "a", token: "b"), authority: "gw")
+        var c = EnrollmentClient.simpleenroll(request: [1], user: "a", token: "b", authority: "gw")
         XCTAssertEqual(c.receive(answer("401 Unauthorized", ["WWW-Authenticate: Basic realm=\"EST\""], body: Array("the token is used\nmore".utf8))),
                        .refused(status: 401, reason: "the token is used"))
-        var d = EnrollmentClient(.cacerts, authority: "gw")
+        var d = EnrollmentClient.cacerts(authority: "gw")
         XCTAssertEqual(d.receive(answer("400 Bad Request", body: [0x62, 0xFF, 0x01])), .refused(status: 400, reason: "b??"))
-        var e = EnrollmentClient(.cacerts, authority: "gw")
+        var e = EnrollmentClient.cacerts(authority: "gw")
         XCTAssertEqual(e.receive(answer("204 No Content")), .failed("unexpected status 204"))
     }
 
     func testGarbageTooBigCutAndSlow() {
-        var g = EnrollmentClient(.cacerts, authority: "gw")
+        var g = EnrollmentClient.cacerts(authority: "gw")
         guard case .failed(let why)? = g.receive(Array("SSH-2.0-OpenSSH\r\n\r\n".utf8)) else { return XCTFail() }
         XCTAssertTrue(why.hasPrefix("not an HTTP answer"), why)
-        var notPKCS7 = EnrollmentClient(.cacerts, authority: "gw")
+        var notPKCS7 = EnrollmentClient.cacerts(authority: "gw")
         guard case .failed(let w2)? = notPKCS7.receive(answer("200 OK", body: Array("aGVsbG8=".utf8))) else { return XCTFail() }
         XCTAssertTrue(w2.hasPrefix("200 without certificates"), w2)
-        var big = EnrollmentClient(.cacerts, authority: "gw")
+        var big = EnrollmentClient.cacerts(authority: "gw")
         XCTAssertEqual(big.receive(answer("200 OK", body: [UInt8](repeating: 0x41, count: EnrollmentClient.maxResponseBytes + 1))),
                        .failed("answer larger than 32768 bytes"))
-        var chunkedBig = EnrollmentClient(.cacerts, authority: "gw")
+        var chunkedBig = EnrollmentClient.cacerts(authority: "gw")
         var o: EnrollmentClient.Outcome? = chunkedBig.receive(Array("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".utf8))
         var rounds = 0
         while o == nil && rounds < 100 {
@@ -99,13 +99,13 @@ final class EnrollmentClientTests: XCTestCase {
             o = chunkedBig.receive(Array("1000\r\n".utf8) + [UInt8](repeating: 0x41, count: 4096) + Array("\r\n".utf8))
         }
         XCTAssertEqual(o, .failed("answer larger than 32768 bytes"))
-        var cut = EnrollmentClient(.cacerts, authority: "gw")
+        var cut = EnrollmentClient.cacerts(authority: "gw")
         XCTAssertNil(cut.receive(Array("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc".utf8)))
         guard case .failed(let w3) = cut.peerClosed() else { return XCTFail() }
         XCTAssertTrue(w3.hasPrefix("answer cut short"), w3)
-        var nothing = EnrollmentClient(.cacerts, authority: "gw")
+        var nothing = EnrollmentClient.cacerts(authority: "gw")
         XCTAssertEqual(nothing.peerClosed(), .failed("closed without an answer"))
-        var slow = EnrollmentClient(.cacerts, authority: "gw")
+        var slow = EnrollmentClient.cacerts(authority: "gw")
         XCTAssertNil(slow.receive(Array("HTTP/1.1 200 OK\r\n".utf8)))
         XCTAssertEqual(slow.timedOut(afterMs: 30_000), .failed("no complete answer within 30000 ms"))
     }
