@@ -96,7 +96,10 @@ public final class Agent {
 
     private func startRenewal(_ e: Enrollment) {
         let r = CertificateRenewal(loop: loop, logger: logger, device: config.name, seed: seed(slot: 65), wallClock: { rh_wall_seconds() },
-                                   certificate: { self.currentCertificate() }, attempt: { self.renewOnce(e, $0) },
+                                   certificate: { self.currentCertificate() }, attempt: { info, done in
+            e.config = self.config
+            e.renew(commonName: info.commonName, done: done)
+        },
                                    renewed: { self.rollToRenewedCertificate() })
         renewal = r
         r.start()
@@ -105,15 +108,6 @@ public final class Agent {
     private func currentCertificate() -> CertificateInfo? {
         guard let path = config.certFile, let pem = AtomicFile.read(path) else { return nil }
         return try? CertificateInfo(pem: pem)
-    }
-
-    private func renewOnce(_ e: Enrollment, _ done: @escaping (String?) -> Void) {
-        guard let info = currentCertificate() else {
-            done("cannot read the certificate")
-            return
-        }
-        e.config = config
-        e.renew(commonName: info.commonName, done: done)
     }
 
     /// The renewed key and certificate are on disk: roll the connections onto them.

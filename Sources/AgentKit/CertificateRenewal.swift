@@ -21,8 +21,8 @@ public final class CertificateRenewal {
     let wallClock: () -> Int64
     /// The current certificate (nil: unreadable).
     var certificate: () -> CertificateInfo?
-    /// One renewal; its callback gets nil on success or why not.
-    var attempt: (@escaping (String?) -> Void) -> Void
+    /// One renewal of this certificate; its callback gets nil on success or why not.
+    var attempt: (CertificateInfo, @escaping (String?) -> Void) -> Void
     /// After a success (the agent rolls its connections).
     var renewed: () -> Void
     private var jitter: Jitter
@@ -37,7 +37,7 @@ public final class CertificateRenewal {
     public private(set) var renewals = 0
 
     public init(loop: EventLoop, logger: Logger, device: String, seed: UInt64, wallClock: @escaping () -> Int64,
-                certificate: @escaping () -> CertificateInfo?, attempt: @escaping (@escaping (String?) -> Void) -> Void,
+                certificate: @escaping () -> CertificateInfo?, attempt: @escaping (CertificateInfo, @escaping (String?) -> Void) -> Void,
                 renewed: @escaping () -> Void) {
         self.loop = loop
         self.logger = logger
@@ -57,7 +57,7 @@ public final class CertificateRenewal {
         stopped = true
         loop.cancel(timer)
         timer = nil
-        attempt = { _ in }
+        attempt = { _, _ in }
         renewed = {}
         certificate = { nil }
     }
@@ -105,8 +105,8 @@ public final class CertificateRenewal {
 
     private func renewNow(_ info: CertificateInfo) {
         running = true
-        logger.info("renewing the certificate (valid until Unix time " + String(info.notAfter) + ")", ctx)
-        attempt { error in
+        logger.info("renewing the certificate", ctx)
+        attempt(info) { error in
             self.running = false
             guard !self.stopped else { return }
             if let error {

@@ -128,27 +128,33 @@ public final class Enrollment {
     /// The answer of the exchange `step` started.
     private func handle(_ outcome: EnrollmentClient.Outcome) {
         exchange = nil
-        let what = step == .chain ? "/cacerts: " : renewing ? "/simplereenroll: " : "/simpleenroll: "
+        let why: String
         switch outcome {
-        case .certificates(let certs) where step == .chain:
-            chain = certs
-            sendRequest()
         case .certificates(let certs):
-            end(install(leaf: certs[0]))
-        case .retry(let seconds) where step == .request && !renewing:
-            step = .waiting
-            note("waiting for approval: asking again every " + String(seconds) + " s")
-            timer = loop.schedule(afterMilliseconds: seconds * 1000) {
-                self.timer = nil
-                self.sendRequest()
+            if step == .chain {
+                chain = certs
+                sendRequest()
+            } else {
+                end(install(leaf: certs[0]))
             }
+            return
         case .retry(let seconds):
-            end(what + "202, retry after " + String(seconds) + " s")
+            if step == .request && !renewing {
+                step = .waiting
+                note("waiting for approval: asking again every " + String(seconds) + " s")
+                timer = loop.schedule(afterMilliseconds: seconds * 1000) {
+                    self.timer = nil
+                    self.sendRequest()
+                }
+                return
+            }
+            why = "202"
         case .refused(let status, let reason):
-            end(what + String(status) + " " + reason)
-        case .failed(let why):
-            end(what + why)
+            why = String(status) + " " + reason
+        case .failed(let reason):
+            why = reason
         }
+        end((step == .chain ? "/cacerts: " : renewing ? "/simplereenroll: " : "/simpleenroll: ") + why)
     }
 
     private func end(_ error: String?) {
@@ -164,7 +170,8 @@ public final class Enrollment {
         guard let certFile = config.certFile, let keyFile = config.keyFile, let key else { return "no cert and key files set" }
         let pem: [UInt8]
         var keyPEM: [UInt8]
-        do throws(ESTError) { pem = try CertificateChain.pem(leaf: leaf, cas: chain) } catch { return error.description }
+        guard let p = try? CertificateChain.pem(leaf: leaf, cas: chain) else { return "the issued certificate cannot be read" }
+        pem = p
         do throws(OpenSSLError) { keyPEM = try key.privateKeyPEM() } catch { return error.description }
         defer { for i in keyPEM.indices { keyPEM[i] = 0 } }
         do throws(AtomicFile.Failure) {
@@ -181,14 +188,13 @@ public final class Enrollment {
     private func readToken() -> String? {
         if let t = config.enrollToken { return t }
         let path = config.enrollTokenFile ?? ""
-        var s = (AtomicFile.read(path, limit: 4096) ?? [])[...]
-        while let last = s.last, last <= 0x20 { s.removeLast() }
-        while let first = s.first, first <= 0x20 { s.removeFirst() }
-        guard !s.isEmpty else {
+        var token: [UInt8] = []
+        for b in AtomicFile.read(path, limit: 4096) ?? [] where b > 0x20 { token.append(b) }  // no white space in a token
+        guard !token.isEmpty else {
             end("cannot read a token from enroll_token_file " + path)
             return nil
         }
-        return String(decoding: s, as: UTF8.self)
+        return String(decoding: token, as: UTF8.self)
     }
 
     private func problem(_ p: String) {

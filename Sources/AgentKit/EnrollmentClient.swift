@@ -25,6 +25,7 @@ public struct EnrollmentClient {
 
     /// A larger answer is refused (a chain of a few certificates is ~4 KiB).
     public static let maxResponseBytes = 32 * 1024
+    static let tooLarge = "answer larger than 32768 bytes"
     /// Retry-After is kept within these bounds (seconds).
     public static let retryBounds = 10...3600
 
@@ -69,9 +70,7 @@ public struct EnrollmentClient {
     public mutating func receive(_ bytes: [UInt8]) -> Outcome? {
         guard outcome == nil else { return outcome }
         received += bytes.count
-        guard received <= EnrollmentClient.maxResponseBytes + 16_384 else {
-            return finish(.failed("answer larger than " + String(EnrollmentClient.maxResponseBytes) + " bytes"))
-        }
+        guard received <= EnrollmentClient.maxResponseBytes + 16_384 else { return finish(.failed(EnrollmentClient.tooLarge)) }
         do throws(HTTP1Error) {
             return take(try parser.feed(bytes))
         } catch {
@@ -103,9 +102,7 @@ public struct EnrollmentClient {
                 status = h.status
                 retryAfter = h.headers.first("Retry-After")
             case .body(let b):
-                guard body.count + b.count <= EnrollmentClient.maxResponseBytes else {
-                    return finish(.failed("answer larger than " + String(EnrollmentClient.maxResponseBytes) + " bytes"))
-                }
+                guard body.count + b.count <= EnrollmentClient.maxResponseBytes else { return finish(.failed(EnrollmentClient.tooLarge)) }
                 body += b
             case .end:
                 return finish(decide())
@@ -122,11 +119,11 @@ public struct EnrollmentClient {
     private func decide() -> Outcome {
         switch status {
         case 200:
-            do throws(ESTError) {
-                return .certificates(try PKCS7Certificates.decode(der: try ESTBody.decode(body, limit: EnrollmentClient.maxResponseBytes)))
-            } catch {
-                return .failed("200 without certificates: " + error.description)
+            guard let der = try? ESTBody.decode(body, limit: EnrollmentClient.maxResponseBytes),
+                  let certs = try? PKCS7Certificates.decode(der: der) else {
+                return .failed("200 without certificates (not a base64 certs-only PKCS#7)")
             }
+            return .certificates(certs)
         case 202:
             return .retry(afterSeconds: EnrollmentClient.retrySeconds(retryAfter))
         case 100..<200, 201, 203..<400:
@@ -143,9 +140,12 @@ public struct EnrollmentClient {
     }
 
     static func firstLine(_ body: [UInt8]) -> String {
-        var end = 0
-        while end < body.count && end < 200 && body[end] != 0x0A && body[end] != 0x0D { end += 1 }
-        return String(decoding: body[0..<end].map { $0 >= 0x20 && $0 < 0x7F ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
+        var line: [UInt8] = []
+        for b in body {
+            if b == 0x0A || b == 0x0D || line.count == 200 { break }
+            line.append(b >= 0x20 && b < 0x7F ? b : 0x3F)
+        }
+        return String(decoding: line, as: UTF8.self)
     }
 
     /// Base64 in one line (Basic credentials).

@@ -152,7 +152,7 @@ final class EnrollmentClientTests: XCTestCase {
         var renewedCount = 0
         var current = info
         let r = CertificateRenewal(loop: loop, logger: Logger(program: "test", level: .error), device: "dev1.example", seed: 42,
-                                   wallClock: wall, certificate: { current }, attempt: { done in
+                                   wallClock: wall, certificate: { current }, attempt: { _, done in
             attempts.append(wall())
             done(results.removeFirst())
         }, renewed: {
@@ -210,7 +210,7 @@ final class EnrollmentClientTests: XCTestCase {
         var times = Set<Int64>()
         for seed in 1...50 {
             let r = CertificateRenewal(loop: loop, logger: Logger(program: "test", level: .error), device: "d", seed: UInt64(seed) &* 0x9E37_79B9,
-                                       wallClock: { 0 }, certificate: { info }, attempt: { $0(nil) }, renewed: {})
+                                       wallClock: { 0 }, certificate: { info }, attempt: { $1(nil) }, renewed: {})
             times.insert(r.renewalTime(info))
         }
         XCTAssertGreaterThan(times.count, 40, "50 agents do not renew in the same second")
