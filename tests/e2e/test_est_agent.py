@@ -20,6 +20,7 @@ import ssl
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,12 +108,13 @@ class ShortLivedEST:
     """RFC 7030 cacerts/simpleenroll/simplereenroll over TLS (ALPN http/1.1), issuing
     certificates valid `seconds` from the PKI's issuing CA."""
 
-    def __init__(self, pki: lib.PKI, token: str, seconds: int):
+    def __init__(self, pki: lib.PKI, token: str, seconds: int, pending: int = 0):
         d = Path(pki.dir)
         self.chain = x509.load_pem_x509_certificates((d / "ca.crt").read_bytes())
         self.ca_cert = self.chain[0]
         self.ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
-        self.token, self.seconds = token, seconds
+        self.token, self.seconds, self.pending = token, seconds, pending
+        self.requests: list[tuple[str, float]] = []  # (operation, time.monotonic())
         self.issued: list[tuple[str, int]] = []  # (operation, serial)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(d / "gateway.crt", d / "gateway.key")
@@ -149,6 +151,7 @@ class ShortLivedEST:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 op = self.path.rsplit("/", 1)[-1]
+                est.requests.append((op, time.monotonic()))
                 csr = x509.load_der_x509_csr(base64.b64decode(body))
                 assert csr.is_signature_valid
                 cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
@@ -157,6 +160,9 @@ class ShortLivedEST:
                     user, _, tok = base64.b64decode(auth.split(" ", 1)[1]).decode().partition(":") if auth else ("", "", "")
                     if tok != est.token or user != cn:
                         return self.answer(401, b"bad token", fields=[("WWW-Authenticate", 'Basic realm="EST"')])
+                    if est.pending > 0:  # manual approval: "ask again later"
+                        est.pending -= 1
+                        return self.answer(202, b"", fields=[("Retry-After", "1")])
                 elif op == "simplereenroll":
                     peer = self.connection.getpeercert()
                     if not peer:
@@ -214,5 +220,24 @@ def test_agent_renews_and_rolls_its_connections(procs, est_pki, api, tmp_path):
         # connections on the renewed one keep serving.
         lib.wait_until(lambda: agent.log().count("connections rolled to the renewed certificate") >= 2, 45, "the second roll")
         assert lib.request(g.public_port, "GET", "/device", "dev23.example").status == 200
+    finally:
+        est.close()
+
+
+def test_agent_waits_for_approval_then_enrolls(procs, est_pki, api, tmp_path):
+    est = ShortLivedEST(est_pki, "rhe_wait", seconds=3600, pending=1)
+    try:
+        g = lib.start_gateway(procs, est_pki, extra=["--pki-dir", est_pki.dir])
+        a = api("dev24.example")
+        agent, cert, _ = enrolling_agent(procs, g.device_port, est_pki, tmp_path, "dev24.example", a.port, "rhe_wait",
+                                         extra=["--est-server", f"127.0.0.1:{est.port}"])
+        agent.wait_log("waiting for approval: asking again every 10 s", timeout=30)
+        assert not cert.exists()
+        agent.wait_log("new certificate written", timeout=30)
+        assert lib.wait_device(g, "dev24.example").status == 200
+        (_, t1), (_, t2) = [r for r in est.requests if r[0] == "simpleenroll"]
+        assert t2 - t1 >= 9.5, "Retry-After 1 is raised to the 10 s floor"
+        # 3600 s certificates: the next renewal is far away, none runs now.
+        assert [op for op, _ in est.issued] == ["simpleenroll"]
     finally:
         est.close()
