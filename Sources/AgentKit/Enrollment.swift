@@ -96,7 +96,7 @@ public final class Enrollment {
             end(error.description)
             return
         }
-        if !renewing { logger.notice("enrolling as " + config.name + " at " + endpoint.description, ctx) }
+        if !renewing && lastProblem.isEmpty { logger.notice("enrolling as " + config.name + " at " + endpoint.description, ctx) }
         step = .chain
         run(.cacerts(authority: authority))
     }

@@ -99,6 +99,7 @@ def test_a_used_token_is_logged_once_and_retried(procs, est_pki, api, tmp_path):
     agent.wait_log("again: enrollment failed: /simpleenroll: 401", timeout=30)
     assert agent.log().count("enrollment failed: /simpleenroll: 401") >= 2
     assert agent.log().count("(retrying with backoff)") == 1, "logged once"
+    assert agent.log().count("enrolling as dev22.example") == 1
     assert not cert.exists()
 
 
