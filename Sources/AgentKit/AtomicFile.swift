@@ -28,6 +28,14 @@ public enum AtomicFile {
 
     /// Replaces `path` with `bytes`, mode `mode`.
     public static func write(_ path: String, _ bytes: [UInt8], mode: Int32) throws(Failure) {
+        try prepare(path, bytes, mode: mode)
+        try commit(path)
+    }
+
+    /// Writes `bytes` to PATH.tmp and syncs it; `commit` puts it in place. Two
+    /// files replaced together (key and certificate) are both prepared first, so
+    /// that only the two renames separate the old pair from the new one.
+    public static func prepare(_ path: String, _ bytes: [UInt8], mode: Int32) throws(Failure) {
         let tmp = path + ".tmp"
         _ = unlink(tmp)  // a leftover of a crash
         let fd = rh_open_new(tmp, mode)
@@ -46,13 +54,17 @@ public enum AtomicFile {
             _ = unlink(tmp)
             throw why
         }
+    }
+
+    /// Renames PATH.tmp (from `prepare`) over `path` and syncs the directory.
+    public static func commit(_ path: String) throws(Failure) {
+        let tmp = path + ".tmp"
         guard rename(tmp, path) == 0 else {
             let e = failure("rename " + tmp + " to " + path)
             _ = unlink(tmp)
             throw e
         }
-        let dir = directory(of: path)
-        let dfd = rh_open_directory(dir)
+        let dfd = rh_open_directory(directory(of: path))
         if dfd >= 0 {
             _ = fsync(dfd)
             _ = close(dfd)

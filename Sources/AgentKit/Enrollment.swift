@@ -6,11 +6,11 @@
 //            NAME:TOKEN) or /simplereenroll (a new key, CN of the current
 //            certificate, over a connection that shows the current certificate)
 //   waiting  202: the same request again after Retry-After
-// Success writes the key (0600), then the certificate (leaf plus the chain
-// without a self-signed root), each atomically. An enrollment that fails backs
-// off (Backoff) and starts over until it succeeds; a renewal reports to its
-// caller (CertificateRenewal), which backs off. Problems are logged once per
-// change; repeats go to debug.
+// Success writes the key (0600) and the certificate (leaf plus the chain
+// without a self-signed root) to temporary files, then renames both. An
+// enrollment that fails backs off (Backoff) and starts over until it succeeds;
+// a renewal reports to its caller (CertificateRenewal), which backs off.
+// Problems are logged once per change; repeats go to debug.
 import EventLoop
 import TLS
 
@@ -175,8 +175,10 @@ public final class Enrollment {
         do throws(OpenSSLError) { keyPEM = try key.privateKeyPEM() } catch { return error.description }
         defer { for i in keyPEM.indices { keyPEM[i] = 0 } }
         do throws(AtomicFile.Failure) {
-            try AtomicFile.write(keyFile, keyPEM, mode: 0o600)
-            try AtomicFile.write(certFile, pem, mode: 0o644)
+            try AtomicFile.prepare(keyFile, keyPEM, mode: 0o600)
+            try AtomicFile.prepare(certFile, pem, mode: 0o644)
+            try AtomicFile.commit(keyFile)
+            try AtomicFile.commit(certFile)
         } catch {
             return error.description
         }
