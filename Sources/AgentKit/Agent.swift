@@ -96,10 +96,7 @@ public final class Agent {
 
     private func startRenewal(_ e: Enrollment) {
         let r = CertificateRenewal(loop: loop, logger: logger, device: config.name, seed: seed(slot: 65), wallClock: { rh_wall_seconds() },
-                                   certificate: { self.currentCertificate() }, attempt: { info, done in
-            e.config = self.config
-            e.renew(commonName: info.commonName, done: done)
-        },
+                                   certificate: { self.currentCertificate() }, attempt: { info, done in e.renew(commonName: info.commonName, done: done) },
                                    renewed: { self.rollToRenewedCertificate() })
         renewal = r
         r.start()
@@ -177,6 +174,7 @@ public final class Agent {
     // MARK: Reload
 
     /// Rolls `newConfig` in; `done` gets nil when every slot runs on it, or why not.
+    @inline(never)  // two callers (SIGHUP, a renewal): one copy
     public func reload(_ newConfig: AgentConfig, done: @escaping (String?) -> Void) {
         guard !reloading else {
             done("a reload is already in progress")
@@ -200,6 +198,7 @@ public final class Agent {
             if error == nil {
                 if newPool !== self.pool { self.pool.closeAll() }
                 self.config = newConfig
+                self.enrollment?.config = newConfig
                 self.tls = newTLS
                 self.pool = newPool
             }

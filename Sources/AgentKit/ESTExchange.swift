@@ -11,7 +11,7 @@ final class ESTExchange {
     private let tls: TLSContext
     private let endpoint: HostPort
     private let serverName: String
-    private var client: EnrollmentClient
+    private let client: EnrollmentClient
     private let timeoutMs: Int
     private var done: ((EnrollmentClient.Outcome) -> Void)?
     private var resolution: Resolution?

@@ -3,7 +3,7 @@
 // ESTExchange:
 //   chain    GET /cacerts (the CA chain to write after the leaf)
 //   request  POST /simpleenroll (a new EC P-256 key's PKCS#10 for CN=name, Basic
-//            NAME:TOKEN) or /simplereenroll (a new key, CN of the current
+//            NAME:TOKEN and/or the claim certificate shown in TLS) or /simplereenroll (a new key, CN of the current
 //            certificate, over a connection that shows the current certificate)
 //   waiting  202: the same request again after Retry-After
 // Success writes the key (0600) and the certificate (leaf plus the chain
@@ -24,8 +24,9 @@ public final class Enrollment {
     private var renewing = false
     private var key: EnrollmentKey?
     private var csr: [UInt8] = []
-    private var token = ""
-    private var chain: [[UInt8]] = []
+    private var token: String?
+    /// The CA certificates to write after the leaf (PEM, no self-signed root).
+    private var chain: [UInt8] = []
     /// Called once when the run ends: nil on success, or why not.
     private var finished: ((String?) -> Void)?
     private var backoff = Backoff(baseMs: 1_000, capMs: 300_000)
@@ -82,9 +83,11 @@ public final class Enrollment {
         begin(commonName: commonName)
     }
 
+    @inline(never)
     private func begin(commonName: String) {
         guard !cancelled, step == .idle else { return }
-        if !renewing {
+        token = nil
+        if !renewing && config.hasToken {
             guard let t = readToken() else { return }
             token = t
         }
@@ -110,10 +113,11 @@ public final class Enrollment {
             : .simpleenroll(request: csr, user: config.name, token: token, authority: authority))
     }
 
+    @inline(never)
     private func run(_ client: EnrollmentClient) {
         let tls: TLSContext
         do throws(OpenSSLError) {
-            tls = try TLSContext(config.estTLSConfiguration(withCertificate: renewing && step == .request))
+            tls = try TLSContext(config.estTLSConfiguration(withCertificate: step == .chain ? .none : renewing ? .current : .claim))
         } catch {
             end(error.description)
             return
@@ -132,7 +136,8 @@ public final class Enrollment {
         switch outcome {
         case .certificates(let certs):
             if step == .chain {
-                chain = certs
+                chain = []
+                for c in certs { chain += c }
                 sendRequest()
             } else {
                 end(install(leaf: certs[0]))
@@ -168,10 +173,8 @@ public final class Enrollment {
     /// Writes the key, then the certificate (its presence means "enrolled").
     private func install(leaf: [UInt8]) -> String? {
         guard let certFile = config.certFile, let keyFile = config.keyFile, let key else { return "no cert and key files set" }
-        let pem: [UInt8]
+        let pem = leaf + chain
         var keyPEM: [UInt8]
-        guard let p = try? CertificateChain.pem(leaf: leaf, cas: chain) else { return "the issued certificate cannot be read" }
-        pem = p
         do throws(OpenSSLError) { keyPEM = try key.privateKeyPEM() } catch { return error.description }
         defer { for i in keyPEM.indices { keyPEM[i] = 0 } }
         do throws(AtomicFile.Failure) {

@@ -5,15 +5,19 @@
 // connection (ALPN http/1.1, so the gateway's device listener answers EST and
 // never reverses it) and the timer.
 //
-//   200  certs-only PKCS#7, base64 -> .certificates (DER, as listed)
+//   200  certs-only PKCS#7, base64 -> .certificates (PEM each, as listed; /cacerts
+//        without a self-signed root)
 //   202  Retry-After (delta-seconds, bounded)  -> .retry
 //   4xx/5xx                              -> .refused (status and the body's first line)
 //   anything else (garbage, too big, cut, slow) -> .failed
 import HTTP1
 import TLS
 
-public struct EnrollmentClient {
+/// A class: the exchange holds it by reference (a struct of this size costs the
+/// Embedded agent its value-witness copies).
+public final class EnrollmentClient {
     public enum Outcome: Equatable {
+        /// PEM, one certificate each.
         case certificates([[UInt8]])
         /// 202: ask again after this many seconds (already bounded).
         case retry(afterSeconds: Int)
@@ -37,37 +41,44 @@ public struct EnrollmentClient {
     private var body: [UInt8] = []
     private var received = 0
     private var outcome: Outcome?
+    /// A /cacerts exchange (its answer leaves out a self-signed root).
+    private let caCerts: Bool
 
-    /// GET /cacerts: the CA chain. `authority`: the Host field (host or host:port).
+    /// GET /cacerts: the CA chain (a self-signed root is left out).
     public static func cacerts(authority: String) -> EnrollmentClient {
-        EnrollmentClient(head: "GET /.well-known/est/cacerts", authority: authority, fields: "", body: nil)
+        EnrollmentClient(path: "cacerts", authority: authority, fields: "", body: nil)
     }
 
-    /// POST /simpleenroll with a PKCS#10 (DER), authorized by Basic USER:TOKEN.
-    public static func simpleenroll(request csr: [UInt8], user: String, token: String, authority: String) -> EnrollmentClient {
-        EnrollmentClient(head: "POST /.well-known/est/simpleenroll", authority: authority,
-                         fields: "Authorization: Basic " + String(decoding: base64Line(Array((user + ":" + token).utf8)), as: UTF8.self) + "\r\n",
+    /// POST /simpleenroll with a PKCS#10 (DER), authorized by Basic USER:TOKEN
+    /// (no token: the claim certificate shown in TLS authorizes it).
+    public static func simpleenroll(request csr: [UInt8], user: String, token: String?, authority: String) -> EnrollmentClient {
+        EnrollmentClient(path: "simpleenroll", authority: authority,
+                         fields: token.map { "Authorization: Basic " + base64Encode(Array((user + ":" + $0).utf8)) + "\r\n" } ?? "",
                          body: csr)
     }
 
     /// POST /simplereenroll with a PKCS#10 (DER); the TLS client certificate authorizes it.
     public static func simplereenroll(request csr: [UInt8], authority: String) -> EnrollmentClient {
-        EnrollmentClient(head: "POST /.well-known/est/simplereenroll", authority: authority, fields: "", body: csr)
+        EnrollmentClient(path: "simplereenroll", authority: authority, fields: "", body: csr)
     }
 
-    init(head: String, authority: String, fields: String, body csr: [UInt8]?) {
-        var text = head + " HTTP/1.1\r\nHost: " + authority + "\r\nUser-Agent: device-agent\r\nConnection: close\r\n" + fields
-        var body: [UInt8] = []
+    /// The body is base64 in one line (RFC 7030 allows any line length).
+    @inline(never)
+    init(path: String, authority: String, fields: String, body csr: [UInt8]?) {
+        caCerts = csr == nil
+        var text = (caCerts ? "GET" : "POST") + " /.well-known/est/" + path + " HTTP/1.1\r\nHost: " + authority
+            + "\r\nUser-Agent: device-agent\r\nConnection: close\r\n" + fields
+        var body = ""
         if let csr {
-            body = ESTBody.encode(csr)
-            text += "Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\nContent-Length: " + String(body.count) + "\r\n"
+            body = base64Encode(csr)
+            text += "Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\nContent-Length: " + String(body.utf8.count) + "\r\n"
         }
-        request = Array((text + "\r\n").utf8) + body
+        request = Array((text + "\r\n" + body).utf8)
         parser.expectResponse(toHEAD: false)
     }
 
     /// Bytes from the server; an Outcome once the answer is complete (or wrong).
-    public mutating func receive(_ bytes: [UInt8]) -> Outcome? {
+    public func receive(_ bytes: [UInt8]) -> Outcome? {
         guard outcome == nil else { return outcome }
         received += bytes.count
         guard received <= EnrollmentClient.maxResponseBytes + 16_384 else { return finish(.failed(EnrollmentClient.tooLarge)) }
@@ -79,7 +90,7 @@ public struct EnrollmentClient {
     }
 
     /// The server closed the connection.
-    public mutating func peerClosed() -> Outcome {
+    public func peerClosed() -> Outcome {
         if let outcome { return outcome }
         do throws(HTTP1Error) {
             if let o = take(try parser.feedEOF()) { return o }
@@ -90,12 +101,12 @@ public struct EnrollmentClient {
     }
 
     /// The answer did not come in time.
-    public mutating func timedOut(afterMs ms: Int) -> Outcome {
+    public func timedOut(afterMs ms: Int) -> Outcome {
         if let outcome { return outcome }
         return finish(.failed("no complete answer within " + String(ms) + " ms"))
     }
 
-    private mutating func take(_ events: [HTTP1Event<HTTPResponseHead>]) -> Outcome? {
+    private func take(_ events: [HTTP1Event<HTTPResponseHead>]) -> Outcome? {
         for e in events {
             switch e {
             case .head(let h):
@@ -111,7 +122,7 @@ public struct EnrollmentClient {
         return nil
     }
 
-    private mutating func finish(_ o: Outcome) -> Outcome {
+    private func finish(_ o: Outcome) -> Outcome {
         outcome = o
         return o
     }
@@ -120,7 +131,7 @@ public struct EnrollmentClient {
         switch status {
         case 200:
             guard let der = try? ESTBody.decode(body, limit: EnrollmentClient.maxResponseBytes),
-                  let certs = try? PKCS7Certificates.decode(der: der) else {
+                  let certs = try? PKCS7Certificates.pemEach(der: der, dropSelfSigned: caCerts), caCerts || !certs.isEmpty else {
                 return .failed("200 without certificates (not a base64 certs-only PKCS#7)")
             }
             return .certificates(certs)
@@ -135,8 +146,14 @@ public struct EnrollmentClient {
 
     /// Retry-After as delta-seconds within `retryBounds`; an HTTP-date or nothing: 60.
     static func retrySeconds(_ field: String?) -> Int {
-        guard let field, let n = Int(field) else { return 60 }
-        return min(max(n, retryBounds.lowerBound), retryBounds.upperBound)
+        // Digits only, by hand: Int(String) costs the Embedded agent 1.8 KB.
+        guard let field, !field.isEmpty else { return 60 }
+        var n = 0
+        for c in field.utf8 {
+            guard c >= 0x30 && c <= 0x39 else { return 60 }
+            n = min(n * 10 + Int(c - 0x30), retryBounds.upperBound)
+        }
+        return max(n, retryBounds.lowerBound)
     }
 
     static func firstLine(_ body: [UInt8]) -> String {
@@ -146,10 +163,5 @@ public struct EnrollmentClient {
             line.append(b >= 0x20 && b < 0x7F ? b : 0x3F)
         }
         return String(decoding: line, as: UTF8.self)
-    }
-
-    /// Base64 in one line (Basic credentials).
-    static func base64Line(_ bytes: [UInt8]) -> [UInt8] {
-        ESTBody.encode(bytes).filter { $0 != 0x0D && $0 != 0x0A }
     }
 }

@@ -63,6 +63,8 @@ static inline STACK_OF(X509) *rh_PKCS7_signed_certs(PKCS7 *p7) {
     if (p7 == NULL || p7->type == NULL || OBJ_obj2nid(p7->type) != NID_pkcs7_signed || p7->d.sign == NULL) return NULL;
     return p7->d.sign->cert;
 }
+// A new EC P-256 key (EVP_EC_gen is a variadic macro: Swift cannot call it).
+static inline EVP_PKEY *rh_ec_p256_keygen(void) { return EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"); }
 static inline int rh_sk_X509_num(const STACK_OF(X509) *sk) { return sk_X509_num(sk); }
 static inline X509 *rh_sk_X509_value(const STACK_OF(X509) *sk, int i) { return sk_X509_value(sk, i); }
 #endif

@@ -30,6 +30,7 @@ usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [option
   --enroll-token-file FILE  one-time EST enrollment token (fleet-gateway pki enroll-token), read
                             while --cert does not exist: the agent makes --key, enrolls, writes --cert
   --enroll-token TOKEN      the same token inline (visible in ps and the config file)
+  --claim-cert FILE --claim-key FILE  a claim certificate shown to EST instead of (or with) a token
   --est-server HOST:PORT    where EST is asked (default: --gateway)
   --renew true|false        re-enroll at about 2/3 of the certificate's life and roll the
                             connections (default: true with an enrollment token)

@@ -36,6 +36,16 @@ public enum PKCS7Certificates {
         return out
     }
 
+    /// Each certificate as PEM, in the SignedData's order, without the
+    /// self-signed ones when `dropSelfSigned` (a root: the peer has it). What the
+    /// agent writes after its leaf, with no DER round trip.
+    public static func pemEach(der: [UInt8], dropSelfSigned: Bool) throws(ESTError) -> [[UInt8]] {
+        try certificates(der) { x in
+            if dropSelfSigned && X509_check_issued(x, x) == X509_V_OK { return [] }
+            return try? PEMBuffer.write(secure: false, "PEM_write_bio_X509") { PEM_write_bio_X509($0, x) }
+        }.filter { !$0.isEmpty }
+    }
+
     /// `convert` applied to each certificate of the SignedData in `der` (nil: `.malformed`).
     static func certificates(_ der: [UInt8], _ convert: (OpaquePointer) -> [UInt8]?) throws(ESTError) -> [[UInt8]] {
         guard der.count <= 1 << 20 else { throw .tooLarge(limit: 1 << 20) }

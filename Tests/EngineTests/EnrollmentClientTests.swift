@@ -57,8 +57,12 @@ final class EnrollmentClientTests: XCTestCase {
         var outcome: EnrollmentClient.Outcome?
         for b in bytes where outcome == nil { outcome = c.receive([b]) }
         guard case .certificates(let certs)? = outcome else { return XCTFail(String(describing: outcome)) }
-        XCTAssertEqual(certs.count, 2)
+        XCTAssertEqual(certs.count, 1, "/cacerts: the self-signed root is left out")
+        XCTAssertTrue(String(decoding: certs[0], as: UTF8.self).hasPrefix("-----BEGIN CERTIFICATE-----"))
         XCTAssertEqual(c.peerClosed(), outcome, "the outcome stays")
+        var e = EnrollmentClient.simpleenroll(request: [1], user: "a", token: "b", authority: "gw")
+        guard case .certificates(let all)? = e.receive(bytes) else { return XCTFail() }
+        XCTAssertEqual(all.count, 2, "/simpleenroll: as listed")
     }
 
     func test202RetryAfterIsBounded() {
@@ -232,11 +236,43 @@ final class EnrollmentClientTests: XCTestCase {
         let enrolling = try config(base + [("enroll_token_file", "/x/token"), ("name", "dev1.example")])
         XCTAssertTrue(enrolling.renew)
         XCTAssertTrue(enrolling.needsEnrollment)
-        XCTAssertEqual(enrolling.estTLSConfiguration(withCertificate: false).alpn, ["http/1.1"])
-        XCTAssertNil(enrolling.estTLSConfiguration(withCertificate: false).certificateFile)
-        XCTAssertEqual(enrolling.estTLSConfiguration(withCertificate: true).certificateFile, "/nonexistent/dev.crt")
+        XCTAssertEqual(enrolling.estTLSConfiguration(withCertificate: .none).alpn, ["http/1.1"])
+        XCTAssertNil(enrolling.estTLSConfiguration(withCertificate: .none).certificateFile)
+        XCTAssertEqual(enrolling.estTLSConfiguration(withCertificate: .current).certificateFile, "/nonexistent/dev.crt")
         XCTAssertFalse(try config(base + [("enroll_token", "rhe_x"), ("name", "d"), ("renew", "false")]).renew)
-        XCTAssertThrowsError(try config(base + [("enroll_token", "rhe_x")]), "a name is required")
+        var host = [CChar](repeating: 0, count: 256)
+        XCTAssertEqual(gethostname(&host, 255), 0)
+        XCTAssertEqual(try config(base + [("enroll_token", "rhe_x")]).name, String(cString: host), "the name defaults to the host name")
         XCTAssertThrowsError(try config(base + [("enroll_token", "rhe_x"), ("enroll_token_file", "/t"), ("name", "d")]))
+    }
+
+    /// The packaged first boot: only `gateway` and a token (or a claim) in agent.conf.
+    func testFirstBootDefaultsAndClaimKeys() throws {
+        func config(_ pairs: [(String, String)]) throws -> AgentConfig {
+            var s = Settings()
+            try ConfigFile.parse(Array(pairs.map { $0.0 + " = " + $0.1 + "\n" }.joined().utf8), name: "test", into: &s)
+            return try AgentConfig(s)
+        }
+        let first = try config([("gateway", "gw.example:8443"), ("enroll_token", "rhe_x")])
+        XCTAssertEqual(first.caFile, "/etc/device-agent/ca.crt")
+        XCTAssertEqual(first.certFile, AgentConfig.stateDirectory + "/device.crt")
+        XCTAssertEqual(first.keyFile, AgentConfig.stateDirectory + "/device.key")
+        XCTAssertTrue(first.renew)
+        XCTAssertThrowsError(try config([("gateway", "gw.example:8443")]), "without a token, cert and key are required")
+        // A claim certificate: shown to /simpleenroll (not to /cacerts, not when renewing), no token needed.
+        let claim = try config([("gateway", "gw:8443"), ("claim_cert", "/c/claim.crt"), ("claim_key", "/c/claim.key"), ("name", "dev9"),
+                                ("cert", "/nonexistent/d.crt"), ("key", "/nonexistent/d.key"), ("ca", "/c/ca.crt")])
+        XCTAssertTrue(claim.enrolls)
+        XCTAssertTrue(claim.needsEnrollment)
+        XCTAssertTrue(claim.renew)
+        XCTAssertEqual(claim.estTLSConfiguration(withCertificate: .claim).certificateFile, "/c/claim.crt")
+        XCTAssertEqual(claim.estTLSConfiguration(withCertificate: .claim).keyFile, "/c/claim.key")
+        XCTAssertNil(claim.estTLSConfiguration(withCertificate: .none).certificateFile)
+        XCTAssertEqual(claim.estTLSConfiguration(withCertificate: .current).certificateFile, "/nonexistent/d.crt")
+        XCTAssertThrowsError(try config([("gateway", "gw:8443"), ("claim_cert", "/c/claim.crt"), ("name", "d")]), "claim_key is missing")
+        // Without a token there is no Authorization field: the claim certificate authorizes.
+        let post = String(decoding: EnrollmentClient.simpleenroll(request: [1, 2, 3], user: "dev9", token: nil, authority: "gw").request, as: UTF8.self)
+        XCTAssertTrue(post.hasPrefix("POST /.well-known/est/simpleenroll HTTP/1.1\r\n"))
+        XCTAssertFalse(post.contains("Authorization"))
     }
 }

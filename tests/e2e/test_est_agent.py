@@ -242,3 +242,65 @@ def test_agent_waits_for_approval_then_enrolls(procs, est_pki, api, tmp_path):
         assert [op for op, _ in est.issued] == ["simpleenroll"]
     finally:
         est.close()
+
+
+def test_renewal_while_requests_are_in_flight_loses_none(procs, est_pki, api, tmp_path):
+    """A stream of requests (quick, slow, large uploads, large downloads) runs across a
+    renewal and the roll of every connection onto the new certificate: each one is
+    answered, and answered right (the old connections drain, none is cut)."""
+    import hashlib
+    import concurrent.futures
+    est = ShortLivedEST(est_pki, "rhe_busy", seconds=24)
+    try:
+        g = lib.start_gateway(procs, est_pki, extra=["--pki-dir", est_pki.dir])
+        a = api("dev25.example")
+        agent, cert, _ = enrolling_agent(procs, g.device_port, est_pki, tmp_path, "dev25.example", a.port, "rhe_busy",
+                                         extra=["--est-server", f"127.0.0.1:{est.port}"])
+        agent.wait_log("new certificate written", timeout=30)
+        assert lib.wait_device(g, "dev25.example").status == 200
+        upload = os.urandom(2 * 1024 * 1024)
+        upload_sha = hashlib.sha256(upload).hexdigest()
+        download = lib.det_bytes(3_000_000)
+        rolled = threading.Event()
+
+        def one(kind: int) -> str:
+            if kind == 0:
+                r = lib.request(g.public_port, "GET", "/device", "dev25.example")
+                return "" if r.status == 200 and r.body == b"dev25.example" else f"/device: {r.status} {r.body[:80]!r}"
+            if kind == 1:
+                r = lib.request(g.public_port, "GET", "/sleep/1500", "dev25.example")
+                return "" if r.status == 200 and r.body == b"slept\n" else f"/sleep: {r.status} {r.body[:80]!r}"
+            if kind == 2:
+                r = lib.request(g.public_port, "POST", "/mirror", "dev25.example", body=upload)
+                return "" if r.status == 200 and hashlib.sha256(r.body).hexdigest() == upload_sha else f"/mirror: {r.status} {len(r.body)}"
+            r = lib.request(g.public_port, "GET", "/bytes/3000000", "dev25.example")
+            return "" if r.status == 200 and r.body == download else f"/bytes: {r.status} {len(r.body)}"
+
+        def worker(kind: int) -> tuple[int, int, list]:
+            done, after, errors = 0, 0, []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and after < 3 and done < 500:
+                was_rolled = rolled.is_set()
+                try:
+                    e = one(kind)
+                except Exception as x:  # a cut connection, a timeout
+                    e = f"kind {kind}: {x!r}"
+                if e:
+                    errors.append(e)
+                done += 1
+                if was_rolled:
+                    after += 1  # started after the roll, and answered
+            return done, after, errors
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [pool.submit(worker, k % 4) for k in range(8)]
+            agent.wait_log("connections rolled to the renewed certificate", timeout=45)
+            rolled.set()
+            results = [f.result(timeout=120) for f in futures]
+        assert [op for op, _ in est.issued] == ["simpleenroll", "simplereenroll"]
+        errors = [e for _, _, es in results for e in es]
+        assert not errors, errors[:5]
+        assert all(after >= 3 for _, after, _ in results), results
+        assert sum(done for done, _, _ in results) >= 40, results
+    finally:
+        est.close()

@@ -1,6 +1,7 @@
 """The units' SystemCallFilter= (@system-service less @privileged and
 @resources, EPERM for the rest) against what the programs really call: the
-packaged amd64 agent and gateway run under strace through start-up, a request,
+packaged amd64 agent and gateway run under strace through start-up (the agent
+enrolls over EST first), a request,
 a reload (SIGHUP) and a stop (SIGTERM), on loopback. No systemd runs here to
 apply the filter itself, so this is how a blocked call would be noticed."""
 
@@ -65,9 +66,15 @@ def test_programs_stay_within_the_units_syscall_filter(debs, tmp_path, monkeypat
     run(["dpkg-deb", "-x", debs["fleet-gateway", "amd64"], tmp_path / "gw"])
     run(["dpkg-deb", "-x", debs["device-agent", "amd64"], tmp_path / "agent"])
     monkeypatch.setenv("RH_BIN", str(tmp_path / "gw/usr/bin"))
-    lib.run_pki(["init", tmp_path / "pki", "--name", "gw.example", "--san", "127.0.0.1"])
-    lib.run_pki(["issue", tmp_path / "pki", "dev1.example"])
+    lib.run_pki(["init", tmp_path / "pki", "--name", "gw.example", "--san", "127.0.0.1", "--issuing-ca"])
+    lib.run_pki(["crl", tmp_path / "pki"])
     pki = lib.PKI(dir=tmp_path / "pki", foreign_dir=tmp_path / "unused")
+    # The agent enrolls (EST) first: key generation and the atomic writes of key
+    # and certificate are traced too.
+    token = run([tmp_path / "gw/usr/bin/fleet-gateway", "pki", "enroll-token", tmp_path / "pki", "dev1.example"]).stdout.strip()
+    (tmp_path / "token").write_text(token + "\n")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
 
     pm = lib.ProcessManager(tmp_path / "logs")
     api = lib.LocalAPI("dev1.example")
@@ -81,11 +88,12 @@ def test_programs_stay_within_the_units_syscall_filter(debs, tmp_path, monkeypat
                            f"{tmp_path}/gw/usr/bin/fleet-gateway \"$@\"\n")
         wrapper.chmod(0o755)
         monkeypatch.setenv("RH_BIN", str(wrapper.parent))
-        gw = lib.start_gateway(pm, pki, log_level="info")
+        gw = lib.start_gateway(pm, pki, extra=["--pki-dir", tmp_path / "pki"], log_level="info")
         agent = pm.start("agent", [
             strace, "-f", "-qq", "-o", traces["device-agent"], tmp_path / "agent/usr/bin/device-agent",
             "--config", "/dev/null", "--gateway", f"127.0.0.1:{gw.device_port}", "--server-name", "gw.example",
-            "--ca", pki.ca, "--cert", pki.device_cert("dev1.example"), "--key", pki.device_key("dev1.example"),
+            "--ca", pki.ca, "--cert", state / "device.crt", "--key", state / "device.key",
+            "--enroll-token-file", tmp_path / "token", "--name", "dev1.example",
             "--local", f"127.0.0.1:{api.port}"])
         r = lib.wait_device(gw, "dev1.example", timeout=30)
         assert r.status == 200
