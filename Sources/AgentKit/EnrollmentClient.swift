@@ -66,14 +66,14 @@ public final class EnrollmentClient {
     @inline(never)
     init(path: String, authority: String, fields: String, body csr: [UInt8]?) {
         caCerts = csr == nil
-        var text = (caCerts ? "GET" : "POST") + " /.well-known/est/" + path + " HTTP/1.1\r\nHost: " + authority
-            + "\r\nUser-Agent: device-agent\r\nConnection: close\r\n" + fields
-        var body = ""
-        if let csr {
-            body = base64Encode(csr)
-            text += "Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\nContent-Length: " + String(body.utf8.count) + "\r\n"
+        let body = csr.map(base64Encode) ?? ""
+        let length = caCerts ? "" : "Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\nContent-Length: " + String(body.utf8.count) + "\r\n"
+        var r: [UInt8] = []
+        for part in [caCerts ? "GET" : "POST", " /.well-known/est/", path, " HTTP/1.1\r\nHost: ", authority,
+                     "\r\nUser-Agent: device-agent\r\nConnection: close\r\n", fields, length, "\r\n", body] {
+            r += part.utf8
         }
-        request = Array((text + "\r\n" + body).utf8)
+        request = r
         parser.expectResponse(toHEAD: false)
     }
 

@@ -114,14 +114,13 @@ final class EnrollmentClientTests: XCTestCase {
         XCTAssertEqual(slow.timedOut(afterMs: 30_000), .failed("no complete answer within 30000 ms"))
     }
 
-    func testCertificateChainDropsTheSelfSignedRoot() throws {
+    func testPEMEachDropsTheSelfSignedRoot() throws {
         let (pki, der) = try chainPKCS7()
-        let certs = try PKCS7Certificates.decode(der: der)
-        let pem = try CertificateChain.pem(leaf: certs[0], cas: [certs[1]])
-        XCTAssertEqual(String(decoding: pem, as: UTF8.self), try String(contentsOfFile: pki.cert("dev1.example"), encoding: .utf8))
-        // A leaf is not self-signed: kept.
-        XCTAssertEqual(try CertificateChain.pem(leaf: certs[0], cas: [certs[0]]).count, pem.count * 2)
-        XCTAssertThrowsError(try CertificateChain.pem(leaf: [1, 2, 3], cas: []))
+        let all = try PKCS7Certificates.pemEach(der: der, dropSelfSigned: false)
+        XCTAssertEqual(all.count, 2)
+        XCTAssertEqual(String(decoding: all[0], as: UTF8.self), try String(contentsOfFile: pki.cert("dev1.example"), encoding: .utf8))
+        XCTAssertEqual(try PKCS7Certificates.pemEach(der: der, dropSelfSigned: true), [all[0]], "a leaf is not self-signed: kept")
+        XCTAssertThrowsError(try PKCS7Certificates.pemEach(der: [1, 2, 3], dropSelfSigned: true))
     }
 
     func testAtomicFileWritesWithItsModeAndReplaces() throws {

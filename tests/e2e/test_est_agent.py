@@ -117,6 +117,7 @@ class ShortLivedEST:
         self.token, self.seconds, self.pending = token, seconds, pending
         self.requests: list[tuple[str, float]] = []  # (operation, time.monotonic())
         self.issued: list[tuple[str, int]] = []  # (operation, serial)
+        self.claims: list[tuple[str, str]] = []  # (claim CN, the CN enrolled under it)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(d / "gateway.crt", d / "gateway.key")
         ctx.load_verify_locations(d / "ca.crt")
@@ -156,7 +157,14 @@ class ShortLivedEST:
                 csr = x509.load_der_x509_csr(base64.b64decode(body))
                 assert csr.is_signature_valid
                 cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-                if op == "simpleenroll":
+                if op == "simpleenroll" and not self.headers.get("Authorization") and self.connection.getpeercert():
+                    # A claim certificate in TLS instead of a token (the gateway's
+                    # rule, simplified: any claim-* certificate of this CA).
+                    peer = dict(x[0] for x in self.connection.getpeercert()["subject"])
+                    if not peer.get("commonName", "").startswith("claim-"):
+                        return self.answer(403, b"not a claim certificate")
+                    est.claims.append((peer["commonName"], cn))
+                elif op == "simpleenroll":
                     auth = self.headers.get("Authorization", "")
                     user, _, tok = base64.b64decode(auth.split(" ", 1)[1]).decode().partition(":") if auth else ("", "", "")
                     if tok != est.token or user != cn:
@@ -302,5 +310,48 @@ def test_renewal_while_requests_are_in_flight_loses_none(procs, est_pki, api, tm
         assert not errors, errors[:5]
         assert all(after >= 3 for _, after, _ in results), results
         assert sum(done for done, _, _ in results) >= 40, results
+    finally:
+        est.close()
+
+
+def test_agent_enrolls_with_a_claim_certificate(procs, est_pki, api, tmp_path):
+    """claim_cert/claim_key: the agent shows the claim in TLS to /simpleenroll (no
+    token, no Authorization), asks for its own name with a fresh key, then dials
+    with the certificate it got, never with the claim."""
+    est = ShortLivedEST(est_pki, "rhe_unused", seconds=3600)
+    try:
+        d = Path(est_pki.dir)
+        ca_cert = x509.load_pem_x509_certificates((d / "ca.crt").read_bytes())[0]
+        ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
+        from cryptography.hazmat.primitives.asymmetric import ec
+        claim_key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        claim = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "claim-batch-7")]))
+                 .issuer_name(ca_cert.subject).public_key(claim_key.public_key()).serial_number(x509.random_serial_number())
+                 .not_valid_before(now - datetime.timedelta(seconds=1)).not_valid_after(now + datetime.timedelta(hours=1))
+                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                 .sign(ca_key, hashes.SHA256()))
+        claim_dir = tmp_path / "claim"
+        claim_dir.mkdir()
+        (claim_dir / "claim.crt").write_bytes(claim.public_bytes(serialization.Encoding.PEM))
+        (claim_dir / "claim.key").write_bytes(claim_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                                       serialization.NoEncryption()))
+        (claim_dir / "claim.key").chmod(0o600)
+        g = lib.start_gateway(procs, est_pki, extra=["--pki-dir", est_pki.dir])
+        a = api("dev26.example")
+        dev = tmp_path / "dev"
+        dev.mkdir()
+        cert, key = dev / "device.crt", dev / "device.key"
+        agent = lib.start_agent(procs, g.device_port, pki=est_pki, device="dev26.example", local_port=a.port, cert=cert, key=key,
+                                extra=["--claim-cert", claim_dir / "claim.crt", "--claim-key", claim_dir / "claim.key",
+                                       "--est-server", f"127.0.0.1:{est.port}"], name="dev26.example")
+        agent.wait_log("new certificate written", timeout=30)
+        assert est.claims == [("claim-batch-7", "dev26.example")]
+        r = lib.wait_device(g, "dev26.example")
+        assert r.status == 200 and r.body == b"dev26.example"
+        leaf = pem_certs(cert)[0]
+        assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dev26.example"
+        assert leaf.public_key().public_numbers() != claim_key.public_key().public_numbers(), "a fresh key, not the claim's"
+        assert mode(key) == 0o600
     finally:
         est.close()
