@@ -134,13 +134,12 @@ public final class Enrollment {
         exchange = nil
         let why: String
         switch outcome {
-        case .certificates(let certs):
+        case .certificates(let pem, _):
             if step == .chain {
-                chain = []
-                for c in certs { chain += c }
+                chain = pem
                 sendRequest()
             } else {
-                end(install(leaf: certs[0]))
+                end(install(leaf: pem))
             }
             return
         case .retry(let seconds):

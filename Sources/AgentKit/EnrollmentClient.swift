@@ -5,8 +5,8 @@
 // connection (ALPN http/1.1, so the gateway's device listener answers EST and
 // never reverses it) and the timer.
 //
-//   200  certs-only PKCS#7, base64 -> .certificates (PEM each, as listed; /cacerts
-//        without a self-signed root)
+//   200  certs-only PKCS#7, base64 -> .certificates (PEM: /cacerts' chain without
+//        a self-signed root; /simpleenroll's first certificate, the issued one)
 //   202  Retry-After (delta-seconds, bounded)  -> .retry
 //   4xx/5xx                              -> .refused (status and the body's first line)
 //   anything else (garbage, too big, cut, slow) -> .failed
@@ -17,8 +17,8 @@ import TLS
 /// Embedded agent its value-witness copies).
 public final class EnrollmentClient {
     public enum Outcome: Equatable {
-        /// PEM, one certificate each.
-        case certificates([[UInt8]])
+        /// PEM: the chain (/cacerts, may be empty) or the issued certificate.
+        case certificates(pem: [UInt8], count: Int)
         /// 202: ask again after this many seconds (already bounded).
         case retry(afterSeconds: Int)
         /// The server said no: its status and why (one line, at most 200 bytes).
@@ -131,10 +131,10 @@ public final class EnrollmentClient {
         switch status {
         case 200:
             guard let der = try? ESTBody.decode(body, limit: EnrollmentClient.maxResponseBytes),
-                  let certs = try? PKCS7Certificates.pemEach(der: der, dropSelfSigned: caCerts), caCerts || !certs.isEmpty else {
+                  let certs = PKCS7Certificates.pem(der: der, max: caCerts ? 16 : 1, dropSelfSigned: caCerts), caCerts || certs.count > 0 else {
                 return .failed("200 without certificates (not a base64 certs-only PKCS#7)")
             }
-            return .certificates(certs)
+            return .certificates(pem: certs.pem, count: certs.count)
         case 202:
             return .retry(afterSeconds: EnrollmentClient.retrySeconds(retryAfter))
         case 100..<200, 201, 203..<400:

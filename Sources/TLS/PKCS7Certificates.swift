@@ -36,14 +36,18 @@ public enum PKCS7Certificates {
         return out
     }
 
-    /// Each certificate as PEM, in the SignedData's order, without the
-    /// self-signed ones when `dropSelfSigned` (a root: the peer has it). What the
-    /// agent writes after its leaf, with no DER round trip.
-    public static func pemEach(der: [UInt8], dropSelfSigned: Bool) throws(ESTError) -> [[UInt8]] {
-        try certificates(der) { x in
-            if dropSelfSigned && X509_check_issued(x, x) == X509_V_OK { return [] }
-            return try? PEMBuffer.write(secure: false, "PEM_write_bio_X509") { PEM_write_bio_X509($0, x) }
-        }.filter { !$0.isEmpty }
+    /// The agent's reading, in one C call: at most `max` certificates in the
+    /// SignedData's order as one PEM text, self-signed ones (a root: the peer has
+    /// it) left out when `dropSelfSigned`; and how many. Nil when `der` is not a
+    /// certs-only PKCS#7 of 1 to 16 certificates with nothing after it.
+    public static func pem(der: [UInt8], max: Int, dropSelfSigned: Bool) -> (pem: [UInt8], count: Int)? {
+        guard let bio = BIO_new(BIO_s_mem()) else { return nil }
+        defer { BIO_free(bio) }
+        let n = der.withUnsafeBufferPointer { rh_pkcs7_certs_to_pem($0.baseAddress, $0.count, Int32(max), dropSelfSigned ? 1 : 0, bio) }
+        guard n >= 0 else { return nil }
+        var out = [UInt8](repeating: 0, count: Int(rh_BIO_pending(bio)))
+        if !out.isEmpty { _ = out.withUnsafeMutableBytes { BIO_read(bio, $0.baseAddress, Int32($0.count)) } }
+        return (out, Int(n))
     }
 
     /// `convert` applied to each certificate of the SignedData in `der` (nil: `.malformed`).

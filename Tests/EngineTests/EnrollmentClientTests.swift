@@ -56,13 +56,14 @@ final class EnrollmentClientTests: XCTestCase {
         var c = EnrollmentClient.cacerts(authority: "gw")
         var outcome: EnrollmentClient.Outcome?
         for b in bytes where outcome == nil { outcome = c.receive([b]) }
-        guard case .certificates(let certs)? = outcome else { return XCTFail(String(describing: outcome)) }
-        XCTAssertEqual(certs.count, 1, "/cacerts: the self-signed root is left out")
-        XCTAssertTrue(String(decoding: certs[0], as: UTF8.self).hasPrefix("-----BEGIN CERTIFICATE-----"))
+        guard case .certificates(let pem, let count)? = outcome else { return XCTFail(String(describing: outcome)) }
+        XCTAssertEqual(count, 1, "/cacerts: the self-signed root is left out")
+        XCTAssertTrue(String(decoding: pem, as: UTF8.self).hasPrefix("-----BEGIN CERTIFICATE-----"))
         XCTAssertEqual(c.peerClosed(), outcome, "the outcome stays")
-        var e = EnrollmentClient.simpleenroll(request: [1], user: "a", token: "b", authority: "gw")
-        guard case .certificates(let all)? = e.receive(bytes) else { return XCTFail() }
-        XCTAssertEqual(all.count, 2, "/simpleenroll: as listed")
+        let e = EnrollmentClient.simpleenroll(request: [1], user: "a", token: "b", authority: "gw")
+        guard case .certificates(let leaf, let n)? = e.receive(bytes) else { return XCTFail() }
+        XCTAssertEqual(n, 1, "/simpleenroll: the issued certificate, the first")
+        XCTAssertEqual(leaf, pem, "the chain's first certificate is the leaf")
     }
 
     func test202RetryAfterIsBounded() {
@@ -114,13 +115,18 @@ final class EnrollmentClientTests: XCTestCase {
         XCTAssertEqual(slow.timedOut(afterMs: 30_000), .failed("no complete answer within 30000 ms"))
     }
 
-    func testPEMEachDropsTheSelfSignedRoot() throws {
+    func testPEMDropsTheSelfSignedRoot() throws {
         let (pki, der) = try chainPKCS7()
-        let all = try PKCS7Certificates.pemEach(der: der, dropSelfSigned: false)
+        let leafPEM = Array(try String(contentsOfFile: pki.cert("dev1.example"), encoding: .utf8).utf8)
+        let all = try XCTUnwrap(PKCS7Certificates.pem(der: der, max: 16, dropSelfSigned: false))
         XCTAssertEqual(all.count, 2)
-        XCTAssertEqual(String(decoding: all[0], as: UTF8.self), try String(contentsOfFile: pki.cert("dev1.example"), encoding: .utf8))
-        XCTAssertEqual(try PKCS7Certificates.pemEach(der: der, dropSelfSigned: true), [all[0]], "a leaf is not self-signed: kept")
-        XCTAssertThrowsError(try PKCS7Certificates.pemEach(der: [1, 2, 3], dropSelfSigned: true))
+        XCTAssertEqual(Array(all.pem.prefix(leafPEM.count)), leafPEM)
+        let chain = try XCTUnwrap(PKCS7Certificates.pem(der: der, max: 16, dropSelfSigned: true))
+        XCTAssertEqual(chain.count, 1, "a leaf is not self-signed: kept")
+        XCTAssertEqual(chain.pem, leafPEM)
+        XCTAssertEqual(PKCS7Certificates.pem(der: der, max: 1, dropSelfSigned: false)?.pem, leafPEM)
+        XCTAssertNil(PKCS7Certificates.pem(der: [1, 2, 3], max: 16, dropSelfSigned: true))
+        XCTAssertNil(PKCS7Certificates.pem(der: der + [0], max: 16, dropSelfSigned: true), "bytes after the PKCS#7")
     }
 
     func testAtomicFileWritesWithItsModeAndReplaces() throws {
