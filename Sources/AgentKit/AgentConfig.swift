@@ -1,4 +1,5 @@
 // The agent's settings, from a config file and the command line (same keys).
+import CLibc
 import EventLoop
 import TLS
 import ConfigFormat
@@ -31,9 +32,27 @@ public struct AgentConfig {
     /// Local TCP ports the gateway may CONNECT to (SSH, VNC, ...); none by default.
     public var tcpPorts: [Int] = []
 
+    /// A one-time EST enrollment token (`fleet-gateway pki enroll-token`), or the file
+    /// holding it (better: not in the config, not on a command line). Used only while
+    /// `certFile` does not exist: the agent then makes `keyFile`, enrolls as `name`
+    /// and writes `certFile` before it dials.
+    public var enrollToken: String?
+    public var enrollTokenFile: String?
+    /// A claim certificate and its key (files): shown in TLS to /simpleenroll while
+    /// `certFile` does not exist, so that the gateway issues a certificate for `name`
+    /// (with or without a token). The claim itself is never used to dial.
+    public var claimCertFile: String?
+    public var claimKeyFile: String?
+    /// Where EST is asked (enrollment and renewal); defaults to `gateway`.
+    public var estServer: HostPort?
+    /// Re-enroll at about two thirds of the certificate's life. Default: on with an
+    /// enrollment token, off without (a certificate made by hand).
+    public var renew = false
+
     public static let keys = ["config", "gateway", "server_name", "ca", "cert", "key", "local", "connections",
                               "plaintext", "tls_min", "log_level", "local_timeout_ms", "name",
-                              "max_concurrent_streams", "local_max_connections", "drain_timeout_ms", "idle_ping_ms", "connect_timeout_ms", "tcp_ports", "check_config", "help", "version"]
+                              "max_concurrent_streams", "local_max_connections", "drain_timeout_ms", "idle_ping_ms", "connect_timeout_ms", "tcp_ports",
+                              "enroll_token", "enroll_token_file", "claim_cert", "claim_key", "est_server", "renew", "check_config", "help", "version"]
     public static let flags = ["plaintext", "check_config", "help", "version"]
 
     public init() {}
@@ -57,6 +76,30 @@ public struct AgentConfig {
         connectTimeoutMs = try s.int("connect_timeout_ms", default: 10_000, min: 100, max: 600_000)
         if let p = s.last("tcp_ports") { tcpPorts = try AgentConfig.ports(p) }
         if let n = s.string("name") { name = n }
+        enrollToken = s.string("enroll_token")
+        enrollTokenFile = s.string("enroll_token_file")
+        claimCertFile = s.string("claim_cert")
+        claimKeyFile = s.string("claim_key")
+        estServer = try s.hostPort("est_server")
+        renew = s.string("renew") != nil ? try s.bool("renew") : enrolls
+        if renew && plaintext { throw ConfigError("renew needs TLS (not --plaintext)") }
+        if enrolls {
+            guard !plaintext else { throw ConfigError("enroll_token and claim_cert need TLS (not --plaintext)") }
+            guard enrollToken == nil || enrollTokenFile == nil else { throw ConfigError("set enroll_token or enroll_token_file, not both") }
+            guard (claimCertFile == nil) == (claimKeyFile == nil) else { throw ConfigError("set claim_cert and claim_key together") }
+            // The certificate is asked for `name`; by default the host's name.
+            if s.string("name") == nil {
+                guard let h = AgentConfig.hostName() else { throw ConfigError("enrolling needs --name NAME (the name the certificate is asked for)") }
+                name = h
+            }
+            // The packaged layout: the fleet CA in /etc/device-agent, key and
+            // certificate in the unit's StateDirectory.
+            if caFile == nil { caFile = "/etc/device-agent/ca.crt" }
+            if certFile == nil && keyFile == nil {
+                certFile = AgentConfig.stateDirectory + "/device.crt"
+                keyFile = AgentConfig.stateDirectory + "/device.key"
+            }
+        }
         tlsMinimum = try s.tlsVersion("tls_min", default: .tls13)
         logLevel = try s.logLevel("log_level", default: .info)
         if !plaintext {
@@ -100,6 +143,47 @@ public struct AgentConfig {
         c.trustFile = caFile
         c.minimumVersion = tlsMinimum
         c.alpn = ["h2"]
+        return c
+    }
+
+    /// Where an enrolling agent without `cert` and `key` keeps them (the
+    /// device-agent unit's StateDirectory).
+    public static let stateDirectory = "/var/lib/device-agent"
+
+    static func hostName() -> String? {
+        var buf = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buf, 255) == 0, buf[0] != 0 else { return nil }
+        return String(cString: buf)
+    }
+
+    var hasToken: Bool { enrollToken != nil || enrollTokenFile != nil }
+    /// A token or a claim certificate is set: the agent can enroll.
+    public var enrolls: Bool { hasToken || claimCertFile != nil }
+
+    /// Whether the agent must enroll before it dials: a token or a claim, and no certificate yet.
+    public var needsEnrollment: Bool {
+        guard enrolls, let certFile else { return false }
+        return !AtomicFile.exists(certFile)
+    }
+
+    /// Which certificate an EST connection shows.
+    enum ESTIdentity { case none, current, claim }
+
+    /// The client context for EST: HTTP/1.1 only (never h2, so the gateway's device
+    /// listener answers EST instead of reversing the connection), presenting the
+    /// current certificate (re-enrollment) or the claim certificate (enrollment), if any.
+    func estTLSConfiguration(withCertificate which: ESTIdentity) -> TLSConfiguration {
+        var c = TLSConfiguration(role: .client)
+        if which == .current {
+            c.certificateFile = certFile
+            c.keyFile = keyFile
+        } else if which == .claim {
+            c.certificateFile = claimCertFile
+            c.keyFile = claimKeyFile
+        }
+        c.trustFile = caFile
+        c.minimumVersion = tlsMinimum
+        c.alpn = ["http/1.1"]
         return c
     }
 }

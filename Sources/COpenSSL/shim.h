@@ -63,6 +63,28 @@ static inline STACK_OF(X509) *rh_PKCS7_signed_certs(PKCS7 *p7) {
     if (p7 == NULL || p7->type == NULL || OBJ_obj2nid(p7->type) != NID_pkcs7_signed || p7->d.sign == NULL) return NULL;
     return p7->d.sign->cert;
 }
+// What the device agent reads of an EST answer, in C for the Embedded agent's
+// size: the certificates of a certs-only PKCS#7 (DER: one SignedData, 1 to 16
+// certificates, nothing after it) as PEM, at most `max`, self-signed ones left
+// out when `drop_self_signed`, appended to the memory BIO `out`. Returns how many
+// were written, -1 when `der` is not such a PKCS#7 or a write fails.
+static inline int rh_pkcs7_certs_to_pem(const unsigned char *der, long len, int max, int drop_self_signed, BIO *out) {
+    const unsigned char *p = der;
+    PKCS7 *p7 = d2i_PKCS7(NULL, &p, len);
+    STACK_OF(X509) *certs = rh_PKCS7_signed_certs(p7);
+    int n = certs != NULL ? sk_X509_num(certs) : 0, written = 0;
+    if (p7 == NULL || p != der + len || n < 1 || n > 16) written = -1;
+    for (int i = 0; written >= 0 && i < n && written < max; i++) {
+        X509 *x = sk_X509_value(certs, i);
+        if (drop_self_signed && X509_check_issued(x, x) == X509_V_OK) continue;
+        written = PEM_write_bio_X509(out, x) == 1 ? written + 1 : -1;
+    }
+    PKCS7_free(p7);
+    ERR_clear_error();
+    return written;
+}
+// A new EC P-256 key (EVP_EC_gen is a variadic macro: Swift cannot call it).
+static inline EVP_PKEY *rh_ec_p256_keygen(void) { return EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"); }
 static inline int rh_sk_X509_num(const STACK_OF(X509) *sk) { return sk_X509_num(sk); }
 static inline X509 *rh_sk_X509_value(const STACK_OF(X509) *sk, int i) { return sk_X509_value(sk, i); }
 #endif

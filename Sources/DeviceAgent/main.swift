@@ -27,7 +27,14 @@ usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [option
   --idle-ping-ms MS         PING the gateway after this much silence, drop it after as much again (default 4000, 0 off)
   --connect-timeout-ms MS   limit for TCP connect + TLS handshake + SETTINGS (default 10000)
   --tcp-ports PORT,...      local TCP ports a CONNECT may reach, e.g. 22,5900 (default none)
-  --name NAME               device name for log lines
+  --name NAME               device name for log lines (and the name an enrollment asks for)
+  --enroll-token-file FILE  one-time EST enrollment token (fleet-gateway pki enroll-token), read
+                            while --cert does not exist: the agent makes --key, enrolls, writes --cert
+  --enroll-token TOKEN      the same token inline (visible in ps and the config file)
+  --claim-cert FILE --claim-key FILE  a claim certificate shown to EST instead of (or with) a token
+  --est-server HOST:PORT    where EST is asked (default: --gateway)
+  --renew true|false        re-enroll at about 2/3 of the certificate's life and roll the
+                            connections (default: true with an enrollment token)
   --log-level LEVEL         debug, info, notice, warning, error (default info)
   --config FILE             read the same keys from FILE (key = value lines); without it,
                             /etc/device-agent/agent.conf is read when it exists

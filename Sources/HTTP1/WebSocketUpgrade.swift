@@ -38,18 +38,12 @@ public func base64Encode(_ bytes: [UInt8]) -> String {
     var out: [UInt8] = []
     out.reserveCapacity((bytes.count + 2) / 3 * 4)
     var i = 0
-    while i + 2 < bytes.count {
-        let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-        out += [table[Int(n >> 18 & 63)], table[Int(n >> 12 & 63)], table[Int(n >> 6 & 63)], table[Int(n & 63)]]
+    while i < bytes.count {
+        // Three bytes (zeros past the end) make four letters; '=' for the missing ones.
+        let left = bytes.count - i
+        let n = UInt32(bytes[i]) << 16 | (left > 1 ? UInt32(bytes[i + 1]) << 8 : 0) | (left > 2 ? UInt32(bytes[i + 2]) : 0)
+        for k in 0..<4 { out.append(k <= left ? table[Int(n >> UInt32(18 - 6 * k) & 63)] : 61) }
         i += 3
-    }
-    let rest = bytes.count - i
-    if rest == 1 {
-        let n = UInt32(bytes[i]) << 16
-        out += [table[Int(n >> 18 & 63)], table[Int(n >> 12 & 63)], 61, 61]
-    } else if rest == 2 {
-        let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8
-        out += [table[Int(n >> 18 & 63)], table[Int(n >> 12 & 63)], table[Int(n >> 6 & 63)], 61]
     }
     return String(decoding: out, as: UTF8.self)
 }

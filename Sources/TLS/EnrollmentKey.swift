@@ -11,13 +11,7 @@ public final class EnrollmentKey {
     /// Generates a key from OpenSSL's CSPRNG.
     public init() throws(OpenSSLError) {
         ERR_clear_error()
-        guard let ctx = EVP_PKEY_CTX_new_from_name(nil, "EC", nil) else { throw OpenSSLError.drain("EVP_PKEY_CTX_new_from_name(EC)") }
-        defer { EVP_PKEY_CTX_free(ctx) }
-        var k: OpaquePointer? = nil
-        guard EVP_PKEY_keygen_init(ctx) == 1, EVP_PKEY_CTX_set_group_name(ctx, "P-256") == 1,
-              EVP_PKEY_generate(ctx, &k) == 1, let k else {
-            throw OpenSSLError.drain("generate an EC P-256 key")
-        }
+        guard let k = rh_ec_p256_keygen() else { throw OpenSSLError.drain("generate an EC P-256 key") }
         key = k
     }
 

@@ -36,6 +36,20 @@ public enum PKCS7Certificates {
         return out
     }
 
+    /// The agent's reading, in one C call: at most `max` certificates in the
+    /// SignedData's order as one PEM text, self-signed ones (a root: the peer has
+    /// it) left out when `dropSelfSigned`; and how many. Nil when `der` is not a
+    /// certs-only PKCS#7 of 1 to 16 certificates with nothing after it.
+    public static func pem(der: [UInt8], max: Int, dropSelfSigned: Bool) -> (pem: [UInt8], count: Int)? {
+        guard let bio = BIO_new(BIO_s_mem()) else { return nil }
+        defer { BIO_free(bio) }
+        let n = der.withUnsafeBufferPointer { rh_pkcs7_certs_to_pem($0.baseAddress, $0.count, Int32(max), dropSelfSigned ? 1 : 0, bio) }
+        guard n >= 0 else { return nil }
+        var out = [UInt8](repeating: 0, count: Int(rh_BIO_pending(bio)))
+        if !out.isEmpty { _ = out.withUnsafeMutableBytes { BIO_read(bio, $0.baseAddress, Int32($0.count)) } }
+        return (out, Int(n))
+    }
+
     /// `convert` applied to each certificate of the SignedData in `der` (nil: `.malformed`).
     static func certificates(_ der: [UInt8], _ convert: (OpaquePointer) -> [UInt8]?) throws(ESTError) -> [[UInt8]] {
         guard der.count <= 1 << 20 else { throw .tooLarge(limit: 1 << 20) }
