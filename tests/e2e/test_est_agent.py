@@ -355,3 +355,33 @@ def test_agent_enrolls_with_a_claim_certificate(procs, est_pki, api, tmp_path):
         assert mode(key) == 0o600
     finally:
         est.close()
+
+
+def test_agent_enrolls_with_a_claim_from_pki_claim_at_the_gateway(procs, est_pki, api, tmp_path):
+    """The two halves together: `pki claim` at the gateway, the claim in the agent's
+    claim_cert/claim_key, no token; the gateway issues a certificate for the agent's
+    name (in the claim's glob) and the device comes online. A name outside the glob
+    is refused and the agent keeps no certificate."""
+    out = tmp_path / "claims"
+    gw("pki", "claim", est_pki.dir, "factory-b", "--devices", "lab-*", "--out", out)
+    g = lib.start_gateway(procs, est_pki, extra=["--pki-dir", est_pki.dir])
+    a = api("lab-7")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    cert, key = dev / "device.crt", dev / "device.key"
+    agent = lib.start_agent(procs, g.device_port, pki=est_pki, device="lab-7", local_port=a.port, cert=cert, key=key,
+                            extra=["--claim-cert", out / "factory-b.crt", "--claim-key", out / "factory-b.key"], name="lab-7")
+    agent.wait_log("new certificate written", timeout=30)
+    r = lib.wait_device(g, "lab-7")
+    assert r.status == 200 and r.body == b"lab-7"
+    leaf = pem_certs(cert)[0]
+    assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "lab-7"
+    assert mode(key) == 0o600
+
+    other = tmp_path / "other"
+    other.mkdir()
+    refused = lib.start_agent(procs, g.device_port, pki=est_pki, device="dev27.example", local_port=a.port,
+                              cert=other / "device.crt", key=other / "device.key", name="dev27.example",
+                              extra=["--claim-cert", out / "factory-b.crt", "--claim-key", out / "factory-b.key"])
+    refused.wait_log("enrollment failed: /simpleenroll: 403", timeout=30)
+    assert not (other / "device.crt").exists()
