@@ -43,7 +43,10 @@ public final class ConnectClient {
     public func run() -> Int32 {
         loop.handleSignals([SIGINT, SIGTERM, SIGHUP]) { signal in
             // ssh sends SIGHUP to its ProxyCommand when it is done: not an error to report.
-            self.apply([.exit(1, signal == SIGHUP ? nil : "interrupted")])
+            guard self.running else { return }
+            if signal != SIGHUP { Logger.writeStderr("fleet-connect: interrupted\n") }
+            self.exitCode = 1
+            self.cleanUp()
         }
         do throws(FleetConnectError) {
             try prepare()
@@ -162,28 +165,24 @@ public final class ConnectClient {
         }
     }
 
-    private func apply(_ actions: [ConnectSession.Action]) {
-        for action in actions {
-            guard running else { return }
-            switch action {
-            case .send(let bytes):
-                transport?.write(bytes)
-            case .writeStdout(let bytes):
-                stdout.write(bytes)
-                if stdout.isCongested { transport?.pauseReading(.backPressure) }
-            case .startStdin:
-                loop.cancel(answerTimer)
-                answerTimer = nil
-                startBridging()
-            case .finishGatewayWrite:
-                finishGatewayWrite()
-            case .finishStdout:
-                stdout.finish()
-            case .exit(let code, let message):
-                if let message { Logger.writeStderr("fleet-connect: " + message + "\n") }
-                exitCode = code
-                cleanUp()
-            }
+    private func apply(_ actions: ConnectSession.Actions) {
+        guard running else { return }
+        if actions.contains(.sendRequest) { transport?.write(session.request) }
+        if actions.contains(.writeStdout) {
+            stdout.write(session.takeOutput())
+            if stdout.isCongested { transport?.pauseReading(.backPressure) }
+        }
+        if actions.contains(.startStdin) {
+            loop.cancel(answerTimer)
+            answerTimer = nil
+            startBridging()
+        }
+        if actions.contains(.finishGatewayWrite) { finishGatewayWrite() }
+        if actions.contains(.finishStdout) { stdout.finish() }
+        if actions.contains(.exit) {
+            if !session.exitMessage.isEmpty { Logger.writeStderr("fleet-connect: " + session.exitMessage + "\n") }
+            exitCode = session.exitStatus
+            cleanUp()
         }
     }
 

@@ -45,22 +45,37 @@ public struct ConnectSession {
         case answerTimeout(seconds: Int)
     }
 
-    public enum Action: Equatable {
-        case send([UInt8])
-        case writeStdout([UInt8])
-        case startStdin
-        case finishGatewayWrite
-        case finishStdout
-        case exit(Int32, String?)
+    /// What to do after an event, carried out in this order. A set of flags, not
+    /// an array of enum cases: the Embedded build (Swift 6.3, -Osize, full LTO)
+    /// turned some constant one-element arrays of an Action enum into `[.exit]`
+    /// (measured: `[.startStdin]` and `[.finishStdout]`). The bytes and the exit
+    /// status are the session's: `request`, `takeOutput()`, `exitStatus`, `exitMessage`.
+    public struct Actions: OptionSet, Equatable, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// Send `request`.
+        public static let sendRequest = Actions(rawValue: 1 << 0)
+        /// Write `takeOutput()` to stdout.
+        public static let writeStdout = Actions(rawValue: 1 << 1)
+        public static let startStdin = Actions(rawValue: 1 << 2)
+        public static let finishGatewayWrite = Actions(rawValue: 1 << 3)
+        public static let finishStdout = Actions(rawValue: 1 << 4)
+        /// Exit with `exitStatus`, after writing `exitMessage` (when not empty) on stderr.
+        public static let exit = Actions(rawValue: 1 << 5)
     }
 
     public private(set) var state: State = .connecting
     public private(set) var upstream: Direction = .open
     public private(set) var downstream: Direction = .open
     private var received: [UInt8] = []
+    /// Bytes for stdout that came with the answer head.
+    private var output: [UInt8] = []
+    public private(set) var exitStatus: Int32 = 1
+    /// The one line for stderr ("" for none).
+    public private(set) var exitMessage = ""
     /// "HOST:PORT via URL", the start of every message.
     let subject: String
-    let request: [UInt8]
+    public let request: [UInt8]
 
     /// Most bytes of an error answer's body read for the message.
     static let maxRefusalBody = 1024
@@ -78,16 +93,23 @@ public struct ConnectSession {
         return Array(r.utf8)
     }
 
+    /// The bytes of the last `.writeStdout`.
+    public mutating func takeOutput() -> [UInt8] {
+        let out = output
+        output = []
+        return out
+    }
+
     /// Bytes from the gateway go straight to stdout (the driver may skip `handle`).
     public var isBridging: Bool { state == .bridging }
 
-    public mutating func handle(_ event: Event) -> [Action] {
+    public mutating func handle(_ event: Event) -> Actions {
         if state == .finished { return [] }
         switch event {
         case .connected:
             guard state == .connecting else { return [] }
             state = .awaitingAnswer
-            return [.send(request)]
+            return [.sendRequest]
         case .gatewayData(let bytes):
             return gatewayData(bytes)
         case .gatewayEOF:
@@ -124,10 +146,12 @@ public struct ConnectSession {
         }
     }
 
-    private mutating func gatewayData(_ bytes: [UInt8]) -> [Action] {
+    private mutating func gatewayData(_ bytes: [UInt8]) -> Actions {
         switch state {
         case .bridging:
-            return bytes.isEmpty ? [] : [.writeStdout(bytes)]
+            if bytes.isEmpty { return [] }
+            output += bytes
+            return [.writeStdout]
         case .awaitingAnswer:
             received += bytes
             switch ConnectAnswer.parse(received) {
@@ -140,7 +164,9 @@ public struct ConnectSession {
                 received = []
                 if answer.status >= 200 && answer.status < 300 {
                     state = .bridging
-                    return rest.isEmpty ? [.startStdin] : [.writeStdout(rest), .startStdin]
+                    if rest.isEmpty { return [.startStdin] }
+                    output = rest
+                    return [.writeStdout, .startStdin]
                 }
                 if let n = answer.contentLength, n > rest.count, n <= ConnectSession.maxRefusalBody {
                     state = .refusalBody(answer)
@@ -158,18 +184,20 @@ public struct ConnectSession {
         }
     }
 
-    private mutating func finishIfDone() -> [Action] {
+    private mutating func finishIfDone() -> Actions {
         guard upstream == .done && downstream == .done else { return [] }
         return exit(0, nil)
     }
 
-    private mutating func exit(_ code: Int32, _ message: String?) -> [Action] {
+    private mutating func exit(_ code: Int32, _ message: String?) -> Actions {
         state = .finished
-        return [.exit(code, message.map { subject + ": " + $0 })]
+        exitStatus = code
+        exitMessage = message.map { subject + ": " + $0 } ?? ""
+        return [.exit]
     }
 
     /// The one line for a refusal: status, reason, the body's first line, Retry-After.
-    private mutating func refuse(_ answer: ConnectAnswer, body: [UInt8]) -> [Action] {
+    private mutating func refuse(_ answer: ConnectAnswer, body: [UInt8]) -> Actions {
         var line = "gateway answered " + String(answer.status)
         if !answer.reason.isEmpty { line += " " + answer.reason }
         let limit = min(body.count, answer.contentLength ?? body.count, ConnectSession.maxRefusalBody)

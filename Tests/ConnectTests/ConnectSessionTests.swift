@@ -122,15 +122,19 @@ final class ConnectSessionTests: XCTestCase {
         return ConnectSession(options: o, token: "rht_x", version: "1.0")
     }
 
-    func exitCode(_ actions: [ConnectSession.Action]) -> (Int32, String?)? {
-        for case .exit(let c, let m) in actions { return (c, m) }
-        return nil
+    /// The exit status and message when `actions` end the session.
+    func exitCode(_ actions: ConnectSession.Actions, _ s: ConnectSession) -> (Int32, String?)? {
+        guard actions.contains(.exit) else { return nil }
+        XCTAssertEqual(s.state, .finished)
+        return (s.exitStatus, s.exitMessage.isEmpty ? nil : s.exitMessage)
     }
 
     func testRequest() {
         var s = session()
-        XCTAssertEqual(s.handle(.connected), [.send(Array(
-            "CONNECT dev1:22 HTTP/1.1\r\nHost: dev1:22\r\nAuthorization: Bearer rht_x\r\nUser-Agent: fleet-connect/1.0\r\n\r\n".utf8))])
+        XCTAssertEqual(s.handle(.connected), [.sendRequest])
+        XCTAssertEqual(s.request, Array(
+            "CONNECT dev1:22 HTTP/1.1\r\nHost: dev1:22\r\nAuthorization: Bearer rht_x\r\nUser-Agent: fleet-connect/1.0\r\n\r\n".utf8))
+        XCTAssertEqual(s.handle(.connected), [])
         XCTAssertEqual(ConnectSession.request(authority: "d:1", token: nil, version: "v"),
                        Array("CONNECT d:1 HTTP/1.1\r\nHost: d:1\r\nUser-Agent: fleet-connect/v\r\n\r\n".utf8))
     }
@@ -139,18 +143,23 @@ final class ConnectSessionTests: XCTestCase {
         var s = session()
         _ = s.handle(.connected)
         XCTAssertEqual(s.handle(.gatewayData(Array("HTTP/1.1 200 Connection".utf8))), [])
-        XCTAssertEqual(s.handle(.gatewayData(Array(" established\r\n\r\nSSH".utf8))),
-                       [.writeStdout(Array("SSH".utf8)), .startStdin])
+        XCTAssertEqual(s.handle(.gatewayData(Array(" established\r\n\r\nSSH".utf8))), [.writeStdout, .startStdin])
+        XCTAssertEqual(s.takeOutput(), Array("SSH".utf8))
+        XCTAssertEqual(s.takeOutput(), [])
         XCTAssertTrue(s.isBridging)
-        XCTAssertEqual(s.handle(.gatewayData([1, 2])), [.writeStdout([1, 2])])
+        XCTAssertEqual(s.handle(.gatewayData([1, 2])), [.writeStdout])
+        XCTAssertEqual(s.takeOutput(), [1, 2])
         XCTAssertEqual(s.handle(.stdinEOF), [.finishGatewayWrite])
         XCTAssertEqual(s.handle(.stdinEOF), [])
         XCTAssertEqual(s.handle(.gatewayWriteDone), [])
         // Bytes keep flowing towards stdout after our half-close.
-        XCTAssertEqual(s.handle(.gatewayData([3])), [.writeStdout([3])])
+        XCTAssertEqual(s.handle(.gatewayData([3])), [.writeStdout])
+        XCTAssertEqual(s.takeOutput(), [3])
         XCTAssertEqual(s.handle(.gatewayEOF), [.finishStdout])
-        XCTAssertEqual(s.handle(.stdoutDone), [.exit(0, nil)])
+        XCTAssertEqual(s.handle(.stdoutDone), [.exit])
         XCTAssertEqual(s.state, .finished)
+        XCTAssertEqual(s.exitStatus, 0)
+        XCTAssertEqual(s.exitMessage, "")
         XCTAssertEqual(s.handle(.gatewayData([4])), [])
     }
 
@@ -159,10 +168,13 @@ final class ConnectSessionTests: XCTestCase {
         _ = s.handle(.connected)
         XCTAssertEqual(s.handle(.gatewayData(Array("HTTP/1.1 200 OK\r\n\r\n".utf8))), [.startStdin])
         XCTAssertEqual(s.handle(.gatewayEOF), [.finishStdout])
+        XCTAssertEqual(s.handle(.gatewayEOF), [])
         XCTAssertEqual(s.handle(.stdoutDone), [])
         XCTAssertEqual(s.upstream, .open)
+        XCTAssertEqual(s.downstream, .done)
         XCTAssertEqual(s.handle(.stdinEOF), [.finishGatewayWrite])
-        XCTAssertEqual(s.handle(.gatewayWriteDone), [.exit(0, nil)])
+        XCTAssertEqual(s.handle(.gatewayWriteDone), [.exit])
+        XCTAssertEqual(s.exitStatus, 0)
     }
 
     func testRefusalWithBodyInPieces() {
@@ -171,15 +183,15 @@ final class ConnectSessionTests: XCTestCase {
         let head = "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 26\r\n\r\nno "
         XCTAssertEqual(s.handle(.gatewayData(Array(head.utf8))), [])
         let a = s.handle(.gatewayData(Array("rule allows port 22\n...".utf8)))
-        XCTAssertEqual(exitCode(a)?.0, 1)
-        XCTAssertEqual(exitCode(a)?.1, "dev1:22 via https://gw:443: gateway answered 403 Forbidden: no rule allows port 22")
+        XCTAssertEqual(exitCode(a, s)?.0, 1)
+        XCTAssertEqual(exitCode(a, s)?.1, "dev1:22 via https://gw:443: gateway answered 403 Forbidden: no rule allows port 22")
     }
 
     func testRefusalWithoutBodyAndRetryAfter() {
         var s = session()
         _ = s.handle(.connected)
         let a = s.handle(.gatewayData(Array("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 10\r\nContent-Length: 0\r\n\r\n".utf8)))
-        XCTAssertEqual(exitCode(a)?.1, "dev1:22 via https://gw:443: gateway answered 503 Service Unavailable (retry after 10 s)")
+        XCTAssertEqual(exitCode(a, s)?.1, "dev1:22 via https://gw:443: gateway answered 503 Service Unavailable (retry after 10 s)")
     }
 
     func testRefusalCutShort() {
@@ -187,24 +199,30 @@ final class ConnectSessionTests: XCTestCase {
         _ = s.handle(.connected)
         XCTAssertEqual(s.handle(.gatewayData(Array("HTTP/1.1 502 Bad Gateway\r\nContent-Length: 100\r\n\r\nport clo".utf8))), [])
         let a = s.handle(.gatewayEOF)
-        XCTAssertEqual(exitCode(a)?.1, "dev1:22 via https://gw:443: gateway answered 502 Bad Gateway: port clo")
+        XCTAssertEqual(exitCode(a, s)?.1, "dev1:22 via https://gw:443: gateway answered 502 Bad Gateway: port clo")
     }
 
     func testErrorsBeforeAndAfterTheAnswer() {
         var s = session()
-        XCTAssertEqual(exitCode(s.handle(.failed("connect: refused")))?.1, "dev1:22 via https://gw:443: connect: refused")
+        var a = s.handle(.failed("connect: refused"))
+        XCTAssertEqual(exitCode(a, s)?.1, "dev1:22 via https://gw:443: connect: refused")
         s = session()
         _ = s.handle(.connected)
-        XCTAssertEqual(exitCode(s.handle(.gatewayEOF))?.0, 1)
+        a = s.handle(.gatewayEOF)
+        XCTAssertEqual(exitCode(a, s)?.1, "dev1:22 via https://gw:443: the gateway closed the connection without answering")
         s = session()
         _ = s.handle(.connected)
-        XCTAssertNotNil(exitCode(s.handle(.gatewayData(Array("garbage\r\n\r\n".utf8))))?.1?.range(of: "bad answer"))
+        a = s.handle(.gatewayData(Array("garbage\r\n\r\n".utf8)))
+        XCTAssertNotNil(exitCode(a, s)?.1?.range(of: "bad answer"))
         s = session()
-        XCTAssertEqual(exitCode(s.handle(.answerTimeout(seconds: 60)))?.1, "dev1:22 via https://gw:443: no answer from the gateway within 60 s")
+        a = s.handle(.answerTimeout(seconds: 60))
+        XCTAssertEqual(exitCode(a, s)?.1, "dev1:22 via https://gw:443: no answer from the gateway within 60 s")
         s = session()
         _ = s.handle(.connected)
         _ = s.handle(.gatewayData(Array("HTTP/1.1 200 OK\r\n\r\n".utf8)))
         XCTAssertEqual(s.handle(.answerTimeout(seconds: 60)), [])
-        XCTAssertEqual(exitCode(s.handle(.failed("reset")))?.0, 1)
+        a = s.handle(.failed("reset"))
+        XCTAssertEqual(exitCode(a, s)?.0, 1)
+        XCTAssertEqual(s.handle(.stdinEOF), [])
     }
 }
