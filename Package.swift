@@ -24,6 +24,16 @@ let agentLinker: [LinkerSetting] = embedded
        .linkedLibrary("nghttp2")]
     : []
 
+// fleet-connect (Embedded like the agent): the same flags; --as-needed drops
+// libnghttp2, which the engine modules name but this program never calls.
+let connectLinker: [LinkerSetting] = embedded
+    ? [.unsafeFlags(["-enable-experimental-feature", "Embedded",
+                     "-L\(toolchain)/usr/lib/swift/embedded/x86_64-unknown-linux-gnu",
+                     "-use-ld=lld", "-Xlinker", "--gc-sections", "-Xlinker", "--icf=all",
+                     "-Xlinker", "--as-needed"]),
+       .linkedLibrary("ssl"), .linkedLibrary("crypto")]
+    : []
+
 let package = Package(
     name: "ReverseHTTP",
     products: [
@@ -65,7 +75,7 @@ let package = Package(
         .target(name: "FleetConnectKit", dependencies: ["CLibc", "Bytes", "EventLoop", "TLS", "Wire"],
                 swiftSettings: engineSettings),
         .executableTarget(name: "FleetConnect", dependencies: ["FleetConnectKit", "ConfigFormat", "EventLoop", "CLibc"],
-                          swiftSettings: engineSettings, linkerSettings: agentLinker),
+                          swiftSettings: engineSettings, linkerSettings: connectLinker),
         // The fleet's certificates (full Swift): `fleet-gateway pki`, and the simulator's devices.
         .target(name: "FleetPKI", dependencies: ["TLS", "COpenSSL"]),
         // Who may reach which device (full Swift, no I/O of its own): principals, tokens,

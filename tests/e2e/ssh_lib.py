@@ -382,3 +382,29 @@ class ConnectProxy:
                 else:
                     device_open = False
                     side.finish_writing()
+
+
+def connect_status(port: int, authority: str, *, token: Optional[str] = None, ca: Optional[Path] = None,
+                   timeout: float = 10.0) -> int:
+    """The status a gateway answers to `CONNECT authority` (HTTPS when `ca` is given)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        if ca is not None:
+            ctx = ssl.create_default_context(cafile=str(ca))
+            ctx.check_hostname = False
+            s = ctx.wrap_socket(s)
+        head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+        if token:
+            head += f"Authorization: Bearer {token}\r\n"
+        s.sendall((head + "\r\n").encode())
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while b"\r\n" not in buf and time.monotonic() < deadline:
+            d = s.recv(4096)
+            if not d:
+                break
+            buf += d
+        line = buf.split(b"\r\n", 1)[0].split()
+        return int(line[1]) if len(line) >= 2 and line[1].isdigit() else 0
+    finally:
+        s.close()
