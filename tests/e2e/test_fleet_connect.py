@@ -322,3 +322,35 @@ def test_idle_tunnel_then_bytes(fc_bin, proxies, token_file):
                 p.wait()
     finally:
         srv.close()
+
+
+def test_terminal_stdin_and_stdout(fc_bin, proxies, token_file):
+    """stdin and stdout one terminal (a pty): bytes both ways, ^D ends stdin, and
+    the terminal is blocking again afterwards (its mode is shared with the shell)."""
+    import fcntl
+    import pty
+
+    def behave(c, res):
+        res["got"] = read_to_eof(c)
+        c.sendall(b"bye\n")
+
+    srv = OneShotServer(behave)
+    proxies["plain"].routes["tty.example:3"] = srv.port
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([str(fc_bin), "tty.example", "3", "--gateway", proxies["plain"].url,
+                              "--token-file", str(token_file)], stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+        lib.wait_until(lambda: proxies["plain"].open_tunnels > 0 or p.poll() is not None, 10, "the tunnel to open")
+        os.write(master, b"typed line\n\x04")  # a line, then ^D: end of input in canonical mode
+        assert p.wait(timeout=20) == 0, p.stderr.read()
+        assert srv.done.wait(10) and srv.result.get("got") == b"typed line\n", srv.result
+        out = b""
+        deadline = time.monotonic() + 5
+        while b"bye" not in out and time.monotonic() < deadline:
+            out += os.read(master, 4096)
+        assert b"bye" in out, out
+        assert fcntl.fcntl(slave, fcntl.F_GETFL) & os.O_NONBLOCK == 0, "the terminal was left non-blocking"
+    finally:
+        os.close(master)
+        os.close(slave)
+        srv.close()
