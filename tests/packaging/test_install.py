@@ -203,7 +203,11 @@ def test_arm64_agent_installs_and_runs_under_qemu(root, debs):
 def test_fleet_connect_installs_and_runs(root, debs, arch):
     """The command for users: installed, its man page, and it runs (arm64 under
     qemu); bad options exit 2, an unreachable gateway exits 1 with one line."""
-    root.apt_install(debs["fleet-connect", arch])
+    # Without its Recommends (ca-certificates, openssh-client): Depends: alone must be enough to run.
+    deb = debs["fleet-connect", arch]
+    shutil.copy(deb, root / "tmp")
+    r = root.run("apt-get", "install", "-y", "-q", "--no-install-recommends", "-o", "Dpkg::Use-Pty=0", f"/tmp/{deb.name}")
+    assert re.search(r"^0 upgraded, 1 newly installed, 0 to remove", r.stdout, re.M), r.stdout
     assert root.run("dpkg-query", "-W", "-f=${Architecture}", "fleet-connect").stdout == arch
     assert mode(root, "/usr/bin/fleet-connect") == 0o755 and owner(root, "/usr/bin/fleet-connect") == "root:root"
     assert (root / "usr/share/man/man1/fleet-connect.1.gz").is_file()
