@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import re
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,13 +99,13 @@ def start_chain(procs: lib.ProcessManager, base: Path, pki: lib.PKI, sshd: ssh_l
                                   "--drain-timeout-ms", str(drain_ms)])
     secret = files["ssh"].read_text().strip()
     status = ssh_lib.connect_status(gw.public_port, f"{DEVICE}:{sshd.port}", token=secret, ca=pki.ca)
-    if status in (0, 400, 405, 501):
+    if status in (405, 501):
         pytest.skip(f"the gateway does not carry CONNECT yet (answered {status}); issue 14's gateway part")
     agent = lib.start_agent(procs, gw.device_port, pki=pki, device=DEVICE, local_port=lib.closed_port(),
                             extra=["--tcp-ports", str(sshd.port)])
     lib.wait_until(lambda: not agent.alive() or "connected to 127.0.0.1" in agent.log(), lib.DEVICE_TIMEOUT,
                    "the agent to connect")
-    if not agent.alive() and "tcp" in agent.log():
+    if not agent.alive() and re.search(r"unknown (setting|option)[^\n]*tcp", agent.log()):
         pytest.skip("the agent does not know tcp_ports yet; issue 14's agent part:\n" + agent.tail(5))
     assert agent.alive(), agent.tail()
     # Ready once a CONNECT reaches the device (503 while it is offline).
