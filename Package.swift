@@ -24,12 +24,23 @@ let agentLinker: [LinkerSetting] = embedded
        .linkedLibrary("nghttp2")]
     : []
 
+// fleet-connect (Embedded like the agent): the same flags; --as-needed drops
+// libnghttp2, which the engine modules name but this program never calls.
+let connectLinker: [LinkerSetting] = embedded
+    ? [.unsafeFlags(["-enable-experimental-feature", "Embedded",
+                     "-L\(toolchain)/usr/lib/swift/embedded/x86_64-unknown-linux-gnu",
+                     "-use-ld=lld", "-Xlinker", "--gc-sections", "-Xlinker", "--icf=all",
+                     "-Xlinker", "--as-needed"]),
+       .linkedLibrary("ssl"), .linkedLibrary("crypto")]
+    : []
+
 let package = Package(
     name: "ReverseHTTP",
     products: [
         .executable(name: "device-agent", targets: ["DeviceAgent"]),
         .executable(name: "fleet-gateway", targets: ["FleetGateway"]),
         .executable(name: "device-sim", targets: ["DeviceSim"]),
+        .executable(name: "fleet-connect", targets: ["FleetConnect"]),
         .library(name: "DeviceSimKit", targets: ["DeviceSimKit"]),
     ],
     targets: [
@@ -59,6 +70,12 @@ let package = Package(
 
         .executableTarget(name: "DeviceAgent", dependencies: ["AgentKit", "Wire", "ConfigFormat"],
                           swiftSettings: engineSettings, linkerSettings: agentLinker),
+        // The client for ssh's ProxyCommand: CONNECT through the gateway, stdin/stdout
+        // bridged (issue 14). Embedded-compatible and built like the agent (small, arm64).
+        .target(name: "FleetConnectKit", dependencies: ["CLibc", "Bytes", "EventLoop", "TLS", "Wire"],
+                swiftSettings: engineSettings),
+        .executableTarget(name: "FleetConnect", dependencies: ["FleetConnectKit", "ConfigFormat", "EventLoop", "CLibc"],
+                          swiftSettings: engineSettings, linkerSettings: connectLinker),
         // The fleet's certificates (full Swift): `fleet-gateway pki`, and the simulator's devices.
         .target(name: "FleetPKI", dependencies: ["TLS", "COpenSSL"]),
         // Who may reach which device (full Swift, no I/O of its own): principals, tokens,
@@ -76,6 +93,7 @@ let package = Package(
         .testTarget(name: "GatewayTests", dependencies: ["Bytes", "FleetGatewayKit", "Wire", "ConfigFormat", "FleetPKI", "FleetAccess", "COpenSSL", "TLS", "AccessTestSupport"]),
         .testTarget(name: "AccessTests", dependencies: ["Bytes", "FleetAccess", "FleetPKI", "COpenSSL", "TLS", "AccessTestSupport"]),
         .target(name: "AccessTestSupport", dependencies: ["Bytes", "FleetAccess", "COpenSSL"], path: "Tests/AccessTestSupport"),
+        .testTarget(name: "ConnectTests", dependencies: ["FleetConnectKit"]),
         .testTarget(name: "SimTests", dependencies: ["DeviceSimKit", "FleetGatewayKit", "FleetPKI", "AgentKit", "Wire", "ConfigFormat", "HTTP1", "EventLoop"]),
     ]
 )

@@ -63,6 +63,35 @@ static inline long rh_raise_nofile(void) {
 }
 static inline int rh_ignore_sigpipe(void) { return signal(SIGPIPE, SIG_IGN) == SIG_ERR ? -1 : 0; }
 
+// Standard input and output of fleet-connect: what kind of file a descriptor is
+// (epoll watches only pipes, sockets and terminals), and its O_NONBLOCK flag
+// (fcntl is variadic: Swift cannot call it). Kinds: 0 not open, 1 pipe,
+// 2 socket, 3 terminal, 4 anything else (a regular file, /dev/null: always ready).
+static inline int rh_fd_kind(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return 0;
+    if (S_ISFIFO(st.st_mode)) return 1;
+    if (S_ISSOCK(st.st_mode)) return 2;
+    if (S_ISCHR(st.st_mode) && isatty(fd)) return 3;
+    return 4;
+}
+// The O_NONBLOCK flag before the call (0 or 1), or -1 on error.
+static inline int rh_fd_set_nonblocking(int fd, int on) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return -1;
+    int want = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+    if (want != fl && fcntl(fd, F_SETFL, want) != 0) return -1;
+    return (fl & O_NONBLOCK) ? 1 : 0;
+}
+// Puts /dev/null in the place of `fd` (closing what it was); 0 or an errno.
+static inline int rh_fd_replace_with_null(int fd) {
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (null < 0) return errno;
+    int e = dup2(null, fd) < 0 ? errno : 0;
+    close(null);
+    return e;
+}
+
 // Socket address helpers: Swift's view of the sockaddr unions is awkward.
 static inline socklen_t rh_sockaddr_len(const struct sockaddr_storage *ss) {
     return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);

@@ -36,14 +36,16 @@ def deb(package: str, arch: str) -> Path:
 
 
 ALL_DEBS = [("device-agent", "amd64"), ("device-agent", "arm64"), ("fleet-gateway", "amd64")]
+# Commands for users (no service): checked by test_debs.py's test_command_* and test_install.py.
+COMMAND_DEBS = [("fleet-connect", "amd64"), ("fleet-connect", "arm64")]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def debs():
-    missing = [str(deb(p, a)) for p, a in ALL_DEBS if not deb(p, a).is_file()]
+    missing = [str(deb(p, a)) for p, a in ALL_DEBS + COMMAND_DEBS if not deb(p, a).is_file()]
     if missing:
         pytest.fail("packages not found: " + ", ".join(missing) + " (run scripts/package)", pytrace=False)
-    return {(p, a): deb(p, a) for p, a in ALL_DEBS}
+    return {(p, a): deb(p, a) for p, a in ALL_DEBS + COMMAND_DEBS}
 
 
 def run(cmd, check=True, timeout=300, **kw) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import ALL_DEBS, run, version
+from conftest import ALL_DEBS, COMMAND_DEBS, run, version
 
 AGENT_DEB_LIMIT = 150 * 1024  # issue #6: each device-agent .deb <= 150 KB
 
@@ -43,7 +43,7 @@ def test_control(debs, pkg, arch):
         assert script in ctrl, f"{deb.name} has no {script}"
 
 
-@pytest.mark.parametrize("pkg,arch", ALL_DEBS)
+@pytest.mark.parametrize("pkg,arch", ALL_DEBS + COMMAND_DEBS)
 def test_binary(debs, pkg, arch, tmp_path):
     run(["dpkg-deb", "-x", debs[pkg, arch], tmp_path])
     binary = tmp_path / "usr" / "bin" / pkg
@@ -55,3 +55,23 @@ def test_binary(debs, pkg, arch, tmp_path):
     assert ".symtab" not in run(["readelf", "-S", binary]).stdout  # stripped
     needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", head))
     assert not any("systemd" in n or "swift" in n for n in needed), needed
+
+
+CONNECT_DEB_LIMIT = 100 * 1024  # fleet-connect: Embedded like the agent, smaller still
+
+
+@pytest.mark.parametrize("pkg,arch", COMMAND_DEBS)
+def test_command_control(debs, pkg, arch):
+    """fleet-connect is a command: libc and OpenSSL only (no nghttp2, no adduser),
+    no unit, no configuration, no maintainer scripts."""
+    deb = debs[pkg, arch]
+    assert field(deb, "Package") == pkg and field(deb, "Architecture") == arch
+    assert field(deb, "Version") == version()
+    assert depends(deb) == {"libc6", "libssl3"}, field(deb, "Depends")
+    assert deb.stat().st_size <= CONNECT_DEB_LIMIT, f"{deb.name} is {deb.stat().st_size} bytes"
+    listing = run(["dpkg-deb", "-c", deb]).stdout
+    assert f"./usr/bin/{pkg}" in listing and f"./usr/share/man/man1/{pkg}.1.gz" in listing
+    assert "systemd" not in listing and "./etc/" not in listing
+    ctrl = run(["dpkg-deb", "-I", deb]).stdout
+    for script in ("postinst", "prerm", "postrm", "conffiles"):
+        assert script not in ctrl, f"{deb.name} has {script}"

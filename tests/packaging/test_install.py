@@ -197,3 +197,33 @@ def test_arm64_agent_installs_and_runs_under_qemu(root, debs):
     r = run([qemu, "-L", root.path, agent, "--config", root / AGENT_CONF, "--check-config"], check=False)
     assert r.returncode == 2 and "no gateway set" in r.stderr, r
     root.run("dpkg", "--purge", "device-agent")
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_fleet_connect_installs_and_runs(root, debs, arch):
+    """The command for users: installed, its man page, and it runs (arm64 under
+    qemu); bad options exit 2, an unreachable gateway exits 1 with one line."""
+    # Without its Recommends (ca-certificates, openssh-client): Depends: alone must be enough to run.
+    deb = debs["fleet-connect", arch]
+    shutil.copy(deb, root / "tmp")
+    r = root.run("apt-get", "install", "-y", "-q", "--no-install-recommends", "-o", "Dpkg::Use-Pty=0", f"/tmp/{deb.name}")
+    assert re.search(r"^0 upgraded, 1 newly installed, 0 to remove", r.stdout, re.M), r.stdout
+    assert root.run("dpkg-query", "-W", "-f=${Architecture}", "fleet-connect").stdout == arch
+    assert mode(root, "/usr/bin/fleet-connect") == 0o755 and owner(root, "/usr/bin/fleet-connect") == "root:root"
+    assert (root / "usr/share/man/man1/fleet-connect.1.gz").is_file()
+    binary = str(root / "usr/bin/fleet-connect")
+    prefix = [] if arch == "amd64" else [shutil.which("qemu-aarch64-static"), "-L", root.path]
+    assert all(prefix), "qemu-aarch64-static is missing: run scripts/setup-deps --packaging"
+    env = {"PATH": "/usr/bin:/bin"}
+    r = run(prefix + [binary, "--version"], env=env) if prefix else root.run("fleet-connect", "--version")
+    assert r.stderr.strip() == f"fleet-connect {version()}"
+    r = run(prefix + [binary, "dev1", "22"], check=False, env=env) if prefix else \
+        root.run("fleet-connect", "dev1", "22", check=False)
+    assert r.returncode == 2 and "--gateway URL is required" in r.stderr, r
+    # Nothing listens on port 1 of loopback: refused, exit 1, one line.
+    args = ["dev1", "22", "--gateway", "http://127.0.0.1:1"]
+    r = run(prefix + [binary] + args, check=False, env=env) if prefix else \
+        root.run("fleet-connect", *args, check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "refused" in r.stderr, r
+    root.run("dpkg", "--purge", "fleet-connect")
+    assert not (root / "usr/bin/fleet-connect").exists()
