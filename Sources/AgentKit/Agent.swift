@@ -6,6 +6,9 @@
 //    it replaces is drained (GOAWAY, its requests finish). If the first new
 //    connection cannot come up, the reload is abandoned and the running
 //    connections are kept.
+//  - enrollment (Enrollment): with a token and no certificate yet, the agent gets
+//    one over EST before it dials; CertificateRenewal re-enrolls at about two
+//    thirds of its life and rolls the connections onto it as a reload does.
 import CLibc
 import EventLoop
 import TLS
@@ -27,9 +30,11 @@ public final class Agent {
     private var stopping = false
     /// The dialer a reload is bringing up, not yet in `dialers`.
     private var rolling: Dialer?
+    private var enrollment: Enrollment?
+    public private(set) var renewal: CertificateRenewal?
 
     public convenience init(config: AgentConfig, loop: EventLoop, logger: Logger) throws(OpenSSLError) {
-        let tls = config.plaintext ? nil : try TLSContext(config.tlsConfiguration())
+        let tls = config.plaintext || config.needsEnrollment ? nil : try TLSContext(config.tlsConfiguration())
         self.init(config: config, loop: loop, logger: logger, tls: tls)
     }
 
@@ -57,8 +62,69 @@ public final class Agent {
     public func start(onChange: (() -> Void)? = nil) {
         self.onChange = onChange
         warnIfPlaintext(config)
+        guard identity == nil, config.needsEnrollment || config.renew else {
+            dial()
+            return
+        }
+        let e = Enrollment(config: config, loop: loop, logger: logger, seed: seed(slot: 64))
+        enrollment = e
+        if config.needsEnrollment {
+            e.enroll { self.enrolled() }
+        } else {
+            dial()
+        }
+    }
+
+    private func dial() {
         for i in 0..<config.connections { dialers.append(makeDialer(slot: i, config: config, tls: tls, pool: pool)) }
         for d in dialers { d.start() }
+        if config.renew, identity == nil, let e = enrollment { startRenewal(e) }
+    }
+
+    /// The first certificate is written: load it and dial.
+    private func enrolled() {
+        guard !stopping else { return }
+        do throws(OpenSSLError) {
+            tls = try TLSContext(config.tlsConfiguration())
+        } catch {
+            logger.error("the enrolled certificate does not load: " + error.description + "; trying again in 10 s", LogContext(device: config.name))
+            loop.schedule(afterMilliseconds: 10_000) { self.enrolled() }
+            return
+        }
+        dial()
+    }
+
+    private func startRenewal(_ e: Enrollment) {
+        let r = CertificateRenewal(loop: loop, logger: logger, device: config.name, seed: seed(slot: 65), wallClock: { rh_wall_seconds() },
+                                   certificate: { self.currentCertificate() }, attempt: { info, done in
+            e.config = self.config
+            e.renew(commonName: info.commonName, done: done)
+        },
+                                   renewed: { self.rollToRenewedCertificate() })
+        renewal = r
+        r.start()
+    }
+
+    private func currentCertificate() -> CertificateInfo? {
+        guard let path = config.certFile, let pem = AtomicFile.read(path) else { return nil }
+        return try? CertificateInfo(pem: pem)
+    }
+
+    /// The renewed key and certificate are on disk: roll the connections onto them.
+    private func rollToRenewedCertificate() {
+        guard !stopping else { return }
+        reload(config) { error in
+            guard let error else {
+                self.logger.notice("connections rolled to the renewed certificate", LogContext(device: self.config.name))
+                return
+            }
+            self.logger.warning("rolling to the renewed certificate: " + error + "; trying again in 5 s", LogContext(device: self.config.name))
+            self.loop.schedule(afterMilliseconds: 5_000) { self.rollToRenewedCertificate() }
+        }
+    }
+
+    private func seed(slot: Int) -> UInt64 {
+        loop.now ^ (UInt64(UInt32(bitPattern: getpid())) << 32) ^ (UInt64(slot) &* 0x9E37_79B9_7F4A_7C15)
     }
 
     private func warnIfPlaintext(_ c: AgentConfig) {
@@ -68,9 +134,8 @@ public final class Agent {
     }
 
     private func makeDialer(slot: Int, config: AgentConfig, tls: TLSContext?, pool: LocalPool) -> Dialer {
-        let seed = loop.now ^ (UInt64(UInt32(bitPattern: getpid())) << 32) ^ (UInt64(slot) &* 0x9E37_79B9_7F4A_7C15)
         let d = Dialer(slot: slot, config: config, loop: loop, tls: tls, identity: identity, pool: pool, handler: handler,
-                       logger: logger, seed: seed) {
+                       logger: logger, seed: seed(slot: slot)) {
             self.connectionCounter += 1
             return self.connectionCounter
         }
@@ -82,6 +147,8 @@ public final class Agent {
     /// finish, then `done` runs once every connection is closed.
     public func stop(done: @escaping () -> Void) {
         stopping = true
+        enrollment?.cancel()
+        renewal?.stop()
         var all = dialers + retiring
         if let r = rolling {
             all.append(r)

@@ -186,4 +186,11 @@ static inline int rh_fd_dev_ino(int fd, unsigned long long *dev, unsigned long l
     *ino = (unsigned long long)st.st_ino;
     return 0;
 }
+// open(2) is variadic: Swift cannot import it. A new file, exclusive, not
+// following a symlink (AtomicFile's temporary), or a directory to fsync.
+static inline int rh_open_new(const char *path, int mode) {
+    return open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+}
+static inline int rh_open_directory(const char *path) { return open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC); }
+
 #endif

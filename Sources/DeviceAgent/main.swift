@@ -26,7 +26,13 @@ usage: device-agent --gateway HOST:PORT --ca FILE --cert FILE --key FILE [option
   --drain-timeout-ms MS     on SIGTERM, time requests in flight get to finish (default 10000)
   --idle-ping-ms MS         PING the gateway after this much silence, drop it after as much again (default 4000, 0 off)
   --connect-timeout-ms MS   limit for TCP connect + TLS handshake + SETTINGS (default 10000)
-  --name NAME               device name for log lines
+  --name NAME               device name for log lines (and the name an enrollment asks for)
+  --enroll-token-file FILE  one-time EST enrollment token (fleet-gateway pki enroll-token), read
+                            while --cert does not exist: the agent makes --key, enrolls, writes --cert
+  --enroll-token TOKEN      the same token inline (visible in ps and the config file)
+  --est-server HOST:PORT    where EST is asked (default: --gateway)
+  --renew true|false        re-enroll at about 2/3 of the certificate's life and roll the
+                            connections (default: true with an enrollment token)
   --log-level LEVEL         debug, info, notice, warning, error (default info)
   --config FILE             read the same keys from FILE (key = value lines); without it,
                             /etc/device-agent/agent.conf is read when it exists

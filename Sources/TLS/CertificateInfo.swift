@@ -11,6 +11,12 @@ public struct CertificateInfo: Equatable {
     public let notBefore: Int64
     public let notAfter: Int64
 
+    public init(commonName: String, notBefore: Int64, notAfter: Int64) {
+        self.commonName = commonName
+        self.notBefore = notBefore
+        self.notAfter = notAfter
+    }
+
     /// The first certificate of `pem`.
     public init(pem: [UInt8]) throws(OpenSSLError) {
         ERR_clear_error()
