@@ -34,6 +34,8 @@ public final class Enrollment {
     private var timer: TimerID?
     private var lastProblem = ""
     private var cancelled = false
+    /// Each failed enrollment attempt, with why, before its backoff (the simulator counts them).
+    public var onFailure: ((String) -> Void)?
 
     public init(config: AgentConfig, loop: EventLoop, logger: Logger, seed: UInt64) {
         self.config = config
@@ -66,6 +68,7 @@ public final class Enrollment {
                 return
             }
             self.problem("enrollment failed: " + error)
+            self.onFailure?(error)
             self.timer = self.loop.schedule(afterMilliseconds: max(100, self.backoff.nextDelayMs { self.jitter.next(upTo: $0) })) {
                 self.timer = nil
                 self.enroll(done: done)
