@@ -100,18 +100,26 @@ public final class VirtualDevice {
             }
         }
         let agent = agent!
+        let renews = config.renew && config.enrollTokenFile != nil
         agent.start {
-            self.trackDialers()
-            let before = self.connected
-            self.connected = self.agent?.connectedCount ?? 0
-            guard self.connected != before else { return }
-            onChange(before, self.connected)
-            if self.connected > before {
-                if self.flapping { self.flap() }
-                self.applyWaiting()
-            }
+            self.update(onChange)
+            // A renewal's roll retires the old dialer (which reports) before the new
+            // one takes its slot: count again once the agent is done.
+            if renews { self.loop.execute { self.update(onChange) } }
         }
         dialers = agent.dialers
+    }
+
+    private func update(_ onChange: (Int, Int) -> Void) {
+        trackDialers()
+        let before = connected
+        connected = agent?.connectedCount ?? 0
+        guard connected != before else { return }
+        onChange(before, connected)
+        if connected > before {
+            if flapping { flap() }
+            applyWaiting()
+        }
     }
 
     /// Follows the agent's dialers across a renewal's roll.

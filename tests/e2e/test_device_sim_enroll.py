@@ -113,3 +113,31 @@ def test_a_missing_token_is_named(tmp_path):
                        env=lib.child_env())
     assert r.returncode != 0
     assert f"no token {tmp_path}/est01.example.token" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_enrolled_devices_renew_and_roll_their_connections(procs, est_pki, tmp_path):
+    """Certificates valid 30 s from a short-lived EST server (the agent tests' one):
+    each simulated device renews at about two thirds of the life over a connection
+    showing its certificate, and rolls its gateway connection onto the new one."""
+    from test_est_agent import ShortLivedEST
+
+    est = ShortLivedEST(est_pki, "rhe_short", seconds=30)
+    try:
+        g = lib.start_gateway(procs, est_pki, extra=["--pki-dir", est_pki.dir])
+        tokens = tmp_path / "tokens"
+        tokens.mkdir()
+        for n in range(1, 4):
+            (tokens / f"est{n:02d}.example.token").write_text("rhe_short\n")
+        sim = enrolling_sim(procs, g, tokens, "--devices", "3", "--ca", est_pki.ca, "--est-server", f"127.0.0.1:{est.port}",
+                            name="sim-renew")
+        lib.wait_until(lambda: sim.events("all-connected"), 60, "3 devices enrolled")
+        lib.wait_until(lambda: sim.summary()["enrollment"]["renewals"] >= 3, 60, "every device renewed", interval=0.5)
+        assert [op for op, _ in est.issued].count("simplereenroll") >= 3
+        s = sim.summary()
+        assert s["connected_devices"] == 3
+        assert s["reconnects"] >= 3  # the rolls: one new connection per device
+        for n in range(1, 4):
+            r = lib.wait_device(g, f"est{n:02d}.example")
+            assert r.status == 200
+    finally:
+        est.close()
