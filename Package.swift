@@ -86,7 +86,7 @@ let package = Package(
         .executableTarget(name: "FleetGateway", dependencies: ["FleetGatewayKit", "CLibc"]),
 
         // The simulator (full Swift): virtual devices on the real agent engine.
-        .target(name: "DeviceSimKit", dependencies: ["AgentKit", "Wire", "ConfigFormat", "TLS", "HTTP1", "EventLoop", "FleetPKI"]),
+        .target(name: "DeviceSimKit", dependencies: ["AgentKit", "Wire", "ConfigFormat", "TLS", "HTTP1", "EventLoop", "FleetPKI", "FleetAccess"]),
         .executableTarget(name: "DeviceSim", dependencies: ["DeviceSimKit", "AgentKit", "ConfigFormat", "EventLoop", "CLibc"]),
 
         .testTarget(name: "EngineTests", dependencies: ["Bytes", "EventLoop", "TLS", "HTTPCore", "HTTP1", "HTTP2", "Wire", "ConfigFormat", "AgentKit"]),

@@ -35,6 +35,8 @@ public final class Enrollment {
     private var timer: TimerID?
     private var lastProblem = ""
     private var cancelled = false
+    /// Each failed enrollment attempt, with why, before its backoff (the simulator counts them).
+    public var onFailure: ((String) -> Void)?
 
     public init(config: AgentConfig, loop: EventLoop, logger: Logger, seed: UInt64) {
         self.config = config
@@ -67,6 +69,7 @@ public final class Enrollment {
                 return
             }
             self.problem("enrollment failed: " + error)
+            self.onFailure?(error)
             self.timer = self.loop.schedule(afterMilliseconds: max(100, self.backoff.nextDelayMs { self.jitter.next(upTo: $0) })) {
                 self.timer = nil
                 self.enroll(done: done)

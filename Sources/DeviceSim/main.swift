@@ -13,6 +13,16 @@ usage: device-sim --gateway HOST:PORT --ca-dir DIR [options]
                             certificate issued in memory by DIR's CA, which is also
                             trusted for the gateway's certificate
   --cert-dir DIR --ca FILE  instead: DIR/NAME.crt and DIR/NAME.key per device
+  --enroll-token-dir DIR    devices get their certificates over EST (the agent's enrollment):
+                            DIR/NAME.token is each one's one-time token; a device without
+                            DIR/NAME.crt enrolls at the gateway's device listener, writes
+                            DIR/NAME.key and DIR/NAME.crt, then dials with them (needs --ca FILE)
+  --mint-tokens PKI_DIR     with --enroll-token-dir: make the missing tokens in the gateway's
+                            PKI directory (as pki enroll-token, bound to each name); --ca
+                            defaults to PKI_DIR/ca.crt
+  --token-expires SECONDS   lifetime of a minted token (default 86400)
+  --est-server HOST:PORT, --renew true|false
+                            as for device-agent (renew: default true)
   --server-name NAME        name the gateway certificate must carry (default: gateway host)
   --plaintext               no TLS (INSECURE: loopback only)
   --devices N               virtual devices (default 1)
@@ -34,7 +44,8 @@ usage: device-sim --gateway HOST:PORT --ca-dir DIR [options]
   --config FILE             the same keys from a file
 
 Standard output gets one JSON line per event: {"event":"all-connected",...} each
-time every device expected to connect is up, and {"event":"stopped",...}.
+time every device expected to connect is up, {"event":"all-enrolled",...} once
+every device has its certificate (--enroll-token-dir), and {"event":"stopped",...}.
 """
 
 /// Writes the report to `path`: a regular file (or a new one) is replaced
@@ -76,7 +87,8 @@ func simMain() -> Int32 {
     }
     _ = rh_ignore_sigpipe()
     let limit = rh_raise_nofile()
-    let needed = options.devices * options.connections + 64
+    // An enrolling device has one EST connection open before it dials.
+    let needed = options.devices * options.connections + (options.enrolls ? options.devices : 0) + 64
     if limit >= 0 && limit < needed {
         Logger.writeStderr("device-sim: " + String(options.devices * options.connections) + " connections need about "
                            + String(needed) + " open files; the limit is " + String(limit) + " (raise it: ulimit -n)\n")
@@ -96,6 +108,10 @@ func simMain() -> Int32 {
     var status: Int32 = 0
     fleet.onAllConnected = { seconds in
         Logger.writeStdout("{\"event\":\"all-connected\",\"connected\":" + String(fleet.connectedDevices) + ",\"seconds\":"
+                    + String(seconds) + "}\n")
+    }
+    fleet.onAllEnrolled = { seconds in
+        Logger.writeStdout("{\"event\":\"all-enrolled\",\"enrolled\":" + String(fleet.stats.enrollment.enrolled) + ",\"seconds\":"
                     + String(seconds) + "}\n")
     }
     var stopping = false

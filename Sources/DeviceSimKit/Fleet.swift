@@ -1,5 +1,6 @@
 // Fleet runs many virtual devices on one event loop: it makes each device's
-// certificate (issued in memory by the fleet CA, or read from a folder), starts
+// certificate (issued in memory by the fleet CA, or read from a folder, or got
+// by the device itself over EST with a one-time token: TokenMint), starts
 // the devices at the ramp rate, applies the fault plan, keeps the counters and
 // the curve of connected devices, and stops them all cleanly.
 //
@@ -36,6 +37,11 @@ public final class Fleet {
     public let expected: Int
     /// Called each time the connected devices reach `expected` (again), with the seconds since start.
     public var onAllConnected: ((Double) -> Void)?
+    /// Called once when every device has a certificate (enrolled over EST, or had one), with the seconds since start.
+    public var onAllEnrolled: ((Double) -> Void)?
+    /// Devices with a certificate: enrolled, or had one before (--enroll-token-dir).
+    public private(set) var enrolledDevices = 0
+    private var allEnrolledSeconds: Double?
     /// Called once if the fleet cannot go on (a device's certificate cannot be
     /// made or read); the ramp has stopped.
     public var onFatal: ((String) -> Void)?
@@ -57,7 +63,7 @@ public final class Fleet {
         self.logger = logger
         guard options.devices >= 1 else { throw SimError("no devices: devices must be at least 1") }
         if !options.plaintext {
-            guard options.caFile != nil, options.caDirectory != nil || options.certDirectory != nil else {
+            guard options.caFile != nil, options.caDirectory != nil || options.certDirectory != nil || options.enrolls else {
                 throw SimError("TLS needs the fleet CA (a CA directory) or a certificate directory and a CA file")
             }
         }
@@ -75,6 +81,16 @@ public final class Fleet {
         var refused = 0
         for i in 0..<options.devices where plan.byDevice[i]?.contains(where: { $0.kind.atIssue }) ?? false { refused += 1 }
         expected = options.devices - refused
+        if options.enrolls {
+            // Each device makes its own context once it has its certificate (as an agent does).
+            tls = nil
+            ca = nil
+            let tokens = try TokenMint.prepare(options, names: names)
+            stats.enrollment.certified = tokens.certified
+            stats.enrollment.minted = tokens.minted
+            enrolledDevices = tokens.certified
+            return
+        }
         if options.plaintext {
             tls = nil
             ca = nil
@@ -101,6 +117,7 @@ public final class Fleet {
 
     public func start() {
         startedAt = loop.now
+        if options.enrolls && enrolledDevices == options.devices { allEnrolledSeconds = 0 }  // all had certificates
         sample()
         startMore()
     }
@@ -131,6 +148,7 @@ public final class Fleet {
                 fatal?(why)
                 return
             }
+            devices.last!.onEnrolled = { self.deviceEnrolled() }
             devices.last!.start { before, after in self.connectionsChanged(before: before, after: after) }
         }
         guard devices.count < options.devices else {
@@ -151,7 +169,7 @@ public final class Fleet {
     }
 
     private func identity(_ name: String, _ faults: [FaultSpec]) throws(SimError) -> TLSIdentity? {
-        guard !options.plaintext else { return nil }
+        guard !options.plaintext, !options.enrolls else { return nil }
         do {
             let pem: (certificatePEM: [UInt8], keyPEM: [UInt8])
             if let ca {
@@ -175,6 +193,13 @@ public final class Fleet {
         } catch {
             throw SimError("\(error)")
         }
+    }
+
+    private func deviceEnrolled() {
+        enrolledDevices += 1
+        guard enrolledDevices == options.devices, allEnrolledSeconds == nil else { return }
+        allEnrolledSeconds = elapsed
+        onAllEnrolled?(elapsed)
     }
 
     /// A device's connections up went from `before` to `after`.
@@ -214,10 +239,15 @@ public final class Fleet {
         }
         var points = curve
         points.append(FleetSample(ms: Int(elapsed * 1000), connected: connectedDevices, dials: dials))
-        return FleetSummary(devices: options.devices, expected: expected, connectedDevices: connectedDevices,
-                            connections: connections, dialAttempts: dials, reconnects: reconnects,
-                            requestsByStatus: stats.requestsByStatus, faultsInjected: stats.faultsInjected,
-                            allConnectedSeconds: firstAllConnected, elapsedSeconds: elapsed, curve: points)
+        var summary = FleetSummary(devices: options.devices, expected: expected, connectedDevices: connectedDevices,
+                                   connections: connections, dialAttempts: dials, reconnects: reconnects,
+                                   requestsByStatus: stats.requestsByStatus, faultsInjected: stats.faultsInjected,
+                                   allConnectedSeconds: firstAllConnected, elapsedSeconds: elapsed, curve: points)
+        if options.enrolls {
+            summary.enrollment = EnrollmentSummary(stats.enrollment, allEnrolledSeconds: allEnrolledSeconds,
+                                                   renewals: devices.reduce(0) { $0 + $1.renewals })
+        }
+        return summary
     }
 
     /// Stops every device (GOAWAY, streams in flight finish); `done` runs once all are closed.

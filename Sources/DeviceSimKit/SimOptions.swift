@@ -36,11 +36,28 @@ public struct SimOptions {
     /// Interval of the connected-devices curve in the report.
     public var sampleMs = 1_000
     public var tlsMinimum = TLSVersion.tls13
+    /// Enrollment (EST): DIR/NAME.token is each device's one-time token; a device
+    /// without DIR/NAME.crt enrolls at the gateway (the agent's Enrollment) and
+    /// writes DIR/NAME.key and DIR/NAME.crt, then dials with them.
+    public var enrollTokenDirectory: String?
+    /// A gateway PKI directory where the simulator mints the missing tokens itself
+    /// (EnrollmentTokens.create, one per device, bound to its name).
+    public var mintTokensDirectory: String?
+    /// Lifetime of a minted token, seconds.
+    public var mintTokenSeconds: Int64 = 86_400
+    /// Where EST is asked (default: the gateway).
+    public var estServer: HostPort?
+    /// Enrolled devices re-enroll at about two thirds of their certificate's life.
+    public var renew = true
+
+    /// Whether the devices get their certificates over EST.
+    public var enrolls: Bool { enrollTokenDirectory != nil }
 
     public static let keys = ["config", "gateway", "server_name", "ca_dir", "ca", "cert_dir", "plaintext", "devices",
                               "connections", "name_pattern", "ramp", "duration", "report", "fault", "seed",
                               "log_level", "idle_ping_ms", "connect_timeout_ms", "max_concurrent_streams",
-                              "sample_ms", "tls_min", "help", "version", "check_config"]
+                              "sample_ms", "tls_min", "enroll_token_dir", "mint_tokens", "token_expires", "est_server", "renew",
+                              "help", "version", "check_config"]
     public static let flags = ["plaintext", "help", "version", "check_config"]
 
     public init() {}
@@ -51,7 +68,9 @@ public struct SimOptions {
         gateway = gw
         serverName = s.string("server_name")
         caDirectory = s.string("ca_dir")
-        caFile = s.string("ca") ?? caDirectory.map { $0 + "/ca.crt" }
+        enrollTokenDirectory = s.string("enroll_token_dir")
+        mintTokensDirectory = s.string("mint_tokens")
+        caFile = s.string("ca") ?? (caDirectory ?? mintTokensDirectory).map { $0 + "/ca.crt" }
         certDirectory = s.string("cert_dir")
         plaintext = try s.bool("plaintext")
         devices = try s.int("devices", default: 1, min: 1, max: 1_000_000)
@@ -76,6 +95,10 @@ public struct SimOptions {
         maxConcurrentStreams = try s.int("max_concurrent_streams", default: 100, min: 1, max: 10_000)
         sampleMs = try s.int("sample_ms", default: 1_000, min: 10, max: 3_600_000)
         tlsMinimum = try s.tlsVersion("tls_min", default: .tls13)
+        mintTokenSeconds = Int64(try s.int("token_expires", default: 86_400, min: 1, max: 36_500 * 86_400))
+        estServer = try s.hostPort("est_server")
+        renew = s.string("renew") != nil ? try s.bool("renew") : true
+        try checkEnrollment(s)
         for item in s.items where item.key == "fault" {
             do throws(ConfigError) {
                 faults.append(try FaultSpec(parsing: item.value))
@@ -83,7 +106,7 @@ public struct SimOptions {
                 throw ConfigError(item.origin + ": " + error.message)
             }
         }
-        if !plaintext {
+        if !plaintext && !enrolls {
             guard caFile != nil else {
                 throw ConfigError("TLS needs --ca-dir DIR (a fleet PKI) or --ca FILE with --cert-dir DIR, or --plaintext")
             }
@@ -96,6 +119,23 @@ public struct SimOptions {
         }
         if caDirectory != nil && certDirectory != nil {
             throw ConfigError("--ca-dir (certificates issued in memory) and --cert-dir (read from files) exclude each other")
+        }
+    }
+
+    private func checkEnrollment(_ s: Settings) throws(ConfigError) {
+        guard enrolls else {
+            for (key, flag) in [("mint_tokens", "--mint-tokens"), ("token_expires", "--token-expires"), ("est_server", "--est-server"),
+                                ("renew", "--renew")] where s.string(key) != nil {
+                throw ConfigError(flag + " goes with --enroll-token-dir DIR (devices that enroll over EST)")
+            }
+            return
+        }
+        guard !plaintext else { throw ConfigError("--enroll-token-dir needs TLS (not --plaintext)") }
+        guard caDirectory == nil, certDirectory == nil else {
+            throw ConfigError("--enroll-token-dir (certificates from the gateway's EST) excludes --ca-dir and --cert-dir")
+        }
+        guard caFile != nil else {
+            throw ConfigError("--enroll-token-dir needs the CA that signed the gateway: --ca FILE (or --mint-tokens PKI_DIR, whose ca.crt)")
         }
     }
 
@@ -115,6 +155,14 @@ public struct SimOptions {
         c.maxConcurrentStreams = maxConcurrentStreams
         c.idlePingMs = idlePingMs
         c.connectTimeoutMs = connectTimeoutMs
+        if let dir = enrollTokenDirectory {
+            c.caFile = caFile
+            c.certFile = dir + "/" + name + ".crt"
+            c.keyFile = dir + "/" + name + ".key"
+            c.enrollTokenFile = dir + "/" + name + ".token"
+            c.estServer = estServer
+            c.renew = renew
+        }
         return c
     }
 }
