@@ -267,8 +267,11 @@ public final class Agent {
 
     private func install(_ fresh: Dialer, slot: Int) {
         if slot < dialers.count {
-            retire(dialers[slot])
+            // The fresh one takes the slot first: whoever counts the connections
+            // while the old one stops sees the new one, never an empty slot.
+            let old = dialers[slot]
             dialers[slot] = fresh
+            retire(old)
         } else {
             dialers.append(fresh)
         }
