@@ -44,7 +44,7 @@ public struct Settings {
 
     public func int(_ key: String, default def: Int, min lo: Int, max hi: Int) throws(ConfigError) -> Int {
         guard let s = last(key) else { return def }
-        guard let v = Int(s.value), v >= lo, v <= hi else {
+        guard let v = Int(decimal: s.value), v >= lo, v <= hi else {
             throw ConfigError(s.origin + ": " + key + " must be a whole number from " + String(lo) + " to " + String(hi) + ", not '" + s.value + "'")
         }
         return v

@@ -19,9 +19,9 @@ public enum Systemd {
     /// The interval at which the service must send WATCHDOG=1 (WatchdogSec=), if any.
     public static var watchdogIntervalMicroseconds: UInt64? {
         guard let usec = getenv("WATCHDOG_USEC") else { return nil }
-        if let pid = getenv("WATCHDOG_PID"), let p = Int32(String(cString: pid)), p != getpid() { return nil }
-        guard let v = UInt64(String(cString: usec)), v > 0 else { return nil }
-        return v
+        if let pid = getenv("WATCHDOG_PID"), let n = Int(decimal: String(cString: pid)), let p = Int32(exactly: n), p != getpid() { return nil }
+        guard let n = Int(decimal: String(cString: usec)), n > 0 else { return nil }
+        return UInt64(n)
     }
 
     /// Sends WATCHDOG=1 from `loop` at half the WatchdogSec= interval, so a loop that

@@ -102,6 +102,27 @@ final class EventLoopTests: XCTestCase {
         XCTAssertThrowsError(try AgentConfig(t), "TLS without --ca is refused, not silently plaintext")
     }
 
+    func testCommandLineEdgeCases() throws {
+        var s = Settings()
+        let rest = try parseCommandLine(["--", "-x", "--a=b=c", "--=v", "--local", "h:1", "--name=\u{E9}t\u{E9}", "--plaintext=false"],
+                                        flags: AgentConfig.flags, into: &s)
+        XCTAssertEqual(rest, ["--", "-x"], "'--' alone and single dashes are positional")
+        XCTAssertEqual(s.items.map { $0.key + "|" + $0.value + "|" + $0.origin },
+                       ["a|b=c|option --a", "|v|option --", "local|h:1|option --local", "name|\u{E9}t\u{E9}|option --name",
+                        "plaintext|false|option --plaintext"])
+        var t = Settings()
+        XCTAssertThrowsError(try parseCommandLine(["--connections"], flags: [], into: &t)) {
+            XCTAssertEqual(($0 as? ConfigError)?.message, "option --connections needs a value")
+        }
+    }
+
+    func testIntDecimalAnswersLikeIntString() {
+        let cases = ["0", "7", "+7", "-7", "-0", "+", "-", "", " 1", "1 ", "1_000", "0x10", "12a", "007",
+                     "9223372036854775807", "9223372036854775808", "-9223372036854775808", "-9223372036854775809",
+                     "99999999999999999999", "\u{661}", "+-1", "--1"]
+        for c in cases { XCTAssertEqual(Int(decimal: c), Int(c), c) }
+    }
+
     func testTCPPortsList() throws {
         func ports(_ value: String) throws -> [Int] {
             var s = Settings()
