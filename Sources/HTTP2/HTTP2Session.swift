@@ -570,18 +570,19 @@ func withNameValues<R>(_ headers: HTTPHeaders, _ body: (UnsafePointer<nghttp2_nv
 
 /// Copies the UTF-8 of `s` into `buf` at `at` (A-Z lowered when asked); the new end.
 private func copyField(_ s: String, to buf: UnsafeMutableBufferPointer<UInt8>, at: Int, lowering: Bool) -> Int {
-    if !lowering, let end = s.utf8.withContiguousStorageIfAvailable({ src -> Int in
-        if let from = src.baseAddress { (buf.baseAddress! + at).initialize(from: from, count: src.count) }
-        return at + src.count
-    }) {
-        return end
+    var s = s  // withUTF8: in place for a native string, no iterator fallback
+    return s.withUTF8 { src in
+        if !lowering {
+            if let from = src.baseAddress { (buf.baseAddress! + at).initialize(from: from, count: src.count) }
+            return at + src.count
+        }
+        var i = at
+        for b in src {
+            buf[i] = b >= 65 && b <= 90 ? b + 32 : b
+            i += 1
+        }
+        return i
     }
-    var i = at
-    for b in s.utf8 {
-        buf[i] = lowering && b >= 65 && b <= 90 ? b + 32 : b
-        i += 1
-    }
-    return i
 }
 
 /// The header block being received and what it has cost so far.
