@@ -123,6 +123,17 @@ final class EventLoopTests: XCTestCase {
         for c in cases { XCTAssertEqual(Int(decimal: c), Int(c), c) }
     }
 
+    func testJournalFieldsInTheNativeProtocol() {
+        var d: [UInt8] = []
+        Systemd.appendJournalField("MESSAGE", "hi \u{E9}", to: &d)
+        Systemd.appendJournalField("STREAM_ID", "", to: &d)
+        XCTAssertEqual(d, Array("MESSAGE=hi \u{E9}\nSTREAM_ID=\n".utf8))
+        var b: [UInt8] = []
+        Systemd.appendJournalField("MESSAGE", "a\nb", to: &b)
+        XCTAssertEqual(b, Array("MESSAGE\n".utf8) + [3, 0, 0, 0, 0, 0, 0, 0] + Array("a\nb\n".utf8),
+                       "a value with a newline: binary form with its 64-bit little-endian length")
+    }
+
     func testTCPPortsList() throws {
         func ports(_ value: String) throws -> [Int] {
             var s = Settings()
