@@ -67,7 +67,7 @@ public final class Logger {
         var line = program + " " + lvl.name + ": "
         if let d = ctx.device { line += "device=" + d + " " }
         if let c = ctx.connection { line += "conn=" + String(c) + " " }
-        if let s = ctx.stream { line += "stream=" + String(s) + " " }
+        if let s = ctx.stream { line += "stream=" + String(Int(s)) + " " }
         line += message
         line += "\n"
         Logger.writeStderr(line)
@@ -93,11 +93,13 @@ public final class Logger {
     }
 
     private func sendJournal(_ lvl: LogLevel, _ message: String, _ ctx: LogContext) -> Bool {
-        var fields: [(String, String)] = [("MESSAGE", message), ("PRIORITY", String(lvl.rawValue)),
-                                          ("SYSLOG_IDENTIFIER", program)]
-        if let d = ctx.device { fields.append(("DEVICE", d)) }
-        if let c = ctx.connection { fields.append(("CONNECTION_ID", String(c))) }
-        if let s = ctx.stream { fields.append(("STREAM_ID", String(s))) }
-        return Systemd.journal(fields)
+        var datagram: [UInt8] = []
+        Systemd.appendJournalField("MESSAGE", message, to: &datagram)
+        Systemd.appendJournalField("PRIORITY", String(lvl.rawValue), to: &datagram)
+        Systemd.appendJournalField("SYSLOG_IDENTIFIER", program, to: &datagram)
+        if let d = ctx.device { Systemd.appendJournalField("DEVICE", d, to: &datagram) }
+        if let c = ctx.connection { Systemd.appendJournalField("CONNECTION_ID", String(c), to: &datagram) }
+        if let s = ctx.stream { Systemd.appendJournalField("STREAM_ID", String(Int(s)), to: &datagram) }
+        return Systemd.sendJournal(datagram)
     }
 }

@@ -19,9 +19,9 @@ public enum Systemd {
     /// The interval at which the service must send WATCHDOG=1 (WatchdogSec=), if any.
     public static var watchdogIntervalMicroseconds: UInt64? {
         guard let usec = getenv("WATCHDOG_USEC") else { return nil }
-        if let pid = getenv("WATCHDOG_PID"), let p = Int32(String(cString: pid)), p != getpid() { return nil }
-        guard let v = UInt64(String(cString: usec)), v > 0 else { return nil }
-        return v
+        if let pid = getenv("WATCHDOG_PID"), let n = Int(decimal: String(cString: pid)), let p = Int32(exactly: n), p != getpid() { return nil }
+        guard let n = Int(decimal: String(cString: usec)), n > 0 else { return nil }
+        return UInt64(n)
     }
 
     /// Sends WATCHDOG=1 from `loop` at half the WatchdogSec= interval, so a loop that
@@ -45,28 +45,34 @@ public enum Systemd {
         return String(cString: env) == String(dev) + ":" + String(ino)
     }
 
-    /// Sends one structured entry to the journal; false when it could not (the caller
-    /// then writes to stderr instead).
-    public static func journal(_ fields: [(String, String)]) -> Bool {
-        var datagram: [UInt8] = []
-        for (name, value) in fields {
-            datagram += name.utf8
-            let v = Array(value.utf8)
+    /// Appends one field of a journal entry to `datagram` (the native protocol:
+    /// NAME=value\n, or for a value with a newline NAME\n, 64-bit little-endian
+    /// length, value, \n). One function for every field: the Embedded agent carries
+    /// one copy of the byte juggling, not one per field.
+    @inline(never)
+    public static func appendJournalField(_ name: String, _ value: String, to datagram: inout [UInt8]) {
+        var name = name, value = value
+        name.withUTF8 { datagram.append(contentsOf: $0) }
+        value.withUTF8 { v in
             if v.contains(10) {
-                // Binary form: NAME\n, 64-bit little-endian length, value, \n.
                 datagram.append(10)
                 var n = UInt64(v.count)
                 for _ in 0..<8 {
                     datagram.append(UInt8(truncatingIfNeeded: n))
                     n >>= 8
                 }
-                datagram += v
             } else {
                 datagram.append(61)  // "="
-                datagram += v
             }
-            datagram.append(10)
+            datagram.append(contentsOf: v)
         }
+        datagram.append(10)
+    }
+
+    /// Sends one structured entry (fields made by `appendJournalField`) to the journal;
+    /// false when it could not (the caller then writes to stderr instead).
+    public static func sendJournal(_ datagram: [UInt8]) -> Bool {
+        var datagram = datagram
         let rc = datagram.withUnsafeMutableBytes { rh_unix_datagram("/run/systemd/journal/socket", $0.baseAddress, $0.count) }
         return rc == 0
     }

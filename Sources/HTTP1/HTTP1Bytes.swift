@@ -113,14 +113,13 @@ enum HTTP1Bytes {
     /// Appends the UTF-8 of `s`, replacing CTLs other than HTAB (CR, LF, NUL, ...)
     /// by SP so that a written head can never be split or smuggled into.
     static func appendSanitized(_ s: String, to out: inout [UInt8]) {
-        let clean = s.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
-            for b in bytes where !isFieldValueByte(b) { return false }
+        var s = s  // withUTF8: in place for a native string, no iterator fallback
+        s.withUTF8 { bytes in
+            for b in bytes where !isFieldValueByte(b) {
+                for c in bytes { out.append(isFieldValueByte(c) ? c : sp) }
+                return
+            }
             out.append(contentsOf: bytes)  // the usual case: one copy
-            return true
-        }
-        if clean == true { return }
-        for b in s.utf8 {
-            out.append(isFieldValueByte(b) ? b : sp)
         }
     }
 }

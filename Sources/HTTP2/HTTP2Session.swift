@@ -402,18 +402,7 @@ public final class HTTP2Session {
     // MARK: Internals used by the callbacks
 
     private func submitHeaders(stream: Int32, _ headers: HTTPHeaders, body: OutgoingBody?, isRequest: Bool) throws(HTTP2Error) -> Int32 {
-        var dataPrd = nghttp2_data_provider()
-        dataPrd.read_callback = HTTP2Callbacks.readBody
-        let rc: Int32 = withNameValues(headers) { nv, count in
-            if isRequest {
-                return body == nil
-                    ? nghttp2_submit_request(session, nil, nv, count, nil, nil)
-                    : nghttp2_submit_request(session, nil, nv, count, &dataPrd, nil)
-            }
-            return body == nil
-                ? nghttp2_submit_response(session, stream, nv, count, nil)
-                : nghttp2_submit_response(session, stream, nv, count, &dataPrd)
-        }
+        let rc = submit(isRequest ? .request : .response, stream: stream, headers, withBody: body != nil)
         if rc < 0 {
             if !isRequest { outgoing[stream] = nil }
             throw HTTP2Error.from(isRequest ? "submit_request" : "submit_response", Int(rc))
@@ -528,7 +517,28 @@ public final class HTTP2Session {
     }
 
     func submitTrailersNow(stream: Int32, _ trailers: HTTPHeaders) -> Int32 {
-        withNameValues(trailers) { nv, count in nghttp2_submit_trailer(session, stream, nv, count) }
+        submit(.trailer, stream: stream, trailers, withBody: false)
+    }
+
+    private enum Submission { case request, response, trailer }
+
+    /// The one caller of `withNameValues`: one copy of it in the binary, not one per
+    /// kind of header block (1.5 KB in the Embedded agent).
+    private func submit(_ kind: Submission, stream: Int32, _ headers: HTTPHeaders, withBody: Bool) -> Int32 {
+        var dataPrd = nghttp2_data_provider()
+        dataPrd.read_callback = HTTP2Callbacks.readBody
+        return withNameValues(headers) { nv, count in
+            switch kind {
+            case .request:
+                return withBody ? nghttp2_submit_request(session, nil, nv, count, &dataPrd, nil)
+                    : nghttp2_submit_request(session, nil, nv, count, nil, nil)
+            case .response:
+                return withBody ? nghttp2_submit_response(session, stream, nv, count, &dataPrd)
+                    : nghttp2_submit_response(session, stream, nv, count, nil)
+            case .trailer:
+                return nghttp2_submit_trailer(session, stream, nv, count)
+            }
+        }
     }
 }
 
@@ -560,18 +570,19 @@ func withNameValues<R>(_ headers: HTTPHeaders, _ body: (UnsafePointer<nghttp2_nv
 
 /// Copies the UTF-8 of `s` into `buf` at `at` (A-Z lowered when asked); the new end.
 private func copyField(_ s: String, to buf: UnsafeMutableBufferPointer<UInt8>, at: Int, lowering: Bool) -> Int {
-    if !lowering, let end = s.utf8.withContiguousStorageIfAvailable({ src -> Int in
-        if let from = src.baseAddress { (buf.baseAddress! + at).initialize(from: from, count: src.count) }
-        return at + src.count
-    }) {
-        return end
+    var s = s  // withUTF8: in place for a native string, no iterator fallback
+    return s.withUTF8 { src in
+        if !lowering {
+            if let from = src.baseAddress { (buf.baseAddress! + at).initialize(from: from, count: src.count) }
+            return at + src.count
+        }
+        var i = at
+        for b in src {
+            buf[i] = b >= 65 && b <= 90 ? b + 32 : b
+            i += 1
+        }
+        return i
     }
-    var i = at
-    for b in s.utf8 {
-        buf[i] = lowering && b >= 65 && b <= 90 ? b + 32 : b
-        i += 1
-    }
-    return i
 }
 
 /// The header block being received and what it has cost so far.

@@ -14,17 +14,11 @@ public enum HTTPFieldBytes {
     /// place, without an iterator per byte.
     @inlinable
     public static func equalsIgnoringCase(_ a: String, _ b: String) -> Bool {
-        let au = a.utf8, bu = b.utf8
-        if au.count != bu.count { return false }
-        let fast = au.withContiguousStorageIfAvailable { ab in
-            bu.withContiguousStorageIfAvailable { bb in equalsIgnoringCase(ab, bb) }
-        }
-        if let fast, let result = fast { return result }
-        var bi = bu.makeIterator()
-        for x in au {
-            guard let y = bi.next(), lower(x) == lower(y) else { return false }
-        }
-        return true
+        if a.utf8.count != b.utf8.count { return false }
+        // withUTF8 is in place for native strings (all of them in the Embedded agent);
+        // it has no per-byte iterator fallback to carry (1 KB there).
+        var a = a, b = b
+        return a.withUTF8 { ab in b.withUTF8 { bb in equalsIgnoringCase(ab, bb) } }
     }
 
     /// ASCII case-insensitive comparison of two byte runs of the same length.

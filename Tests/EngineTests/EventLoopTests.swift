@@ -102,6 +102,38 @@ final class EventLoopTests: XCTestCase {
         XCTAssertThrowsError(try AgentConfig(t), "TLS without --ca is refused, not silently plaintext")
     }
 
+    func testCommandLineEdgeCases() throws {
+        var s = Settings()
+        let rest = try parseCommandLine(["--", "-x", "--a=b=c", "--=v", "--local", "h:1", "--name=\u{E9}t\u{E9}", "--plaintext=false"],
+                                        flags: AgentConfig.flags, into: &s)
+        XCTAssertEqual(rest, ["--", "-x"], "'--' alone and single dashes are positional")
+        XCTAssertEqual(s.items.map { $0.key + "|" + $0.value + "|" + $0.origin },
+                       ["a|b=c|option --a", "|v|option --", "local|h:1|option --local", "name|\u{E9}t\u{E9}|option --name",
+                        "plaintext|false|option --plaintext"])
+        var t = Settings()
+        XCTAssertThrowsError(try parseCommandLine(["--connections"], flags: [], into: &t)) {
+            XCTAssertEqual(($0 as? ConfigError)?.message, "option --connections needs a value")
+        }
+    }
+
+    func testIntDecimalAnswersLikeIntString() {
+        let cases = ["0", "7", "+7", "-7", "-0", "+", "-", "", " 1", "1 ", "1_000", "0x10", "12a", "007",
+                     "9223372036854775807", "9223372036854775808", "-9223372036854775808", "-9223372036854775809",
+                     "99999999999999999999", "\u{661}", "+-1", "--1"]
+        for c in cases { XCTAssertEqual(Int(decimal: c), Int(c), c) }
+    }
+
+    func testJournalFieldsInTheNativeProtocol() {
+        var d: [UInt8] = []
+        Systemd.appendJournalField("MESSAGE", "hi \u{E9}", to: &d)
+        Systemd.appendJournalField("STREAM_ID", "", to: &d)
+        XCTAssertEqual(d, Array("MESSAGE=hi \u{E9}\nSTREAM_ID=\n".utf8))
+        var b: [UInt8] = []
+        Systemd.appendJournalField("MESSAGE", "a\nb", to: &b)
+        XCTAssertEqual(b, Array("MESSAGE\n".utf8) + [3, 0, 0, 0, 0, 0, 0, 0] + Array("a\nb\n".utf8),
+                       "a value with a newline: binary form with its 64-bit little-endian length")
+    }
+
     func testTCPPortsList() throws {
         func ports(_ value: String) throws -> [Int] {
             var s = Settings()
