@@ -19,7 +19,7 @@ let agentLinker: [LinkerSetting] = embedded
     ? [.unsafeFlags(["-enable-experimental-feature", "Embedded",
                      "-L\(toolchain)/usr/lib/swift/embedded/x86_64-unknown-linux-gnu",
                      "-use-ld=lld", "-Xlinker", "--gc-sections", "-Xlinker", "--icf=all"]),
-       // No swiftUnicodeDataTables: DeviceAgent/UnicodeDataShim.swift stands in for it.
+       // No swiftUnicodeDataTables: EmbeddedRuntime/UnicodeDataShim.swift stands in for it.
        .linkedLibrary("ssl"), .linkedLibrary("crypto"),
        .linkedLibrary("nghttp2")]
     : []
@@ -68,13 +68,16 @@ let package = Package(
         .target(name: "AgentKit", dependencies: ["CLibc", "EventLoop", "TLS", "HTTP1", "HTTP2", "Wire", "ConfigFormat"],
                 swiftSettings: engineSettings),
 
-        .executableTarget(name: "DeviceAgent", dependencies: ["AgentKit", "Wire", "ConfigFormat"],
+        // What the Embedded programs define instead of linking it (Unicode tables, libm's
+        // ceil); empty in ordinary Swift.
+        .target(name: "EmbeddedRuntime", dependencies: [], swiftSettings: engineSettings),
+        .executableTarget(name: "DeviceAgent", dependencies: ["AgentKit", "Wire", "ConfigFormat", "EmbeddedRuntime"],
                           swiftSettings: engineSettings, linkerSettings: agentLinker),
         // The client for ssh's ProxyCommand: CONNECT through the gateway, stdin/stdout
         // bridged (issue 14). Embedded-compatible and built like the agent (small, arm64).
         .target(name: "FleetConnectKit", dependencies: ["CLibc", "Bytes", "EventLoop", "TLS", "Wire"],
                 swiftSettings: engineSettings),
-        .executableTarget(name: "FleetConnect", dependencies: ["FleetConnectKit", "ConfigFormat", "EventLoop", "CLibc"],
+        .executableTarget(name: "FleetConnect", dependencies: ["FleetConnectKit", "ConfigFormat", "EventLoop", "CLibc", "EmbeddedRuntime"],
                           swiftSettings: engineSettings, linkerSettings: connectLinker),
         // The fleet's certificates (full Swift): `fleet-gateway pki`, and the simulator's devices.
         .target(name: "FleetPKI", dependencies: ["TLS", "COpenSSL"]),

@@ -151,9 +151,12 @@ public struct AgentConfig {
     public static let stateDirectory = "/var/lib/device-agent"
 
     static func hostName() -> String? {
-        var buf = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buf, 255) == 0, buf[0] != 0 else { return nil }
-        return String(cString: buf)
+        var buf = [UInt8](repeating: 0, count: 256)
+        let ok = buf.withUnsafeMutableBufferPointer { p in
+            p.baseAddress!.withMemoryRebound(to: CChar.self, capacity: 256) { gethostname($0, 255) == 0 }
+        }
+        guard ok, let end = buf.firstIndex(of: 0), end > 0 else { return nil }
+        return String(decoding: buf[..<end], as: UTF8.self)
     }
 
     var hasToken: Bool { enrollToken != nil || enrollTokenFile != nil }

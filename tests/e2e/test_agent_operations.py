@@ -198,7 +198,7 @@ def test_sighup_with_a_certificate_the_gateway_refuses_keeps_the_old_connections
 
 
 def test_non_ascii_config_values_pass_through_byte_exact(procs, api, pki, tmp_path):
-    """The Embedded agent has no Unicode tables (DeviceAgent/UnicodeDataShim.swift):
+    """The Embedded agent has no Unicode tables (EmbeddedRuntime/UnicodeDataShim.swift):
     config values are bytes. Two directories whose names are canonically equivalent
     (U+00E9 and e U+0301) hold different devices' certificates: the agent must open
     the one named, and log its non-ASCII name as written."""

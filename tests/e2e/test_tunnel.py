@@ -284,7 +284,7 @@ def test_hop_by_hop_response_headers_not_forwarded(fleet):
     assert r.header("X-End-To-End") == "kept"
 
 
-# The Embedded agent has no Unicode tables (DeviceAgent/UnicodeDataShim.swift): whatever
+# The Embedded agent has no Unicode tables (EmbeddedRuntime/UnicodeDataShim.swift): whatever
 # its Strings carry must still be the bytes that came, canonically equivalent or not.
 NON_ASCII_VALUES = [
     ("X-Reflect-Precomposed", "caf\u00e9"),       # U+00E9

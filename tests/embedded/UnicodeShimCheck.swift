@@ -1,5 +1,5 @@
 // UnicodeShimCheck: what String and Character do in the Embedded agent, whose
-// standard library answers Unicode questions from DeviceAgent/UnicodeDataShim.swift
+// standard library answers Unicode questions from EmbeddedRuntime/UnicodeDataShim.swift
 // instead of libswiftUnicodeDataTables. Built and run by scripts/check-unicode-shim,
 // twice: with the shim (the agent's case: every expectation's `shim` value) and,
 // as the control, with the real tables (-D UNICODE_TABLES: the `tables` value), so
