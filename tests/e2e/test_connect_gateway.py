@@ -360,6 +360,25 @@ def test_h2_connect_device_ends_first(env):
         s.close()
 
 
+def test_h2_connect_then_close_does_not_crash_the_gateway(env):
+    """Review 19: a CONNECT's access line is written on the loop's next turn, and it
+    read the user's address through the HTTP/2 stream, whose connection (unowned) was
+    gone by then when the user closed at once: the gateway aborted ("read an unowned
+    reference ... already destroyed"). A stranger needs no credentials for it (401)."""
+    if env.gw.https:
+        pytest.skip("h2c only")
+    for i in range(20):
+        s = socket.create_connection(("127.0.0.1", env.gw.public_port), timeout=10)
+        auth = [("authorization", "Bearer " + OPS)] if i % 2 else []
+        s.sendall(hl.MAGIC + hl.settings() + hl.headers(1, [(":method", "CONNECT"), (":authority", "dev1.example:22")] + auth))
+        s.close()
+    # The gateway's own answers show whether it lives: the admin API, then a CONNECT.
+    assert env.admin("/devices")[0] == 200 and env.gw.proc.alive()
+    u, status, _, _ = env.connect()
+    u.close()
+    assert status == 200 and env.gw.proc.alive()
+
+
 # --------------------------------------------------------------------------- SIGTERM
 
 
