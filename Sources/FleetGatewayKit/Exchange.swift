@@ -220,6 +220,11 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
             requestEnded = heldEnd
             dev.sendBody(stream: s, body, endStream: heldEnd)
             client.resumeReading()
+        } else if tunnel && heldEnd {
+            // The user ended its side while queued (an HTTP/2 CONNECT may send END_STREAM
+            // at once): the device must see that half-close too, or its port waits forever.
+            requestEnded = true
+            dev.sendBody(stream: s, [], endStream: true)
         }
         // The gateway answers `Expect: 100-continue` itself once a device took the
         // request (interim responses from the device are not relayed).

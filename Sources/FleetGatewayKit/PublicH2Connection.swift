@@ -133,6 +133,7 @@ final class PublicH2Connection {
             s.isWebSocket = true  // a tunnel: its DATA are the TCP bytes, untimed
             s.isConnect = true
             ex.startConnect(port: target.port)
+            if endStream { ex.userEnd() }  // END_STREAM on the HEADERS: the user's side is over already
             return
         }
         // An upload's window is what its user may park here: all of them together
