@@ -96,7 +96,9 @@ final class ESTConnection {
                                      authorization: h.headers.values("authorization"), body: body)
                 body = []
                 let wantsClose = h.versionMinor == 0 || (h.headers.first("connection").map { PKI.asciiLowercased($0).contains("close") } ?? false)
-                answer(service.handle(req, client: client), close: wantsClose)
+                // After a CONNECT the parser keeps every later byte unparsed (a tunnel's):
+                // EST has none, so the answer is the last, or a stranger's bytes pile up.
+                answer(service.handle(req, client: client), close: wantsClose || parser.holdsTunnelBytes)
             }
         }
     }

@@ -220,6 +220,11 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
             requestEnded = heldEnd
             dev.sendBody(stream: s, body, endStream: heldEnd)
             client.resumeReading()
+        } else if tunnel && heldEnd {
+            // The user ended its side while queued (an HTTP/2 CONNECT may send END_STREAM
+            // at once): the device must see that half-close too, or its port waits forever.
+            requestEnded = true
+            dev.sendBody(stream: s, [], endStream: true)
         }
         // The gateway answers `Expect: 100-continue` itself once a device took the
         // request (interim responses from the device are not relayed).
@@ -561,9 +566,11 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         services.loop.cancel(timer)
         timer = nil
         // The status of a refusal is set right after: the tunnel is recorded on the next turn.
+        // The user's address is read now: an HTTP/2 stream's connection may be gone by then.
         if connectPort != nil && !tunnelRecorded {
             tunnelRecorded = true
-            services.loop.execute { self.recordTunnel() }
+            let peer = client.peerHost
+            services.loop.execute { self.recordTunnel(peer: peer) }
         }
     }
 
@@ -573,10 +580,10 @@ final class Exchange: DeviceStreamHandler, QueuedRequest {
         client.tunnelEnded()
     }
 
-    private func recordTunnel() {
+    private func recordTunnel(peer: String) {
         guard let port = connectPort else { return }
         let result = tunnelResult ?? (tunnelOpen ? "closed" : status == 0 ? "499" : String(status))
-        let t = AccessLog.Tunnel(client: client.peerHost, device: deviceName ?? deviceKey, port: port,
+        let t = AccessLog.Tunnel(client: peer, device: deviceName ?? deviceKey, port: port,
                                  bytesUp: bytesIn, bytesDown: bytesOut, start: startedAt)
         services.recorder.tunnelDone(t, result: result, wasOpen: tunnelOpen, exchange: self)
     }

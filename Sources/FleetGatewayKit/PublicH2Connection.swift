@@ -133,6 +133,7 @@ final class PublicH2Connection {
             s.isWebSocket = true  // a tunnel: its DATA are the TCP bytes, untimed
             s.isConnect = true
             ex.startConnect(port: target.port)
+            if endStream { ex.userEnd() }  // END_STREAM on the HEADERS: the user's side is over already
             return
         }
         // An upload's window is what its user may park here: all of them together
@@ -260,6 +261,8 @@ final class PublicStream: UserSide {
     var isWebSocket = false
     /// A CONNECT to a TCP port: its resets are CONNECT_ERROR (RFC 9113 §8.5).
     var isConnect = false
+    /// The stream is gone (`closed`): its window went back with `giveBack`.
+    private var isClosed = false
     /// The receive window this stream has (UploadWindow.initial, doubled as the device keeps up).
     private(set) var window = UploadWindow.initial
     /// A request with a body, admitted within `upload_budget_bytes`.
@@ -336,6 +339,9 @@ final class PublicStream: UserSide {
     /// or dropped once the exchange is over); what it still holds keeps its window
     /// closed, and a watch on the device's queue brings us back as that drains.
     private func release() {
+        // A device queue's drain callback (pauseIfBacklogged, whenRequestQueue) may come
+        // after the stream closed, and its connection (unowned) with it: nothing is left to give back.
+        guard !isClosed else { return }
         let holding = (exchange?.requestBytesHeld ?? 0) + tail.count
         let n = owed - holding
         if n > 0 {
@@ -516,6 +522,7 @@ final class PublicStream: UserSide {
 
     /// The stream is gone (done, or reset by the user).
     func closed(errorCode: UInt32) {
+        isClosed = true
         record(aborted: !responseComplete)
         if !responseComplete { exchange?.userGone() }
         services.loop.cancel(bodyTimer)

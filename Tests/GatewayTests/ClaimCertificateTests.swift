@@ -132,6 +132,22 @@ final class ClaimCertificateTests: XCTestCase {
         XCTAssertEqual(try enroll(est, "lab-1", client: client, key: key).head.status, 200)
     }
 
+    /// Review 19 (not fixed: a policy choice for the lead): with `enroll_approval =
+    /// manual` one claim (a certificate baked into many boards, so the easiest
+    /// credential to extract) may hold every place of the approval queue, each with a
+    /// name of its glob: every other enrollment, token ones included, is then 503 for
+    /// up to a week, and each name it took is 409 for its real board. A per-claim (or
+    /// per-binding) share of EnrollmentApprovals.maxEntries would bound that.
+    func testOneClaimCannotTakeEveryPlaceOfTheApprovalQueue() throws {
+        throw XCTSkip("review 19 finding: one claim can fill the approval queue (EnrollmentApprovals.maxEntries); not fixed")
+        // (The test as it would run once a claim has a bounded share.)
+        // let est = try service("enroll_approval = manual\n")
+        // let (_, claimClient) = try claim("factory-a", devices: "lab-*")
+        // for i in 0..<EnrollmentApprovals.maxEntries { _ = try enroll(est, "lab-" + String(i), client: claimClient) }
+        // let secret = try EnrollmentTokens.create(directory: dir, binding: "dev1.example", lifetime: 3600, now: clock)
+        // ... a token enrollment of dev1.example must still get 202, not 503.
+    }
+
     func testPendingApprovalsSurviveARestart() throws {
         let est = try service("enroll_approval = manual\n")
         let secret = try EnrollmentTokens.create(directory: dir, binding: "dev1.example", lifetime: 3600, now: clock)

@@ -360,6 +360,59 @@ def test_h2_connect_device_ends_first(env):
         s.close()
 
 
+def test_h2_connect_then_close_does_not_crash_the_gateway(env):
+    """Review 19: a CONNECT's access line is written on the loop's next turn, and it
+    read the user's address through the HTTP/2 stream, whose connection (unowned) was
+    gone by then when the user closed at once: the gateway aborted ("read an unowned
+    reference ... already destroyed"). A stranger needs no credentials for it (401)."""
+    if env.gw.https:
+        pytest.skip("h2c only")
+    for i in range(20):
+        s = socket.create_connection(("127.0.0.1", env.gw.public_port), timeout=10)
+        auth = [("authorization", "Bearer " + OPS)] if i % 2 else []
+        s.sendall(hl.MAGIC + hl.settings() + hl.headers(1, [(":method", "CONNECT"), (":authority", "dev1.example:22")] + auth))
+        s.close()
+    # The gateway's own answers show whether it lives: the admin API, then a CONNECT.
+    assert env.admin("/devices")[0] == 200 and env.gw.proc.alive()
+    u, status, _, _ = env.connect()
+    u.close()
+    assert status == 200 and env.gw.proc.alive()
+
+
+def test_h2_connect_end_stream_on_headers_reaches_the_device(env):
+    """Review 19: END_STREAM on the CONNECT's HEADERS (the user sends nothing) is a
+    half-close like any other: the device's stream ends, the device ends its side,
+    the user gets END_STREAM and no reset. It was dropped: the device's port waited
+    for a FIN that never came, and the tunnel lasted until the user reset it."""
+    if env.gw.https:
+        pytest.skip("h2c only")
+    s = socket.create_connection(("127.0.0.1", env.gw.public_port), timeout=10)
+    peer = cl.H2Peer(s)
+    try:
+        peer.send(hl.MAGIC + hl.settings())
+        peer.send(hl.headers(1, [(":method", "CONNECT"), (":authority", "dev1.example:22"),
+                                 ("authorization", "Bearer " + OPS)], end_stream=True))
+        status, ended = None, False
+        deadline = time.monotonic() + 15
+        while not ended and time.monotonic() < deadline:
+            fr = peer.next_frame(0.05)
+            if fr is None:
+                assert not peer.r.eof, "connection closed"
+                continue
+            assert not (fr[0] == RST_STREAM and fr[2] == 1), f"stream reset: {fr}"
+            if fr[0] == HEADERS and fr[2] == 1:
+                status = dict(peer.headers_of(fr[1], fr[3]))[":status"]
+                ended = bool(fr[1] & END_STREAM)
+            if fr[0] == DATA and fr[2] == 1:
+                ended = bool(fr[1] & END_STREAM)
+        assert status == "200"
+        dev = env.dev.last()
+        assert dev.ended and dev.reset is None, "the device saw the user's END_STREAM"
+        assert ended, "the device's end came back as END_STREAM"
+    finally:
+        s.close()
+
+
 # --------------------------------------------------------------------------- SIGTERM
 
 

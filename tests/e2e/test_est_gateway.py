@@ -300,6 +300,21 @@ def test_a_connection_without_certificate_reaches_only_est(procs, est_pki):
     assert "device connected" not in g.log()
 
 
+def test_a_connect_on_est_is_answered_and_closed(procs, est_pki):
+    """Review 19: after a CONNECT request HTTP1RequestParser keeps every later byte
+    unparsed (a tunnel's), and ESTConnection kept reading: a stranger without a
+    certificate could send CONNECT and then any amount of bytes, all held in memory
+    until request_timeout_ms. EST has no tunnel: the answer closes the connection."""
+    g = start(procs, est_pki, "--request-timeout-ms", "30000")
+    ctx = ssl.create_default_context(cafile=str(est_pki.ca))
+    with socket.create_connection(("127.0.0.1", g.device_port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="gw.example") as s:
+            s.sendall(b"CONNECT dev1.example:22 HTTP/1.1\r\nHost: dev1.example:22\r\n\r\n")
+            data, closed = lib.read_until_close(s, 5)
+            assert data.startswith(b"HTTP/1.1 4") and b"Connection: close" in data, data[:200]
+            assert closed, "closed after the answer, not after request_timeout_ms"
+
+
 # --------------------------------------------------------------------------- what dialers offer
 
 

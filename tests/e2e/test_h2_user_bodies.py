@@ -140,6 +140,39 @@ def test_uploads_a_device_never_takes_hold_little_memory(env):
     wait_unregistered(env)
 
 
+def test_uploads_parked_at_a_device_then_the_user_leaves(env):
+    """Review 19: complete uploads (END_STREAM) still queued towards a device that
+    does not read, then the user closes the connection. The queue's drain callbacks
+    (pauseIfBacklogged, whenRequestQueue) came back to the PublicStream after its
+    connection was gone: settleUpload gave its window back a second time (the
+    gateway's upload budget drifted) through the freed, unowned connection."""
+    dev = HostileDevice(env, window=0)
+    try:
+        for _ in range(3):
+            u = User(env)
+            sids = [2 * i + 1 for i in range(20)]
+            for sid in sids:
+                u.open(sid, post("/upload", "dev1.example", 60000))
+            left = {sid: 60000 for sid in sids}
+            t0 = time.monotonic()
+            while any(left.values()) and time.monotonic() - t0 < 10:
+                for sid in sids:
+                    if left[sid]:
+                        left[sid] -= u.send_allowed(sid, left[sid])
+                        if not left[sid]:
+                            u.s.sendall(frame(DATA, END_STREAM, sid, b""))
+                while u.pump(0.05):
+                    pass
+            assert not any(left.values()), f"the gateway took {sum(60000 - v for v in left.values())} bytes"
+            u.close()
+        # A crash shows as the next user's connection failing (users 2 and 3), and here.
+        env.bystander_ok()
+        assert env.gw.proc.alive(), "the gateway is still running"
+    finally:
+        dev.close()
+    wait_unregistered(env)
+
+
 @pytest.mark.parametrize("answered", [False, True], ids=["not-answered", "answer-started"])
 def test_h2_body_that_stalls_gets_408_or_reset(env, answered):
     """Finding 8: part of the body, then nothing, while the gateway waits for more:
