@@ -302,8 +302,9 @@ final class ESTService {
             return pkiRefusal(error, .simpleenroll, name, client)
         }
         if config.enrollApprovalManual {
-            guard approvals.hasRoom(for: request, now: now()) else {
-                return .error(503, "too many enrollments wait for approval", retryAfter: ESTService.retryAfterSeconds)
+            guard approvals.hasRoom(for: request, credential: tokenHash, now: now()) else {
+                return .error(503, "too many enrollments wait for approval (in all, or with this " + (what == "the enrollment token" ? "token" : what) + ")",
+                              retryAfter: ESTService.retryAfterSeconds)
             }
         }
         if case .token(let secret) = authority {

@@ -1,6 +1,6 @@
 // EnrollmentApprovals: the enrollments waiting for an operator (`enroll_approval =
-// manual`), one per device name. Bounded: at most `maxEntries` requests and
-// `maxBytes` of their DER; a waiting request is forgotten after `pendingSeconds`,
+// manual`), one per device name. Bounded: at most `maxEntries` requests, of which
+// `maxPerCredential` from one claim or token, and `maxBytes` of their DER; a waiting request is forgotten after `pendingSeconds`,
 // a decided one after `decidedSeconds` or once the approved certificate was handed
 // out. The device asks again with the same request (same public key) and the same
 // token (or claim): while waiting it gets 202, then the answer.
@@ -47,6 +47,8 @@ final class EnrollmentApprovals {
     }
 
     static let maxEntries = 1_000
+    /// Requests one credential (a claim; a token is used once anyway) may have waiting.
+    static let maxPerCredential = 50
     static let maxBytes = 4 << 20
     static let pendingSeconds: Int64 = 7 * 86_400
     static let decidedSeconds: Int64 = 86_400
@@ -86,9 +88,21 @@ final class EnrollmentApprovals {
         return answer
     }
 
-    func hasRoom(for request: CertificateRequest, now: Int64) -> Bool {
+    /// Room for one more request made with the credential whose SHA-256 is `credential`
+    /// (a token's, a claim's): the whole queue is bounded, and so is one credential's
+    /// share of it, so that one claim (baked into many boards: the easiest credential to
+    /// extract) cannot fill the queue and turn every other enrollment away.
+    func hasRoom(for request: CertificateRequest, credential: [UInt8], now: Int64) -> Bool {
         expire(now: now)
-        return entries.count < EnrollmentApprovals.maxEntries && bytes + request.der.count <= EnrollmentApprovals.maxBytes
+        guard entries.count < EnrollmentApprovals.maxEntries, bytes + request.der.count <= EnrollmentApprovals.maxBytes else {
+            return false
+        }
+        var same = 0
+        for e in entries.values where e.state == .pending && e.tokenHash == credential {
+            same += 1
+            if same >= EnrollmentApprovals.maxPerCredential { return false }
+        }
+        return true
     }
 
     func add(_ entry: Entry) {

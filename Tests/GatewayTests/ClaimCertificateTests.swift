@@ -139,13 +139,26 @@ final class ClaimCertificateTests: XCTestCase {
     /// up to a week, and each name it took is 409 for its real board. A per-claim (or
     /// per-binding) share of EnrollmentApprovals.maxEntries would bound that.
     func testOneClaimCannotTakeEveryPlaceOfTheApprovalQueue() throws {
-        throw XCTSkip("review 19 finding: one claim can fill the approval queue (EnrollmentApprovals.maxEntries); not fixed")
-        // (The test as it would run once a claim has a bounded share.)
-        // let est = try service("enroll_approval = manual\n")
-        // let (_, claimClient) = try claim("factory-a", devices: "lab-*")
-        // for i in 0..<EnrollmentApprovals.maxEntries { _ = try enroll(est, "lab-" + String(i), client: claimClient) }
-        // let secret = try EnrollmentTokens.create(directory: dir, binding: "dev1.example", lifetime: 3600, now: clock)
-        // ... a token enrollment of dev1.example must still get 202, not 503.
+        // Review 19: one claim (baked into many boards) could take all places of the
+        // approval queue; it now has a bounded share, and others still get in.
+        let est = try service("enroll_approval = manual\n")
+        let (_, claimClient) = try claim("factory-a", devices: "lab-*")
+        for i in 0..<EnrollmentApprovals.maxPerCredential {
+            XCTAssertEqual(try enroll(est, "lab-" + String(i), client: claimClient).head.status, 202)
+        }
+        let over = try enroll(est, "lab-x", client: claimClient)
+        XCTAssertEqual(over.head.status, 503, body(over))
+        XCTAssertTrue(body(over).contains("claim factory-a"), body(over))
+        XCTAssertEqual(est.approvals.entries.count, EnrollmentApprovals.maxPerCredential)
+        // Another credential still gets its place.
+        let (_, other) = try claim("factory-b", devices: "lab-*")
+        XCTAssertEqual(try enroll(est, "lab-y", client: other).head.status, 202)
+        let secret = try EnrollmentTokens.create(directory: dir, binding: "dev1.example", lifetime: 3600, now: clock)
+        let k = try EnrollmentKey()
+        let r = est.handle(ESTRequest(method: "POST", path: ESTService.prefix + "simpleenroll", contentType: "application/pkcs10",
+                                      authorization: ["Basic " + Base64.encode(Array(("dev:" + secret).utf8), urlSafe: false)],
+                                      body: ESTBody.encode(try k.certificateRequest(commonName: "dev1.example"))), client: ESTClient(address: "x"))
+        XCTAssertEqual(r.head.status, 202, body(r))
     }
 
     func testPendingApprovalsSurviveARestart() throws {
