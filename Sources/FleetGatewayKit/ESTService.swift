@@ -24,7 +24,10 @@
 // Retry-After) until the admin API approves it; the same request sent again with
 // the same token (or claim) then gets the certificate. A claim is checked by
 // ClaimAuthority and is not used up; ESTServiceAdmin.swift holds approve/deny and
-// the counters.
+// the counters. A token already used by the same name with the same public key
+// gets the certificate issued for it again (IssuedReplays: the device's first
+// answer was lost); DIR/enroll-tokens is parsed only when it changed
+// (EnrollmentTokens.FileCache), and is written and synced before signing.
 import FleetAccess
 import FleetPKI
 import EventLoop
