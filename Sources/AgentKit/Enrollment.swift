@@ -8,8 +8,14 @@
 //   waiting  202: the same request again after Retry-After
 // Success writes the key (0600) and the certificate (leaf plus the chain
 // without a self-signed root) to temporary files, then renames both. An
-// enrollment that fails backs off (Backoff) and starts over until it succeeds;
-// a renewal reports to its caller (CertificateRenewal), which backs off.
+// enrollment that fails backs off (Backoff) and tries again until it succeeds,
+// with the same key and request and the chain it already has: if the gateway
+// used the token and signed but the answer came after the timeout, the retry
+// with the same key gets that certificate again (the gateway's IssuedReplays);
+// a new key would be refused with the used token for good. The key stays in
+// memory only (it reaches the disk with its certificate, never alone). A
+// renewal reports to its caller (CertificateRenewal), which backs off, and
+// uses a new key and a fresh chain each time.
 // Problems are logged once per change; repeats go to debug.
 import EventLoop
 import TLS
@@ -24,9 +30,13 @@ public final class Enrollment {
     private var renewing = false
     private var key: EnrollmentKey?
     private var csr: [UInt8] = []
+    /// The CN `csr` asks for.
+    private var csrName = ""
     private var token: String?
     /// The CA certificates to write after the leaf (PEM, no self-signed root).
     private var chain: [UInt8] = []
+    /// `chain` came from /cacerts in this run (kept across an enrollment's retries).
+    private var haveChain = false
     /// Called once when the run ends: nil on success, or why not.
     private var finished: ((String?) -> Void)?
     private var backoff = Backoff(baseMs: 1_000, capMs: 300_000)
@@ -58,8 +68,14 @@ public final class Enrollment {
         step = .idle
     }
 
-    /// Enrolls until it succeeds (or `cancel`), then runs `done`.
+    /// Enrolls until it succeeds (or `cancel`), then runs `done`: one run, one key.
     public func enroll(done: @escaping () -> Void) {
+        forget()
+        attempt(done)
+    }
+
+    /// One attempt of an enrollment run; a failed one schedules the next.
+    private func attempt(_ done: @escaping () -> Void) {
         renewing = false
         finished = { error in
             guard let error else {
@@ -72,7 +88,7 @@ public final class Enrollment {
             self.onFailure?(error)
             self.timer = self.loop.schedule(afterMilliseconds: max(100, self.backoff.nextDelayMs { self.jitter.next(upTo: $0) })) {
                 self.timer = nil
-                self.enroll(done: done)
+                self.attempt(done)
             }
         }
         begin(commonName: config.name)
@@ -81,6 +97,7 @@ public final class Enrollment {
     /// One re-enrollment with a new key as `commonName`; `done` gets nil once both
     /// files hold the new key and certificate, or why not.
     public func renew(commonName: String, done: @escaping (String?) -> Void) {
+        forget()
         renewing = true
         finished = done
         begin(commonName: commonName)
@@ -94,17 +111,24 @@ public final class Enrollment {
             guard let t = readToken() else { return }
             token = t
         }
-        do throws(OpenSSLError) {
-            let k = try EnrollmentKey()
-            csr = try k.certificateRequest(commonName: commonName)
-            key = k
-        } catch {
-            end(error.description)
-            return
+        if key == nil || csrName != commonName {
+            do throws(OpenSSLError) {
+                let k = try EnrollmentKey()
+                csr = try k.certificateRequest(commonName: commonName)
+                csrName = commonName
+                key = k
+            } catch {
+                end(error.description)
+                return
+            }
         }
         if !renewing && lastProblem.isEmpty { logger.notice("enrolling as " + config.name + " at " + endpoint.description, ctx) }
-        step = .chain
-        run(.cacerts(authority: authority))
+        if haveChain {
+            sendRequest()
+        } else {
+            step = .chain
+            run(.cacerts(authority: authority))
+        }
     }
 
     var endpoint: HostPort { config.estServer ?? config.gateway }
@@ -140,6 +164,7 @@ public final class Enrollment {
         case .certificates(let pem, _):
             if step == .chain {
                 chain = pem
+                haveChain = true
                 sendRequest()
             } else {
                 end(install(leaf: pem))
@@ -166,10 +191,18 @@ public final class Enrollment {
 
     private func end(_ error: String?) {
         step = .idle
-        key = nil
+        if error == nil || renewing { forget() }  // an enrollment's retry keeps its key and chain
         let cb = finished
         finished = nil
         cb?(error)
+    }
+
+    /// Drops the key, its request and the chain: the next run starts afresh.
+    private func forget() {
+        key = nil
+        csr = []
+        chain = []
+        haveChain = false
     }
 
     /// Writes the key, then the certificate (its presence means "enrolled").

@@ -151,25 +151,65 @@ public struct EnrollmentTokens: Sendable {
     /// all under the lock; returns its binding. A token refused for the name or its
     /// age stays as it was. `.unknown` also when DIR/enroll-tokens does not exist.
     public static func consume(directory: String, secret: String, forName name: String, now: Int64) throws(EnrollmentTokenError) -> EnrollmentBinding {
+        try consumeEntry(directory: directory, secret: secret, forName: name, now: now, cache: nil).binding
+    }
+
+    /// `consume`, returning the token's entry as it was before use (its expiry, for
+    /// the gateway's replay of a lost answer); with `cache`, the file is parsed only
+    /// when it changed since the cache last saw it (FileCache). The file is written
+    /// and synced before this returns: the token is used durably.
+    public static func consumeEntry(directory: String, secret: String, forName name: String, now: Int64,
+                                    cache: FileCache?) throws(EnrollmentTokenError) -> Entry {
         guard isWellFormedSecret(secret) else { throw .unknown }
         let path = path(directory: directory)
-        return try locked(path) { () throws(EnrollmentTokenError) -> EnrollmentBinding in
-            var tokens = try load(path: path, missingIsEmpty: true)
-            let binding = try tokens.use(secret: secret, forName: name, now: now)
+        return try locked(path) { () throws(EnrollmentTokenError) -> Entry in
+            var tokens = try load(path: path, cache: cache)
+            let entry = try tokens.usable(secret: secret, now: now)
+            _ = try tokens.use(secret: secret, forName: name, now: now)
             try tokens.save(path: path)
-            return binding
+            cache?.remember(tokens, path: path)
+            return entry
         }
     }
 
     /// The binding of the token with `secret` if it could be used now, without using
     /// it: for choosing the device name (`exactName`, else the request's CN) before
     /// `consume`. Throws as `consume` does, but never `.wrongName`.
-    public static func lookup(directory: String, secret: String, now: Int64) throws(EnrollmentTokenError) -> EnrollmentBinding {
+    public static func lookup(directory: String, secret: String, now: Int64,
+                              cache: FileCache? = nil) throws(EnrollmentTokenError) -> EnrollmentBinding {
         guard isWellFormedSecret(secret) else { throw .unknown }
         let path = path(directory: directory)
         return try locked(path) { () throws(EnrollmentTokenError) -> EnrollmentBinding in
-            try load(path: path, missingIsEmpty: true).usable(secret: secret, now: now).binding
+            try load(path: path, cache: cache).usable(secret: secret, now: now).binding
         }
+    }
+
+    /// The file as parsed last time while its identity and times (FileStamp) are the
+    /// same; read under the lock only. Not thread-safe: one owner (the gateway's EST
+    /// service, on its loop).
+    public final class FileCache {
+        var stamp: FileStamp?
+        var tokens: EnrollmentTokens?
+        /// How many times the file was read and parsed (tests, benchmarks).
+        public internal(set) var parses = 0
+
+        public init() {}
+
+        func remember(_ tokens: EnrollmentTokens, path: String) {
+            stamp = FileStamp(path)
+            self.tokens = stamp == nil ? nil : tokens
+        }
+    }
+
+    static func load(path: String, cache: FileCache?) throws(EnrollmentTokenError) -> EnrollmentTokens {
+        guard let cache else { return try load(path: path, missingIsEmpty: true) }
+        let stamp = FileStamp(path)  // before reading: a change during the read shows next time
+        if let stamp, stamp == cache.stamp, let tokens = cache.tokens { return tokens }
+        let tokens = try load(path: path, missingIsEmpty: true)
+        cache.parses += 1
+        cache.stamp = stamp
+        cache.tokens = stamp == nil ? nil : tokens
+        return tokens
     }
 
     /// The entry of `secret`, if unused and unexpired at `now`.
@@ -332,3 +372,4 @@ public struct EnrollmentTokens: Sendable {
         return try result.get()
     }
 }
+

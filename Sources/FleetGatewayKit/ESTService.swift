@@ -24,7 +24,10 @@
 // Retry-After) until the admin API approves it; the same request sent again with
 // the same token (or claim) then gets the certificate. A claim is checked by
 // ClaimAuthority and is not used up; ESTServiceAdmin.swift holds approve/deny and
-// the counters.
+// the counters. A token already used by the same name with the same public key
+// gets the certificate issued for it again (IssuedReplays: the device's first
+// answer was lost); DIR/enroll-tokens is parsed only when it changed
+// (EnrollmentTokens.FileCache), and is written and synced before signing.
 import FleetAccess
 import FleetPKI
 import EventLoop
@@ -77,6 +80,10 @@ final class ESTService {
     let approvals: EnrollmentApprovals
     /// Answers by operation and result (rhttp_est_requests_total).
     private(set) var counts: [String: Int] = [:]
+    /// DIR/enroll-tokens as parsed last, while the file is unchanged.
+    let tokenCache = EnrollmentTokens.FileCache()
+    /// Certificates issued for tokens, to send again to the same key (a lost answer).
+    var replays = IssuedReplays()
 
     init(settings: CurrentConfig, logger: Logger, reserved: ReservedNames, now: @escaping () -> Int64) {
         self.settings = settings
@@ -272,6 +279,9 @@ final class ESTService {
         case .token(let secret): tokenHash = sha256(Array(secret.utf8))
         case .claim(let record, _): tokenHash = sha256(Array(("claim " + record.serial).utf8))
         }
+        if case .token = authority, let answer = replay(tokenHash: tokenHash, name: name, request: request, client: client) {
+            return answer
+        }
         if config.enrollApprovalManual, let answer = approvals.answer(name: name, fingerprint: request.publicKeyFingerprint,
                                                                       tokenHash: tokenHash, now: now()) {
             return answer
@@ -281,7 +291,7 @@ final class ESTService {
         switch authority {
         case .token(let secret):
             do throws(EnrollmentTokenError) {
-                binding = try EnrollmentTokens.lookup(directory: directory, secret: secret, now: now())
+                binding = try EnrollmentTokens.lookup(directory: directory, secret: secret, now: now(), cache: tokenCache)
             } catch {
                 return tokenRefusal(error, client)
             }
@@ -307,9 +317,11 @@ final class ESTService {
                               retryAfter: ESTService.retryAfterSeconds)
             }
         }
+        var tokenExpires: Int64?
         if case .token(let secret) = authority {
             do throws(EnrollmentTokenError) {
-                _ = try EnrollmentTokens.consume(directory: directory, secret: secret, forName: name, now: now())
+                tokenExpires = try EnrollmentTokens.consumeEntry(directory: directory, secret: secret, forName: name,
+                                                                 now: now(), cache: tokenCache).expires
             } catch {
                 return tokenRefusal(error, client)
             }
@@ -324,7 +336,33 @@ final class ESTService {
             return .error(202, "enrollment of " + name + " waits for an operator's approval; send the same request again",
                           retryAfter: ESTService.retryAfterSeconds)
         }
-        return issue(request, name: name, earlier: .refuse, op: .simpleenroll, client: client)
+        return issue(request, name: name, earlier: .refuse, op: .simpleenroll, client: client) { issued in
+            guard let expires = tokenExpires else { return }
+            self.replays.record(tokenHash: tokenHash, IssuedReplays.Entry(
+                name: name, keyFingerprint: request.publicKeyFingerprint, serial: issued.serial,
+                certificateDER: issued.certificateDER, expires: expires), now: self.now())
+        }
+    }
+
+    /// The certificate issued earlier for this used token, name and key, sent again
+    /// (IssuedReplays); nil when there is none, so that the token is refused as used.
+    private func replay(tokenHash: [UInt8], name: String, request: CertificateRequest, client: ESTClient) -> ShortResponse? {
+        guard let entry = replays.replay(tokenHash: tokenHash, name: name, keyFingerprint: request.publicKeyFingerprint,
+                                         now: now()) else { return nil }
+        do throws(PKIError) {
+            if try PKI.isRevoked(directory: directory, serial: entry.serial) { return nil }
+        } catch {
+            logger.error("EST: revoked.txt: " + error.description)
+            return .error(500, "the revocation list cannot be read (see the gateway's log)")
+        }
+        logger.notice("EST simpleenroll: sent " + name + " serial " + entry.serial + " again to " + client.address
+                      + " (the same token and key: its first answer was lost)")
+        do throws(PKIError) {
+            let body = try PKCS7CertsOnly.estBody(certificatesDER: [entry.certificateDER])
+            return ESTService.certificates(String(decoding: body, as: UTF8.self), contentType: PKCS7CertsOnly.contentType)
+        } catch {
+            return .error(500, "cannot encode the certificate")
+        }
     }
 
     private func tokenRefusal(_ error: EnrollmentTokenError, _ client: ESTClient) -> ShortResponse {
@@ -354,12 +392,13 @@ final class ESTService {
 
     /// Signs and answers; logs the serial.
     func issue(_ request: CertificateRequest, name: String, earlier: EarlierCertificates, op: Operation,
-               client: ESTClient) -> ShortResponse {
+               client: ESTClient, issuedHook: (IssuedCertificate) -> Void = { _ in }) -> ShortResponse {
         guard let ca else { return .error(503, caUnavailable ?? "EST is off") }
         do throws(PKIError) {
             let issued = try ca.issueDevice(request: request, name: name, days: config.deviceCertDays, earlier: earlier)
             logger.notice("EST " + op.rawValue + ": issued " + name + " serial " + issued.serial + " to " + client.address
                           + ", valid " + String(config.deviceCertDays) + " days")
+            issuedHook(issued)
             return ESTService.issuedResponse(issued)
         } catch {
             return pkiRefusal(error, op, name, client)

@@ -17,6 +17,9 @@
 // two concurrent revocations cannot lose an entry.
 import COpenSSL
 import TLS
+#if os(Linux)
+import Synchronization
+#endif
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -28,7 +31,7 @@ import Darwin
 extension PKI {
     /// One line of revoked.txt: a normalized serial (lowercase hex, no leading zero
     /// byte) and the device name written next to it (may be empty).
-    struct RevokedEntry: Equatable {
+    struct RevokedEntry: Equatable, Sendable {
         var serial: String
         var name: String
     }
@@ -198,6 +201,14 @@ extension PKI {
     /// The entries of revoked.txt (duplicates removed, first name kept) and its raw
     /// bytes; both empty when it does not exist.
     static func readRevocationList(_ path: String) throws(PKIError) -> (entries: [RevokedEntry], bytes: [UInt8]) {
+        let stamp = FileStamp(path)  // before reading (FileStamp.swift)
+        if let stamp, let hit = RevocationListCache.lookup(path, stamp) { return hit }
+        let list = try parseRevocationList(path)
+        if let stamp { RevocationListCache.store(path, stamp, list) }
+        return list
+    }
+
+    static func parseRevocationList(_ path: String) throws(PKIError) -> (entries: [RevokedEntry], bytes: [UInt8]) {
         let bytes: [UInt8]
         do throws(PKIError) {
             bytes = try readFile(path)
@@ -423,5 +434,41 @@ extension PKI {
     /// `crlUpdateTimes` of the file at `path` (DIR/crl.pem).
     public static func crlUpdateTimes(file path: String) throws(PKIError) -> (lastUpdate: Int64, nextUpdate: Int64) {
         try crlUpdateTimes(pem: readFile(path), what: path)
+    }
+}
+
+/// revoked.txt and issued.txt as parsed last, by path, while their FileStamp is
+/// the same: the gateway checks both at every enrollment, and they grow with the
+/// fleet. A few paths at most (one PKI directory); process-wide, under a mutex.
+enum RevocationListCache {
+    typealias List = (entries: [PKI.RevokedEntry], bytes: [UInt8])
+    static let maxPaths = 8
+    #if os(Linux)
+    private struct Item: Sendable {
+        let stamp: FileStamp
+        let entries: [PKI.RevokedEntry]
+        let bytes: [UInt8]
+    }
+    private static let items = Mutex<[String: Item]>([:])
+    #endif
+
+    static func lookup(_ path: String, _ stamp: FileStamp) -> List? {
+        #if os(Linux)
+        items.withLock { items in
+            guard let item = items[path], item.stamp == stamp else { return nil }
+            return (item.entries, item.bytes)
+        }
+        #else
+        nil
+        #endif
+    }
+
+    static func store(_ path: String, _ stamp: FileStamp, _ list: List) {
+        #if os(Linux)
+        items.withLock { items in
+            if items[path] == nil && items.count >= maxPaths { items.removeAll() }
+            items[path] = Item(stamp: stamp, entries: list.entries, bytes: list.bytes)
+        }
+        #endif
     }
 }

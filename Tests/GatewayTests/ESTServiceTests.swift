@@ -117,6 +117,74 @@ final class ESTServiceTests: XCTestCase {
         XCTAssertEqual(post(est, "simpleenroll", try csr("lab-7").body, token: try token("lab-*")).head.status, 409)
     }
 
+    /// A device whose answer was lost asks again with the same token: the same name and
+    /// key get the same certificate; another key, another name, or after the token's
+    /// expiry, 401 as a used token.
+    func testARetryWithTheSameKeyGetsTheSameCertificate() throws {
+        let est = try service("allow_devices = dev*\n")
+        let secret = try token("dev*", lifetime: 600)
+        let (body, key) = try csr("dev1.example")
+        let first = try issued(post(est, "simpleenroll", body, token: secret))
+        // The same request again, and a new request (new signature) for the same key.
+        XCTAssertEqual(try issued(post(est, "simpleenroll", body, token: secret)), first)
+        XCTAssertEqual(try issued(post(est, "simpleenroll", try csr("dev1.example", key: key).body, token: secret)), first)
+        XCTAssertEqual(est.counts["simpleenroll ok"], 3)
+        XCTAssertEqual(try String(decoding: PKI.readFile(dir + "/issued.txt"), as: UTF8.self)
+            .split(separator: "\n").filter { $0.hasSuffix("dev1.example") }.count, 1, "signed once")
+        // Another key, or another name the token would have allowed: the token is used.
+        let otherKey = post(est, "simpleenroll", try csr("dev1.example").body, token: secret)
+        XCTAssertEqual(otherKey.head.status, 401)
+        XCTAssertTrue(text(otherKey).contains("already used"), text(otherKey))
+        XCTAssertEqual(post(est, "simpleenroll", try csr("dev2.example", key: key).body, token: secret).head.status, 401)
+        // Without the token, or with another one: no replay either.
+        XCTAssertEqual(post(est, "simpleenroll", body).head.status, 401)
+        XCTAssertEqual(post(est, "simpleenroll", body, token: try token("dev*")).head.status, 409)
+        // Once the token has expired, nothing is sent again.
+        clock += 600
+        XCTAssertEqual(post(est, "simpleenroll", body, token: secret).head.status, 401)
+    }
+
+    func testARevokedCertificateIsNotSentAgain() throws {
+        let est = try service()
+        let secret = try token("dev1.example")
+        let (body, _) = try csr("dev1.example")
+        _ = try issued(post(est, "simpleenroll", body, token: secret))
+        try PKI.revoke(directory: dir, name: "dev1.example")
+        XCTAssertEqual(post(est, "simpleenroll", body, token: secret).head.status, 401)
+    }
+
+    /// One enrollment parses DIR/enroll-tokens at most once; a file changed by
+    /// `pki enroll-token` is read again.
+    func testTheTokenFileIsParsedOncePerChange() throws {
+        let est = try service()
+        let a = try token("dev1.example"), b = try token("dev2.example")
+        _ = try issued(post(est, "simpleenroll", try csr("dev1.example").body, token: a))
+        XCTAssertEqual(est.tokenCache.parses, 1)
+        _ = try issued(post(est, "simpleenroll", try csr("dev2.example").body, token: b))
+        XCTAssertEqual(est.tokenCache.parses, 1, "the gateway's own write is remembered")
+        let c = try token("dev3.example")
+        _ = try issued(post(est, "simpleenroll", try csr("dev3.example").body, token: c))
+        XCTAssertEqual(est.tokenCache.parses, 2)
+        XCTAssertEqual(try EnrollmentTokens.load(path: EnrollmentTokens.path(directory: dir)).entries.filter { $0.used != nil }.count, 3)
+    }
+
+    func testIssuedReplaysAreBounded() {
+        var r = IssuedReplays(capacity: 2)
+        func entry(_ n: String, expires: Int64 = 100) -> IssuedReplays.Entry {
+            IssuedReplays.Entry(name: n, keyFingerprint: [1], serial: n, certificateDER: [2], expires: expires)
+        }
+        r.record(tokenHash: [1], entry("a"), now: 0)
+        r.record(tokenHash: [2], entry("b", expires: 10), now: 0)
+        r.record(tokenHash: [3], entry("c"), now: 20)  // b has expired: it goes, a stays
+        XCTAssertNotNil(r.replay(tokenHash: [1], name: "a", keyFingerprint: [1], now: 20))
+        XCTAssertNil(r.replay(tokenHash: [1], name: "a", keyFingerprint: [9], now: 20))
+        r.record(tokenHash: [4], entry("d"), now: 20)  // full: the oldest (a) goes
+        XCTAssertEqual(r.count, 2)
+        XCTAssertNil(r.replay(tokenHash: [1], name: "a", keyFingerprint: [1], now: 20))
+        XCTAssertNotNil(r.replay(tokenHash: [4], name: "d", keyFingerprint: [1], now: 20))
+        XCTAssertNil(r.replay(tokenHash: [4], name: "d", keyFingerprint: [1], now: 100))
+    }
+
     func testAnExpiredTokenIs401() throws {
         let est = try service()
         let secret = try token("dev1.example", lifetime: 60)

@@ -109,7 +109,7 @@ class ShortLivedEST:
     """RFC 7030 cacerts/simpleenroll/simplereenroll over TLS (ALPN http/1.1), issuing
     certificates valid `seconds` from the PKI's issuing CA."""
 
-    def __init__(self, pki: lib.PKI, token: str, seconds: int, pending: int = 0):
+    def __init__(self, pki: lib.PKI, token: str, seconds: int, pending: int = 0, late_first: float = 0):
         d = Path(pki.dir)
         self.chain = x509.load_pem_x509_certificates((d / "ca.crt").read_bytes())
         self.ca_cert = self.chain[0]
@@ -118,6 +118,13 @@ class ShortLivedEST:
         self.requests: list[tuple[str, float]] = []  # (operation, time.monotonic())
         self.issued: list[tuple[str, int]] = []  # (operation, serial)
         self.claims: list[tuple[str, str]] = []  # (claim CN, the CN enrolled under it)
+        # late_first: the first /simpleenroll is signed, then answered that many seconds
+        # late (after the agent's EST timeout), as a loaded gateway would; the token is
+        # then used, and only the same public key gets the same certificate again.
+        self.late_first = late_first
+        self.cacerts = 0
+        self.enroll_keys: list[bytes] = []  # SubjectPublicKeyInfo of each /simpleenroll
+        self.used: tuple[bytes, x509.Certificate] | None = None
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(d / "gateway.crt", d / "gateway.key")
         ctx.load_verify_locations(d / "ca.crt")
@@ -148,6 +155,7 @@ class ShortLivedEST:
             def do_GET(self):
                 if self.path != "/.well-known/est/cacerts":
                     return self.answer(404, b"not found")
+                est.cacerts += 1
                 self.certs(est.chain)
 
             def do_POST(self):
@@ -169,6 +177,13 @@ class ShortLivedEST:
                     user, _, tok = base64.b64decode(auth.split(" ", 1)[1]).decode().partition(":") if auth else ("", "", "")
                     if tok != est.token or user != cn:
                         return self.answer(401, b"bad token", fields=[("WWW-Authenticate", 'Basic realm="EST"')])
+                    spki = csr.public_key().public_bytes(serialization.Encoding.DER,
+                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+                    est.enroll_keys.append(spki)
+                    if est.late_first and est.used is not None:  # the gateway's IssuedReplays, in short
+                        if est.used[0] != spki:
+                            return self.answer(401, b"enrollment token already used")
+                        return self.certs([est.used[1]])
                     if est.pending > 0:  # manual approval: "ask again later"
                         est.pending -= 1
                         return self.answer(202, b"", fields=[("Retry-After", "1")])
@@ -188,6 +203,15 @@ class ShortLivedEST:
                         .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
                         .sign(est.ca_key, hashes.SHA256()))
                 est.issued.append((op, cert.serial_number))
+                if est.late_first and op == "simpleenroll" and est.used is None:
+                    est.used = (csr.public_key().public_bytes(serialization.Encoding.DER,
+                                                              serialization.PublicFormat.SubjectPublicKeyInfo), cert)
+                    time.sleep(est.late_first)  # the agent has given up on this answer by now
+                    try:
+                        self.certs([cert])
+                    except OSError:
+                        pass
+                    return
                 self.certs([cert])
 
         class Server(http.server.ThreadingHTTPServer):
@@ -229,6 +253,28 @@ def test_agent_renews_and_rolls_its_connections(procs, est_pki, api, tmp_path):
         # connections on the renewed one keep serving.
         lib.wait_until(lambda: agent.log().count("connections rolled to the renewed certificate") >= 2, 45, "the second roll")
         assert lib.request(g.public_port, "GET", "/device", "dev23.example").status == 200
+    finally:
+        est.close()
+
+
+def test_a_late_answer_is_retried_with_the_same_key(procs, est_pki, api, tmp_path):
+    # The first /simpleenroll is signed (the token used) but answered after the agent's
+    # EST timeout (3 x connect_timeout_ms = 1.5 s): the retry carries the same key and
+    # gets the certificate; /cacerts is asked once in the run.
+    est = ShortLivedEST(est_pki, "rhe_late", seconds=3600, late_first=4)
+    try:
+        g = lib.start_gateway(procs, est_pki, extra=["--pki-dir", est_pki.dir])
+        a = api("dev29.example")
+        agent, cert, key = enrolling_agent(procs, g.device_port, est_pki, tmp_path, "dev29.example", a.port, "rhe_late",
+                                           extra=["--est-server", f"127.0.0.1:{est.port}", "--connect-timeout-ms", "500"])
+        agent.wait_log("new certificate written", timeout=30)
+        assert "enrollment failed: /simpleenroll" in agent.log(), "the first answer came too late"
+        assert len(est.enroll_keys) >= 2 and len(set(est.enroll_keys)) == 1, "one key across the retries"
+        assert est.cacerts == 1, "the chain is kept within the run"
+        assert [op for op, _ in est.issued] == ["simpleenroll"], "signed once"
+        assert pem_certs(cert)[0].serial_number == est.issued[0][1]
+        assert mode(key) == 0o600
+        assert lib.wait_device(g, "dev29.example").status == 200
     finally:
         est.close()
 
