@@ -349,6 +349,21 @@ def run_pki(args: list) -> None:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr.decode(errors='replace')}")
 
 
+def gateway_cmd(*args) -> str:
+    """Runs `fleet-gateway ARGS...` (pki, token commands); its standard output, stripped. Fails on an error."""
+    r = subprocess.run([str(gateway_bin())] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=60, env=child_env(), text=True)
+    assert r.returncode == 0, f"fleet-gateway {args}: {r.stderr}"
+    return r.stdout.strip()
+
+
+def make_est_pki(d: Path) -> PKI:
+    """A two-tier PKI (`pki init --issuing-ca`) with its CRL, for a gateway with --pki-dir."""
+    gateway_cmd("pki", "init", d, "--name", "gw.example", "--san", "127.0.0.1", "--issuing-ca")
+    gateway_cmd("pki", "crl", d)
+    return PKI(dir=d, foreign_dir=d)
+
+
 def make_pki(base: Path) -> PKI:
     main = base / "main"
     foreign = base / "foreign"

@@ -27,19 +27,12 @@ import e2e_lib as lib
 EST = "/.well-known/est/"
 
 
-def gw(*args) -> str:
-    r = subprocess.run([str(lib.gateway_bin())] + [str(a) for a in args], stdin=subprocess.DEVNULL,
-                       capture_output=True, timeout=60, env=lib.child_env(), text=True)
-    assert r.returncode == 0, f"fleet-gateway {args}: {r.stderr}"
-    return r.stdout.strip()
+gw = lib.gateway_cmd
 
 
 @pytest.fixture
 def est_pki(tmp_path) -> lib.PKI:
-    d = tmp_path / "pki"
-    gw("pki", "init", d, "--name", "gw.example", "--san", "127.0.0.1", "--issuing-ca")
-    gw("pki", "crl", d)
-    return lib.PKI(dir=d, foreign_dir=d)
+    return lib.make_est_pki(tmp_path / "pki")
 
 
 def start(procs, pki: lib.PKI, *extra) -> lib.Gateway:
