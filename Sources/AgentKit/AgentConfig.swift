@@ -82,14 +82,22 @@ public struct AgentConfig {
         claimKeyFile = s.string("claim_key")
         estServer = try s.hostPort("est_server")
         renew = s.string("renew") != nil ? try s.bool("renew") : enrolls
-        if renew && plaintext { throw ConfigError("renew needs TLS (not --plaintext)") }
+        // Errors name the setting they are about (FILE:LINE or the option).
+        func at(_ keys: String..., say message: String) -> ConfigError {
+            for k in keys { if let o = s.last(k)?.origin { return ConfigError(o + ": " + message) } }
+            return ConfigError(message)
+        }
+        func atEnroll(_ message: String) -> ConfigError { at("enroll_token", "enroll_token_file", "claim_cert", "claim_key", say: message) }
         if enrolls {
-            guard !plaintext else { throw ConfigError("enroll_token and claim_cert need TLS (not --plaintext)") }
-            guard enrollToken == nil || enrollTokenFile == nil else { throw ConfigError("set enroll_token or enroll_token_file, not both") }
-            guard (claimCertFile == nil) == (claimKeyFile == nil) else { throw ConfigError("set claim_cert and claim_key together") }
+            guard !plaintext else { throw atEnroll("enroll_token and claim_cert need TLS (not --plaintext)") }
+            guard enrollToken == nil || enrollTokenFile == nil else { throw at("enroll_token_file", say: "set enroll_token or enroll_token_file, not both") }
+            guard (claimCertFile == nil) == (claimKeyFile == nil) else { throw at("claim_cert", "claim_key", say: "set claim_cert and claim_key together") }
+        }
+        if renew && plaintext { throw at("renew", say: "renew needs TLS (not --plaintext)") }
+        if enrolls {
             // The certificate is asked for `name`; by default the host's name.
             if s.string("name") == nil {
-                guard let h = AgentConfig.hostName() else { throw ConfigError("enrolling needs --name NAME (the name the certificate is asked for)") }
+                guard let h = AgentConfig.hostName() else { throw atEnroll("enrolling needs --name NAME (the name the certificate is asked for)") }
                 name = h
             }
             // The packaged layout: the fleet CA in /etc/device-agent, key and
